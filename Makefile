@@ -1,0 +1,45 @@
+# kube-beat developer entry points. `make demo` and `make test` do all the set-up themselves.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build test demo demo-down generate verify lint cluster-up cluster-down services clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## test: lint + unit + integration + e2e against a real apiserver, Postgres, Redis, RabbitMQ, Celery
+test:
+	hack/test.sh
+
+## demo: control plane, services, Celery worker, CRDs, examples and the operator, end to end
+demo:
+	hack/demo.sh
+
+demo-down:
+	hack/demo.sh down
+
+## generate: regenerate the CRD YAML (checked for drift by the tests)
+generate:
+	$(CARGO) run --quiet -- crd > crds/kube-beat-crds.yaml
+
+## verify: fail if generated files are out of date
+verify:
+	$(CARGO) run --quiet -- crd | diff -u crds/kube-beat-crds.yaml -
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+cluster-up:
+	hack/control-plane.sh up
+
+cluster-down:
+	hack/control-plane.sh down
+
+services:
+	hack/services.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make demo`: from nothing to the operator running the example jobs on a local control plane.
+#   hack/demo.sh        bring everything up, show it, leave it running
+#   hack/demo.sh down   stop everything the demo started
+source "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+
+demo="$KB_STATE/demo"
+ns=kube-beat-demo
+db=kube_beat_demo
+mkdir -p "$demo"
+
+stop_pid() { if [ -f "$1" ]; then kill "$(cat "$1")" 2>/dev/null || true; rm -f "$1"; fi; }
+
+if [ "${1:-}" = down ]; then
+  stop_pid "$demo/operator.pid"
+  stop_pid "$demo/worker.pid"
+  hack/control-plane.sh down "$demo/cp"
+  log "demo stopped"
+  exit 0
+fi
+
+hack/services.sh
+export KB_CELERY_VENV; KB_CELERY_VENV=$(hack/celery-venv.sh)
+hack/control-plane.sh up "$demo/cp"
+source "$demo/cp/env"
+log "building kube-beat"
+cargo build --quiet
+bin=target/debug/kube-beat
+
+psql -h 127.0.0.1 -U postgres -d postgres -Atc "select 1 from pg_database where datname='$db'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -d postgres -qc "create database $db"
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+export BROKER_URL="redis://127.0.0.1:6379/0"
+export RESULT_BACKEND="redis://127.0.0.1:6379/1"
+
+stop_pid "$demo/worker.pid"
+CELERY_BROKER_URL=$BROKER_URL CELERY_RESULT_BACKEND=$RESULT_BACKEND \
+  KB_RECORD_DSN="postgresql://postgres@127.0.0.1:5432/$db" \
+  nohup hack/celery-worker.sh celery,ad_queue demo-worker >"$demo/worker.log" 2>&1 &
+echo $! >"$demo/worker.pid"
+
+"$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" get namespace $ns >/dev/null 2>&1 || "$KUBECTL" create namespace $ns >/dev/null
+"$KUBECTL" apply -n $ns -f examples/
+
+stop_pid "$demo/operator.pid"
+POD_NAME=kube-beat-demo nohup "$bin" run --http-addr 127.0.0.1:18080 >"$demo/operator.log" 2>&1 &
+echo $! >"$demo/operator.pid"
+
+secs=${KB_DEMO_SECONDS:-40}
+log "operator running (log: $demo/operator.log); watching for ${secs}s"
+end=$((SECONDS + secs))
+while [ $SECONDS -lt $end ]; do sleep 10; echo; "$KUBECTL" get scheduledjobs,taskfunctions -n $ns; done
+echo
+log "operator log (last lines):"
+tail -n 15 "$demo/operator.log"
+cat <<TXT
+
+The demo keeps running in the background.
+  export KUBECONFIG=$KUBECONFIG
+  $KUBECTL get scheduledjobs -n $ns
+  tail -f $demo/operator.log $demo/worker.log
+Stop it with: make demo-down
+TXT

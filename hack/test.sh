@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start what the tests need, lint, run every test tier,
+# tear down what was started.
+source "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
+apt_install psmisc curl openssl
+
+hack/services.sh
+export KB_CELERY_VENV; KB_CELERY_VENV=$(hack/celery-venv.sh)
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/kube-beat-test.XXXXXX")
+cleanup() {
+  local rc=$?
+  hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
+  # Databases and broker queues made by this run's tests (they use the kbt prefix).
+  psql -h 127.0.0.1 -U postgres -d postgres -Atc "select datname from pg_database where datname like 'kbt\_%'" 2>/dev/null \
+    | while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q list_queues name 2>/dev/null | grep '^kbt-' | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+  fi
+  rm -rf "$run_dir"
+  exit $rc
+}
+trap cleanup EXIT
+
+log "lint: cargo fmt --check, cargo clippy"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+hack/control-plane.sh up "$run_dir/cp"
+source "$run_dir/cp/env"
+export KB_PG_BASE="${KB_PG_BASE:-postgres://postgres@127.0.0.1:5432}"
+export KB_REDIS_URL="${KB_REDIS_URL:-redis://127.0.0.1:6379}"
+export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
+
+"$KUBECTL" apply -f crds/ >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+hack/cron-oracle.sh --check
+
+log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
+cargo test --locked --all-targets -- --include-ignored

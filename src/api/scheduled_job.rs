@@ -1,0 +1,304 @@
+//! The `ScheduledJob` custom resource: one periodic Celery task, declared by a platform team.
+
+// clippy reads the repeated `printcolumn(type_ = ...)` keys of the derive as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// A periodic Celery task. kube-beat stores it in Postgres, dispatches each due run to Celery
+/// exactly once, and reports the outcome in `status`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubebeat.io",
+    version = "v1alpha1",
+    kind = "ScheduledJob",
+    plural = "scheduledjobs",
+    shortname = "sj",
+    namespaced,
+    status = "ScheduledJobStatus",
+    derive = "PartialEq",
+    doc = "A periodic Celery task, dispatched by kube-beat exactly once per scheduled slot.",
+    printcolumn(
+        name = "Task",
+        type_ = "string",
+        json_path = ".spec.taskFunction",
+        description = "The TaskFunction this job runs"
+    ),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".status.schedule",
+        description = "Human summary of the schedule"
+    ),
+    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(
+        name = "Last Run",
+        type_ = "date",
+        json_path = ".status.lastScheduleTime",
+        description = "When the last run was scheduled"
+    ),
+    printcolumn(
+        name = "Last Status",
+        type_ = "string",
+        json_path = ".status.lastExecution.state",
+        description = "State of the last execution"
+    ),
+    printcolumn(
+        name = "Next Run",
+        type_ = "string",
+        json_path = ".status.nextScheduleTime",
+        description = "When the next run is due (UTC)"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledJobSpec {
+    /// Name of the cluster-scoped TaskFunction that says which Celery task runs, on which queue,
+    /// with which default arguments.
+    #[schemars(length(min = 1, max = 253))]
+    pub task_function: String,
+
+    /// When the job runs: exactly one of `interval`, `cron` or `at`.
+    pub schedule: Schedule,
+
+    /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`. Default `UTC`.
+    /// A fixed-hour cron slot that falls into a spring-forward gap runs once, at the first instant
+    /// after the gap; a slot in a fall-back overlap runs once, at its first occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+
+    /// No run is scheduled before this instant (RFC 3339). Also anchors `interval` schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: Option<String>,
+
+    /// Positional arguments for the task. Replaces the TaskFunction's `defaultArgs` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_array")]
+    pub args: Option<serde_json::Value>,
+
+    /// Keyword arguments for the task, merged over the TaskFunction's `defaultKwargs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_object")]
+    pub kwargs: Option<serde_json::Value>,
+
+    /// Celery queue; overrides the TaskFunction's queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub queue: Option<String>,
+
+    /// Celery message priority 0-9; overrides the TaskFunction's priority. Note that on Redis
+    /// 0 is served first, on RabbitMQ 9 is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 9))]
+    pub priority: Option<i32>,
+
+    /// A message not started within this many seconds after publishing is discarded by the
+    /// worker (Celery `expires`); overrides the TaskFunction's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub expires_seconds: Option<i64>,
+
+    /// Stop scheduling new runs. Resuming does not replay the suspended period.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// What to do when a run is due while the previous one has not finished:
+    /// `Allow` (run anyway), `Forbid` (skip it, recorded as SKIPPED), `Replace` (revoke the
+    /// unfinished one, then run).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+
+    /// A run that cannot be dispatched within this many seconds of its slot is not dispatched;
+    /// it is recorded as MISSED. Several missed slots are coalesced into one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
+
+    /// Delay each run by a deterministic amount in [0, jitterSeconds), derived from the job's
+    /// uid and the slot, identical on every replica. Spreads load of jobs sharing a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub jitter_seconds: Option<i64>,
+
+    /// An execution with no final result this many seconds after dispatch is marked LOST.
+    /// Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub execution_timeout_seconds: Option<i64>,
+
+    /// How many execution rows are kept for this job. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub history_limit: Option<i64>,
+
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// When a job runs. Exactly one of `interval`, `cron` or `at` must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [
+    {"required": ["interval"]},
+    {"required": ["cron"]},
+    {"required": ["at"]}
+]))]
+pub struct Schedule {
+    /// Run every `hours`h `minutes`m `seconds`s (total at least 1 s). The first run is one interval
+    /// after the job is first stored, or after `startTime` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IntervalSchedule>,
+
+    /// A Kubernetes CronJob expression: 5 fields (minute hour day-of-month month day-of-week,
+    /// Sunday = 0), names (`JAN`, `MON`), ranges, steps, lists, `?`, the descriptors `@yearly`
+    /// `@annually` `@monthly` `@weekly` `@daily` `@midnight` `@hourly`, and `@every <duration>`.
+    /// Read in `timeZone`. Try it with `kube-beat next "<expr>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub cron: Option<String>,
+
+    /// Run once at this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub at: Option<String>,
+}
+
+/// A fixed interval; the parts are added together.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntervalSchedule {
+    /// Hours.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub hours: i64,
+    /// Minutes.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub minutes: i64,
+    /// Seconds.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub seconds: i64,
+}
+
+/// How overlapping runs of one job are treated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Runs may overlap.
+    #[default]
+    Allow,
+    /// Skip a run while the previous one is unfinished (recorded as SKIPPED).
+    Forbid,
+    /// Revoke the unfinished run, then start the new one.
+    Replace,
+}
+
+/// What kube-beat observed and did. Written only by the leader.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledJobStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`: the spec is valid and stored. Reasons: `Stored`, `InvalidSchedule`,
+    /// `UnknownTaskFunction`, `NamespaceNotAllowed`, `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<schema::Condition>,
+
+    /// Human summary of the schedule, e.g. `every 1h` or `*/5 * * * * (Europe/Berlin)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+
+    /// When the next run is due (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+
+    /// The slot time of the most recent run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+
+    /// The slot time of the most recent successful run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<String>,
+
+    /// The most recent execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_execution: Option<ExecutionSummary>,
+
+    /// Unfinished executions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<ActiveExecution>,
+
+    /// Runs dispatched so far.
+    #[serde(default)]
+    pub total_runs: i64,
+    /// Runs that ended in SUCCESS.
+    #[serde(default)]
+    pub succeeded: i64,
+    /// Runs that ended in FAILURE, LOST, REVOKED or DISPATCH_FAILED.
+    #[serde(default)]
+    pub failed: i64,
+    /// Slots not dispatched because they were later than `startingDeadlineSeconds`.
+    #[serde(default)]
+    pub missed: i64,
+    /// Slots skipped by `concurrencyPolicy: Forbid`.
+    #[serde(default)]
+    pub skipped: i64,
+
+    /// The last value of the `kubebeat.io/trigger` annotation that caused a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+}
+
+/// One execution, as shown in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSummary {
+    /// The Celery task id.
+    pub task_id: String,
+    /// The slot this run belongs to.
+    pub scheduled_for: String,
+    /// `schedule`, `manual` or `catchup`.
+    pub trigger: String,
+    /// PENDING, DISPATCHED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, LOST, DISPATCH_FAILED,
+    /// SKIPPED, MISSED or SHADOW.
+    pub state: String,
+    /// When the message was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<String>,
+    /// When a final state was observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Error or result summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An unfinished execution.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveExecution {
+    /// The Celery task id.
+    pub task_id: String,
+    /// The slot this run belongs to.
+    pub scheduled_for: String,
+    /// Current state.
+    pub state: String,
+}

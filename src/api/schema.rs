@@ -1,0 +1,21 @@
+//! Schema fragments schemars cannot derive the way a structural Kubernetes schema needs them.
+
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// A JSON array of arbitrary values (Celery positional arguments).
+pub fn any_array(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+/// A JSON object of arbitrary values (Celery keyword arguments).
+pub fn any_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

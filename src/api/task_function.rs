@@ -1,0 +1,108 @@
+//! The `TaskFunction` custom resource: the platform team's registry of what may be scheduled.
+
+// clippy reads the repeated `printcolumn(type_ = ...)` keys of the derive as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// A Celery task that ScheduledJobs may run, with its queue and default arguments.
+/// Cluster-scoped: owned by the platform team, referenced by name from ScheduledJobs.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubebeat.io",
+    version = "v1alpha1",
+    kind = "TaskFunction",
+    plural = "taskfunctions",
+    shortname = "tf",
+    status = "TaskFunctionStatus",
+    derive = "PartialEq",
+    doc = "A Celery task that ScheduledJobs may run, with its queue and default arguments.",
+    printcolumn(
+        name = "Task",
+        type_ = "string",
+        json_path = ".spec.task",
+        description = "The Celery task name"
+    ),
+    printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue"),
+    printcolumn(
+        name = "Jobs",
+        type_ = "integer",
+        json_path = ".status.jobCount",
+        description = "ScheduledJobs referencing it"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFunctionSpec {
+    /// The registered Celery task name, e.g. `tasks.ad_sync_tasks.sync_domain_users_task`.
+    #[schemars(length(min = 1, max = 255))]
+    pub task: String,
+
+    /// Celery queue the task is published to. Default `celery`.
+    #[serde(default = "default_queue")]
+    #[schemars(length(min = 1, max = 255))]
+    pub queue: String,
+
+    /// Default message priority 0-9 (on Redis 0 is served first, on RabbitMQ 9 is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 9))]
+    pub priority: Option<i32>,
+
+    /// Default message expiry in seconds after publishing (Celery `expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub expires_seconds: Option<i64>,
+
+    /// Positional arguments used when a ScheduledJob gives no `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_array")]
+    pub default_args: Option<serde_json::Value>,
+
+    /// Keyword arguments a ScheduledJob's `kwargs` are merged over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::any_object")]
+    pub default_kwargs: Option<serde_json::Value>,
+
+    /// Namespaces whose ScheduledJobs may use this task. Empty: every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
+
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn default_queue() -> String {
+    "celery".to_string()
+}
+
+/// What kube-beat observed. Written only by the leader.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFunctionStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`: the spec is valid and stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<schema::Condition>,
+
+    /// Number of ScheduledJobs referencing this TaskFunction.
+    #[serde(default)]
+    pub job_count: i64,
+}

@@ -1,0 +1,206 @@
+//! The command line (SPEC §7). Every flag can also be given as an environment variable.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{api, schedule};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube-beat",
+    version,
+    about = "A Kubernetes operator that replaces Celery beat"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition YAML.
+    Crd,
+    /// Apply or revert the Postgres migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+        /// Postgres connection URL.
+        #[arg(long, env = "DATABASE_URL", global = true)]
+        database_url: Option<String>,
+    },
+    /// Print the next activation instants of a schedule (one RFC 3339 UTC instant per line).
+    Next {
+        /// A cron expression (`*/5 * * * *`, `@daily`, `@every 90s`) or an interval (`1h30m`).
+        schedule: String,
+        /// IANA time zone the cron expression is read in.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Start from this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        from: Option<String>,
+        /// How many instants to print.
+        #[arg(short = 'n', default_value_t = 5)]
+        count: usize,
+    },
+    /// Turn a job list in the migration plan's shape into ScheduledJob and TaskFunction YAML.
+    Import {
+        /// JSON or YAML file.
+        file: PathBuf,
+    },
+    /// Ask for one run of a ScheduledJob now (sets the `kubebeat.io/trigger` annotation).
+    Trigger {
+        /// The ScheduledJob's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum MigrateAction {
+    /// Apply all pending migrations.
+    Up,
+    /// Revert the most recent migrations.
+    Down {
+        /// How many to revert.
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+    },
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Celery broker URL: redis://, rediss://, amqp:// or amqps://.
+    #[arg(long, env = "BROKER_URL")]
+    pub broker_url: Option<String>,
+    /// Celery result backend: redis://..., db+postgresql://... or `none`.
+    #[arg(long, env = "RESULT_BACKEND", default_value = "none")]
+    pub result_backend: String,
+    /// Namespace to watch (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "kube-beat-leader")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
+    #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
+    pub dispatch_mode: DispatchMode,
+    /// Address of the HTTP server (health, metrics, API).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchMode {
+    Live,
+    Shadow,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Set up logging once, for the whole process.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run one command. Errors surface to `main`, which prints them and exits non-zero.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", api::crd_yaml().context("rendering the CRDs")?);
+            Ok(())
+        }
+        Command::Version => {
+            println!("kube-beat {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            crate::operator::run(args).await
+        }
+        Command::Trigger { name, namespace } => {
+            let value = crate::operator::trigger(&name, namespace.as_deref()).await?;
+            println!(
+                "scheduledjob {name} triggered ({} = {value})",
+                api::TRIGGER_ANNOTATION
+            );
+            Ok(())
+        }
+        Command::Migrate { .. } => not_yet("migrate", 3),
+        Command::Next {
+            schedule,
+            tz,
+            from,
+            count,
+        } => {
+            for line in next_instants(&schedule, &tz, from.as_deref(), count)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Import { .. } => not_yet("import", 6),
+    }
+}
+
+/// `kube-beat next`: the next `count` activations, as RFC 3339 UTC lines.
+pub fn next_instants(
+    expr: &str,
+    tz: &str,
+    from: Option<&str>,
+    count: usize,
+) -> Result<Vec<String>, schedule::ScheduleError> {
+    let from = match from {
+        Some(f) => schedule::parse_instant("--from", f)?,
+        None => chrono::Utc::now(),
+    };
+    let s = schedule::JobSchedule::from_expression(expr, tz, from)?;
+    let mut out = Vec::with_capacity(count);
+    let mut cur = from;
+    while out.len() < count {
+        let Some(t) = s.next_after(cur) else {
+            if out.is_empty() {
+                return Err(schedule::ScheduleError(format!(
+                    "{expr:?} has no activation in the next 5 years"
+                )));
+            }
+            break;
+        };
+        out.push(schedule::rfc3339(t));
+        cur = t;
+    }
+    Ok(out)
+}
+
+fn not_yet(what: &str, issue: u32) -> Result<()> {
+    anyhow::bail!("`kube-beat {what}` is not implemented yet (tracked in issue #{issue})")
+}

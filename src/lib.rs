@@ -1,0 +1,11 @@
+//! kube-beat: a Kubernetes operator that replaces Celery beat.
+//!
+//! The modules follow the data flow: `api` (the custom resources) → `schedule` (pure time math)
+//! → `reconcile` → `store` (Postgres) → `leader` → `dispatch` → `celery` → `status`; `cli` wires
+//! the command line.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod operator;
+pub mod schedule;

@@ -1,0 +1,539 @@
+//! The schedule table. Non-DST cron cases come from robfig/cron v3 itself
+//! (`tests/fixtures/cron_oracle.jsonl`, regenerated and drift-checked by `hack/cron-oracle.sh`);
+//! DST cases follow SPEC §3 and are written out by hand, because there we deliberately differ
+//! from CronJob.
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::api::IntervalSchedule;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("test time")
+        .with_timezone(&Utc)
+}
+
+fn next_n(s: &JobSchedule, from: DateTime<Utc>, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = from;
+    while out.len() < n {
+        match s.next_after(cur) {
+            Some(x) => {
+                out.push(x.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                cur = x;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct OracleCase {
+    expr: String,
+    tz: String,
+    from: String,
+    next: Vec<String>,
+    error: Option<String>,
+}
+
+#[test]
+fn matches_robfig_on_the_oracle_table() {
+    let text = include_str!("../../tests/fixtures/cron_oracle.jsonl");
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let case: OracleCase = serde_json::from_str(line).expect("fixture line");
+        let ctx = format!("{:?} in {} from {}", case.expr, case.tz, case.from);
+        if case.expr.starts_with("TZ=") || case.expr.starts_with("CRON_TZ=") {
+            // Deliberate difference: the zone belongs in spec.timeZone, as Kubernetes requires.
+            let err = cron::parse(&case.expr).expect_err(&ctx);
+            assert!(err.contains("spec.timeZone"), "{ctx}: {err}");
+            checked += 1;
+            continue;
+        }
+        match (&case.error, cron::parse(&case.expr)) {
+            (Some(want), Err(got)) => assert_eq!(&got, want, "{ctx}"),
+            (Some(want), Ok(_)) => panic!("{ctx}: robfig rejects it ({want}), we accepted it"),
+            (None, Err(got)) => panic!("{ctx}: robfig accepts it, we rejected it: {got}"),
+            (None, Ok(_)) => {
+                let from = t(&case.from);
+                let s = JobSchedule::from_expression(&case.expr, &case.tz, from).expect(&ctx);
+                assert_eq!(next_n(&s, from, case.next.len().max(1)), case.next, "{ctx}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 150, "the table has {checked} cases");
+}
+
+/// (expression, zone, from, expected next instants) — SPEC §3's DST rules.
+const DST_CASES: &[(&str, &str, &str, &[&str])] = &[
+    // America/New_York: 2026-03-08 02:00 EST -> 03:00 EDT (07:00Z); 2026-11-01 02:00 EDT -> 01:00 EST (06:00Z).
+    // A fixed-hour slot in the gap runs once, at the first instant after it.
+    (
+        "30 2 * * *",
+        "America/New_York",
+        "2026-03-07T12:00:00Z",
+        &[
+            "2026-03-08T07:00:00Z",
+            "2026-03-09T06:30:00Z",
+            "2026-03-10T06:30:00Z",
+        ],
+    ),
+    (
+        "0 2 * * *",
+        "America/New_York",
+        "2026-03-07T12:00:00Z",
+        &["2026-03-08T07:00:00Z", "2026-03-09T06:00:00Z"],
+    ),
+    // Two slots in one gap: one run.
+    (
+        "0,30 2 * * *",
+        "America/New_York",
+        "2026-03-07T12:00:00Z",
+        &[
+            "2026-03-08T07:00:00Z",
+            "2026-03-09T06:00:00Z",
+            "2026-03-09T06:30:00Z",
+        ],
+    ),
+    // Every minute of a swallowed hour: one run.
+    (
+        "* 2 * * *",
+        "America/New_York",
+        "2026-03-08T06:00:00Z",
+        &[
+            "2026-03-08T07:00:00Z",
+            "2026-03-09T06:00:00Z",
+            "2026-03-09T06:01:00Z",
+        ],
+    ),
+    (
+        "30 2 8 3 *",
+        "America/New_York",
+        "2026-01-01T00:00:00Z",
+        &["2026-03-08T07:00:00Z", "2027-03-08T07:30:00Z"],
+    ),
+    // A fixed-hour slot in the overlap runs once, at its first occurrence.
+    (
+        "30 1 * * *",
+        "America/New_York",
+        "2026-10-31T12:00:00Z",
+        &["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
+    ),
+    (
+        "15 1 * * *",
+        "America/New_York",
+        "2026-11-01T05:20:00Z",
+        &["2026-11-02T06:15:00Z"],
+    ),
+    (
+        "0 1 * * *",
+        "America/New_York",
+        "2026-11-01T04:00:00Z",
+        &["2026-11-01T05:00:00Z", "2026-11-02T06:00:00Z"],
+    ),
+    // Hour `*`: real time. The overlap runs twice, the gap not at all.
+    (
+        "*/30 * * * *",
+        "America/New_York",
+        "2026-11-01T04:45:00Z",
+        &[
+            "2026-11-01T05:00:00Z",
+            "2026-11-01T05:30:00Z",
+            "2026-11-01T06:00:00Z",
+            "2026-11-01T06:30:00Z",
+            "2026-11-01T07:00:00Z",
+        ],
+    ),
+    (
+        "*/30 * * * *",
+        "America/New_York",
+        "2026-03-08T06:15:00Z",
+        &[
+            "2026-03-08T06:30:00Z",
+            "2026-03-08T07:00:00Z",
+            "2026-03-08T07:30:00Z",
+        ],
+    ),
+    (
+        "0 * * * *",
+        "America/New_York",
+        "2026-11-01T05:10:00Z",
+        &["2026-11-01T06:00:00Z", "2026-11-01T07:00:00Z"],
+    ),
+    (
+        "0 * * * *",
+        "America/New_York",
+        "2026-11-01T06:10:00Z",
+        &["2026-11-01T07:00:00Z", "2026-11-01T08:00:00Z"],
+    ),
+    (
+        "*/1 * * * *",
+        "America/New_York",
+        "2026-11-01T05:58:30Z",
+        &[
+            "2026-11-01T05:59:00Z",
+            "2026-11-01T06:00:00Z",
+            "2026-11-01T06:01:00Z",
+        ],
+    ),
+    // Europe/Berlin: 2026-03-29 02:00 CET -> 03:00 CEST (01:00Z); 2026-10-25 03:00 CEST -> 02:00 CET (01:00Z).
+    (
+        "30 2 * * *",
+        "Europe/Berlin",
+        "2026-03-28T12:00:00Z",
+        &["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+    ),
+    (
+        "0 2 * * *",
+        "Europe/Berlin",
+        "2026-03-28T12:00:00Z",
+        &["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"],
+    ),
+    (
+        "30 2 * * *",
+        "Europe/Berlin",
+        "2026-10-24T12:00:00Z",
+        &["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+    ),
+    (
+        "0 3 * * *",
+        "Europe/Berlin",
+        "2026-10-24T12:00:00Z",
+        &["2026-10-25T02:00:00Z", "2026-10-26T02:00:00Z"],
+    ),
+    (
+        "*/30 * * * *",
+        "Europe/Berlin",
+        "2026-10-25T00:10:00Z",
+        &[
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:30:00Z",
+            "2026-10-25T02:00:00Z",
+        ],
+    ),
+    (
+        "*/30 * * * *",
+        "Europe/Berlin",
+        "2026-03-29T00:40:00Z",
+        &["2026-03-29T01:00:00Z", "2026-03-29T01:30:00Z"],
+    ),
+    (
+        "0 9 * * 1-5",
+        "Europe/Berlin",
+        "2026-03-27T12:00:00Z",
+        &["2026-03-30T07:00:00Z", "2026-03-31T07:00:00Z"],
+    ),
+    // Australia/Lord_Howe shifts by 30 minutes: +10:30 standard, +11:00 summer.
+    // 2026-10-04 02:00 LHST -> 02:30 LHDT (2026-10-03T15:30Z); 2026-04-05 02:00 LHDT -> 01:30 LHST (2026-04-04T15:00Z).
+    (
+        "15 2 * * *",
+        "Australia/Lord_Howe",
+        "2026-10-03T00:00:00Z",
+        &["2026-10-03T15:30:00Z", "2026-10-04T15:15:00Z"],
+    ),
+    (
+        "*/15 * * * *",
+        "Australia/Lord_Howe",
+        "2026-10-03T15:20:00Z",
+        &["2026-10-03T15:30:00Z", "2026-10-03T15:45:00Z"],
+    ),
+    (
+        "45 1 * * *",
+        "Australia/Lord_Howe",
+        "2026-04-04T00:00:00Z",
+        &["2026-04-04T14:45:00Z", "2026-04-05T15:15:00Z"],
+    ),
+    (
+        "*/15 * * * *",
+        "Australia/Lord_Howe",
+        "2026-04-04T14:20:00Z",
+        &[
+            "2026-04-04T14:30:00Z",
+            "2026-04-04T14:45:00Z",
+            "2026-04-04T15:00:00Z",
+            "2026-04-04T15:15:00Z",
+            "2026-04-04T15:30:00Z",
+        ],
+    ),
+];
+
+#[test]
+fn dst_rules_of_the_spec() {
+    for (expr, tz, from, want) in DST_CASES {
+        let from = t(from);
+        let s = JobSchedule::from_expression(expr, tz, from).expect(expr);
+        assert_eq!(
+            next_n(&s, from, want.len()),
+            *want,
+            "{expr:?} in {tz} from {from}"
+        );
+    }
+}
+
+#[test]
+fn star_rule_quirk_of_day_fields() {
+    // 2026-01-05 is a Monday. `*/1` counts as a star (AND), `*/2` and `1-31` do not (OR).
+    let from = t("2026-01-01T00:00:00Z");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "0 0 */1 * 1",
+            &["2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z"],
+        ),
+        (
+            "0 0 1-31 * 1",
+            &["2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"],
+        ),
+        (
+            "0 0 */2 * 1",
+            &["2026-01-03T00:00:00Z", "2026-01-05T00:00:00Z"],
+        ),
+        (
+            "0 0 13 * 5",
+            &[
+                "2026-01-02T00:00:00Z",
+                "2026-01-09T00:00:00Z",
+                "2026-01-13T00:00:00Z",
+            ],
+        ),
+        ("0 0 ? * 1", &["2026-01-05T00:00:00Z"]),
+    ];
+    for (expr, want) in cases {
+        let s = JobSchedule::from_expression(expr, "UTC", from).expect(expr);
+        assert_eq!(next_n(&s, from, want.len()), *want, "{expr}");
+    }
+}
+
+fn interval(h: i64, m: i64, s: i64) -> Schedule {
+    Schedule {
+        interval: Some(IntervalSchedule {
+            hours: h,
+            minutes: m,
+            seconds: s,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn intervals_are_anchored() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let s = JobSchedule::from_spec(&interval(1, 30, 0), None, None, anchor).expect("valid");
+    assert_eq!(s.summary(), "every 1h30m");
+    assert_eq!(s.job_type(), JobType::Interval);
+    // Before the first slot: the first slot is one interval after the anchor.
+    assert_eq!(s.next_after(anchor), Some(t("2026-01-01T01:30:00Z")));
+    assert_eq!(
+        s.next_after(t("2025-06-01T00:00:00Z")),
+        Some(t("2026-01-01T01:30:00Z"))
+    );
+    // Exactly on a slot: the next one; between slots: the grid, not "now + interval".
+    assert_eq!(
+        s.next_after(t("2026-01-01T03:00:00Z")),
+        Some(t("2026-01-01T04:30:00Z"))
+    );
+    assert_eq!(
+        s.next_after(t("2026-01-01T03:00:01Z")),
+        Some(t("2026-01-01T04:30:00Z"))
+    );
+    // startTime re-anchors.
+    let s = JobSchedule::from_spec(
+        &interval(0, 0, 30),
+        None,
+        Some("2026-02-01T10:00:00Z"),
+        anchor,
+    )
+    .expect("valid");
+    assert_eq!(s.next_after(anchor), Some(t("2026-02-01T10:00:30Z")));
+    assert_eq!(
+        s.next_after(t("2026-02-01T10:00:30Z")),
+        Some(t("2026-02-01T10:01:00Z"))
+    );
+    let s = JobSchedule::from_spec(&interval(0, 0, 1), None, None, anchor).expect("valid");
+    assert_eq!(s.summary(), "every 1s");
+    assert_eq!(
+        s.next_after(t("2026-01-01T00:00:00.500Z")),
+        Some(t("2026-01-01T00:00:01Z"))
+    );
+}
+
+#[test]
+fn start_time_holds_back_cron() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let sched = Schedule {
+        cron: Some("0 * * * *".into()),
+        ..Default::default()
+    };
+    let s =
+        JobSchedule::from_spec(&sched, None, Some("2026-03-01T05:30:00Z"), anchor).expect("valid");
+    assert_eq!(s.next_after(anchor), Some(t("2026-03-01T06:00:00Z")));
+    let s =
+        JobSchedule::from_spec(&sched, None, Some("2026-03-01T05:00:00Z"), anchor).expect("valid");
+    assert_eq!(
+        s.next_after(anchor),
+        Some(t("2026-03-01T05:00:00Z")),
+        "a slot exactly at startTime runs"
+    );
+}
+
+#[test]
+fn at_runs_once() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let sched = Schedule {
+        at: Some("2026-12-01T00:00:00Z".into()),
+        ..Default::default()
+    };
+    let s = JobSchedule::from_spec(&sched, None, None, anchor).expect("valid");
+    assert_eq!(s.summary(), "at 2026-12-01T00:00:00Z");
+    assert_eq!(s.job_type(), JobType::Date);
+    assert_eq!(s.next_after(anchor), Some(t("2026-12-01T00:00:00Z")));
+    assert_eq!(s.next_after(t("2026-12-01T00:00:00Z")), None);
+}
+
+#[test]
+fn summaries() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let cron = |e: &str| Schedule {
+        cron: Some(e.into()),
+        ..Default::default()
+    };
+    let s = JobSchedule::from_spec(&cron("*/5 * * * *"), Some("Europe/Berlin"), None, anchor)
+        .expect("valid");
+    assert_eq!(s.summary(), "*/5 * * * * (Europe/Berlin)");
+    let s = JobSchedule::from_spec(&cron("@every 90s"), None, None, anchor).expect("valid");
+    assert_eq!(s.summary(), "@every 90s");
+    assert_eq!(s.next_after(anchor), Some(t("2026-01-01T00:01:30Z")));
+    assert_eq!(s.job_type(), JobType::Cron);
+    assert_eq!(human_duration(3600), "1h");
+    assert_eq!(human_duration(0), "0s");
+    assert_eq!(human_duration(3661), "1h1m1s");
+}
+
+#[test]
+fn invalid_schedules_say_why() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let cron = |e: &str| Schedule {
+        cron: Some(e.into()),
+        ..Default::default()
+    };
+    let cases: Vec<(Schedule, Option<&str>, Option<&str>, &str)> = vec![
+        (
+            interval(0, 0, 0),
+            None,
+            None,
+            "interval must be at least 1 second",
+        ),
+        (interval(0, -1, 0), None, None, "must not be negative"),
+        (interval(i64::MAX, 0, 0), None, None, "interval is too long"),
+        (
+            cron("61 * * * *"),
+            None,
+            None,
+            "invalid cron expression \"61 * * * *\": end of range (61) above maximum (59): 61",
+        ),
+        (
+            cron("* * * *"),
+            None,
+            None,
+            "expected exactly 5 fields, found 4",
+        ),
+        (
+            cron("0 0 * * *"),
+            Some("Mars/Olympus"),
+            None,
+            "unknown time zone \"Mars/Olympus\"",
+        ),
+        (
+            Schedule {
+                at: Some("tomorrow".into()),
+                ..Default::default()
+            },
+            None,
+            None,
+            "at: \"tomorrow\" is not an RFC 3339 time",
+        ),
+        (
+            cron("0 0 * * *"),
+            None,
+            Some("soon"),
+            "startTime: \"soon\" is not an RFC 3339 time",
+        ),
+        (
+            Schedule::default(),
+            None,
+            None,
+            "exactly one of interval, cron or at",
+        ),
+        (
+            Schedule {
+                cron: Some("* * * * *".into()),
+                interval: Some(IntervalSchedule {
+                    hours: 0,
+                    minutes: 0,
+                    seconds: 5,
+                }),
+                ..Default::default()
+            },
+            None,
+            None,
+            "exactly one of interval, cron or at",
+        ),
+        (
+            Schedule {
+                at: Some("2026-01-01T00:00:00Z".into()),
+                ..Default::default()
+            },
+            None,
+            Some("2026-02-01T00:00:00Z"),
+            "is before startTime",
+        ),
+    ];
+    for (sched, tz, start, want) in cases {
+        let err = JobSchedule::from_spec(&sched, tz, start, anchor).expect_err(want);
+        assert!(err.0.contains(want), "want {want:?}, got {:?}", err.0);
+    }
+}
+
+#[test]
+fn next_command_parses_intervals_and_cron() {
+    let from = t("2026-01-01T00:00:00Z");
+    let s = JobSchedule::from_expression("1h30m", "UTC", from).expect("interval");
+    assert_eq!(s.next_after(from), Some(t("2026-01-01T01:30:00Z")));
+    let err = JobSchedule::from_expression("500ms", "UTC", from).expect_err("too short");
+    assert!(err.0.contains("at least 1s"), "{}", err.0);
+    let err = JobSchedule::from_expression("10x", "UTC", from).expect_err("bad unit");
+    assert!(err.0.contains("unknown unit"), "{}", err.0);
+    assert!(JobSchedule::from_expression("@hourly", "UTC", from).is_ok());
+}
+
+#[test]
+fn never_matching_cron_has_no_next() {
+    let from = t("2026-01-01T00:00:00Z");
+    let s = JobSchedule::from_expression("0 0 30 2 *", "UTC", from).expect("robfig accepts Feb 30");
+    assert_eq!(s.next_after(from), None);
+}
+
+#[test]
+fn jitter_is_deterministic_and_bounded() {
+    let slot = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
+    let a = jitter("uid-a", slot, 30);
+    assert_eq!(a, jitter("uid-a", slot, 30), "same input, same delay");
+    assert_eq!(jitter("uid-a", slot, 0), Duration::zero());
+    let mut distinct = std::collections::HashSet::new();
+    for i in 0..200 {
+        let d = jitter(&format!("uid-{i}"), slot, 30);
+        assert!(d >= Duration::zero() && d < Duration::seconds(30), "{d:?}");
+        distinct.insert(d.num_milliseconds());
+    }
+    assert!(
+        distinct.len() > 150,
+        "delays spread out: {} distinct of 200",
+        distinct.len()
+    );
+}

@@ -1,0 +1,169 @@
+"""The real Celery app kube-beat's tests and demo dispatch to.
+
+It implements the migration plan's four tasks under their real names, plus tasks that fail, retry
+and sleep. Every invocation is recorded durably in Postgres (table `celery_invocations` in the
+database named by KB_RECORD_DSN) so tests can count executions exactly, from the worker's side.
+
+Configuration (environment):
+  CELERY_BROKER_URL      redis://... or amqp://...
+  CELERY_RESULT_BACKEND  redis://..., db+postgresql+psycopg2://... or unset (no results)
+  KB_RECORD_DSN          postgresql://... where invocations are recorded
+Run: celery -A kb_worker worker -Q celery,ad_queue,...
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+
+import psycopg2
+from celery import Celery
+
+app = Celery("kb_worker")
+app.conf.update(
+    broker_url=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+    result_backend=os.environ.get("CELERY_RESULT_BACKEND") or None,
+    task_track_started=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=int(os.environ.get("KB_PREFETCH", "4")),
+)
+
+_local = threading.local()
+_schema_ready = False
+_schema_lock = threading.Lock()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS celery_invocations (
+    id          bigserial PRIMARY KEY,
+    task_id     text NOT NULL,
+    task_name   text NOT NULL,
+    args        jsonb NOT NULL,
+    kwargs      jsonb NOT NULL,
+    queue       text,
+    priority    integer,
+    retries     integer NOT NULL DEFAULT 0,
+    headers     jsonb NOT NULL DEFAULT '{}',
+    worker      text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS celery_invocations_task_id ON celery_invocations (task_id);
+CREATE INDEX IF NOT EXISTS celery_invocations_queue ON celery_invocations (queue);
+"""
+
+
+def _conn():
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = psycopg2.connect(os.environ["KB_RECORD_DSN"])
+        conn.autocommit = True
+        _local.conn = conn
+    return conn
+
+
+def ensure_schema():
+    global _schema_ready
+    with _schema_lock:
+        if _schema_ready:
+            return
+        with _conn().cursor() as cur:
+            # Several workers may start at once; CREATE ... IF NOT EXISTS alone races.
+            cur.execute("SELECT pg_advisory_lock(727272)")
+            try:
+                cur.execute(SCHEMA)
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(727272)")
+        _schema_ready = True
+
+
+def _json(value):
+    return json.dumps(value, default=repr)
+
+
+def record(task, args, kwargs):
+    """Record one invocation before the task body runs (so a task that fails still counts)."""
+    ensure_schema()
+    req = task.request
+    delivery = req.delivery_info or {}
+    headers = {k: v for k, v in vars(req).items() if k.startswith("kubebeat")}
+    with _conn().cursor() as cur:
+        cur.execute(
+            "INSERT INTO celery_invocations"
+            " (task_id, task_name, args, kwargs, queue, priority, retries, headers, worker)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                req.id,
+                task.name,
+                _json(list(args)),
+                _json(kwargs),
+                delivery.get("routing_key"),
+                delivery.get("priority"),
+                req.retries or 0,
+                _json(headers),
+                req.hostname or socket.gethostname(),
+            ),
+        )
+
+
+# --- the migration plan's four tasks, under their real names -------------------------------
+
+
+@app.task(name="tasks.ad_sync_tasks.sync_domain_users_task", bind=True)
+def sync_domain_users_task(self, domain_id=None, mode="full"):
+    record(self, (domain_id,) if domain_id is not None else (), {"mode": mode})
+    return {"domain_id": domain_id, "synced": 42, "mode": mode}
+
+
+@app.task(name="services.auth_service.auth_service.cleanup_all_expired_sessions", bind=True)
+def cleanup_all_expired_sessions(self, retention_days=30):
+    record(self, (), {"retention_days": retention_days})
+    return {"deleted": 0, "retention_days": retention_days}
+
+
+@app.task(
+    name="services.desktop_session_service.DesktopSessionService.cleanup_stale_sessions",
+    bind=True,
+)
+def cleanup_stale_sessions(self, timeout_minutes=30):
+    record(self, (), {"timeout_minutes": timeout_minutes})
+    return {"closed": 0, "timeout_minutes": timeout_minutes}
+
+
+@app.task(name="tasks.deployment_tasks.cleanup_stale_deployment_jobs", bind=True)
+def cleanup_stale_deployment_jobs(self, max_age_minutes=60):
+    record(self, (), {"max_age_minutes": max_age_minutes})
+    return {"cleaned": 0, "max_age_minutes": max_age_minutes}
+
+
+# --- tasks for tests ----------------------------------------------------------------------
+
+
+@app.task(name="kb.echo", bind=True)
+def echo(self, *args, **kwargs):
+    record(self, args, kwargs)
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="kb.fail", bind=True)
+def fail(self, message="boom", *args, **kwargs):
+    record(self, (message,) + args, kwargs)
+    raise ValueError(message)
+
+
+@app.task(name="kb.retry_once", bind=True, max_retries=3)
+def retry_once(self, *args, **kwargs):
+    record(self, args, kwargs)
+    if self.request.retries == 0:
+        raise self.retry(exc=ConnectionError("transient"), countdown=1)
+    return {"retries": self.request.retries}
+
+
+@app.task(name="kb.sleep", bind=True)
+def sleep(self, seconds=5, *args, **kwargs):
+    record(self, (seconds,) + args, kwargs)
+    time.sleep(float(seconds))
+    return {"slept": seconds}

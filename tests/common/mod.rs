@@ -1,0 +1,310 @@
+//! Test harness shared by the integration and end-to-end tests.
+//!
+//! These tests run against real components: the local kube-apiserver (or the cluster KUBECONFIG
+//! points at), Postgres, Redis, RabbitMQ and a real Celery worker. `make test` starts them and
+//! exports the variables read here; the tests are `#[ignore]`d so a bare `cargo test` runs only the
+//! pure ones.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+
+/// Where the real services are.
+pub struct TestEnv {
+    pub kubectl: String,
+    pub pg_base: String,
+    pub redis_url: String,
+    pub amqp_url: String,
+    pub celery_venv: PathBuf,
+    pub repo: PathBuf,
+}
+
+fn var(name: &str, default: Option<&str>) -> String {
+    match (std::env::var(name), default) {
+        (Ok(v), _) if !v.is_empty() => v,
+        (_, Some(d)) => d.to_string(),
+        _ => panic!(
+            "{name} is not set: run these tests through `make test`, which starts the real services"
+        ),
+    }
+}
+
+pub fn env() -> TestEnv {
+    // Fail loudly: a cluster test that silently passes without a cluster proves nothing.
+    var("KUBECONFIG", None);
+    TestEnv {
+        kubectl: var("KUBECTL", Some("kubectl")),
+        pg_base: var("KB_PG_BASE", Some("postgres://postgres@127.0.0.1:5432")),
+        redis_url: var("KB_REDIS_URL", Some("redis://127.0.0.1:6379")),
+        amqp_url: var("KB_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672//")),
+        celery_venv: PathBuf::from(var("KB_CELERY_VENV", None)),
+        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
+}
+
+/// A short unique name, safe for Kubernetes names, queue names and database names.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+/// A kubectl command with its own discovery cache: parallel kubectl processes sharing one cache
+/// overwrite each other's view of freshly installed CRDs.
+fn kubectl_command(args: &[&str]) -> (Command, tempfile::TempDir) {
+    let env = env();
+    let cache = tempfile::tempdir().expect("a temp dir");
+    let mut cmd = Command::new(&env.kubectl);
+    cmd.arg(format!("--cache-dir={}", cache.path().display()))
+        .args(args);
+    (cmd, cache)
+}
+
+/// Run kubectl; returns the output whatever the exit code.
+pub fn kubectl(args: &[&str]) -> Output {
+    let (mut cmd, _cache) = kubectl_command(args);
+    cmd.output().expect("running kubectl")
+}
+
+/// Run kubectl with stdin; returns the output.
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let (mut cmd, _cache) = kubectl_command(args);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing stdin");
+    child.wait_with_output().expect("kubectl output")
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Make sure the CRDs from `crds/` are installed and served. `make test` installs them once
+/// before the suite; re-applying a CRD while another test uses it makes discovery flap on 1.20.
+pub fn install_crds() {
+    let env = env();
+    let installed = kubectl(&[
+        "get",
+        "crd",
+        "scheduledjobs.kubebeat.io",
+        "taskfunctions.kubebeat.io",
+    ]);
+    if !installed.status.success() {
+        let path = env.repo.join("crds/kube-beat-crds.yaml");
+        ok(&kubectl(&[
+            "apply",
+            "-f",
+            path.to_str().expect("utf-8 path"),
+        ]));
+    }
+    ok(&kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/scheduledjobs.kubebeat.io",
+        "crd/taskfunctions.kubebeat.io",
+    ]));
+    // Established comes a moment before discovery serves the new kinds; kubectl needs discovery.
+    let start = Instant::now();
+    while !(kubectl(&["get", "scheduledjobs", "-A"]).status.success()
+        && kubectl(&["get", "taskfunctions"]).status.success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the CRDs never appeared in discovery"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Create a namespace for one test.
+pub fn namespace(prefix: &str) -> String {
+    let ns = unique(prefix);
+    ok(&kubectl(&["create", "namespace", &ns]));
+    ns
+}
+
+/// A fresh Postgres database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let env = env();
+        let name = unique("kbt").replace('-', "_");
+        let mut admin = PgConnection::connect(&format!("{}/postgres", env.pg_base))
+            .await
+            .expect("connecting to Postgres");
+        // The name is generated above from a uuid: nothing user-supplied reaches this SQL.
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("creating the test database");
+        TestDb {
+            url: format!("{}/{name}", env.pg_base),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url)
+            .await
+            .expect("connecting to the test database")
+    }
+
+    pub async fn drop_db(self) {
+        let env = env();
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", env.pg_base)).await {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+        }
+    }
+}
+
+/// A real Celery worker process, killed when dropped.
+pub struct Worker {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// Start a worker consuming `queues` (comma-separated) and wait until it is ready.
+    pub fn start(broker: &str, backend: Option<&str>, queues: &str, record_dsn: &str) -> Worker {
+        let env = env();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
+        let file = std::fs::File::create(&log).expect("creating the worker log");
+        let child = Command::new(env.repo.join("hack/celery-worker.sh"))
+            .arg(queues)
+            .arg(unique("w"))
+            .env("CELERY_BROKER_URL", broker)
+            .env("CELERY_RESULT_BACKEND", backend.unwrap_or(""))
+            .env(
+                "KB_RECORD_DSN",
+                record_dsn.replace("postgres://", "postgresql://"),
+            )
+            .env("KB_CELERY_VENV", &env.celery_venv)
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting the Celery worker");
+        let mut worker = Worker { child, log };
+        worker.wait_ready(Duration::from_secs(60));
+        worker
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(" ready.") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Celery worker exited ({status}) before it was ready:\n{text}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "Celery worker not ready after {timeout:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SIGTERM first so Celery acks what it holds; then make sure.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publish one task with Celery's own Python client; returns the task id.
+pub fn celery_send(broker: &str, task: &str, queue: &str, args: &str, kwargs: &str) -> String {
+    let env = env();
+    let out = Command::new(env.celery_venv.join("bin/python"))
+        .arg("send.py")
+        .args([task, queue, args, kwargs])
+        .current_dir(env.repo.join("tests/celery_app"))
+        .env("CELERY_BROKER_URL", broker)
+        .output()
+        .expect("running the Celery client");
+    ok(&out).trim().to_string()
+}
+
+/// One row of the worker's durable invocation record.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Invocation {
+    pub task_id: String,
+    pub task_name: String,
+    pub args: serde_json::Value,
+    pub kwargs: serde_json::Value,
+    pub queue: Option<String>,
+    pub priority: Option<i32>,
+    pub headers: serde_json::Value,
+}
+
+/// Poll the worker's record until `pred` holds for the rows of `queue`, or time runs out.
+pub async fn wait_invocations(
+    pool: &PgPool,
+    queue: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Invocation]) -> bool,
+) -> Vec<Invocation> {
+    let start = Instant::now();
+    loop {
+        let rows: Vec<Invocation> = sqlx::query_as(
+            "SELECT task_id, task_name, args, kwargs, queue, priority, headers
+             FROM celery_invocations WHERE queue = $1 ORDER BY id",
+        )
+        .bind(queue)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default(); // the table appears with the worker's first task
+        if pred(&rows) || start.elapsed() > timeout {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
