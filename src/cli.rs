@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{api, schedule};
+use crate::{api, schedule, store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Namespace to watch (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Label selector limiting which TaskFunctions this installation manages (e.g.
+    /// `kubebeat.io/installation=team-a`); default all.
+    #[arg(long, env = "TASK_FUNCTION_SELECTOR")]
+    pub task_function_selector: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "kube-beat-leader")]
     pub lease_name: String,
@@ -103,6 +107,16 @@ pub struct RunArgs {
     /// Address of the HTTP server (health, metrics, API).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: String,
+    /// Apply pending migrations at start (under an advisory lock). Turn off for installs that
+    /// migrate in a separate step (`kube-beat migrate up`).
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Maximum Postgres connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// How long the executions of deleted ScheduledJobs are kept, in hours.
+    #[arg(long, env = "DELETED_JOB_RETENTION_HOURS", default_value_t = 168)]
+    pub deleted_job_retention_hours: u32,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -124,9 +138,12 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -156,7 +173,30 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Migrate { .. } => not_yet("migrate", 3),
+        Command::Migrate {
+            action,
+            database_url,
+        } => {
+            let url = database_url.context("--database-url (or DATABASE_URL) is required")?;
+            let pool = store::connect(&url, 2).await?;
+            match action {
+                MigrateAction::Up => {
+                    store::migrate::up(&pool).await?;
+                    println!("migrations applied");
+                }
+                MigrateAction::Down { steps } => {
+                    let reverted = store::migrate::down(&pool, steps).await?;
+                    println!("reverted {} migration(s): {reverted:?}", reverted.len());
+                }
+                MigrateAction::Status => {
+                    for (version, description, applied) in store::migrate::status(&pool).await? {
+                        let state = if applied { "applied" } else { "pending" };
+                        println!("{version:>4}  {state:<8} {description}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Next {
             schedule,
             tz,

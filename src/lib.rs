@@ -8,4 +8,6 @@
 pub mod api;
 pub mod cli;
 pub mod operator;
+pub mod reconcile;
 pub mod schedule;
+pub mod store;

@@ -1,45 +1,84 @@
 //! The `run` entry point: wires the controllers, the leader and the servers together.
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
+use chrono::{Duration, Utc};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
 };
 use tracing::info;
 
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
     cli::RunArgs,
+    reconcile, store,
 };
 
 /// Run the operator until SIGTERM / Ctrl-C.
 pub async fn run(args: RunArgs) -> Result<()> {
+    let url = args
+        .database_url
+        .as_deref()
+        .context("--database-url (or DATABASE_URL) is required")?;
+    let pool = store::connect(url, args.database_max_connections).await?;
+    if args.migrate {
+        store::migrate::up(&pool)
+            .await
+            .context("applying migrations")?;
+        info!("database migrations applied");
+    }
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
-    let jobs: Api<ScheduledJob> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    info!(namespace = ?args.namespace, "kube-beat starting");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     };
-    info!(namespace = ?args.namespace, "kube-beat starting; watching ScheduledJobs");
-    let watch = watcher(jobs, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .for_each(|ev| async move {
-            match ev {
-                Ok(job) => {
-                    info!(job = %job.name_any(), ns = ?job.namespace(), "observed ScheduledJob")
-                }
-                Err(e) => tracing::warn!(error = %e, "watch error"),
-            }
-        });
+    let retention = Duration::hours(i64::from(args.deleted_job_retention_hours));
+    let controllers = reconcile::run(
+        client,
+        pool.clone(),
+        args.namespace.clone(),
+        args.task_function_selector.clone(),
+        futures::FutureExt::shared(Box::pin(stopped)),
+    );
+    let pruner = prune_deleted_jobs(pool, retention, stop_rx);
     tokio::select! {
-        _ = watch => {}
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = async { tokio::join!(controllers, pruner) } => {}
+        _ = async {
+            shutdown_signal().await;
+            info!("shutting down");
+            let _ = stop_tx.send(true);
+            // Give the controllers a moment to finish what they are doing.
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => {}
     }
     Ok(())
+}
+
+/// Remove deleted jobs (and their executions) once they are older than the retention.
+async fn prune_deleted_jobs(
+    pool: sqlx::PgPool,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match store::prune_deleted_jobs(&pool, Utc::now() - retention, 500).await {
+            Ok(0) => {}
+            Ok(n) => info!(jobs = n, "pruned deleted jobs past retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning deleted jobs failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -202,6 +202,14 @@ impl JobSchedule {
         }
     }
 
+    /// The instant of a one-shot (`at`) schedule.
+    pub fn once_at(&self) -> Option<DateTime<Utc>> {
+        match self.kind {
+            Kind::At(at) => Some(at),
+            _ => None,
+        }
+    }
+
     /// Human summary for `status.schedule`.
     pub fn summary(&self) -> &str {
         &self.text

@@ -308,3 +308,73 @@ pub async fn wait_invocations(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A `kube-beat run` process, killed when dropped. Each test runs its own, limited to the test's
+/// namespace and TaskFunctions labelled with the test's id, so parallel tests do not meet.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(database_url: &str, namespace: &str, test_id: &str, extra: &[&str]) -> Operator {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("kb-operator")));
+        let file = std::fs::File::create(&log).expect("creating the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+            .arg("run")
+            .args(["--namespace", namespace])
+            .args([
+                "--task-function-selector",
+                &format!("kubebeat.io/test={test_id}"),
+            ])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("DATABASE_URL", database_url)
+            .env("POD_NAME", unique("op"))
+            .env(
+                "RUST_LOG",
+                std::env::var("KB_OPERATOR_LOG").unwrap_or_else(|_| "info,kube_beat=debug".into()),
+            )
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting kube-beat run");
+        Operator { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("kube-beat exited ({status}):\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

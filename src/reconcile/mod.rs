@@ -1,0 +1,403 @@
+//! Reconcile ScheduledJobs and TaskFunctions into Postgres, in stages: read related objects →
+//! validate (pure) → build the row (pure) → upsert (idempotent, keyed by uid) → status.
+//!
+//! Both controllers watch through [`DeserializeGuard`], so an object that does not even
+//! deserialize (written with `--validate=false`, or against an older schema) is reported on the
+//! object itself and never breaks the watch for the others.
+
+pub mod conditions;
+pub mod scheduled_job;
+pub mod task_function;
+pub mod validate;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::atomic::{AtomicBool, Ordering},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use sqlx::PgPool;
+use tracing::warn;
+
+use crate::{
+    api::{FINALIZER, ScheduledJob, TaskFunction},
+    store::StoreError,
+};
+
+/// Errors worth retrying. Invalid input is not an error here: it becomes a condition.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("cache not ready: {0}")]
+    CacheNotReady(String),
+}
+
+impl Error {
+    /// A static category for logs, metrics and Events (never the message: unbounded labels).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Store(_) => "database",
+            Error::MissingMetadata(_) => "metadata",
+            Error::CacheNotReady(_) => "cache",
+        }
+    }
+}
+
+pub type Guarded<K> = DeserializeGuard<K>;
+
+/// Shared by both controllers.
+pub struct Context {
+    pub client: Client,
+    pub pool: PgPool,
+    pub jobs: Store<Guarded<ScheduledJob>>,
+    pub functions: Store<Guarded<TaskFunction>>,
+    /// Which TaskFunctions this installation manages.
+    pub selector: LabelSelector,
+    jobs_listed: Arc<AtomicBool>,
+    functions_listed: Arc<AtomicBool>,
+    /// Latest TaskFunction versions that triggered job reconciles.
+    seen_functions: Arc<Mutex<HashMap<String, SeenTaskFunction>>>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    fn failed(&self, key: String) -> Duration {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff(*n)
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(key);
+    }
+
+    /// The TaskFunction `name` from the cache, once the cache has caught up with the newest
+    /// change that triggered a job reconcile.
+    async fn task_function(&self, name: &str) -> Option<Arc<Guarded<TaskFunction>>> {
+        let key = ObjectRef::<Guarded<TaskFunction>>::new(name);
+        for _ in 0..50 {
+            let cached = self
+                .functions
+                .get(&key)
+                .filter(|tf| self.selector.matches(tf.labels()));
+            let wanted = self
+                .seen_functions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied();
+            if wanted.is_none_or(|w| w.satisfied_by(cached.as_deref())) {
+                return cached;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.functions
+            .get(&key)
+            .filter(|tf| self.selector.matches(tf.labels()))
+    }
+
+    /// Wait until both caches have listed once: before that, a missing TaskFunction may only be
+    /// one we have not seen yet. Polls flags rather than `Store::wait_until_ready`: that future
+    /// wakes only its most recent poller, so waiting on it beside the controller's own runner
+    /// can stall one of them for good.
+    async fn caches_ready(&self) -> Result<(), Error> {
+        let start = std::time::Instant::now();
+        while !(self.jobs_listed.load(Ordering::Acquire)
+            && self.functions_listed.load(Ordering::Acquire))
+        {
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(Error::CacheNotReady("no initial list within 60 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// A watch feeding a cache, flagging when the cache holds the initial list.
+fn reflected<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    listed: Arc<AtomicBool>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                listed.store(true, Ordering::Release);
+            }
+        })
+        .applied_objects();
+    (reader, stream)
+}
+
+/// An equality-based label selector (`a=b,c=d`), matched in the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<(String, String)>);
+
+impl LabelSelector {
+    pub fn parse(text: &str) -> LabelSelector {
+        LabelSelector(
+            text.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| {
+                    (
+                        k.trim().to_string(),
+                        v.trim().trim_start_matches('=').to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// 2 s, 4 s, 8 s ... capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(8);
+    Duration::from_secs((2u64 << exp).min(300))
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    if is_conflict(err) {
+        tracing::debug!(object = %object_key(obj.as_ref()), "conflict on a stale object; retrying shortly");
+        return Action::requeue(Duration::from_millis(500));
+    }
+    let delay = ctx.failed(object_key(obj.as_ref()));
+    warn!(object = %object_key(obj.as_ref()), category = err.category(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Add our finalizer if missing; `Ok(true)` if a patch was sent.
+async fn ensure_finalizer<K>(api: &Api<K>, obj: &K) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut finalizers = obj.finalizers().to_vec();
+    if finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(false);
+    }
+    finalizers.push(FINALIZER.to_string());
+    patch_finalizers(api, obj, finalizers).await?;
+    Ok(true)
+}
+
+async fn remove_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    match patch_finalizers(api, obj, finalizers).await {
+        // Already gone: nothing left to clean.
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+/// Replace the finalizer list, guarded by resourceVersion so a concurrent writer is not undone.
+async fn patch_finalizers<K>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let rv = obj
+        .resource_version()
+        .ok_or(Error::MissingMetadata("resourceVersion"))?;
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A 409 means we acted on a stale copy; the change that beat us is already on its way as an
+/// event, so retry soon instead of backing off.
+pub fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+}
+
+/// Reconciler failures are logged by `error_policy`; this reports the rest (watch errors).
+async fn log_controller_error<T, E: std::fmt::Display, Q: std::fmt::Display>(
+    result: Result<T, kube::runtime::controller::Error<E, Q>>,
+) {
+    match result {
+        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        // A job naming a TaskFunction that does not exist maps to nothing to reconcile.
+        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+            tracing::debug!(object = %obj, "trigger for an object not in the cache")
+        }
+        Err(e) => warn!(error = %e, "controller watch error (retrying with backoff)"),
+    }
+}
+
+/// The version of a TaskFunction the job controller was last triggered by. The job controller's
+/// trigger watch and the TaskFunction store are separate watches; a job reconciled because of a
+/// TaskFunction change waits until the store has caught up with that change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenTaskFunction {
+    generation: Option<i64>,
+    deleting: bool,
+    /// What else jobs depend on: uid, labels, whether it deserialized.
+    fingerprint: u64,
+}
+
+impl SeenTaskFunction {
+    fn of(tf: &Guarded<TaskFunction>) -> SeenTaskFunction {
+        use std::hash::{Hash, Hasher};
+        let meta = match &tf.0 {
+            Ok(t) => &t.metadata,
+            Err(e) => &e.metadata,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        meta.uid.hash(&mut h);
+        meta.labels.hash(&mut h);
+        tf.0.is_ok().hash(&mut h);
+        SeenTaskFunction {
+            generation: meta.generation,
+            deleting: meta.deletion_timestamp.is_some(),
+            fingerprint: h.finish(),
+        }
+    }
+
+    /// Whether `cached` (from the store) is at least as new as this trigger.
+    fn satisfied_by(&self, cached: Option<&Guarded<TaskFunction>>) -> bool {
+        match cached {
+            None => true, // gone from the store: newer than any trigger
+            Some(c) => {
+                let now = SeenTaskFunction::of(c);
+                now.deleting || (!self.deleting && now.generation >= self.generation)
+            }
+        }
+    }
+}
+
+/// Run both controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    pool: PgPool,
+    namespace: Option<String>,
+    task_function_selector: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let jobs_api: Api<Guarded<ScheduledJob>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let functions_api: Api<Guarded<TaskFunction>> = Api::all(client.clone());
+    // The selector is applied in the operator rather than in the watch, so the TaskFunction
+    // cache also answers "exists but belongs to another installation" (treated as missing).
+    let selector = LabelSelector::parse(task_function_selector.as_deref().unwrap_or(""));
+    let tf_cfg = watcher::Config::default();
+
+    let jobs_listed = Arc::new(AtomicBool::new(false));
+    let functions_listed = Arc::new(AtomicBool::new(false));
+    let (jobs, jobs_stream) = reflected(
+        jobs_api.clone(),
+        watcher::Config::default(),
+        jobs_listed.clone(),
+    );
+    let (functions, functions_stream) = reflected(
+        functions_api.clone(),
+        tf_cfg.clone(),
+        functions_listed.clone(),
+    );
+    let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone());
+    // Debounced: a burst of job changes becomes one jobCount update.
+    let function_ctrl = Controller::for_stream(functions_stream, functions.clone()).with_config(
+        kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+    );
+    let seen: Arc<Mutex<HashMap<String, SeenTaskFunction>>> = Arc::default();
+
+    // A TaskFunction change re-reconciles the jobs that use it (its deletion shows first as a
+    // deletionTimestamp, thanks to our finalizer). Only changes jobs depend on count: without
+    // this, every jobCount status update would re-run all of its jobs (quadratic work while many
+    // jobs are created).
+    let jobs_index = jobs.clone();
+    let seen_by_mapper = seen.clone();
+    let job_ctrl = job_ctrl.watches(functions_api, tf_cfg, move |tf| {
+        let name = tf.name_any();
+        let now_seen = SeenTaskFunction::of(&tf);
+        let mut seen = seen_by_mapper.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(name.clone(), now_seen) == Some(now_seen) {
+            return Vec::new();
+        }
+        jobs_index
+            .state()
+            .into_iter()
+            .filter(|j| j.0.as_ref().is_ok_and(|j| j.spec.task_function == name))
+            .map(|j| ObjectRef::from_obj(j.as_ref()))
+            .collect::<Vec<_>>()
+    });
+    // A job change updates its TaskFunction's jobCount.
+    let function_ctrl = function_ctrl.watches(jobs_api, watcher::Config::default(), |job| {
+        job.0
+            .as_ref()
+            .ok()
+            .map(|j| ObjectRef::new(&j.spec.task_function))
+    });
+
+    let ctx = Arc::new(Context {
+        client,
+        pool,
+        jobs,
+        functions,
+        selector,
+        jobs_listed,
+        functions_listed,
+        seen_functions: seen,
+        failures: Mutex::new(HashMap::new()),
+    });
+    let jobs_done = job_ctrl
+        .graceful_shutdown_on(shutdown.clone())
+        .run(scheduled_job::reconcile, error_policy, ctx.clone())
+        .for_each(log_controller_error);
+    let functions_done = function_ctrl
+        .graceful_shutdown_on(shutdown)
+        .run(task_function::reconcile, error_policy, ctx)
+        .for_each(log_controller_error);
+    futures::join!(jobs_done, functions_done);
+}

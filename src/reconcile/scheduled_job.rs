@@ -1,0 +1,221 @@
+//! The ScheduledJob controller.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::{debug, info};
+
+use super::{Context, Error, Guarded, conditions, ensure_finalizer, remove_finalizer, validate};
+use crate::{
+    api::{ScheduledJob, ScheduledJobStatus, TaskFunction},
+    schedule::rfc3339,
+    store,
+};
+
+/// How often every job is reconciled even without a change.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The verdict on a job, before it is written anywhere.
+enum Verdict {
+    Valid(Box<validate::JobRow>),
+    Invalid(validate::Invalid),
+}
+
+pub async fn reconcile(
+    obj: Arc<Guarded<ScheduledJob>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.caches_ready().await?;
+    let (meta, job) = match &obj.0 {
+        Ok(job) => (&job.metadata, Some(job)),
+        Err(invalid) => (&invalid.metadata, None),
+    };
+    let ns = meta
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    let uid = meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?;
+    let key = format!("{ns}/{name}");
+    let api: Api<Guarded<ScheduledJob>> = Api::namespaced(ctx.client.clone(), &ns);
+
+    if meta.deletion_timestamp.is_some() {
+        if obj.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
+            // Stop scheduling before the object disappears; executions are kept.
+            store::mark_job_deleted(&ctx.pool, &uid).await?;
+            remove_finalizer(&api, obj.as_ref()).await?;
+            info!(job = %key, "ScheduledJob deleted: scheduling stopped");
+        }
+        ctx.succeeded(&key);
+        return Ok(Action::await_change());
+    }
+    if ensure_finalizer(&api, obj.as_ref()).await? {
+        // The patch produces a new event; the next pass continues from here.
+        return Ok(Action::await_change());
+    }
+
+    let now = Utc::now();
+    let generation = meta.generation.unwrap_or(0);
+    let verdict = match job {
+        None => Verdict::Invalid(validate::Invalid {
+            reason: validate::Reason::InvalidSpec,
+            message: format!(
+                "the object does not match the ScheduledJob schema: {}",
+                obj.0
+                    .as_ref()
+                    .err()
+                    .map(|e| e.error.as_str())
+                    .unwrap_or_default()
+            ),
+        }),
+        Some(job) => {
+            let tf = ctx.task_function(&job.spec.task_function).await;
+            judge(job, &uid, &ns, &name, generation, tf.as_deref(), now)
+        }
+    };
+
+    let (conds, summary, next) = match verdict {
+        Verdict::Valid(row) => {
+            let stored = store::upsert_job(&ctx.pool, &row).await?;
+            let Some(stored) = stored else {
+                // Deleted in Postgres already (we are racing our own deletion).
+                return Ok(Action::await_change());
+            };
+            let message = if row.suspended {
+                "valid and stored; suspended"
+            } else if stored.next_run_at.is_none() {
+                "valid and stored; no further runs"
+            } else {
+                "valid and stored"
+            };
+            debug!(job = %key, next = ?stored.next_run_at, "stored");
+            let previous = current_status(job)
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let conds =
+                conditions::set_ready(&previous, true, "Stored", message, Some(generation), now);
+            (
+                conds,
+                Some(row.schedule_summary.clone()),
+                stored.next_run_at,
+            )
+        }
+        Verdict::Invalid(invalid) => {
+            // Stop it: an invalid job must not keep running an outdated schedule silently.
+            store::disable_invalid_job(
+                &ctx.pool,
+                &uid,
+                generation,
+                invalid.reason.as_str(),
+                &invalid.message,
+            )
+            .await?;
+            info!(job = %key, reason = %invalid.reason, message = %invalid.message, "ScheduledJob not ready");
+            let previous = current_status(job)
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let conds = conditions::set_ready(
+                &previous,
+                false,
+                invalid.reason.as_str(),
+                &invalid.message,
+                Some(generation),
+                now,
+            );
+            (conds, None, None)
+        }
+    };
+    write_status(&api, &name, job, generation, conds, summary, next).await?;
+    ctx.succeeded(&key);
+    // A periodic resync as a safety net for events missed while disconnected.
+    Ok(Action::requeue(RESYNC))
+}
+
+fn judge(
+    job: &ScheduledJob,
+    uid: &str,
+    ns: &str,
+    name: &str,
+    generation: i64,
+    tf_obj: Option<&Guarded<TaskFunction>>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let created = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| to_chrono(t.0))
+        .unwrap_or(now);
+    let meta = validate::JobMeta {
+        uid,
+        namespace: ns,
+        name,
+        generation,
+        created,
+    };
+    let tf_result = tf_obj.and_then(|g| match &g.0 {
+        // A TaskFunction on its way out counts as gone.
+        Ok(tf) if tf.metadata.deletion_timestamp.is_some() => None,
+        Ok(tf) => Some(validate::task_function(&tf.name_any(), &tf.spec)),
+        Err(e) => Some(Err(validate::Invalid {
+            reason: validate::Reason::InvalidSpec,
+            message: format!("does not match the TaskFunction schema: {}", e.error),
+        })),
+    });
+    let tf_ref = match &tf_result {
+        None => validate::TaskFunctionRef::Missing,
+        Some(Err(e)) => validate::TaskFunctionRef::Invalid(e),
+        Some(Ok(tf)) => validate::TaskFunctionRef::Valid(tf),
+    };
+    match validate::scheduled_job(&meta, &job.spec, tf_ref, now) {
+        Ok(row) => Verdict::Valid(Box::new(row)),
+        Err(e) => Verdict::Invalid(e),
+    }
+}
+
+fn current_status(job: Option<&ScheduledJob>) -> Option<&ScheduledJobStatus> {
+    job.and_then(|j| j.status.as_ref())
+}
+
+/// Patch the fields this stage owns, only when they differ (a resync writes nothing).
+async fn write_status(
+    api: &Api<Guarded<ScheduledJob>>,
+    name: &str,
+    job: Option<&ScheduledJob>,
+    generation: i64,
+    conds: Vec<crate::api::Condition>,
+    summary: Option<String>,
+    next: Option<DateTime<Utc>>,
+) -> Result<(), Error> {
+    let next = next.map(rfc3339);
+    if let Some(s) = current_status(job)
+        && s.observed_generation == Some(generation)
+        && s.conditions == conds
+        && s.schedule == summary
+        && s.next_schedule_time == next
+    {
+        return Ok(());
+    }
+    // JSON merge patch: `null` removes a field (no next run while suspended or invalid).
+    let patch = json!({"status": {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "schedule": summary,
+        "nextScheduleTime": next,
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A Kubernetes timestamp as chrono.
+pub fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0).unsigned_abs())
+        .unwrap_or_default()
+}

@@ -1,0 +1,117 @@
+//! The TaskFunction controller.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::info;
+
+use super::{Context, Error, Guarded, conditions, ensure_finalizer, remove_finalizer, validate};
+use crate::{api::TaskFunction, store};
+
+pub async fn reconcile(
+    obj: Arc<Guarded<TaskFunction>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.caches_ready().await?;
+    let (meta, tf) = match &obj.0 {
+        Ok(tf) => (&tf.metadata, Some(tf)),
+        Err(invalid) => (&invalid.metadata, None),
+    };
+    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    let uid = meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?;
+    let api: Api<Guarded<TaskFunction>> = Api::all(ctx.client.clone());
+    if !ctx.selector.matches(obj.labels()) {
+        return Ok(Action::await_change()); // another installation's
+    }
+
+    if meta.deletion_timestamp.is_some() {
+        if obj.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
+            store::delete_task_function(&ctx.pool, &name).await?;
+            remove_finalizer(&api, obj.as_ref()).await?;
+            info!(task_function = %name, "TaskFunction deleted");
+        }
+        ctx.succeeded(&name);
+        return Ok(Action::await_change());
+    }
+    if ensure_finalizer(&api, obj.as_ref()).await? {
+        return Ok(Action::await_change());
+    }
+
+    let generation = meta.generation.unwrap_or(0);
+    let verdict = match tf {
+        Some(tf) => validate::task_function(&name, &tf.spec),
+        None => Err(validate::Invalid {
+            reason: validate::Reason::InvalidSpec,
+            message: format!(
+                "the object does not match the TaskFunction schema: {}",
+                obj.0
+                    .as_ref()
+                    .err()
+                    .map(|e| e.error.as_str())
+                    .unwrap_or_default()
+            ),
+        }),
+    };
+    let previous = tf
+        .and_then(|t| t.status.as_ref())
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let now = Utc::now();
+    let conds = match &verdict {
+        Ok(valid) => {
+            store::upsert_task_function(&ctx.pool, valid, &uid, generation).await?;
+            conditions::set_ready(
+                &previous,
+                true,
+                "Stored",
+                "valid and stored",
+                Some(generation),
+                now,
+            )
+        }
+        Err(invalid) => {
+            info!(task_function = %name, reason = %invalid.reason, message = %invalid.message, "TaskFunction not ready");
+            conditions::set_ready(
+                &previous,
+                false,
+                invalid.reason.as_str(),
+                &invalid.message,
+                Some(generation),
+                now,
+            )
+        }
+    };
+
+    let job_count = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| {
+            j.0.as_ref().is_ok_and(|j| {
+                j.spec.task_function == name && j.metadata.deletion_timestamp.is_none()
+            })
+        })
+        .count() as i64;
+    let unchanged = tf.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+        s.observed_generation == Some(generation)
+            && s.conditions == conds
+            && s.job_count == job_count
+    });
+    if !unchanged {
+        let patch = json!({"status": {
+            "observedGeneration": generation,
+            "conditions": conds,
+            "jobCount": job_count,
+        }});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    ctx.succeeded(&name);
+    Ok(Action::await_change())
+}

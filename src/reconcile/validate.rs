@@ -1,0 +1,384 @@
+//! Validation and row building: pure functions from (object, related objects, now) to either a
+//! row to store or a precise reason why not. The apiserver's schema catches most mistakes, but
+//! objects written with `--validate=false`, older schemas, and CEL-less clusters reach us too, so
+//! everything is checked again here.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::{
+    api::{ConcurrencyPolicy, ScheduledJobSpec, TaskFunctionSpec},
+    schedule::{JobSchedule, JobType},
+};
+
+/// Celery arguments larger than this (JSON, args + kwargs together) are refused: every message
+/// carries them, and Redis/RabbitMQ are not blob stores.
+pub const MAX_ARGUMENTS_BYTES: usize = 64 * 1024;
+/// Longest task or queue name accepted.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Why an object is not `Ready`. The reason is a stable CamelCase word (used in conditions,
+/// Events and metric labels); the message says exactly what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Invalid {
+    pub reason: Reason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    InvalidSchedule,
+    InvalidSpec,
+    UnknownTaskFunction,
+    TaskFunctionNotReady,
+    NamespaceNotAllowed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSchedule => "InvalidSchedule",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::UnknownTaskFunction => "UnknownTaskFunction",
+            Reason::TaskFunctionNotReady => "TaskFunctionNotReady",
+            Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn invalid(reason: Reason, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// A TaskFunction that passed validation: what jobs inherit from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTaskFunction {
+    pub name: String,
+    pub task: String,
+    pub queue: String,
+    pub priority: Option<i16>,
+    pub expires_seconds: Option<i64>,
+    pub default_args: Vec<Value>,
+    pub default_kwargs: Map<String, Value>,
+    pub allowed_namespaces: Vec<String>,
+    pub description: Option<String>,
+}
+
+pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFunction, Invalid> {
+    let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
+    check_name("task", &spec.task).map_err(spec_err)?;
+    check_name("queue", &spec.queue).map_err(spec_err)?;
+    let priority = check_priority(spec.priority).map_err(spec_err)?;
+    let expires_seconds =
+        check_positive("expiresSeconds", spec.expires_seconds).map_err(spec_err)?;
+    let default_args = as_array("defaultArgs", spec.default_args.as_ref()).map_err(spec_err)?;
+    let default_kwargs =
+        as_object("defaultKwargs", spec.default_kwargs.as_ref()).map_err(spec_err)?;
+    check_size(&default_args, &default_kwargs).map_err(spec_err)?;
+    for ns in &spec.allowed_namespaces {
+        if !is_dns_label(ns) {
+            return Err(spec_err(format!(
+                "allowedNamespaces: {ns:?} is not a valid namespace name"
+            )));
+        }
+    }
+    Ok(ValidTaskFunction {
+        name: name.to_string(),
+        task: spec.task.clone(),
+        queue: spec.queue.clone(),
+        priority,
+        expires_seconds,
+        default_args,
+        default_kwargs,
+        allowed_namespaces: spec.allowed_namespaces.clone(),
+        description: spec.description.clone(),
+    })
+}
+
+/// What the reconciler knows about the referenced TaskFunction.
+pub enum TaskFunctionRef<'a> {
+    Missing,
+    Invalid(&'a Invalid),
+    Valid(&'a ValidTaskFunction),
+}
+
+/// A ScheduledJob that passed validation, resolved against its TaskFunction: the row to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    pub task_function: String,
+    pub task_name: String,
+    pub job_type: JobType,
+    pub schedule_config: Value,
+    pub schedule_summary: String,
+    pub time_zone: String,
+    pub start_time: Option<DateTime<Utc>>,
+    pub anchor_time: DateTime<Utc>,
+    pub args: Value,
+    pub kwargs: Value,
+    pub queue: String,
+    pub priority: Option<i16>,
+    pub expires_seconds: Option<i64>,
+    pub suspended: bool,
+    pub concurrency_policy: ConcurrencyPolicy,
+    pub starting_deadline_seconds: Option<i64>,
+    pub jitter_seconds: i64,
+    pub execution_timeout_seconds: i64,
+    pub history_limit: i32,
+    pub description: Option<String>,
+    /// The next slot after `now`, used when the schedule changed or the job (re)starts.
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+/// Identity of a ScheduledJob object.
+pub struct JobMeta<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub generation: i64,
+    /// When the object was created: the interval anchor, identical on every replica.
+    pub created: DateTime<Utc>,
+}
+
+/// Validate a ScheduledJob and build its row.
+pub fn scheduled_job(
+    meta: &JobMeta<'_>,
+    spec: &ScheduledJobSpec,
+    tf: TaskFunctionRef<'_>,
+    now: DateTime<Utc>,
+) -> Result<JobRow, Invalid> {
+    let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
+    // The schedule first: it is the most common mistake and needs no other object.
+    let schedule = JobSchedule::from_spec(
+        &spec.schedule,
+        spec.time_zone.as_deref(),
+        spec.start_time.as_deref(),
+        meta.created,
+    )
+    .map_err(|e| invalid(Reason::InvalidSchedule, e.0))?;
+    // A one-shot job created after its instant would silently never run.
+    if let Some(at) = schedule.once_at()
+        && at <= meta.created
+    {
+        return Err(invalid(
+            Reason::InvalidSchedule,
+            format!(
+                "at {} is in the past (the job was created at {})",
+                crate::schedule::rfc3339(at),
+                crate::schedule::rfc3339(meta.created)
+            ),
+        ));
+    }
+
+    let args = spec
+        .args
+        .as_ref()
+        .map(|v| as_array("args", Some(v)))
+        .transpose()
+        .map_err(spec_err)?;
+    let kwargs = as_object("kwargs", spec.kwargs.as_ref()).map_err(spec_err)?;
+    if let Some(q) = &spec.queue {
+        check_name("queue", q).map_err(spec_err)?;
+    }
+    let priority = check_priority(spec.priority).map_err(spec_err)?;
+    let expires_seconds =
+        check_positive("expiresSeconds", spec.expires_seconds).map_err(spec_err)?;
+    let starting_deadline_seconds =
+        check_non_negative("startingDeadlineSeconds", spec.starting_deadline_seconds)
+            .map_err(spec_err)?;
+    let jitter_seconds =
+        check_non_negative("jitterSeconds", spec.jitter_seconds).map_err(spec_err)?;
+    if jitter_seconds.unwrap_or(0) > 86_400 {
+        return Err(spec_err("jitterSeconds must be at most 86400".into()));
+    }
+    let execution_timeout_seconds =
+        check_positive("executionTimeoutSeconds", spec.execution_timeout_seconds)
+            .map_err(spec_err)?;
+    let history_limit = check_non_negative("historyLimit", spec.history_limit).map_err(spec_err)?;
+    let history_limit = i32::try_from(history_limit.unwrap_or(100))
+        .ok()
+        .filter(|h| *h <= 100_000)
+        .ok_or_else(|| spec_err("historyLimit must be at most 100000".into()))?;
+
+    let tf = match tf {
+        TaskFunctionRef::Missing => {
+            return Err(invalid(
+                Reason::UnknownTaskFunction,
+                format!("TaskFunction {:?} does not exist", spec.task_function),
+            ));
+        }
+        TaskFunctionRef::Invalid(e) => {
+            return Err(invalid(
+                Reason::TaskFunctionNotReady,
+                format!(
+                    "TaskFunction {:?} is not valid: {}",
+                    spec.task_function, e.message
+                ),
+            ));
+        }
+        TaskFunctionRef::Valid(tf) => tf,
+    };
+    if !tf.allowed_namespaces.is_empty()
+        && !tf.allowed_namespaces.iter().any(|n| n == meta.namespace)
+    {
+        return Err(invalid(
+            Reason::NamespaceNotAllowed,
+            format!(
+                "TaskFunction {:?} may be used only from namespaces [{}]",
+                tf.name,
+                tf.allowed_namespaces.join(", ")
+            ),
+        ));
+    }
+
+    // args replace the defaults; kwargs are merged over them.
+    let args = args.unwrap_or_else(|| tf.default_args.clone());
+    let mut merged = tf.default_kwargs.clone();
+    merged.extend(kwargs);
+    check_size(&args, &merged).map_err(spec_err)?;
+
+    let schedule_config =
+        serde_json::to_value(&spec.schedule).map_err(|e| spec_err(e.to_string()))?;
+    let next_run_at = if spec.suspend {
+        None
+    } else {
+        schedule.next_after(now)
+    };
+    Ok(JobRow {
+        uid: meta.uid.to_string(),
+        namespace: meta.namespace.to_string(),
+        name: meta.name.to_string(),
+        generation: meta.generation,
+        task_function: spec.task_function.clone(),
+        task_name: tf.task.clone(),
+        job_type: schedule.job_type(),
+        schedule_config,
+        schedule_summary: schedule.summary().to_string(),
+        time_zone: schedule.time_zone().name().to_string(),
+        start_time: schedule.start(),
+        anchor_time: schedule.anchor(),
+        args: Value::Array(args),
+        kwargs: Value::Object(merged),
+        queue: spec.queue.clone().unwrap_or_else(|| tf.queue.clone()),
+        priority: priority.or(tf.priority),
+        expires_seconds: expires_seconds.or(tf.expires_seconds),
+        suspended: spec.suspend,
+        concurrency_policy: spec.concurrency_policy,
+        starting_deadline_seconds,
+        jitter_seconds: jitter_seconds.unwrap_or(0),
+        execution_timeout_seconds: execution_timeout_seconds.unwrap_or(3600),
+        history_limit,
+        description: spec.description.clone(),
+        next_run_at,
+    })
+}
+
+fn check_name(field: &str, v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if v.len() > MAX_NAME_LEN {
+        return Err(format!("{field} is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if v.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "{field} must not contain control characters (newlines, NUL, ...)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_priority(p: Option<i32>) -> Result<Option<i16>, String> {
+    match p {
+        None => Ok(None),
+        Some(p @ 0..=9) => Ok(Some(p as i16)),
+        Some(p) => Err(format!("priority must be between 0 and 9, got {p}")),
+    }
+}
+
+fn check_positive(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
+    match v {
+        Some(x) if x < 1 => Err(format!("{field} must be at least 1, got {x}")),
+        _ => Ok(v),
+    }
+}
+
+fn check_non_negative(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
+    match v {
+        Some(x) if x < 0 => Err(format!("{field} must not be negative, got {x}")),
+        _ => Ok(v),
+    }
+}
+
+fn as_array(field: &str, v: Option<&Value>) -> Result<Vec<Value>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.clone()),
+        Some(other) => Err(format!(
+            "{field} must be an array, got {}",
+            json_type(other)
+        )),
+    }
+}
+
+fn as_object(field: &str, v: Option<&Value>) -> Result<Map<String, Value>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(o)) => Ok(o.clone()),
+        Some(other) => Err(format!(
+            "{field} must be an object, got {}",
+            json_type(other)
+        )),
+    }
+}
+
+fn check_size(args: &[Value], kwargs: &Map<String, Value>) -> Result<(), String> {
+    let size = serde_json::to_vec(args)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+        + serde_json::to_vec(kwargs)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+    if size > MAX_ARGUMENTS_BYTES {
+        return Err(format!(
+            "args and kwargs together are {size} bytes of JSON; the limit is {MAX_ARGUMENTS_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests;

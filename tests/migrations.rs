@@ -1,0 +1,138 @@
+//! Migrations against real Postgres: up, down, up again; two processes migrating at once.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestDb;
+
+async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("list tables")
+}
+
+const TABLES: [&str; 5] = [
+    "job_executions",
+    "scheduled_jobs",
+    "scheduler_job_types",
+    "scheduler_leader",
+    "task_functions",
+];
+
+#[tokio::test]
+#[ignore = "needs real Postgres: make test"]
+async fn up_down_up() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    kube_beat::store::migrate::up(&pool).await.expect("up");
+    assert_eq!(tables(&pool).await, TABLES);
+    let types: Vec<String> = sqlx::query_scalar("SELECT name FROM scheduler_job_types ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("seeded");
+    assert_eq!(types, ["interval", "cron", "date"]);
+    let status = kube_beat::store::migrate::status(&pool)
+        .await
+        .expect("status");
+    assert!(status.iter().all(|(_, _, applied)| *applied), "{status:?}");
+
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down");
+    assert_eq!(reverted.len(), 1);
+    assert!(
+        tables(&pool).await.is_empty(),
+        "down removes everything the migration made"
+    );
+    let status = kube_beat::store::migrate::status(&pool)
+        .await
+        .expect("status");
+    assert!(status.iter().all(|(_, _, applied)| !*applied), "{status:?}");
+
+    kube_beat::store::migrate::up(&pool)
+        .await
+        .expect("up again");
+    assert_eq!(tables(&pool).await, TABLES);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Postgres: make test"]
+async fn two_processes_migrate_at_once() {
+    let db = TestDb::create().await;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+            .args(["migrate", "up"])
+            .env("DATABASE_URL", &db.url)
+            .spawn()
+            .expect("spawn kube-beat migrate")
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    assert!(a.wait().expect("wait").success(), "first migrate failed");
+    assert!(b.wait().expect("wait").success(), "second migrate failed");
+    let pool = db.pool().await;
+    assert_eq!(tables(&pool).await, TABLES);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(applied, 1, "each migration applied once");
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args(["migrate", "status"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("applied") && text.contains("scheduler"),
+        "{text}"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[test]
+fn next_prints_instants_and_rejects_bad_input() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args([
+            "next",
+            "30 2 * * *",
+            "--tz",
+            "America/New_York",
+            "--from",
+            "2026-03-07T12:00:00Z",
+            "-n",
+            "2",
+        ])
+        .output()
+        .expect("run next");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-03-08T07:00:00Z\n2026-03-09T06:30:00Z\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args(["next", "61 * * * *"])
+        .output()
+        .expect("run next");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("end of range (61) above maximum (59): 61"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args(["next", "1h30m", "--from", "2026-01-01T00:00:00Z", "-n", "2"])
+        .output()
+        .expect("run next");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-01-01T01:30:00Z\n2026-01-01T03:00:00Z\n"
+    );
+}

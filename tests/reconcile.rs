@@ -1,0 +1,538 @@
+//! ScheduledJobs and TaskFunctions follow into Postgres and status, against the real apiserver,
+//! real Postgres and `kube-beat run`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Operator, TestDb, eventually, install_crds, namespace, unique};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use kube_beat::api::{ScheduledJob, TaskFunction};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    db: TestDb,
+    pool: PgPool,
+    ns: String,
+    id: String,
+    client: Client,
+    op: Operator,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    install_crds();
+    let ns = namespace(prefix);
+    let id = unique("t");
+    let db = TestDb::create().await;
+    let op = Operator::start(&db.url, &ns, &id, &[]);
+    let pool = db.pool().await;
+    let client = Client::try_default().await.expect("kube client");
+    Fixture {
+        db,
+        pool,
+        ns,
+        id,
+        client,
+        op,
+    }
+}
+
+impl Fixture {
+    fn tf_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.id)
+    }
+
+    async fn create_tf(&self, name: &str, spec: Value) {
+        let tf: TaskFunction = serde_json::from_value(json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+            "metadata": {"name": self.tf_name(name), "labels": {"kubebeat.io/test": self.id}},
+            "spec": spec,
+        }))
+        .expect("a TaskFunction");
+        Api::<TaskFunction>::all(self.client.clone())
+            .create(&PostParams::default(), &tf)
+            .await
+            .expect("create tf");
+    }
+
+    fn jobs(&self) -> Api<ScheduledJob> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create_job(&self, name: &str, mut spec: Value) {
+        if let Some(tf) = spec["taskFunction"].as_str() {
+            spec["taskFunction"] = json!(self.tf_name(tf));
+        }
+        let job: ScheduledJob = serde_json::from_value(json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("a ScheduledJob");
+        self.jobs()
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("create job");
+    }
+
+    async fn patch_job(&self, name: &str, patch: Value) {
+        self.jobs()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch job");
+    }
+
+    /// Wait for the Ready condition of the current generation; returns (status, reason, message).
+    async fn ready(&self, name: &str) -> (String, String, String) {
+        let jobs = self.jobs();
+        eventually(&format!("Ready condition of {name}"), WAIT, || {
+            let jobs = jobs.clone();
+            async move {
+                let job = jobs.get(name).await.ok()?;
+                let status = job.status?;
+                if status.observed_generation != job.metadata.generation {
+                    return None;
+                }
+                let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+                Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+            }
+        })
+        .await
+    }
+
+    async fn row(&self, name: &str) -> Option<JobRow> {
+        sqlx::query_as(
+            "SELECT enabled, suspended, valid, invalid_reason, next_run_at, generation, schedule_config,
+                    task_name, queue, args, kwargs, deleted_at IS NOT NULL AS deleted
+             FROM scheduled_jobs WHERE namespace = $1 AND name = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&self.ns)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("query")
+    }
+
+    async fn finish(self) {
+        let Fixture {
+            db, pool, ns, op, ..
+        } = self;
+        drop(op);
+        pool.close().await;
+        db.drop_db().await;
+        let _ = common::kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct JobRow {
+    enabled: bool,
+    suspended: bool,
+    valid: bool,
+    invalid_reason: Option<String>,
+    next_run_at: Option<chrono::DateTime<chrono::Utc>>,
+    generation: i64,
+    schedule_config: Value,
+    task_name: String,
+    queue: String,
+    args: Value,
+    kwargs: Value,
+    deleted: bool,
+}
+
+fn task_spec() -> Value {
+    json!({"task": "tasks.ad_sync_tasks.sync_domain_users_task", "queue": "ad_queue",
+           "defaultKwargs": {"mode": "full"}})
+}
+
+#[tokio::test]
+#[ignore = "needs the real apiserver and Postgres: make test"]
+async fn create_update_suspend_resume_delete() {
+    let f = fixture("kbt-life").await;
+    f.create_tf("sync", task_spec()).await;
+    f.create_job(
+        "sync",
+        json!({"taskFunction": "sync", "schedule": {"interval": {"minutes": 5}}, "args": ["corp"]}),
+    )
+    .await;
+
+    assert_eq!(f.ready("sync").await.0, "True");
+    let row = f.row("sync").await.expect("row stored");
+    assert!(row.enabled && row.valid && !row.deleted);
+    assert_eq!(row.task_name, "tasks.ad_sync_tasks.sync_domain_users_task");
+    assert_eq!(row.queue, "ad_queue");
+    assert_eq!(row.args, json!(["corp"]));
+    assert_eq!(row.kwargs, json!({"mode": "full"}));
+    let first_next = row.next_run_at.expect("next run");
+    let job = f.jobs().get("sync").await.expect("job");
+    let status = job.status.expect("status");
+    assert_eq!(status.schedule.as_deref(), Some("every 5m"));
+    assert_eq!(
+        status.next_schedule_time,
+        Some(kube_beat::schedule::rfc3339(first_next))
+    );
+    assert!(
+        job.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"kubebeat.io/cleanup".to_string())
+    );
+
+    // Update: the schedule changes, the row follows with the new generation.
+    f.patch_job("sync", json!({"spec": {"schedule": {"interval": {"minutes": 5}, "cron": null}, "kwargs": {"mode": "delta"}}})).await;
+    f.patch_job(
+        "sync",
+        json!({"spec": {"schedule": {"interval": null, "cron": "*/10 * * * *"}}}),
+    )
+    .await;
+    assert_eq!(f.ready("sync").await.0, "True");
+    let row = eventually("row at generation 3", WAIT, || async {
+        f.row("sync").await.filter(|r| r.generation == 3)
+    })
+    .await;
+    assert_eq!(row.schedule_config, json!({"cron": "*/10 * * * *"}));
+    assert_eq!(row.kwargs, json!({"mode": "delta"}));
+    let next = row.next_run_at.expect("next run");
+    assert_eq!(
+        chrono::Timelike::minute(&next) % 10,
+        0,
+        "on the cron grid: {next}"
+    );
+
+    // Suspend takes effect at once; resume does not replay.
+    f.patch_job("sync", json!({"spec": {"suspend": true}}))
+        .await;
+    let (_, _, message) = f.ready("sync").await;
+    assert!(message.contains("suspended"), "{message}");
+    let row = f.row("sync").await.expect("row");
+    assert!(!row.enabled && row.suspended && row.next_run_at.is_none());
+    assert_eq!(
+        f.jobs()
+            .get("sync")
+            .await
+            .expect("job")
+            .status
+            .expect("status")
+            .next_schedule_time,
+        None
+    );
+    f.patch_job("sync", json!({"spec": {"suspend": false}}))
+        .await;
+    let row = eventually("resumed", WAIT, || async {
+        f.row("sync").await.filter(|r| r.enabled)
+    })
+    .await;
+    assert!(
+        row.next_run_at.expect("next") > chrono::Utc::now(),
+        "resuming schedules forward only"
+    );
+
+    // Delete: scheduling stops (soft delete), then the finalizer lets the object go.
+    f.jobs()
+        .delete("sync", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("object gone", WAIT, || async {
+        f.jobs()
+            .get_opt("sync")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let row = f.row("sync").await.expect("row kept");
+    assert!(row.deleted && !row.enabled && row.next_run_at.is_none());
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real apiserver and Postgres: make test"]
+async fn bad_input_gets_a_condition_and_stops_the_job() {
+    let f = fixture("kbt-bad").await;
+    f.create_tf("sync", task_spec()).await;
+    f.create_tf(
+        "restricted",
+        json!({"task": "t.x", "allowedNamespaces": ["somewhere-else"]}),
+    )
+    .await;
+    let big = "x".repeat(70_000);
+    let cases = [
+        (
+            "bad-cron",
+            json!({"taskFunction": "sync", "schedule": {"cron": "61 * * * *"}}),
+            "InvalidSchedule",
+            "end of range (61) above maximum (59)",
+        ),
+        (
+            "bad-zone",
+            json!({"taskFunction": "sync", "schedule": {"cron": "0 * * * *"}, "timeZone": "Mars/Olympus"}),
+            "InvalidSchedule",
+            "unknown time zone",
+        ),
+        (
+            "zero-interval",
+            json!({"taskFunction": "sync", "schedule": {"interval": {"seconds": 0}}}),
+            "InvalidSchedule",
+            "at least 1 second",
+        ),
+        (
+            "past-at",
+            json!({"taskFunction": "sync", "schedule": {"at": "2020-01-01T00:00:00Z"}}),
+            "InvalidSchedule",
+            "in the past",
+        ),
+        (
+            "huge-kwargs",
+            json!({"taskFunction": "sync", "schedule": {"cron": "0 * * * *"}, "kwargs": {"blob": big}}),
+            "InvalidSpec",
+            "the limit is 65536",
+        ),
+        (
+            "newline-queue",
+            json!({"taskFunction": "sync", "schedule": {"cron": "0 * * * *"}, "queue": "a\nb"}),
+            "InvalidSpec",
+            "control characters",
+        ),
+        (
+            "no-such-tf",
+            json!({"taskFunction": "nope", "schedule": {"cron": "0 * * * *"}}),
+            "UnknownTaskFunction",
+            "does not exist",
+        ),
+        (
+            "not-allowed",
+            json!({"taskFunction": "restricted", "schedule": {"cron": "0 * * * *"}}),
+            "NamespaceNotAllowed",
+            "somewhere-else",
+        ),
+    ];
+    for (name, spec, _, _) in &cases {
+        f.create_job(name, spec.clone()).await;
+    }
+    for (name, _, reason, message) in &cases {
+        let (status, got_reason, got_message) = f.ready(name).await;
+        assert_eq!(
+            (status.as_str(), got_reason.as_str()),
+            ("False", *reason),
+            "{name}: {got_message}"
+        );
+        assert!(
+            got_message.contains(message),
+            "{name}: want {message:?} in {got_message:?}"
+        );
+        assert!(
+            f.row(name).await.is_none(),
+            "{name}: an invalid new job is never written"
+        );
+    }
+
+    // A valid job that becomes invalid stops, keeps its last valid configuration, and recovers.
+    f.create_job(
+        "was-fine",
+        json!({"taskFunction": "sync", "schedule": {"cron": "*/5 * * * *"}}),
+    )
+    .await;
+    assert_eq!(f.ready("was-fine").await.0, "True");
+    f.patch_job(
+        "was-fine",
+        json!({"spec": {"schedule": {"cron": "not a cron"}}}),
+    )
+    .await;
+    let (status, reason, _) = f.ready("was-fine").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidSchedule")
+    );
+    let row = f.row("was-fine").await.expect("row");
+    assert!(!row.enabled && !row.valid && row.next_run_at.is_none());
+    assert_eq!(row.invalid_reason.as_deref(), Some("InvalidSchedule"));
+    assert_eq!(
+        row.schedule_config,
+        json!({"cron": "*/5 * * * *"}),
+        "nothing half-written"
+    );
+    f.patch_job(
+        "was-fine",
+        json!({"spec": {"schedule": {"cron": "*/15 * * * *"}}}),
+    )
+    .await;
+    assert_eq!(f.ready("was-fine").await.0, "True");
+    let row = f.row("was-fine").await.expect("row");
+    assert!(row.enabled && row.valid && row.next_run_at.is_some());
+
+    f.op_alive();
+    f.finish().await;
+}
+
+impl Fixture {
+    fn op_alive(&self) {
+        // Bad input must never crash the operator.
+        let mut op_log = self.op.log_text();
+        op_log.truncate(2000);
+        assert!(!op_log.contains("panicked"), "operator panicked:\n{op_log}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the real apiserver and Postgres: make test"]
+async fn task_function_changes_follow_into_jobs() {
+    let mut f = fixture("kbt-tf").await;
+    f.create_tf("sync", task_spec()).await;
+    for name in ["a", "b"] {
+        f.create_job(
+            name,
+            json!({"taskFunction": "sync", "schedule": {"interval": {"hours": 1}}}),
+        )
+        .await;
+    }
+    assert_eq!(f.ready("a").await.0, "True");
+    assert_eq!(f.ready("b").await.0, "True");
+    let tfs: Api<TaskFunction> = Api::all(f.client.clone());
+    let tf_name = f.tf_name("sync");
+    eventually("jobCount 2", WAIT, || async {
+        let tf = tfs.get(&tf_name).await.ok()?;
+        (tf.status?.job_count == 2).then_some(())
+    })
+    .await;
+
+    // The queue changes: every job using the TaskFunction follows.
+    tfs.patch(
+        &tf_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"queue": "other_queue"}})),
+    )
+    .await
+    .expect("patch tf");
+    eventually("queues follow", WAIT, || async {
+        let (a, b) = (f.row("a").await?, f.row("b").await?);
+        (a.queue == "other_queue" && b.queue == "other_queue").then_some(())
+    })
+    .await;
+
+    // Restricting namespaces stops them.
+    tfs.patch(
+        &tf_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"allowedNamespaces": ["elsewhere"]}})),
+    )
+    .await
+    .expect("patch tf");
+    eventually("NamespaceNotAllowed", WAIT, || async {
+        let j = f.jobs().get("a").await.ok()?;
+        let c = j
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.reason == "NamespaceNotAllowed").then_some(())
+    })
+    .await;
+    assert!(!f.row("a").await.expect("row").enabled);
+    tfs.patch(
+        &tf_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"allowedNamespaces": null}})),
+    )
+    .await
+    .expect("patch tf");
+    eventually("allowed again", WAIT, || async {
+        f.row("a").await.filter(|r| r.enabled)
+    })
+    .await;
+
+    // Deleting it: the jobs become UnknownTaskFunction and stop.
+    tfs.delete(&tf_name, &DeleteParams::default())
+        .await
+        .expect("delete tf");
+    for name in ["a", "b"] {
+        eventually(&format!("{name} UnknownTaskFunction"), WAIT, || async {
+            let j = f.jobs().get(name).await.ok()?;
+            let c = j
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.status == "False" && c.reason == "UnknownTaskFunction").then_some(())
+        })
+        .await;
+        let row = f.row(name).await.expect("row");
+        assert!(!row.enabled && row.next_run_at.is_none(), "{name} stopped");
+    }
+    eventually("tf gone", WAIT, || async {
+        tfs.get_opt(&tf_name)
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Recreating it brings them back.
+    f.create_tf("sync", task_spec()).await;
+    eventually("a enabled again", WAIT, || async {
+        f.row("a").await.filter(|r| r.enabled)
+    })
+    .await;
+    f.op.assert_running();
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real apiserver and Postgres: make test"]
+async fn thousand_jobs_all_become_ready() {
+    const N: usize = 1000;
+    let f = fixture("kbt-1k").await;
+    f.create_tf("sync", task_spec()).await;
+    let tf_name = f.tf_name("sync");
+    let jobs = f.jobs();
+    let start = Instant::now();
+    let creates = futures::stream::iter(0..N).map(|i| {
+        let jobs = jobs.clone();
+        let tf_name = tf_name.clone();
+        async move {
+            let job: ScheduledJob = serde_json::from_value(json!({
+                "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+                "metadata": {"name": format!("job-{i:04}")},
+                "spec": {"taskFunction": tf_name, "schedule": {"interval": {"seconds": 10 + (i % 50) as i64}}},
+            }))
+            .expect("job");
+            jobs.create(&PostParams::default(), &job).await.expect("create");
+        }
+    });
+    use futures::StreamExt;
+    creates.buffer_unordered(32).collect::<Vec<_>>().await;
+    let created = start.elapsed();
+    let ready_after = eventually("all 1000 jobs Ready=True", Duration::from_secs(300), || {
+        let jobs = jobs.clone();
+        async move {
+            let list = jobs.list(&ListParams::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|j| {
+                    j.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            (ready == N).then(|| start.elapsed())
+        }
+    })
+    .await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduled_jobs WHERE namespace = $1 AND enabled")
+            .bind(&f.ns)
+            .fetch_one(&f.pool)
+            .await
+            .expect("count");
+    assert_eq!(rows, N as i64);
+    println!("1000 ScheduledJobs: created in {created:?}, all Ready=True after {ready_after:?}");
+    f.finish().await;
+}
