@@ -205,6 +205,45 @@ fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
+/// The finalizer stage both controllers share. Being deleted: run `cleanup` once, then let the
+/// object go. Otherwise make sure our finalizer is on it. `Some(action)` ends this pass.
+async fn finalizer_stage<K>(
+    api: &Api<K>,
+    obj: &K,
+    cleanup: impl Future<Output = Result<(), Error>>,
+) -> Result<Option<Action>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if obj.meta().deletion_timestamp.is_some() {
+        if obj.finalizers().iter().any(|f| f == FINALIZER) {
+            cleanup.await?;
+            remove_finalizer(api, obj).await?;
+        }
+        return Ok(Some(Action::await_change()));
+    }
+    if ensure_finalizer(api, obj).await? {
+        // The patch produces a new event; the next pass continues from here.
+        return Ok(Some(Action::await_change()));
+    }
+    Ok(None)
+}
+
+/// The condition for an object that does not even deserialize.
+fn schema_mismatch<K>(obj: &Guarded<K>, kind: &str) -> validate::Invalid {
+    validate::Invalid {
+        reason: validate::Reason::InvalidSpec,
+        message: format!(
+            "the object does not match the {kind} schema: {}",
+            obj.0
+                .as_ref()
+                .err()
+                .map(|e| e.error.as_str())
+                .unwrap_or_default()
+        ),
+    }
+}
+
 /// Add our finalizer if missing; `Ok(true)` if a patch was sent.
 async fn ensure_finalizer<K>(api: &Api<K>, obj: &K) -> Result<bool, Error>
 where

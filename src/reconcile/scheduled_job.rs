@@ -11,7 +11,7 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::{Context, Error, Guarded, conditions, ensure_finalizer, remove_finalizer, validate};
+use super::{Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, validate};
 use crate::{
     api::{ScheduledJob, ScheduledJobStatus, TaskFunction},
     schedule::rfc3339,
@@ -45,35 +45,21 @@ pub async fn reconcile(
     let key = format!("{ns}/{name}");
     let api: Api<Guarded<ScheduledJob>> = Api::namespaced(ctx.client.clone(), &ns);
 
-    if meta.deletion_timestamp.is_some() {
-        if obj.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
-            // Stop scheduling before the object disappears; executions are kept.
-            store::mark_job_deleted(&ctx.pool, &uid).await?;
-            remove_finalizer(&api, obj.as_ref()).await?;
-            info!(job = %key, "ScheduledJob deleted: scheduling stopped");
-        }
+    let cleanup = async {
+        // Stop scheduling before the object disappears; executions are kept.
+        store::mark_job_deleted(&ctx.pool, &uid).await?;
+        info!(job = %key, "ScheduledJob deleted: scheduling stopped");
+        Ok(())
+    };
+    if let Some(action) = finalizer_stage(&api, obj.as_ref(), cleanup).await? {
         ctx.succeeded(&key);
-        return Ok(Action::await_change());
-    }
-    if ensure_finalizer(&api, obj.as_ref()).await? {
-        // The patch produces a new event; the next pass continues from here.
-        return Ok(Action::await_change());
+        return Ok(action);
     }
 
     let now = Utc::now();
     let generation = meta.generation.unwrap_or(0);
     let verdict = match job {
-        None => Verdict::Invalid(validate::Invalid {
-            reason: validate::Reason::InvalidSpec,
-            message: format!(
-                "the object does not match the ScheduledJob schema: {}",
-                obj.0
-                    .as_ref()
-                    .err()
-                    .map(|e| e.error.as_str())
-                    .unwrap_or_default()
-            ),
-        }),
+        None => Verdict::Invalid(schema_mismatch(obj.as_ref(), "ScheduledJob")),
         Some(job) => {
             let tf = ctx.task_function(&job.spec.task_function).await;
             judge(job, &uid, &ns, &name, generation, tf.as_deref(), now)

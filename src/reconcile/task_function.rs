@@ -11,7 +11,7 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, Error, Guarded, conditions, ensure_finalizer, remove_finalizer, validate};
+use super::{Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, validate};
 use crate::{api::TaskFunction, store};
 
 pub async fn reconcile(
@@ -30,33 +30,20 @@ pub async fn reconcile(
         return Ok(Action::await_change()); // another installation's
     }
 
-    if meta.deletion_timestamp.is_some() {
-        if obj.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
-            store::delete_task_function(&ctx.pool, &name).await?;
-            remove_finalizer(&api, obj.as_ref()).await?;
-            info!(task_function = %name, "TaskFunction deleted");
-        }
+    let cleanup = async {
+        store::delete_task_function(&ctx.pool, &name).await?;
+        info!(task_function = %name, "TaskFunction deleted");
+        Ok(())
+    };
+    if let Some(action) = finalizer_stage(&api, obj.as_ref(), cleanup).await? {
         ctx.succeeded(&name);
-        return Ok(Action::await_change());
-    }
-    if ensure_finalizer(&api, obj.as_ref()).await? {
-        return Ok(Action::await_change());
+        return Ok(action);
     }
 
     let generation = meta.generation.unwrap_or(0);
     let verdict = match tf {
         Some(tf) => validate::task_function(&name, &tf.spec),
-        None => Err(validate::Invalid {
-            reason: validate::Reason::InvalidSpec,
-            message: format!(
-                "the object does not match the TaskFunction schema: {}",
-                obj.0
-                    .as_ref()
-                    .err()
-                    .map(|e| e.error.as_str())
-                    .unwrap_or_default()
-            ),
-        }),
+        None => Err(schema_mismatch(obj.as_ref(), "TaskFunction")),
     };
     let previous = tf
         .and_then(|t| t.status.as_ref())
