@@ -36,7 +36,7 @@ hack/control-plane.sh up "$run_dir/cp"
 source "$run_dir/cp/env"
 export KB_PG_BASE="${KB_PG_BASE:-postgres://postgres@127.0.0.1:5432}"
 export KB_REDIS_URL="${KB_REDIS_URL:-redis://127.0.0.1:6379}"
-export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
+export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
 
 "$KUBECTL" apply -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null

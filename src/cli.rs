@@ -101,6 +101,18 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// Lease duration: how long a silent leader keeps the lease before others may take it.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// A leader that could not renew for this long stops acting (must be < lease duration).
+    #[arg(long, env = "RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    pub renew_deadline_seconds: u64,
+    /// How often the lease is renewed or tried.
+    #[arg(long, env = "RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    pub retry_period_seconds: u64,
+    /// How long a claimed execution may keep failing to publish before it is DISPATCH_FAILED.
+    #[arg(long, env = "PUBLISH_GIVE_UP_SECONDS", default_value_t = 300)]
+    pub publish_give_up_seconds: i64,
     /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
     #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
     pub dispatch_mode: DispatchMode,

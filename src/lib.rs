@@ -6,7 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod celery;
 pub mod cli;
+pub mod dispatch;
+pub mod leader;
 pub mod operator;
 pub mod reconcile;
 pub mod schedule;

@@ -8,10 +8,14 @@ use kube::{
 };
 use tracing::info;
 
+use std::sync::Arc;
+
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
-    cli::RunArgs,
-    reconcile, store,
+    celery::Publisher,
+    cli::{DispatchMode, RunArgs},
+    dispatch::Dispatcher,
+    leader, reconcile, store,
 };
 
 /// Run the operator until SIGTERM / Ctrl-C.
@@ -41,25 +45,116 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     let retention = Duration::hours(i64::from(args.deleted_job_retention_hours));
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(hostname)
+        .unwrap_or_else(|| "kube-beat".to_string());
+    let leader_cfg = leader::LeaderConfig {
+        lease_name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity: identity.clone(),
+        lease_duration: std::time::Duration::from_secs(args.lease_duration_seconds),
+        renew_deadline: std::time::Duration::from_secs(args.renew_deadline_seconds),
+        retry_period: std::time::Duration::from_secs(args.retry_period_seconds),
+    };
+    let (role, election) = leader::spawn(client.clone(), pool.clone(), leader_cfg, stop_rx.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shadow = args.dispatch_mode == DispatchMode::Shadow;
+    if shadow {
+        tracing::warn!(
+            "dispatch mode shadow: executions are recorded as SHADOW and nothing is published"
+        );
+    }
     let controllers = reconcile::run(
         client,
         pool.clone(),
-        args.namespace.clone(),
-        args.task_function_selector.clone(),
+        reconcile::RunOptions {
+            namespace: args.namespace.clone(),
+            task_function_selector: args.task_function_selector.clone(),
+            role: role.clone(),
+            wake: wake.clone(),
+            shadow,
+        },
         futures::FutureExt::shared(Box::pin(stopped)),
+    );
+    let dispatcher = run_dispatcher(
+        pool.clone(),
+        if shadow {
+            None
+        } else {
+            Some(
+                args.broker_url
+                    .clone()
+                    .context("--broker-url (or BROKER_URL) is required in live mode")?,
+            )
+        },
+        identity,
+        role,
+        wake,
+        chrono::Duration::seconds(args.publish_give_up_seconds),
+        stop_rx.clone(),
     );
     let pruner = prune_deleted_jobs(pool, retention, stop_rx);
     tokio::select! {
-        _ = async { tokio::join!(controllers, pruner) } => {}
+        _ = async { tokio::join!(controllers, pruner, dispatcher) } => {}
         _ = async {
             shutdown_signal().await;
             info!("shutting down");
             let _ = stop_tx.send(true);
-            // Give the controllers a moment to finish what they are doing.
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            // Let the election release the lease so a successor takes over at once.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
         } => {}
     }
     Ok(())
+}
+
+/// Connect to the broker (retrying: it may start after us), then dispatch while leader.
+async fn run_dispatcher(
+    pool: sqlx::PgPool,
+    broker_url: Option<String>,
+    identity: String,
+    role: tokio::sync::watch::Receiver<leader::Role>,
+    wake: Arc<tokio::sync::Notify>,
+    publish_give_up: chrono::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let publisher = match broker_url {
+        None => None,
+        Some(url) => {
+            let mut delay = std::time::Duration::from_millis(500);
+            loop {
+                match Publisher::connect(&url).await {
+                    Ok(p) => break Some(p),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "connecting to the broker failed")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    };
+    let dispatcher = Dispatcher {
+        pool,
+        publisher,
+        identity,
+        role,
+        wake,
+        publish_give_up,
+    };
+    dispatcher.run(stop).await;
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Remove deleted jobs (and their executions) once they are older than the retention.

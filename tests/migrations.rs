@@ -43,8 +43,17 @@ async fn up_down_up() {
 
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
-        .expect("down");
-    assert_eq!(reverted.len(), 1);
+        .expect("down one step");
+    assert_eq!(reverted, [2]);
+    assert_eq!(
+        tables(&pool).await,
+        TABLES,
+        "the first migration's tables remain"
+    );
+    let reverted = kube_beat::store::migrate::down(&pool, 5)
+        .await
+        .expect("down the rest");
+    assert_eq!(reverted, [1]);
     assert!(
         tables(&pool).await.is_empty(),
         "down removes everything the migration made"
@@ -82,7 +91,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 1, "each migration applied once");
+    assert_eq!(applied, 2, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

@@ -30,7 +30,8 @@ async fn fixture(prefix: &str) -> Fixture {
     let ns = namespace(prefix);
     let id = unique("t");
     let db = TestDb::create().await;
-    let op = Operator::start(&db.url, &ns, &id, &[]);
+    // Shadow mode: these tests are about Postgres and status; nothing is published.
+    let op = Operator::start(&db.url, &ns, &id, &["--dispatch-mode", "shadow"]);
     let pool = db.pool().await;
     let client = Client::try_default().await.expect("kube client");
     Fixture {

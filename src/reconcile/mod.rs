@@ -75,6 +75,12 @@ pub struct Context {
     pub selector: LabelSelector,
     jobs_listed: Arc<AtomicBool>,
     functions_listed: Arc<AtomicBool>,
+    /// Only the leader writes; followers keep their caches warm.
+    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    /// Tells the dispatcher that what is due may have changed.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Shadow mode: manual triggers record SHADOW executions.
+    pub shadow: bool,
     /// Latest TaskFunction versions that triggered job reconciles.
     seen_functions: Arc<Mutex<HashMap<String, SeenTaskFunction>>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -92,6 +98,11 @@ impl Context {
     fn succeeded(&self, key: &str) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(key);
+    }
+
+    /// The leader's fencing epoch, or `None` on a follower (which must not write).
+    pub fn epoch(&self) -> Option<i64> {
+        self.role.borrow().epoch()
     }
 
     /// The TaskFunction `name` from the cache, once the cache has caught up with the newest
@@ -355,13 +366,45 @@ impl SeenTaskFunction {
 }
 
 /// Run both controllers until `shutdown` resolves.
+/// What the controllers need besides the cluster and the database.
+pub struct RunOptions {
+    pub namespace: Option<String>,
+    pub task_function_selector: Option<String>,
+    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    pub wake: Arc<tokio::sync::Notify>,
+    pub shadow: bool,
+}
+
+/// A stream that fires each time this replica becomes the leader.
+fn on_becoming_leader(
+    role: tokio::sync::watch::Receiver<crate::leader::Role>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((role, false), |(mut role, mut was_leader)| async move {
+        loop {
+            role.changed().await.ok()?;
+            let leader = matches!(*role.borrow(), crate::leader::Role::Leader { .. });
+            let became = leader && !was_leader;
+            was_leader = leader;
+            if became {
+                return Some(((), (role, was_leader)));
+            }
+        }
+    })
+}
+
 pub async fn run(
     client: Client,
     pool: PgPool,
-    namespace: Option<String>,
-    task_function_selector: Option<String>,
+    opts: RunOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    let RunOptions {
+        namespace,
+        task_function_selector,
+        role,
+        wake,
+        shadow,
+    } = opts;
     let jobs_api: Api<Guarded<ScheduledJob>> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -425,16 +468,22 @@ pub async fn run(
         jobs,
         functions,
         selector,
+        role: role.clone(),
+        wake,
+        shadow,
         jobs_listed,
         functions_listed,
         seen_functions: seen,
         failures: Mutex::new(HashMap::new()),
     });
+    // A new leader re-reconciles everything: followers did not write.
     let jobs_done = job_ctrl
+        .reconcile_all_on(on_becoming_leader(role.clone()))
         .graceful_shutdown_on(shutdown.clone())
         .run(scheduled_job::reconcile, error_policy, ctx.clone())
         .for_each(log_controller_error);
     let functions_done = function_ctrl
+        .reconcile_all_on(on_becoming_leader(role))
         .graceful_shutdown_on(shutdown)
         .run(task_function::reconcile, error_policy, ctx)
         .for_each(log_controller_error);

@@ -32,6 +32,10 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     ctx.caches_ready().await?;
+    if ctx.epoch().is_none() {
+        // Followers keep caches warm; the leader writes (and re-reconciles all on taking over).
+        return Ok(Action::await_change());
+    }
     let (meta, job) = match &obj.0 {
         Ok(job) => (&job.metadata, Some(job)),
         Err(invalid) => (&invalid.metadata, None),
@@ -66,13 +70,23 @@ pub async fn reconcile(
         }
     };
 
-    let (conds, summary, next) = match verdict {
+    let (conds, summary, next, last_trigger) = match verdict {
         Verdict::Valid(row) => {
             let stored = store::upsert_job(&ctx.pool, &row).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
                 return Ok(Action::await_change());
             };
+            ctx.wake.notify_one();
+            let last_trigger = manual_trigger(
+                &ctx,
+                obj.as_ref(),
+                &uid,
+                &key,
+                stored.last_trigger.as_deref(),
+            )
+            .await?
+            .or(stored.last_trigger.clone());
             let message = if row.suspended {
                 "valid and stored; suspended"
             } else if stored.next_run_at.is_none() {
@@ -90,6 +104,7 @@ pub async fn reconcile(
                 conds,
                 Some(row.schedule_summary.clone()),
                 stored.next_run_at,
+                last_trigger,
             )
         }
         Verdict::Invalid(invalid) => {
@@ -114,10 +129,22 @@ pub async fn reconcile(
                 Some(generation),
                 now,
             );
-            (conds, None, None)
+            (
+                conds,
+                None,
+                None,
+                current_status(job).and_then(|s| s.last_trigger.clone()),
+            )
         }
     };
-    write_status(&api, &name, job, generation, conds, summary, next).await?;
+    let owned = OwnedStatus {
+        observed_generation: generation,
+        conditions: conds,
+        schedule: summary,
+        next_schedule_time: next.map(rfc3339),
+        last_trigger,
+    };
+    write_status(&api, &name, job, owned).await?;
     ctx.succeeded(&key);
     // A periodic resync as a safety net for events missed while disconnected.
     Ok(Action::requeue(RESYNC))
@@ -165,8 +192,52 @@ fn judge(
     }
 }
 
+/// A new value of the trigger annotation asks for one run now: claimed once per value (the
+/// value is the slot key), so applying the same value twice runs once.
+async fn manual_trigger(
+    ctx: &Context,
+    obj: &Guarded<ScheduledJob>,
+    uid: &str,
+    key: &str,
+    last: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let Some(value) = obj.annotations().get(crate::api::TRIGGER_ANNOTATION) else {
+        return Ok(None);
+    };
+    if Some(value.as_str()) == last {
+        return Ok(None);
+    }
+    let Some(epoch) = ctx.epoch() else {
+        return Ok(None);
+    };
+    match crate::dispatch::claim::claim_manual(&ctx.pool, epoch, uid, value, Utc::now(), ctx.shadow)
+        .await
+    {
+        Ok(claimed) => {
+            if claimed {
+                info!(job = %key, trigger = %value, "manual trigger: one run claimed");
+                ctx.wake.notify_one();
+            }
+            Ok(Some(value.clone()))
+        }
+        Err(crate::dispatch::claim::ClaimError::Fenced { .. }) => Ok(None),
+        Err(crate::dispatch::claim::ClaimError::Db(e)) => {
+            Err(Error::Store(store::StoreError::Query(e)))
+        }
+    }
+}
+
 fn current_status(job: Option<&ScheduledJob>) -> Option<&ScheduledJobStatus> {
     job.and_then(|j| j.status.as_ref())
+}
+
+/// The status fields the reconciler owns (the status writer owns the execution fields).
+struct OwnedStatus {
+    observed_generation: i64,
+    conditions: Vec<crate::api::Condition>,
+    schedule: Option<String>,
+    next_schedule_time: Option<String>,
+    last_trigger: Option<String>,
 }
 
 /// Patch the fields this stage owns, only when they differ (a resync writes nothing).
@@ -174,26 +245,24 @@ async fn write_status(
     api: &Api<Guarded<ScheduledJob>>,
     name: &str,
     job: Option<&ScheduledJob>,
-    generation: i64,
-    conds: Vec<crate::api::Condition>,
-    summary: Option<String>,
-    next: Option<DateTime<Utc>>,
+    new: OwnedStatus,
 ) -> Result<(), Error> {
-    let next = next.map(rfc3339);
     if let Some(s) = current_status(job)
-        && s.observed_generation == Some(generation)
-        && s.conditions == conds
-        && s.schedule == summary
-        && s.next_schedule_time == next
+        && s.observed_generation == Some(new.observed_generation)
+        && s.conditions == new.conditions
+        && s.schedule == new.schedule
+        && s.next_schedule_time == new.next_schedule_time
+        && s.last_trigger == new.last_trigger
     {
         return Ok(());
     }
     // JSON merge patch: `null` removes a field (no next run while suspended or invalid).
     let patch = json!({"status": {
-        "observedGeneration": generation,
-        "conditions": conds,
-        "schedule": summary,
-        "nextScheduleTime": next,
+        "observedGeneration": new.observed_generation,
+        "conditions": new.conditions,
+        "schedule": new.schedule,
+        "nextScheduleTime": new.next_schedule_time,
+        "lastTrigger": new.last_trigger,
     }});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

@@ -19,6 +19,10 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     ctx.caches_ready().await?;
+    if ctx.epoch().is_none() {
+        // Followers keep caches warm; the leader writes (and re-reconciles all on taking over).
+        return Ok(Action::await_change());
+    }
     let (meta, tf) = match &obj.0 {
         Ok(tf) => (&tf.metadata, Some(tf)),
         Err(invalid) => (&invalid.metadata, None),

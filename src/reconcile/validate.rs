@@ -140,6 +140,8 @@ pub struct JobRow {
     pub history_limit: i32,
     pub description: Option<String>,
     /// The next slot after `now`, used when the schedule changed or the job (re)starts.
+    pub next_slot_at: Option<DateTime<Utc>>,
+    /// When that slot is dispatched: the slot plus the job's deterministic jitter.
     pub next_run_at: Option<DateTime<Utc>>,
 }
 
@@ -252,11 +254,14 @@ pub fn scheduled_job(
 
     let schedule_config =
         serde_json::to_value(&spec.schedule).map_err(|e| spec_err(e.to_string()))?;
-    let next_run_at = if spec.suspend {
+    let next_slot_at = if spec.suspend {
         None
     } else {
         schedule.next_after(now)
     };
+    let jitter_secs = jitter_seconds.unwrap_or(0);
+    let next_run_at =
+        next_slot_at.map(|slot| slot + crate::schedule::jitter(meta.uid, slot, jitter_secs));
     Ok(JobRow {
         uid: meta.uid.to_string(),
         namespace: meta.namespace.to_string(),
@@ -282,6 +287,7 @@ pub fn scheduled_job(
         execution_timeout_seconds: execution_timeout_seconds.unwrap_or(3600),
         history_limit,
         description: spec.description.clone(),
+        next_slot_at,
         next_run_at,
     })
 }

@@ -194,6 +194,19 @@ impl JobSchedule {
         JobSchedule::from_spec(&schedule, Some(tz), None, from)
     }
 
+    /// Rebuild a stored job's schedule (the row holds the spec's `schedule` as JSON).
+    pub fn from_stored(
+        config: &serde_json::Value,
+        time_zone: &str,
+        start: Option<DateTime<Utc>>,
+        anchor: DateTime<Utc>,
+    ) -> Result<JobSchedule, ScheduleError> {
+        let schedule: Schedule = serde_json::from_value(config.clone())
+            .map_err(|e| ScheduleError(format!("stored schedule is unreadable: {e}")))?;
+        let start = start.map(rfc3339);
+        JobSchedule::from_spec(&schedule, Some(time_zone), start.as_deref(), anchor)
+    }
+
     pub fn job_type(&self) -> JobType {
         match (&self.kind, self.text.starts_with("every ")) {
             (Kind::At(_), _) => JobType::Date,

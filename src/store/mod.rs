@@ -79,6 +79,7 @@ pub async fn delete_task_function(pool: &PgPool, name: &str) -> Result<(), Store
 pub struct StoredJob {
     pub enabled: bool,
     pub next_run_at: Option<DateTime<Utc>>,
+    pub last_trigger: Option<String>,
 }
 
 /// Insert or update a valid job in one transaction. The dispatcher owns `next_run_at`; it is
@@ -103,11 +104,11 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
              job_type_id, schedule_config, schedule_summary, time_zone, start_time, anchor_time,
              args, kwargs, queue, priority, expires_seconds, enabled, suspended, valid,
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
-             execution_timeout_seconds, history_limit, description, next_run_at)
+             execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at)
          VALUES ($1, $2, $3, $4, $5, (SELECT id FROM task_functions WHERE name = $5), $6,
                  (SELECT id FROM scheduler_job_types WHERE name = $7), $8, $9, $10, $11, $12,
                  $13, $14, $15, $16, $17, NOT $18, $18, true,
-                 $19, $20, $21, $22, $23, $24, $25)
+                 $19, $20, $21, $22, $23, $24, $25, $26)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -130,13 +131,25 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
                       AND scheduled_jobs.schedule_config = EXCLUDED.schedule_config
                       AND scheduled_jobs.time_zone = EXCLUDED.time_zone
                       AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time
+                      AND scheduled_jobs.jitter_seconds = EXCLUDED.jitter_seconds
                       AND scheduled_jobs.next_run_at IS NOT NULL
                      THEN scheduled_jobs.next_run_at
                  ELSE EXCLUDED.next_run_at
              END,
+             next_slot_at = CASE
+                 WHEN NOT EXCLUDED.enabled THEN NULL
+                 WHEN scheduled_jobs.enabled
+                      AND scheduled_jobs.schedule_config = EXCLUDED.schedule_config
+                      AND scheduled_jobs.time_zone = EXCLUDED.time_zone
+                      AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time
+                      AND scheduled_jobs.jitter_seconds = EXCLUDED.jitter_seconds
+                      AND scheduled_jobs.next_run_at IS NOT NULL
+                     THEN scheduled_jobs.next_slot_at
+                 ELSE EXCLUDED.next_slot_at
+             END,
              updated_at = now()
          WHERE scheduled_jobs.deleted_at IS NULL
-         RETURNING enabled, next_run_at",
+         RETURNING enabled, next_run_at, last_trigger",
     )
     .bind(&row.uid)
     .bind(&row.namespace)
@@ -163,6 +176,7 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
     .bind(row.history_limit)
     .bind(&row.description)
     .bind(row.next_run_at)
+    .bind(row.next_slot_at)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -188,7 +202,8 @@ pub async fn disable_invalid_job(
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE scheduled_jobs SET enabled = false, valid = false, invalid_reason = $3,
-                invalid_message = $4, next_run_at = NULL, generation = $2, updated_at = now()
+                invalid_message = $4, next_run_at = NULL, next_slot_at = NULL, generation = $2,
+                updated_at = now()
          WHERE uid = $1 AND deleted_at IS NULL",
     )
     .bind(uid)
@@ -205,7 +220,7 @@ pub async fn disable_invalid_job(
 pub async fn mark_job_deleted(pool: &PgPool, uid: &str) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE scheduled_jobs SET deleted_at = now(), enabled = false, next_run_at = NULL,
-                updated_at = now()
+                next_slot_at = NULL, updated_at = now()
          WHERE uid = $1 AND deleted_at IS NULL",
     )
     .bind(uid)

@@ -323,6 +323,8 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
             .arg("run")
             .args(["--namespace", namespace])
+            // One Lease per test namespace: the replicas of one test elect among themselves.
+            .args(["--lease-namespace", namespace])
             .args([
                 "--task-function-selector",
                 &format!("kubebeat.io/test={test_id}"),
@@ -344,6 +346,30 @@ impl Operator {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (`KILL`, `STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn assert_running(&mut self) {

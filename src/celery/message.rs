@@ -1,0 +1,323 @@
+//! Celery protocol 2 task messages, exactly as `celery-wire.md` captured them from real Celery.
+//! A malformed message can crash every worker that receives it, so this is pure and unit-tested
+//! against the captured vectors.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+/// Everything needed to publish one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// The Celery task id (kube-beat uses one uuid per execution; re-publishing keeps it).
+    pub id: String,
+    pub task: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub queue: String,
+    /// 0-9.
+    pub priority: Option<u8>,
+    pub expires: Option<DateTime<Utc>>,
+    /// `gen<pid>@<host>` in Celery; the operator's identity here.
+    pub origin: String,
+    /// Extra headers naming the job and slot (`kubebeat_job`, `kubebeat_slot`, ...).
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// Python `repr()` of a JSON value, for `argsrepr`/`kwargsrepr` (only shown in worker logs).
+pub fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => py_str(s),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn py_str(s: &str) -> String {
+    // Python prefers single quotes unless the text contains one and no double quote.
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Celery's ISO-8601 with `+00:00`.
+fn iso(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+impl TaskMessage {
+    /// The body: exactly three elements, `[args, kwargs, embed]`.
+    pub fn body(&self) -> Vec<u8> {
+        let body = json!([
+            self.args,
+            self.kwargs,
+            {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
+        ]);
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"[[], {}, {}]".to_vec())
+    }
+
+    /// The headers in the order `apply_async` writes them, then ours.
+    pub fn headers(&self) -> Map<String, Value> {
+        let mut h = Map::new();
+        h.insert("lang".into(), json!("py"));
+        h.insert("task".into(), json!(self.task));
+        h.insert("id".into(), json!(self.id));
+        h.insert("shadow".into(), Value::Null);
+        h.insert("eta".into(), Value::Null);
+        h.insert(
+            "expires".into(),
+            self.expires.map(iso).map_or(Value::Null, Value::String),
+        );
+        h.insert("group".into(), Value::Null);
+        h.insert("group_index".into(), Value::Null);
+        h.insert("retries".into(), json!(0));
+        h.insert("timelimit".into(), json!([null, null]));
+        h.insert("root_id".into(), json!(self.id));
+        h.insert("parent_id".into(), Value::Null);
+        h.insert(
+            "argsrepr".into(),
+            json!(py_repr(&Value::Array(self.args.clone()))),
+        );
+        h.insert(
+            "kwargsrepr".into(),
+            json!(py_repr(&Value::Object(self.kwargs.clone()))),
+        );
+        h.insert("origin".into(), json!(self.origin));
+        h.insert("ignore_result".into(), json!(false));
+        h.insert("replaced_task_nesting".into(), json!(0));
+        h.insert("stamped_headers".into(), Value::Null);
+        h.insert("stamps".into(), json!({}));
+        for (k, v) in &self.extra_headers {
+            h.insert(k.clone(), json!(v));
+        }
+        h
+    }
+
+    /// AMQP `expiration`: milliseconds from `now` to `expires`, as a string (RabbitMQ TTL).
+    pub fn expiration_ms(&self, now: DateTime<Utc>) -> Option<String> {
+        self.expires
+            .map(|e| (e - now).num_milliseconds().max(0).to_string())
+    }
+
+    /// The Redis list a message goes to: the queue, or its priority bucket (`\x06\x16` + 3/6/9).
+    pub fn redis_list(&self) -> String {
+        match self.priority.unwrap_or(0) {
+            0..=2 => self.queue.clone(),
+            3..=5 => format!("{}\x06\x163", self.queue),
+            6..=8 => format!("{}\x06\x166", self.queue),
+            _ => format!("{}\x06\x169", self.queue),
+        }
+    }
+
+    /// The JSON envelope kombu's Redis transport LPUSHes.
+    pub fn redis_envelope(&self, delivery_tag: &str, now: DateTime<Utc>) -> String {
+        let mut properties = Map::new();
+        properties.insert("correlation_id".into(), json!(self.id));
+        properties.insert("reply_to".into(), json!(""));
+        properties.insert("delivery_mode".into(), json!(2));
+        if let Some(exp) = self.expiration_ms(now) {
+            properties.insert("expiration".into(), json!(exp));
+        }
+        properties.insert(
+            "delivery_info".into(),
+            json!({"exchange": "", "routing_key": self.queue}),
+        );
+        properties.insert("priority".into(), json!(self.priority.unwrap_or(0)));
+        properties.insert("body_encoding".into(), json!("base64"));
+        properties.insert("delivery_tag".into(), json!(delivery_tag));
+        let envelope = json!({
+            "body": base64::engine::general_purpose::STANDARD.encode(self.body()),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": self.headers(),
+            "properties": properties,
+        });
+        envelope.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector() -> TaskMessage {
+        TaskMessage {
+            id: "aaaaaaaa-0000-4000-8000-000000000002".into(),
+            task: "tasks.ad_sync_tasks.sync_domain_users_task".into(),
+            args: vec![json!("corp.example.com")],
+            kwargs: json!({"mode": "full"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            queue: "ad_queue".into(),
+            priority: Some(5),
+            expires: Some(
+                DateTime::parse_from_rfc3339("2030-01-02T04:04:05Z")
+                    .expect("t")
+                    .with_timezone(&Utc),
+            ),
+            origin: "kube-beat@test".into(),
+            extra_headers: vec![("kubebeat_job".into(), "ns/job".into())],
+        }
+    }
+
+    #[test]
+    fn body_matches_the_captured_vector() {
+        // celery-wire.md §2: the base64 body decodes to exactly this.
+        let captured = base64::engine::general_purpose::STANDARD
+            .decode("W1siY29ycC5leGFtcGxlLmNvbSJdLCB7Im1vZGUiOiAiZnVsbCJ9LCB7ImNhbGxiYWNrcyI6IG51bGwsICJlcnJiYWNrcyI6IG51bGwsICJjaGFpbiI6IG51bGwsICJjaG9yZCI6IG51bGx9XQ==")
+            .expect("b64");
+        let captured: Value = serde_json::from_slice(&captured).expect("json");
+        let ours: Value = serde_json::from_slice(&vector().body()).expect("json");
+        assert_eq!(ours, captured);
+        assert_eq!(
+            ours.as_array().map(Vec::len),
+            Some(3),
+            "exactly three elements"
+        );
+    }
+
+    #[test]
+    fn headers_match_the_captured_vector() {
+        let h = vector().headers();
+        let keys: Vec<&str> = h.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys[..19],
+            [
+                "lang",
+                "task",
+                "id",
+                "shadow",
+                "eta",
+                "expires",
+                "group",
+                "group_index",
+                "retries",
+                "timelimit",
+                "root_id",
+                "parent_id",
+                "argsrepr",
+                "kwargsrepr",
+                "origin",
+                "ignore_result",
+                "replaced_task_nesting",
+                "stamped_headers",
+                "stamps"
+            ]
+        );
+        assert_eq!(h["task"], "tasks.ad_sync_tasks.sync_domain_users_task");
+        assert_eq!(h["id"], h["root_id"]);
+        assert_eq!(h["argsrepr"], "['corp.example.com']");
+        assert_eq!(h["kwargsrepr"], "{'mode': 'full'}");
+        assert_eq!(h["expires"], "2030-01-02T04:04:05.000000+00:00");
+        assert_eq!(h["timelimit"], json!([null, null]));
+        assert_eq!(h["kubebeat_job"], "ns/job");
+    }
+
+    #[test]
+    fn redis_envelope_has_what_workers_require() {
+        let now = DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        let env: Value =
+            serde_json::from_str(&vector().redis_envelope("tag-1", now)).expect("json");
+        assert_eq!(env["content-type"], "application/json");
+        assert_eq!(env["content-encoding"], "utf-8");
+        assert_eq!(env["properties"]["delivery_tag"], "tag-1");
+        assert_eq!(
+            env["properties"]["delivery_info"],
+            json!({"exchange": "", "routing_key": "ad_queue"})
+        );
+        assert_eq!(env["properties"]["body_encoding"], "base64");
+        assert_eq!(env["properties"]["priority"], 5);
+        assert_eq!(env["properties"]["expiration"], "3600000");
+        assert_eq!(
+            env["headers"]["task"],
+            "tasks.ad_sync_tasks.sync_domain_users_task"
+        );
+        assert_eq!(env["headers"]["id"], "aaaaaaaa-0000-4000-8000-000000000002");
+    }
+
+    #[test]
+    fn priority_buckets() {
+        let mut m = vector();
+        for (p, list) in [
+            (0, "ad_queue"),
+            (2, "ad_queue"),
+            (3, "ad_queue\x06\x163"),
+            (5, "ad_queue\x06\x163"),
+            (6, "ad_queue\x06\x166"),
+            (8, "ad_queue\x06\x166"),
+            (9, "ad_queue\x06\x169"),
+        ] {
+            m.priority = Some(p);
+            assert_eq!(m.redis_list(), list, "priority {p}");
+        }
+        m.priority = None;
+        assert_eq!(m.redis_list(), "ad_queue");
+    }
+
+    #[test]
+    fn hostile_values_stay_data() {
+        let mut m = vector();
+        m.task = "evil\"task\n\u{0}".into();
+        m.kwargs = json!({"q": "'; DROP TABLE x; --", "nl": "a\nb", "nul": "\u{0}"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let env: Value =
+            serde_json::from_str(&m.redis_envelope("t", Utc::now())).expect("still valid JSON");
+        assert_eq!(env["headers"]["task"], "evil\"task\n\u{0}");
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(env["body"].as_str().expect("b64"))
+            .expect("b64");
+        let body: Value = serde_json::from_slice(&body).expect("json body");
+        assert_eq!(body[1]["q"], "'; DROP TABLE x; --");
+    }
+
+    #[test]
+    fn python_repr() {
+        assert_eq!(
+            py_repr(&json!([1, "a", null, true, {"k": [1.5]}])),
+            "[1, 'a', None, True, {'k': [1.5]}]"
+        );
+        assert_eq!(py_repr(&json!("it's")), "\"it's\"");
+        assert_eq!(py_repr(&json!("a\nb")), "'a\\nb'");
+        assert_eq!(py_repr(&json!([])), "[]");
+    }
+}

@@ -1,0 +1,280 @@
+//! Publishing Celery messages to Redis or RabbitMQ, as Celery's own producer does
+//! (`celery-wire.md`). One long-lived connection per broker, reconnecting on failure; a batch is
+//! published in one round trip (Redis MULTI/EXEC pipeline, AMQP publishes with confirms).
+
+pub mod message;
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
+};
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+pub use message::TaskMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): {0}")]
+    Url(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm message {0}")]
+    NotConfirmed(String),
+}
+
+/// A connected broker.
+pub enum Publisher {
+    Redis(ConnectionManager),
+    Amqp(Box<AmqpPublisher>),
+}
+
+impl Publisher {
+    /// Connect to the broker named by a Celery broker URL.
+    pub async fn connect(url: &str) -> Result<Publisher, PublishError> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            let client = redis::Client::open(url)?;
+            let manager = ConnectionManager::new(client).await?;
+            Ok(Publisher::Redis(manager))
+        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            let publisher = AmqpPublisher {
+                uri: amqp_uri(url),
+                state: Mutex::new(None),
+            };
+            publisher.channel().await?;
+            Ok(Publisher::Amqp(Box::new(publisher)))
+        } else {
+            Err(PublishError::Url(url.to_string()))
+        }
+    }
+
+    /// Publish a batch. On error nothing is known to be delivered; the caller retries with the
+    /// same task ids.
+    pub async fn publish(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Publisher::Redis(conn) => {
+                let now = Utc::now();
+                let mut pipe = redis::pipe();
+                // All or nothing on the Redis side: a half-applied batch would be re-sent.
+                pipe.atomic();
+                for m in messages {
+                    let tag = uuid::Uuid::new_v4().to_string();
+                    pipe.lpush(m.redis_list(), m.redis_envelope(&tag, now))
+                        .ignore();
+                }
+                let mut conn = conn.clone();
+                pipe.query_async::<()>(&mut conn).await?;
+                Ok(())
+            }
+            Publisher::Amqp(p) => p.publish(messages).await,
+        }
+    }
+}
+
+/// kombu spells the default vhost `//` (or leaves it empty); lapin wants it URL-encoded.
+fn amqp_uri(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    match rest.split_once('/') {
+        None => format!("{scheme}://{rest}/%2F"),
+        Some((host, "")) | Some((host, "/")) => format!("{scheme}://{host}/%2F"),
+        Some((host, vhost)) => format!("{scheme}://{host}/{vhost}"),
+    }
+}
+
+pub struct AmqpPublisher {
+    uri: String,
+    state: Mutex<Option<AmqpState>>,
+}
+
+struct AmqpState {
+    _conn: Connection,
+    channel: Channel,
+    declared: HashSet<String>,
+}
+
+impl AmqpPublisher {
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut state = self.state.lock().await;
+        if let Some(s) = state.as_ref()
+            && s.channel.status().connected()
+        {
+            return Ok(s.channel.clone());
+        }
+        let conn = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *state = Some(AmqpState {
+            _conn: conn,
+            channel: channel.clone(),
+            declared: HashSet::new(),
+        });
+        Ok(channel)
+    }
+
+    /// Declare a queue the way Celery's worker does (durable, no arguments). If the worker
+    /// declared it with other arguments (x-max-priority, ...), the broker refuses ours and closes
+    /// the channel: the queue exists, which is all we need.
+    async fn ensure_queue(&self, queue: &str) -> Result<(), PublishError> {
+        if self
+            .state
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|s| s.declared.contains(queue))
+        {
+            return Ok(());
+        }
+        let channel = self.channel().await?;
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        if let Err(e) = channel
+            .queue_declare(ShortString::from(queue), opts, FieldTable::default())
+            .await
+        {
+            tracing::debug!(queue, error = %e, "queue exists with other arguments; using it as is");
+            // The channel is closed by the refusal: open a fresh one.
+            *self.state.lock().await = None;
+            self.channel().await?;
+        }
+        if let Some(s) = self.state.lock().await.as_mut() {
+            s.declared.insert(queue.to_string());
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+        let result = self.publish_once(messages).await;
+        if result.is_err() {
+            // Reconnect on the next call.
+            *self.state.lock().await = None;
+        }
+        result
+    }
+
+    async fn publish_once(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+        for m in messages {
+            self.ensure_queue(&m.queue).await?;
+        }
+        let channel = self.channel().await?;
+        let now = Utc::now();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut props = BasicProperties::default()
+                .with_content_type(ShortString::from("application/json"))
+                .with_content_encoding(ShortString::from("utf-8"))
+                .with_delivery_mode(2)
+                .with_correlation_id(ShortString::from(m.id.as_str()))
+                .with_reply_to(ShortString::from(""))
+                .with_headers(headers_table(&m.headers()));
+            if let Some(p) = m.priority {
+                props = props.with_priority(p);
+            }
+            if let Some(exp) = m.expiration_ms(now) {
+                props = props.with_expiration(ShortString::from(exp));
+            }
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(m.queue.as_str()),
+                    BasicPublishOptions::default(),
+                    &m.body(),
+                    props,
+                )
+                .await?;
+            confirms.push((m.id.clone(), confirm));
+        }
+        for (id, confirm) in confirms {
+            if confirm.await?.is_nack() {
+                return Err(PublishError::NotConfirmed(id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JSON headers as an AMQP field table with the types py-amqp uses (str→S, int→I/l, bool→t,
+/// None→V, list→A, dict→F, float→d).
+fn headers_table(headers: &serde_json::Map<String, Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(ShortString::from(k.as_str()), amqp_value(v));
+    }
+    table
+}
+
+fn amqp_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => match i32::try_from(i) {
+                Ok(i) => AMQPValue::LongInt(i),
+                Err(_) => AMQPValue::LongLongInt(i),
+            },
+            (None, Some(f)) => AMQPValue::Double(f),
+            _ => AMQPValue::LongString(LongString::from(n.to_string())),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(amqp_value).collect::<Vec<_>>(),
+        )),
+        Value::Object(map) => AMQPValue::FieldTable(headers_table(map)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_uris() {
+        assert_eq!(
+            amqp_uri("amqp://guest:guest@127.0.0.1:5672//"),
+            "amqp://guest:guest@127.0.0.1:5672/%2F"
+        );
+        assert_eq!(
+            amqp_uri("amqp://guest:guest@127.0.0.1:5672/"),
+            "amqp://guest:guest@127.0.0.1:5672/%2F"
+        );
+        assert_eq!(
+            amqp_uri("amqp://guest:guest@127.0.0.1:5672"),
+            "amqp://guest:guest@127.0.0.1:5672/%2F"
+        );
+        assert_eq!(amqp_uri("amqp://u:p@h:5672/prod"), "amqp://u:p@h:5672/prod");
+        assert_eq!(amqp_uri("amqp://u:p@h:5672/%2F"), "amqp://u:p@h:5672/%2F");
+    }
+
+    #[test]
+    fn header_types() {
+        let h = serde_json::json!({"s": "x", "i": 0, "big": 1i64 << 40, "b": false, "n": null, "a": [null, null], "f": {}});
+        let t = headers_table(h.as_object().expect("object"));
+        let get = |k: &str| t.inner().get(k).cloned();
+        assert_eq!(get("s"), Some(AMQPValue::LongString(LongString::from("x"))));
+        assert_eq!(get("i"), Some(AMQPValue::LongInt(0)));
+        assert_eq!(get("big"), Some(AMQPValue::LongLongInt(1 << 40)));
+        assert_eq!(get("b"), Some(AMQPValue::Boolean(false)));
+        assert_eq!(get("n"), Some(AMQPValue::Void));
+        assert_eq!(
+            get("a"),
+            Some(AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::Void,
+                AMQPValue::Void
+            ])))
+        );
+        assert_eq!(get("f"), Some(AMQPValue::FieldTable(FieldTable::default())));
+    }
+}

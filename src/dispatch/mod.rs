@@ -1,0 +1,202 @@
+//! The dispatcher (leader only): claim due slots in batches, then publish them (transactional
+//! outbox). It sleeps until the earliest due time or until something changes, never on a tick,
+//! and nothing here waits for the Kubernetes API.
+
+pub mod claim;
+pub mod plan;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::{
+    celery::{Publisher, TaskMessage},
+    leader::Role,
+};
+
+/// Jobs claimed per transaction.
+const CLAIM_BATCH: i64 = 1000;
+/// Executions published per round trip.
+const PUBLISH_BATCH: i64 = 1000;
+/// Longest sleep between checks, so a missed wake-up costs at most this.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+pub struct Dispatcher {
+    pub pool: PgPool,
+    /// `None` in shadow mode: SHADOW executions are recorded, nothing is published.
+    pub publisher: Option<Publisher>,
+    pub identity: String,
+    pub role: watch::Receiver<Role>,
+    /// Poked by the reconciler when a job or a manual trigger changes what is due.
+    pub wake: Arc<Notify>,
+    /// How long a claimed execution may keep failing to publish before DISPATCH_FAILED.
+    pub publish_give_up: chrono::Duration,
+}
+
+impl Dispatcher {
+    pub fn shadow(&self) -> bool {
+        self.publisher.is_none()
+    }
+
+    /// Run until `stop` flips.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            // Wait to lead.
+            let epoch = loop {
+                if let Some(e) = self.role.borrow().epoch() {
+                    break e;
+                }
+                tokio::select! {
+                    _ = self.role.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            };
+            info!(identity = %self.identity, epoch, "dispatcher active");
+            // Outbox recovery: whatever an earlier leader claimed but did not publish goes out
+            // now, with the same Celery task ids.
+            self.publish_pending().await;
+            while self.role.borrow().epoch() == Some(epoch) {
+                match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow())
+                    .await
+                {
+                    Ok(stats) => {
+                        if stats.jobs > 0 {
+                            tracing::debug!(?stats, "claimed");
+                        }
+                        self.publish_pending().await;
+                        if stats.jobs as i64 == CLAIM_BATCH {
+                            continue; // more are due right now
+                        }
+                    }
+                    Err(claim::ClaimError::Fenced { ours, current }) => {
+                        warn!(
+                            ours,
+                            current, "claim rejected by fencing: no longer the leader"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "claim failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+                let idle = match claim::next_due(&self.pool).await {
+                    Ok(Some(t)) => (t - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .min(MAX_IDLE),
+                    Ok(None) => MAX_IDLE,
+                    Err(_) => Duration::from_secs(1),
+                };
+                if idle.is_zero() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = self.wake.notified() => {}
+                    _ = self.role.changed() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            info!(identity = %self.identity, epoch, "dispatcher stopped: not the leader");
+        }
+    }
+
+    /// Publish every PENDING execution (ours and earlier leaders'), a batch per round trip.
+    async fn publish_pending(&self) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        loop {
+            // Re-check before each batch: a paused process must not publish after waking up
+            // past its lease (the claim was fenced; this narrows the publish window too).
+            if self.role.borrow().epoch().is_none() {
+                return;
+            }
+            let batch = match claim::pending(&self.pool, PUBLISH_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "reading the outbox failed");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let messages: Vec<TaskMessage> = batch.iter().map(|p| self.message(p)).collect();
+            let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+            match publisher.publish(&messages).await {
+                Ok(()) => {
+                    if let Err(e) = claim::mark_dispatched(&self.pool, &ids, Utc::now()).await {
+                        warn!(error = %e, "marking executions dispatched failed; they will be re-published");
+                        return;
+                    }
+                    for p in &batch {
+                        info!(job = %format!("{}/{}", p.namespace, p.name), task = %p.task_name,
+                              task_id = %p.task_id, slot = %crate::schedule::rfc3339(p.scheduled_for),
+                              trigger = %p.trigger, "Dispatched job");
+                    }
+                    if (batch.len() as i64) < PUBLISH_BATCH {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let give_up_before = Utc::now() - self.publish_give_up;
+                    let failed = claim::mark_publish_failed(
+                        &self.pool,
+                        &ids,
+                        &e.to_string(),
+                        give_up_before,
+                    )
+                    .await
+                    .unwrap_or(0);
+                    warn!(error = %e, executions = ids.len(), "publish failed; will retry");
+                    if failed > 0 {
+                        warn!(
+                            executions = failed,
+                            "publish kept failing: executions marked DISPATCH_FAILED"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn message(&self, p: &claim::Pending) -> TaskMessage {
+        let args = match &p.args {
+            Value::Array(a) => a.clone(),
+            _ => Vec::new(),
+        };
+        let kwargs = match &p.kwargs {
+            Value::Object(o) => o.clone(),
+            _ => serde_json::Map::new(),
+        };
+        TaskMessage {
+            id: p.task_id.clone(),
+            task: p.task_name.clone(),
+            args,
+            kwargs,
+            queue: p.queue.clone(),
+            priority: p.priority.and_then(|v| u8::try_from(v).ok()),
+            expires: p
+                .expires_seconds
+                .map(|s| Utc::now() + chrono::Duration::seconds(s)),
+            origin: format!("kube-beat@{}", self.identity),
+            extra_headers: vec![
+                ("kubebeat_job".into(), format!("{}/{}", p.namespace, p.name)),
+                (
+                    "kubebeat_slot".into(),
+                    crate::schedule::rfc3339(p.scheduled_for),
+                ),
+                ("kubebeat_trigger".into(), p.trigger.clone()),
+            ],
+        }
+    }
+}
