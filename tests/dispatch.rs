@@ -272,7 +272,7 @@ fn leader_of(ops: &[Operator]) -> Option<usize> {
 
 /// Every slot in the run either ran once or is accounted for by coalescing (catch-up after a
 /// failover); nothing ran twice.
-async fn assert_slots_accounted(f: &Fixture, jobs: usize) {
+async fn assert_slots_accounted(f: &Fixture, jobs: usize, period_secs: i64) {
     let rows: Vec<(String, i64, i32, String)> = sqlx::query_as(
         "SELECT j.name, extract(epoch FROM e.scheduled_for)::bigint, e.coalesced_slots, e.state
          FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id ORDER BY 1, 2",
@@ -291,7 +291,7 @@ async fn assert_slots_accounted(f: &Fixture, jobs: usize) {
             let ((a, _), (b, coalesced)) = (pair[0], pair[1]);
             assert_eq!(
                 b - a,
-                i64::from(coalesced),
+                i64::from(coalesced) * period_secs,
                 "{name}: slots {a}..{b} covered by {coalesced} coalesced slot(s)"
             );
         }
@@ -362,7 +362,7 @@ async fn leader_killed_repeatedly_no_duplicates_no_losses() {
         record.len()
     );
     assert_no_duplicates(&record);
-    assert_slots_accounted(&f, JOBS).await;
+    assert_slots_accounted(&f, JOBS, 1).await;
     let worst = recoveries.iter().max().copied().unwrap_or_default();
     println!(
         "failover: {KILLS} SIGKILLs, recovery times {recoveries:?}, worst {worst:?}, {} runs, 0 duplicates",
@@ -422,7 +422,7 @@ async fn paused_leader_is_fenced() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let record = f.record().await;
     assert_no_duplicates(&record);
-    assert_slots_accounted(&f, 5).await;
+    assert_slots_accounted(&f, 5, 1).await;
     assert!(
         resumed_log.contains("lost leader") || resumed_log.contains("fencing"),
         "the resumed replica noticed it was deposed:\n{}",
@@ -520,5 +520,163 @@ async fn shadow_mode_publishes_nothing_and_triggers_run_once() {
         .expect("status");
     assert_eq!(status.last_trigger.as_deref(), Some("second"));
     drop(op);
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn broker_outage_loses_nothing_and_honours_deadlines() {
+    let env = common::env();
+    let proxy = common::TcpProxy::start("127.0.0.1:6379").await;
+    let mut f = fixture("kbt-outage", format!("{}/0", env.redis_url)).await;
+    let _worker = f.worker(); // the worker talks to Redis directly
+    f.broker = format!("redis://127.0.0.1:{}/0", proxy.port); // the operator through the proxy
+    f.task_function("echo", "kb.echo").await;
+    f.job(
+        "keep",
+        "echo",
+        json!({"schedule": {"interval": {"seconds": 1}}}),
+    )
+    .await;
+    f.job(
+        "strict",
+        "echo",
+        json!({"schedule": {"interval": {"seconds": 1}}, "startingDeadlineSeconds": 3}),
+    )
+    .await;
+    let op = f.operator(&[]);
+    let runs = |r: &[Invocation], job: &str| {
+        r.iter()
+            .filter(|i| i.job().ends_with(&format!("/{job}")))
+            .count()
+    };
+    eventually(
+        "runs before the outage",
+        Duration::from_secs(30),
+        || async {
+            let r = f.record().await;
+            (runs(&r, "keep") >= 3 && runs(&r, "strict") >= 3).then_some(())
+        },
+    )
+    .await;
+    proxy.cut();
+    let before = runs(&f.record().await, "keep");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = runs(&f.record().await, "keep");
+    assert!(
+        during <= before + 2,
+        "nothing can be published while the broker is unreachable"
+    );
+    proxy.restore();
+    let restored = Instant::now();
+    eventually("dispatch resumes", Duration::from_secs(30), || async {
+        (runs(&f.record().await, "keep") >= during + 25).then_some(())
+    })
+    .await;
+    let recovery = restored.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(op);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let record = f.record().await;
+    assert_no_duplicates(&record);
+    assert_slots_accounted(&f, 2, 1).await;
+    // "keep" (no deadline): every slot of the outage was published late, none lost.
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT j.name, e.state, count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .expect("states");
+    let count = |job: &str, state: &str| {
+        states
+            .iter()
+            .find(|(j, s, _)| j == job && s == state)
+            .map_or(0, |(_, _, n)| *n)
+    };
+    assert_eq!(count("keep", "MISSED"), 0, "{states:?}");
+    assert!(
+        count("keep", "DISPATCHED") as usize >= runs(&record, "keep") - 1,
+        "{states:?}"
+    );
+    // "strict": slots that could not go out within 3 s are MISSED, and never ran.
+    assert!(
+        count("strict", "MISSED") >= 20,
+        "outage slots of the strict job are MISSED: {states:?}"
+    );
+    let missed_ids: Vec<String> =
+        sqlx::query_scalar("SELECT task_id FROM job_executions WHERE state = 'MISSED'")
+            .fetch_all(&f.pool)
+            .await
+            .expect("missed");
+    assert!(
+        record.iter().all(|i| !missed_ids.contains(&i.task_id)),
+        "a MISSED execution ran"
+    );
+    println!("broker outage 30 s: dispatch resumed {recovery:?} after restore; states {states:?}");
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn operator_downtime_is_coalesced_or_missed() {
+    let env = common::env();
+    let f = fixture("kbt-down", format!("{}/0", env.redis_url)).await;
+    let _worker = f.worker();
+    f.task_function("echo", "kb.echo").await;
+    f.job(
+        "coalesce",
+        "echo",
+        json!({"schedule": {"interval": {"seconds": 2}}}),
+    )
+    .await;
+    f.job(
+        "deadline",
+        "echo",
+        json!({"schedule": {"interval": {"seconds": 2}}, "startingDeadlineSeconds": 1}),
+    )
+    .await;
+    let op = f.operator(&[]);
+    eventually("first runs", Duration::from_secs(30), || async {
+        let r = f.record().await;
+        (r.len() >= 4).then_some(())
+    })
+    .await;
+    drop(op); // SIGKILL: the operator is down for 9 s
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let op = f.operator(&[]);
+    let catchup: (i32, String) = eventually("a coalesced catch-up run", Duration::from_secs(30), || async {
+        sqlx::query_as(
+            "SELECT e.coalesced_slots, e.trigger FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+             WHERE j.name = 'coalesce' AND e.coalesced_slots > 1",
+        )
+        .fetch_optional(&f.pool)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await;
+    assert!(
+        catchup.0 >= 3,
+        "several missed slots became one run: {catchup:?}"
+    );
+    assert_eq!(catchup.1, "catchup");
+    let missed: (i32, String) = eventually("the late slot of the deadline job is MISSED", Duration::from_secs(30), || async {
+        sqlx::query_as(
+            "SELECT e.coalesced_slots, e.state FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+             WHERE j.name = 'deadline' AND e.state = 'MISSED'",
+        )
+        .fetch_optional(&f.pool)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await;
+    assert!(missed.0 >= 3, "coalesced into one MISSED row: {missed:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(op);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_no_duplicates(&f.record().await);
+    assert_slots_accounted(&f, 2, 2).await;
     f.finish().await;
 }

@@ -28,6 +28,8 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
     #[error("the broker did not confirm message {0}")]
     NotConfirmed(String),
+    #[error("publishing took longer than {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A connected broker.

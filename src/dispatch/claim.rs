@@ -233,6 +233,34 @@ pub struct Pending {
     pub expires_seconds: Option<i64>,
 }
 
+/// Claimed executions that could not be published within their job's `startingDeadlineSeconds`
+/// (broker down, no leader) are not sent late: they become MISSED.
+pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE job_executions e SET state = 'MISSED', finished_at = $1,
+                error = 'not published within startingDeadlineSeconds'
+         FROM scheduled_jobs j
+         WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger <> 'manual'
+           AND j.starting_deadline_seconds IS NOT NULL
+           AND e.scheduled_for + make_interval(secs => j.starting_deadline_seconds + j.jitter_seconds) < $1",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() > 0 {
+        sqlx::query(
+            "UPDATE scheduled_jobs j SET missed = j.missed + m.n, total_runs = j.total_runs - m.n
+             FROM (SELECT job_id, count(*) AS n FROM job_executions
+                   WHERE state = 'MISSED' AND finished_at = $1 AND claimed_at < $1 GROUP BY job_id) m
+             WHERE j.id = m.job_id",
+        )
+        .bind(now)
+        .execute(pool)
+        .await?;
+    }
+    Ok(done.rows_affected())
+}
+
 /// The oldest PENDING executions (the outbox), whoever claimed them.
 pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
     sqlx::query_as(
@@ -272,18 +300,19 @@ pub async fn mark_publish_failed(
     error: &str,
     give_up_before: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let states: Vec<String> = sqlx::query_scalar(
         "UPDATE job_executions SET publish_attempts = publish_attempts + 1, error = $2,
                 state = CASE WHEN claimed_at < $3 THEN 'DISPATCH_FAILED' ELSE state END,
                 finished_at = CASE WHEN claimed_at < $3 THEN now() ELSE finished_at END
-         WHERE id = ANY($1) AND state = 'PENDING'",
+         WHERE id = ANY($1) AND state = 'PENDING'
+         RETURNING state",
     )
     .bind(ids)
     .bind(error)
     .bind(give_up_before)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(states.iter().filter(|s| *s == "DISPATCH_FAILED").count() as u64)
 }
 
 /// When the next enabled job is due.

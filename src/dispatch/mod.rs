@@ -22,6 +22,8 @@ use crate::{
 const CLAIM_BATCH: i64 = 1000;
 /// Executions published per round trip.
 const PUBLISH_BATCH: i64 = 1000;
+/// A publish that takes longer than this is treated as failed (and retried).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep between checks, so a missed wake-up costs at most this.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
@@ -56,85 +58,124 @@ impl Dispatcher {
                 }
             };
             info!(identity = %self.identity, epoch, "dispatcher active");
-            // Outbox recovery: whatever an earlier leader claimed but did not publish goes out
-            // now, with the same Celery task ids.
-            self.publish_pending().await;
-            while self.role.borrow().epoch() == Some(epoch) {
-                match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow())
-                    .await
-                {
-                    Ok(stats) => {
-                        if stats.jobs > 0 {
-                            tracing::debug!(?stats, "claimed");
-                        }
-                        self.publish_pending().await;
-                        if stats.jobs as i64 == CLAIM_BATCH {
-                            continue; // more are due right now
-                        }
-                    }
-                    Err(claim::ClaimError::Fenced { ours, current }) => {
-                        warn!(
-                            ours,
-                            current, "claim rejected by fencing: no longer the leader"
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "claim failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                }
-                let idle = match claim::next_due(&self.pool).await {
-                    Ok(Some(t)) => (t - Utc::now())
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                        .min(MAX_IDLE),
-                    Ok(None) => MAX_IDLE,
-                    Err(_) => Duration::from_secs(1),
-                };
-                if idle.is_zero() {
-                    continue;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = self.wake.notified() => {}
-                    _ = self.role.changed() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
+            // Claiming and publishing run side by side: a slow or unreachable broker must not
+            // delay claims (slots keep their own execution, published when the broker is back).
+            let published = Notify::new();
+            let role = self.role.clone();
+            let leading = move || role.borrow().epoch() == Some(epoch);
+            tokio::select! {
+                _ = self.claim_loop(epoch, &published, &leading) => {}
+                _ = self.publish_loop(&published, &leading) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
             info!(identity = %self.identity, epoch, "dispatcher stopped: not the leader");
         }
     }
 
+    /// Claim due slots until leadership ends.
+    async fn claim_loop(&self, epoch: i64, published: &Notify, leading: &impl Fn() -> bool) {
+        let mut role = self.role.clone();
+        while leading() {
+            match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow()).await
+            {
+                Ok(stats) => {
+                    if stats.jobs > 0 {
+                        tracing::debug!(?stats, "claimed");
+                        published.notify_one();
+                    }
+                    if stats.jobs as i64 == CLAIM_BATCH {
+                        continue; // more are due right now
+                    }
+                }
+                Err(claim::ClaimError::Fenced { ours, current }) => {
+                    warn!(
+                        ours,
+                        current, "claim rejected by fencing: no longer the leader"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "claim failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            let idle = match claim::next_due(&self.pool).await {
+                Ok(Some(t)) => (t - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_IDLE),
+                Ok(None) => MAX_IDLE,
+                Err(_) => Duration::from_secs(1),
+            };
+            if idle.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = self.wake.notified() => published.notify_one(), // a manual trigger may wait
+                _ = role.changed() => {}
+            }
+        }
+    }
+
+    /// Publish the outbox whenever claims arrive, retrying failures, until leadership ends.
+    /// Starts with whatever an earlier leader left unpublished (same Celery task ids).
+    async fn publish_loop(&self, published: &Notify, leading: &impl Fn() -> bool) {
+        while leading() {
+            let backlog = self.publish_pending().await;
+            let wait = if backlog {
+                Duration::from_secs(1)
+            } else {
+                MAX_IDLE
+            };
+            tokio::select! {
+                _ = published.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// Publish every PENDING execution (ours and earlier leaders'), a batch per round trip.
-    async fn publish_pending(&self) {
+    /// Returns whether some are left (a failure to retry soon).
+    async fn publish_pending(&self) -> bool {
         let Some(publisher) = &self.publisher else {
-            return;
+            return false;
         };
         loop {
             // Re-check before each batch: a paused process must not publish after waking up
             // past its lease (the claim was fenced; this narrows the publish window too).
             if self.role.borrow().epoch().is_none() {
-                return;
+                return false;
+            }
+            match claim::expire_pending(&self.pool, Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    executions = n,
+                    "not published within startingDeadlineSeconds: recorded as MISSED"
+                ),
+                Err(e) => warn!(error = %e, "expiring late executions failed"),
             }
             let batch = match claim::pending(&self.pool, PUBLISH_BATCH).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "reading the outbox failed");
-                    return;
+                    return true;
                 }
             };
             if batch.is_empty() {
-                return;
+                return false;
             }
             let messages: Vec<TaskMessage> = batch.iter().map(|p| self.message(p)).collect();
             let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
-            match publisher.publish(&messages).await {
+            let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&messages))
+                .await
+                .unwrap_or_else(|_| Err(crate::celery::PublishError::Timeout(PUBLISH_TIMEOUT)));
+            match outcome {
                 Ok(()) => {
                     if let Err(e) = claim::mark_dispatched(&self.pool, &ids, Utc::now()).await {
                         warn!(error = %e, "marking executions dispatched failed; they will be re-published");
-                        return;
+                        return true;
                     }
                     for p in &batch {
                         info!(job = %format!("{}/{}", p.namespace, p.name), task = %p.task_name,
@@ -142,7 +183,7 @@ impl Dispatcher {
                               trigger = %p.trigger, "Dispatched job");
                     }
                     if (batch.len() as i64) < PUBLISH_BATCH {
-                        return;
+                        return false;
                     }
                 }
                 Err(e) => {
@@ -162,8 +203,7 @@ impl Dispatcher {
                             "publish kept failing: executions marked DISPATCH_FAILED"
                         );
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return;
+                    return true;
                 }
             }
         }

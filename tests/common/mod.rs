@@ -404,3 +404,65 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A loopback TCP proxy a test can cut, to make a real service unreachable (connections dropped,
+/// new ones refused) and bring it back.
+pub struct TcpProxy {
+    pub port: u16,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: &str) -> TcpProxy {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let enabled = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (en, cs, target) = (enabled.clone(), conns.clone(), target.to_string());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !en.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                cs.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        TcpProxy {
+            port,
+            enabled,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
