@@ -28,8 +28,10 @@ log "building kube-beat"
 cargo build --quiet
 bin=target/debug/kube-beat
 
-psql -h 127.0.0.1 -U postgres -d postgres -Atc "select 1 from pg_database where datname='$db'" | grep -q 1 \
-  || psql -h 127.0.0.1 -U postgres -d postgres -qc "create database $db"
+# A fresh database each time: the demo's control plane starts empty too.
+stop_pid "$demo/operator.pid"
+psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists $db with (force)"
+psql -h 127.0.0.1 -U postgres -d postgres -qc "create database $db"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export BROKER_URL="redis://127.0.0.1:6379/0"
 export RESULT_BACKEND="redis://127.0.0.1:6379/1"
@@ -49,13 +51,21 @@ stop_pid "$demo/operator.pid"
 POD_NAME=kube-beat-demo nohup "$bin" run --http-addr 127.0.0.1:18080 >"$demo/operator.log" 2>&1 &
 echo $! >"$demo/operator.pid"
 
-secs=${KB_DEMO_SECONDS:-40}
+secs=${KB_DEMO_SECONDS:-65}
 log "operator running (log: $demo/operator.log); watching for ${secs}s"
 end=$((SECONDS + secs))
-while [ $SECONDS -lt $end ]; do sleep 10; echo; "$KUBECTL" get scheduledjobs,taskfunctions -n $ns; done
+while [ $SECONDS -lt $end ]; do sleep 10; echo; "$KUBECTL" get scheduledjobs -n $ns; done
 echo
-log "operator log (last lines):"
-tail -n 15 "$demo/operator.log"
+"$KUBECTL" get taskfunctions
+echo
+log "operator log (the runbook's lines):"
+grep -E "acquired leader|Dispatched job" "$demo/operator.log" | tail -n 8 || true
+echo
+log "execution history (Postgres):"
+psql -h 127.0.0.1 -U postgres -d $db -c "select j.name, e.scheduled_for, e.trigger, e.state, e.task_id
+  from job_executions e join scheduled_jobs j on j.id = e.job_id order by e.id desc limit 8"
+log "what the Celery worker ran:"
+grep -E "succeeded in" "$demo/worker.log" | tail -n 4 || true
 cat <<TXT
 
 The demo keeps running in the background.

@@ -113,6 +113,9 @@ pub struct RunArgs {
     /// How long a claimed execution may keep failing to publish before it is DISPATCH_FAILED.
     #[arg(long, env = "PUBLISH_GIVE_UP_SECONDS", default_value_t = 300)]
     pub publish_give_up_seconds: i64,
+    /// Status writes per second at most (all jobs together).
+    #[arg(long, env = "STATUS_QPS", default_value_t = 20)]
+    pub status_qps: u32,
     /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
     #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
     pub dispatch_mode: DispatchMode,

@@ -13,4 +13,5 @@ pub mod leader;
 pub mod operator;
 pub mod reconcile;
 pub mod schedule;
+pub mod status;
 pub mod store;

@@ -66,6 +66,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "dispatch mode shadow: executions are recorded as SHADOW and nothing is published"
         );
     }
+    let status_writer = crate::status::run(
+        client.clone(),
+        pool.clone(),
+        role.clone(),
+        args.status_qps,
+        stop_rx.clone(),
+    );
     let controllers = reconcile::run(
         client,
         pool.clone(),
@@ -97,7 +104,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let pruner = prune_deleted_jobs(pool, retention, stop_rx);
     tokio::select! {
-        _ = async { tokio::join!(controllers, pruner, dispatcher) } => {}
+        _ = async { tokio::join!(controllers, pruner, dispatcher, status_writer) } => {}
         _ = async {
             shutdown_signal().await;
             info!("shutting down");

@@ -226,6 +226,34 @@ async fn runs_on_the_worker(broker: String) {
             pair[1]
         );
     }
+    // Status follows Postgres: kubectl get shows the last run, its state and the next run.
+    let jobs: Api<ScheduledJob> = Api::namespaced(f.client.clone(), &f.ns);
+    let status = eventually("status shows runs", Duration::from_secs(20), || async {
+        let s = jobs.get("fast").await.ok()?.status?;
+        (s.total_runs >= 5
+            && s.last_execution
+                .as_ref()
+                .is_some_and(|e| e.state == "DISPATCHED"))
+        .then_some(s)
+    })
+    .await;
+    assert!(
+        status.last_schedule_time.is_some() && status.next_schedule_time.is_some(),
+        "{status:?}"
+    );
+    assert!(
+        status.next_schedule_time > status.last_schedule_time,
+        "{status:?}"
+    );
+    let table = common::ok(&common::kubectl(&["get", "scheduledjobs", "-n", &f.ns]));
+    let fast_line = table
+        .lines()
+        .find(|l| l.starts_with("fast "))
+        .expect("fast listed");
+    assert!(
+        fast_line.contains("DISPATCHED"),
+        "LAST STATUS column: {table}"
+    );
     assert!(
         op.log_text().contains("Dispatched job"),
         "the runbook's log line"
@@ -678,5 +706,60 @@ async fn operator_downtime_is_coalesced_or_missed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_no_duplicates(&f.record().await);
     assert_slots_accounted(&f, 2, 2).await;
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn replace_revokes_the_unfinished_run_and_forbid_skips() {
+    let env = common::env();
+    let f = fixture("kbt-policy", format!("{}/0", env.redis_url)).await;
+    // One thread, one message at a time: later runs queue up behind a slow one.
+    let worker = Worker::start_with(&f.broker, None, &f.queue, &f.db.url, 1);
+    f.task_function("sleep", "kb.sleep").await;
+    f.job("replace", "sleep", json!({"schedule": {"interval": {"seconds": 2}}, "args": [5], "concurrencyPolicy": "Replace"})).await;
+    f.job("forbid", "sleep", json!({"schedule": {"interval": {"seconds": 2}}, "args": [0], "concurrencyPolicy": "Forbid", "executionTimeoutSeconds": 5})).await;
+    let op = f.operator(&[]);
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    drop(op);
+    tokio::time::sleep(Duration::from_secs(12)).await; // let the worker drain what it holds
+    let revoked: Vec<String> = sqlx::query_scalar(
+        "SELECT e.task_id FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'replace' AND e.state = 'REVOKED'",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .expect("revoked");
+    assert!(
+        revoked.len() >= 3,
+        "each new run replaced the unfinished one: {revoked:?}"
+    );
+    let record = f.record().await;
+    let ran: Vec<&str> = record.iter().map(|i| i.task_id.as_str()).collect();
+    let never_ran = revoked
+        .iter()
+        .filter(|id| !ran.contains(&id.as_str()))
+        .count();
+    assert!(
+        never_ran >= 2,
+        "revoked runs that had not started never ran ({never_ran} of {})",
+        revoked.len()
+    );
+    assert!(
+        worker.log_text().contains("revoked"),
+        "the worker received the revocations"
+    );
+    let skipped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'forbid' AND e.state = 'SKIPPED'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("skipped");
+    assert!(
+        skipped >= 2,
+        "Forbid skipped slots while a run was unfinished: {skipped}"
+    );
+    assert_no_duplicates(&record);
     f.finish().await;
 }

@@ -171,6 +171,36 @@ impl TaskMessage {
     }
 }
 
+/// The remote-control body of a `revoke` for every worker (`destination: null`).
+pub fn revoke_body(task_id: &str) -> Vec<u8> {
+    let body = json!({
+        "method": "revoke",
+        "arguments": {"task_id": task_id, "terminate": true, "signal": "SIGTERM"},
+        "destination": null, "pattern": null, "matcher": null,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The Redis envelope of a remote-control message, as kombu PUBLISHes it on `/{db}.celery.pidbox`.
+/// Workers drop it after `expires` (one second, like `app.control`).
+pub fn pidbox_envelope(body: &[u8], delivery_tag: &str, now: DateTime<Utc>) -> String {
+    let expires = now.timestamp_millis() as f64 / 1000.0 + 1.0;
+    json!({
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"clock": 1, "expires": expires},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag,
+        },
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +338,22 @@ mod tests {
             .expect("b64");
         let body: Value = serde_json::from_slice(&body).expect("json body");
         assert_eq!(body[1]["q"], "'; DROP TABLE x; --");
+    }
+
+    #[test]
+    fn revoke_matches_what_celery_sends() {
+        // Captured from `app.control.revoke('abc-123', terminate=True, signal='SIGTERM')`.
+        let captured: Value = serde_json::from_str(r#"{"method": "revoke", "arguments": {"task_id": "abc-123", "terminate": true, "signal": "SIGTERM"}, "destination": null, "pattern": null, "matcher": null}"#).expect("json");
+        let ours: Value = serde_json::from_slice(&revoke_body("abc-123")).expect("json");
+        assert_eq!(ours, captured);
+        let env: Value =
+            serde_json::from_str(&pidbox_envelope(b"{}", "t", Utc::now())).expect("json");
+        assert_eq!(
+            env["properties"]["delivery_info"],
+            json!({"exchange": "celery.pidbox", "routing_key": ""})
+        );
+        assert_eq!(env["headers"]["clock"], 1);
+        assert!(env["headers"]["expires"].is_f64());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum PublishError {
 
 /// A connected broker.
 pub enum Publisher {
-    Redis(ConnectionManager),
+    Redis { conn: ConnectionManager, db: i64 },
     Amqp(Box<AmqpPublisher>),
 }
 
@@ -43,8 +43,9 @@ impl Publisher {
     pub async fn connect(url: &str) -> Result<Publisher, PublishError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = redis::Client::open(url)?;
+            let db = client.get_connection_info().redis_settings().db();
             let manager = ConnectionManager::new(client).await?;
-            Ok(Publisher::Redis(manager))
+            Ok(Publisher::Redis { conn: manager, db })
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let publisher = AmqpPublisher {
                 uri: amqp_uri(url),
@@ -64,7 +65,7 @@ impl Publisher {
             return Ok(());
         }
         match self {
-            Publisher::Redis(conn) => {
+            Publisher::Redis { conn, .. } => {
                 let now = Utc::now();
                 let mut pipe = redis::pipe();
                 // All or nothing on the Redis side: a half-applied batch would be re-sent.
@@ -80,6 +81,33 @@ impl Publisher {
             }
             Publisher::Amqp(p) => p.publish(messages).await,
         }
+    }
+}
+
+impl Publisher {
+    /// Celery's remote-control `revoke` broadcast (what `app.control.revoke(id, terminate=True)`
+    /// sends): every worker adds the ids to its revoked set and terminates them if running.
+    pub async fn revoke(&self, task_ids: &[String]) -> Result<(), PublishError> {
+        for id in task_ids {
+            let body = message::revoke_body(id);
+            match self {
+                Publisher::Redis { conn, db } => {
+                    let envelope = message::pidbox_envelope(
+                        &body,
+                        &uuid::Uuid::new_v4().to_string(),
+                        Utc::now(),
+                    );
+                    let mut conn = conn.clone();
+                    redis::cmd("PUBLISH")
+                        .arg(format!("/{db}.celery.pidbox"))
+                        .arg(envelope)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                Publisher::Amqp(p) => p.broadcast_revoke(&body).await?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -156,6 +184,40 @@ impl AmqpPublisher {
             s.declared.insert(queue.to_string());
         }
         Ok(())
+    }
+
+    /// Publish a remote-control message to the workers' fanout exchange `celery.pidbox`
+    /// (declared by the workers; if none is running there is nobody to revoke anything).
+    async fn broadcast_revoke(&self, body: &[u8]) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("clock"), AMQPValue::LongInt(1));
+        let expires = (Utc::now().timestamp_millis() as f64) / 1000.0 + 1.0;
+        headers.insert(ShortString::from("expires"), AMQPValue::Double(expires));
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_content_encoding(ShortString::from("utf-8"))
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let result = channel
+            .basic_publish(
+                ShortString::from("celery.pidbox"),
+                ShortString::from(""),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await;
+        match result {
+            Ok(confirm) => {
+                confirm.await?;
+                Ok(())
+            }
+            Err(e) => {
+                *self.state.lock().await = None;
+                Err(e.into())
+            }
+        }
     }
 
     async fn publish(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {

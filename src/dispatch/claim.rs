@@ -54,6 +54,8 @@ pub struct ClaimStats {
     pub runs: usize,
     pub missed: usize,
     pub skipped: usize,
+    /// Celery task ids replaced under `concurrencyPolicy: Replace`, to revoke.
+    pub revoked: Vec<String>,
 }
 
 /// Claim up to `limit` due jobs in one transaction. `shadow` records SHADOW instead of PENDING.
@@ -85,6 +87,7 @@ pub async fn claim_due(
     .fetch_all(&mut *tx)
     .await?;
 
+    let mut replace_jobs: Vec<i64> = Vec::new();
     let mut stats = ClaimStats {
         jobs: rows.len(),
         ..Default::default()
@@ -143,6 +146,9 @@ pub async fn claim_due(
             active: row.active,
         };
         let p = plan(&due, now);
+        if p.outcome == Outcome::Run && due.active && due.policy == ConcurrencyPolicy::Replace {
+            replace_jobs.push(row.id);
+        }
         let state = match p.outcome {
             Outcome::Run if shadow => "SHADOW",
             Outcome::Run => "PENDING",
@@ -171,6 +177,19 @@ pub async fn claim_due(
         u_runs.push(runs);
         u_missed.push(missed);
         u_skipped.push(skipped);
+    }
+    if !replace_jobs.is_empty() {
+        // Replace: the unfinished runs end here; the caller broadcasts their revocation.
+        stats.revoked = sqlx::query_scalar(
+            "UPDATE job_executions SET state = 'REVOKED', finished_at = $2,
+                    error = 'replaced by a newer run (concurrencyPolicy: Replace)'
+             WHERE job_id = ANY($1) AND state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
+             RETURNING task_id",
+        )
+        .bind(&replace_jobs)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
     }
     sqlx::query(
         "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,

@@ -79,6 +79,9 @@ impl Dispatcher {
             match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow()).await
             {
                 Ok(stats) => {
+                    if !stats.revoked.is_empty() {
+                        self.revoke(&stats.revoked).await;
+                    }
                     if stats.jobs > 0 {
                         tracing::debug!(?stats, "claimed");
                         published.notify_one();
@@ -116,6 +119,18 @@ impl Dispatcher {
                 _ = self.wake.notified() => published.notify_one(), // a manual trigger may wait
                 _ = role.changed() => {}
             }
+        }
+    }
+
+    /// Broadcast Celery revocations for runs replaced under `concurrencyPolicy: Replace`.
+    async fn revoke(&self, task_ids: &[String]) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.revoke(task_ids)).await {
+            Ok(Ok(())) => info!(task_ids = ?task_ids, "revoked runs replaced by newer ones"),
+            Ok(Err(e)) => warn!(error = %e, task_ids = ?task_ids, "revoke broadcast failed"),
+            Err(_) => warn!(task_ids = ?task_ids, "revoke broadcast timed out"),
         }
     }
 

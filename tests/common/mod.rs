@@ -193,6 +193,17 @@ pub struct Worker {
 impl Worker {
     /// Start a worker consuming `queues` (comma-separated) and wait until it is ready.
     pub fn start(broker: &str, backend: Option<&str>, queues: &str, record_dsn: &str) -> Worker {
+        Worker::start_with(broker, backend, queues, record_dsn, 8)
+    }
+
+    /// A worker with `concurrency` threads, each taking one message at a time.
+    pub fn start_with(
+        broker: &str,
+        backend: Option<&str>,
+        queues: &str,
+        record_dsn: &str,
+        concurrency: u32,
+    ) -> Worker {
         let env = env();
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
         let file = std::fs::File::create(&log).expect("creating the worker log");
@@ -206,6 +217,8 @@ impl Worker {
                 record_dsn.replace("postgres://", "postgresql://"),
             )
             .env("KB_CELERY_VENV", &env.celery_venv)
+            .env("KB_CELERY_CONCURRENCY", concurrency.to_string())
+            .env("KB_PREFETCH", if concurrency == 8 { "4" } else { "1" })
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
