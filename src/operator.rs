@@ -103,16 +103,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stop_rx.clone(),
     );
     let pruner = prune_deleted_jobs(pool, retention, stop_rx);
-    tokio::select! {
-        _ = async { tokio::join!(controllers, pruner, dispatcher, status_writer) } => {}
-        _ = async {
-            shutdown_signal().await;
-            info!("shutting down");
-            let _ = stop_tx.send(true);
-            // Let the election release the lease so a successor takes over at once.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
-        } => {}
+    let mut work = Box::pin(async { tokio::join!(controllers, pruner, dispatcher, status_writer) });
+    let finished = tokio::select! {
+        _ = &mut work => true,
+        _ = shutdown_signal() => false,
+    };
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let grace = std::time::Duration::from_secs(5);
+    if !finished {
+        // Let the dispatcher and controllers finish what they are doing.
+        let _ = tokio::time::timeout(grace, work).await;
     }
+    // Release the lease so a successor takes over at once instead of waiting for it to expire.
+    let _ = tokio::time::timeout(grace, election).await;
     Ok(())
 }
 

@@ -763,3 +763,44 @@ async fn replace_revokes_the_unfinished_run_and_forbid_skips() {
     assert_no_duplicates(&record);
     f.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn graceful_shutdown_releases_the_lease() {
+    // Default timings (15 s lease): a rolling update must not wait for the lease to expire.
+    let env = common::env();
+    let f = fixture("kbt-roll", format!("{}/0", env.redis_url)).await;
+    f.task_function("echo", "kb.echo").await;
+    let mut ops: Vec<Operator> = (0..2).map(|_| f.operator(&[])).collect();
+    let leader = eventually("a leader", Duration::from_secs(30), || async {
+        leader_of(&ops)
+    })
+    .await;
+    ops[leader].signal("TERM");
+    let stopped = Instant::now();
+    assert!(
+        ops[leader].wait_exit(Duration::from_secs(10)),
+        "the leader exits on SIGTERM"
+    );
+    assert!(ops[leader].log_text().contains("released leader lease"));
+    let other = 1 - leader;
+    eventually(
+        "the other replica takes over",
+        Duration::from_secs(10),
+        || async {
+            ops[other]
+                .log_text()
+                .contains("acquired leader")
+                .then_some(())
+        },
+    )
+    .await;
+    let handover = stopped.elapsed();
+    println!("graceful handover took {handover:?}");
+    assert!(
+        handover < Duration::from_secs(4),
+        "handover without waiting for the 15 s lease: {handover:?}"
+    );
+    drop(ops);
+    f.finish().await;
+}

@@ -329,6 +329,8 @@ async fn log_controller_error<T, E: std::fmt::Display, Q: std::fmt::Display>(
 /// TaskFunction change waits until the store has caught up with that change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeenTaskFunction {
+    /// A TaskFunction deleted and created again under the same name is a different object.
+    uid: u64,
     generation: Option<i64>,
     deleting: bool,
     /// What else jobs depend on: uid, labels, whether it deserialized.
@@ -342,11 +344,13 @@ impl SeenTaskFunction {
             Ok(t) => &t.metadata,
             Err(e) => &e.metadata,
         };
+        let mut uid = std::collections::hash_map::DefaultHasher::new();
+        meta.uid.hash(&mut uid);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        meta.uid.hash(&mut h);
         meta.labels.hash(&mut h);
         tf.0.is_ok().hash(&mut h);
         SeenTaskFunction {
+            uid: uid.finish(),
             generation: meta.generation,
             deleting: meta.deletion_timestamp.is_some(),
             fingerprint: h.finish(),
@@ -356,10 +360,13 @@ impl SeenTaskFunction {
     /// Whether `cached` (from the store) is at least as new as this trigger.
     fn satisfied_by(&self, cached: Option<&Guarded<TaskFunction>>) -> bool {
         match cached {
-            None => true, // gone from the store: newer than any trigger
+            // Gone from the cache: expected if the trigger was its deletion; otherwise the
+            // cache has not seen it yet.
+            None => self.deleting,
             Some(c) => {
                 let now = SeenTaskFunction::of(c);
-                now.deleting || (!self.deleting && now.generation >= self.generation)
+                now.uid == self.uid
+                    && (now.deleting || (!self.deleting && now.generation >= self.generation))
             }
         }
     }
