@@ -331,10 +331,7 @@ async fn assert_slots_accounted(f: &Fixture, jobs: usize, period_secs: i64) {
 async fn leader_killed_repeatedly_no_duplicates_no_losses() {
     const JOBS: usize = 20;
     const KILLS: usize = 10;
-    let env = common::env();
-    let f = fixture("kbt-failover", format!("{}/0", env.redis_url)).await;
-    let _worker = f.worker();
-    f.task_function("echo", "kb.echo").await;
+    let (f, _worker) = redis_echo_fixture("kbt-failover").await;
     for i in 0..JOBS {
         f.job(
             &format!("j{i:02}"),
@@ -403,6 +400,14 @@ async fn leader_killed_repeatedly_no_duplicates_no_losses() {
     f.finish().await;
 }
 
+/// A Redis fixture with a running worker and an `echo` TaskFunction (`kb.echo`).
+async fn redis_echo_fixture(prefix: &str) -> (Fixture, Worker) {
+    let f = fixture(prefix, format!("{}/0", common::env().redis_url)).await;
+    let worker = f.worker();
+    f.task_function("echo", "kb.echo").await;
+    (f, worker)
+}
+
 fn rand_ms(max: u64) -> u64 {
     u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * max / 256
 }
@@ -410,10 +415,7 @@ fn rand_ms(max: u64) -> u64 {
 #[tokio::test]
 #[ignore = "needs the real services: make test"]
 async fn paused_leader_is_fenced() {
-    let env = common::env();
-    let f = fixture("kbt-split", format!("{}/0", env.redis_url)).await;
-    let _worker = f.worker();
-    f.task_function("echo", "kb.echo").await;
+    let (f, _worker) = redis_echo_fixture("kbt-split").await;
     for i in 0..5 {
         f.job(
             &format!("j{i}"),
@@ -467,10 +469,7 @@ async fn paused_leader_is_fenced() {
 #[tokio::test]
 #[ignore = "needs the real services: make test"]
 async fn shadow_mode_publishes_nothing_and_triggers_run_once() {
-    let env = common::env();
-    let f = fixture("kbt-shadow", format!("{}/0", env.redis_url)).await;
-    let _worker = f.worker();
-    f.task_function("echo", "kb.echo").await;
+    let (f, _worker) = redis_echo_fixture("kbt-shadow").await;
     f.job(
         "every",
         "echo",
@@ -648,10 +647,7 @@ async fn broker_outage_loses_nothing_and_honours_deadlines() {
 #[tokio::test]
 #[ignore = "needs the real services: make test"]
 async fn operator_downtime_is_coalesced_or_missed() {
-    let env = common::env();
-    let f = fixture("kbt-down", format!("{}/0", env.redis_url)).await;
-    let _worker = f.worker();
-    f.task_function("echo", "kb.echo").await;
+    let (f, _worker) = redis_echo_fixture("kbt-down").await;
     f.job(
         "coalesce",
         "echo",

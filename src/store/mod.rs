@@ -6,7 +6,12 @@ pub mod migrate;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::reconcile::validate::{JobRow, ValidTaskFunction};
 
@@ -21,12 +26,23 @@ pub enum StoreError {
 }
 
 /// A connection pool with timeouts suited to an operator: fail fast, retry from the caller.
+///
+/// `idle_in_transaction_session_timeout`: a leader paused (SIGSTOP, VM freeze) in the middle of a
+/// claim transaction would otherwise hold its lock on the fencing row until it wakes up, and the
+/// next leader's epoch bump would wait for it. Postgres ends such a session after 5 s (claims take
+/// milliseconds), which also rolls back whatever the paused leader had not committed.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(StoreError::Connect)?
+        .options([
+            ("idle_in_transaction_session_timeout", "5000"),
+            ("lock_timeout", "10000"),
+        ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(300))
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(StoreError::Connect)
 }
