@@ -66,6 +66,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "dispatch mode shadow: executions are recorded as SHADOW and nothing is published"
         );
     }
+    let role_for_pruner = role.clone();
     let status_writer = crate::status::run(
         client.clone(),
         pool.clone(),
@@ -102,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         chrono::Duration::seconds(args.publish_give_up_seconds),
         stop_rx.clone(),
     );
-    let pruner = prune_deleted_jobs(pool, retention, stop_rx);
+    let pruner = prune_deleted_jobs(pool, retention, role_for_pruner, stop_rx);
     let mut work = Box::pin(async { tokio::join!(controllers, pruner, dispatcher, status_writer) });
     let finished = tokio::select! {
         _ = &mut work => true,
@@ -168,20 +169,31 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Remove deleted jobs (and their executions) once they are older than the retention.
+/// Remove deleted jobs (and their executions) once they are older than the retention: on the
+/// leader only, soon after it takes over and then every 10 minutes.
 async fn prune_deleted_jobs(
     pool: sqlx::PgPool,
     retention: Duration,
+    role: tokio::sync::watch::Receiver<leader::Role>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let every = std::time::Duration::from_secs(600);
+    let mut last: Option<std::time::Instant> = None;
     loop {
-        match store::prune_deleted_jobs(&pool, Utc::now() - retention, 500).await {
-            Ok(0) => {}
-            Ok(n) => info!(jobs = n, "pruned deleted jobs past retention"),
-            Err(e) => tracing::warn!(error = %e, "pruning deleted jobs failed"),
+        let leading = role.borrow().epoch().is_some();
+        if leading && last.is_none_or(|t| t.elapsed() >= every) {
+            last = Some(std::time::Instant::now());
+            match store::prune_deleted_jobs(&pool, Utc::now() - retention, 500).await {
+                Ok(0) => {}
+                Ok(n) => info!(jobs = n, "pruned deleted jobs past retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning deleted jobs failed"),
+            }
+        }
+        if !leading {
+            last = None;
         }
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
