@@ -2,6 +2,12 @@
 # Everything expensive that never changes is cached outside the work tree, keyed by version.
 set -euo pipefail
 
+# CI and sudo can start us with a thin environment: find the usual toolchain locations.
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
 KB_CACHE="${KUBE_BEAT_CACHE:-$HOME/.cache/kube-beat}"
 KB_STATE="${KUBE_BEAT_STATE:-${TMPDIR:-/tmp}/kube-beat-dev}"
 K8S_VERSION="1.20.2"
