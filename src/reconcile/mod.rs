@@ -100,6 +100,13 @@ impl Context {
         map.remove(key);
     }
 
+    /// The stage every reconcile starts with: caches listed, and this replica the leader.
+    /// Followers keep their caches warm and write nothing (a new leader re-reconciles all).
+    async fn may_write(&self) -> Result<bool, Error> {
+        self.caches_ready().await?;
+        Ok(self.epoch().is_some())
+    }
+
     /// The leader's fencing epoch, or `None` on a follower (which must not write).
     pub fn epoch(&self) -> Option<i64> {
         self.role.borrow().epoch()
@@ -238,6 +245,14 @@ where
         return Ok(Some(Action::await_change()));
     }
     Ok(None)
+}
+
+/// The metadata of a guarded object, and the object itself when it deserialized.
+fn split<K: Resource>(obj: &Guarded<K>) -> (&kube::api::ObjectMeta, Option<&K>) {
+    match &obj.0 {
+        Ok(o) => (o.meta(), Some(o)),
+        Err(invalid) => (&invalid.metadata, None),
+    }
 }
 
 /// The condition for an object that does not even deserialize.

@@ -11,7 +11,9 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::{Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, validate};
+use super::{
+    Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, split, validate,
+};
 use crate::{
     api::{ScheduledJob, ScheduledJobStatus, TaskFunction},
     schedule::rfc3339,
@@ -31,15 +33,10 @@ pub async fn reconcile(
     obj: Arc<Guarded<ScheduledJob>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    ctx.caches_ready().await?;
-    if ctx.epoch().is_none() {
-        // Followers keep caches warm; the leader writes (and re-reconciles all on taking over).
+    if !ctx.may_write().await? {
         return Ok(Action::await_change());
     }
-    let (meta, job) = match &obj.0 {
-        Ok(job) => (&job.metadata, Some(job)),
-        Err(invalid) => (&invalid.metadata, None),
-    };
+    let (meta, job) = split(obj.as_ref());
     let ns = meta
         .namespace
         .clone()

@@ -11,22 +11,19 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, validate};
+use super::{
+    Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, split, validate,
+};
 use crate::{api::TaskFunction, store};
 
 pub async fn reconcile(
     obj: Arc<Guarded<TaskFunction>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    ctx.caches_ready().await?;
-    if ctx.epoch().is_none() {
-        // Followers keep caches warm; the leader writes (and re-reconciles all on taking over).
+    if !ctx.may_write().await? {
         return Ok(Action::await_change());
     }
-    let (meta, tf) = match &obj.0 {
-        Ok(tf) => (&tf.metadata, Some(tf)),
-        Err(invalid) => (&invalid.metadata, None),
-    };
+    let (meta, tf) = split(obj.as_ref());
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
     let uid = meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?;
     let api: Api<Guarded<TaskFunction>> = Api::all(ctx.client.clone());
