@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML.
     Crd,
     /// Apply or revert the Postgres migrations.
@@ -113,9 +113,28 @@ pub struct RunArgs {
     /// How long a claimed execution may keep failing to publish before it is DISPATCH_FAILED.
     #[arg(long, env = "PUBLISH_GIVE_UP_SECONDS", default_value_t = 300)]
     pub publish_give_up_seconds: i64,
-    /// Status writes per second at most (all jobs together).
+    /// Status writes per second at most (all jobs together); 0 turns status writing off.
     #[arg(long, env = "STATUS_QPS", default_value_t = 20)]
     pub status_qps: u32,
+    /// At most one status write per job per this many seconds (changes in between coalesce).
+    #[arg(long, env = "STATUS_INTERVAL_SECONDS", default_value_t = 1.0)]
+    pub status_interval_seconds: f64,
+    /// Status notices buffered between the dispatcher/tracker and the writer; when full,
+    /// notices are dropped (counted) and the writer re-reads every job.
+    #[arg(long, env = "STATUS_QUEUE_CAPACITY", default_value_t = 10_000)]
+    pub status_queue_capacity: usize,
+    /// Kubernetes Events per second at most (all jobs together); 0 turns Events off.
+    #[arg(long, env = "EVENT_QPS", default_value_t = 5)]
+    pub event_qps: u32,
+    /// At most one Event per job and reason per this many seconds (the rest fold in).
+    #[arg(long, env = "EVENT_INTERVAL_SECONDS", default_value_t = 60)]
+    pub event_interval_seconds: u64,
+    /// How often unfinished executions are looked up in the result backend, in milliseconds.
+    #[arg(long, env = "RESULT_POLL_MS", default_value_t = 1000)]
+    pub result_poll_ms: u64,
+    /// How often executions beyond each job's `historyLimit` are pruned, in seconds.
+    #[arg(long, env = "HISTORY_PRUNE_SECONDS", default_value_t = 60)]
+    pub history_prune_seconds: u64,
     /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
     #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
     pub dispatch_mode: DispatchMode,
@@ -178,7 +197,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => {
             init_logging(args.log_format);
-            crate::operator::run(args).await
+            crate::operator::run(*args).await
         }
         Command::Trigger { name, namespace } => {
             let value = crate::operator::trigger(&name, namespace.as_deref()).await?;

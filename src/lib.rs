@@ -1,7 +1,7 @@
 //! kube-beat: a Kubernetes operator that replaces Celery beat.
 //!
 //! The modules follow the data flow: `api` (the custom resources) → `schedule` (pure time math)
-//! → `reconcile` → `store` (Postgres) → `leader` → `dispatch` → `celery` → `status`; `cli` wires
+//! → `reconcile` → `store` (Postgres) → `leader` → `dispatch` → `celery` → `tracker` (results) → `status` (status, Events); `cli` wires
 //! the command line.
 #![forbid(unsafe_code)]
 
@@ -15,3 +15,4 @@ pub mod reconcile;
 pub mod schedule;
 pub mod status;
 pub mod store;
+pub mod tracker;

@@ -66,16 +66,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "dispatch mode shadow: executions are recorded as SHADOW and nothing is published"
         );
     }
-    let role_for_pruner = role.clone();
-    let status_writer = crate::status::run(
+    // The result backend is checked before anything starts: a typo should stop the process.
+    let backend_url = crate::tracker::backend::BackendUrl::parse(Some(&args.result_backend))
+        .context("--result-backend")?;
+    let (feed, feed_rx) = crate::status::Feed::new(args.status_queue_capacity);
+    let controllers = reconcile::controllers(
         client.clone(),
-        pool.clone(),
-        role.clone(),
-        args.status_qps,
-        stop_rx.clone(),
-    );
-    let controllers = reconcile::run(
-        client,
         pool.clone(),
         reconcile::RunOptions {
             namespace: args.namespace.clone(),
@@ -83,28 +79,90 @@ pub async fn run(args: RunArgs) -> Result<()> {
             role: role.clone(),
             wake: wake.clone(),
             shadow,
+            feed: feed.clone(),
         },
         futures::FutureExt::shared(Box::pin(stopped)),
     );
-    let dispatcher = run_dispatcher(
-        pool.clone(),
-        if shadow {
-            None
-        } else {
-            Some(
-                args.broker_url
-                    .clone()
-                    .context("--broker-url (or BROKER_URL) is required in live mode")?,
-            )
+    let status_writer = crate::status::run(
+        crate::status::WriterSetup {
+            client: client.clone(),
+            pool: pool.clone(),
+            cache: controllers.jobs(),
+            cfg: crate::status::WriterConfig {
+                qps: args.status_qps,
+                per_job_interval: std::time::Duration::from_secs_f64(
+                    args.status_interval_seconds.clamp(0.0, 3600.0),
+                ),
+            },
+            stats: feed.stats.clone(),
         },
-        identity,
-        role,
-        wake,
-        chrono::Duration::seconds(args.publish_give_up_seconds),
+        feed_rx.jobs,
+        role.clone(),
         stop_rx.clone(),
     );
-    let pruner = prune_deleted_jobs(pool, retention, role_for_pruner, stop_rx);
-    let mut work = Box::pin(async { tokio::join!(controllers, pruner, dispatcher, status_writer) });
+    let events = crate::status::events::run(
+        client,
+        identity.clone(),
+        crate::status::events::EventsConfig {
+            qps: args.event_qps,
+            per_job_interval: std::time::Duration::from_secs(args.event_interval_seconds),
+        },
+        feed_rx.events,
+        feed.stats.clone(),
+        role.clone(),
+        stop_rx.clone(),
+    );
+    let tracker = run_tracker(
+        pool.clone(),
+        backend_url,
+        role.clone(),
+        feed.clone(),
+        std::time::Duration::from_millis(args.result_poll_ms.max(10)),
+        stop_rx.clone(),
+    );
+    let broker_url = if shadow {
+        None
+    } else {
+        Some(
+            args.broker_url
+                .clone()
+                .context("--broker-url (or BROKER_URL) is required in live mode")?,
+        )
+    };
+    let dispatcher = {
+        let (pool, role) = (pool.clone(), role.clone());
+        let publish_give_up = chrono::Duration::seconds(args.publish_give_up_seconds);
+        run_dispatcher(
+            broker_url,
+            move |publisher| Dispatcher {
+                pool,
+                publisher,
+                identity,
+                role,
+                wake,
+                publish_give_up,
+                feed,
+            },
+            stop_rx.clone(),
+        )
+    };
+    let housekeeping = housekeeping(
+        pool,
+        retention,
+        std::time::Duration::from_secs(args.history_prune_seconds.max(1)),
+        role,
+        stop_rx,
+    );
+    let mut work = Box::pin(async {
+        tokio::join!(
+            controllers.run(),
+            housekeeping,
+            dispatcher,
+            status_writer,
+            events,
+            tracker
+        )
+    });
     let finished = tokio::select! {
         _ = &mut work => true,
         _ = shutdown_signal() => false,
@@ -123,12 +181,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// Connect to the broker (retrying: it may start after us), then dispatch while leader.
 async fn run_dispatcher(
-    pool: sqlx::PgPool,
     broker_url: Option<String>,
-    identity: String,
-    role: tokio::sync::watch::Receiver<leader::Role>,
-    wake: Arc<tokio::sync::Notify>,
-    publish_give_up: chrono::Duration,
+    dispatcher: impl FnOnce(Option<Publisher>) -> Dispatcher,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let publisher = match broker_url {
@@ -150,15 +204,41 @@ async fn run_dispatcher(
             }
         }
     };
-    let dispatcher = Dispatcher {
-        pool,
-        publisher,
-        identity,
-        role,
-        wake,
-        publish_give_up,
+    dispatcher(publisher).run(stop).await;
+}
+
+/// Connect to the result backend (retrying: it may be down at start), then track results.
+async fn run_tracker(
+    pool: sqlx::PgPool,
+    url: crate::tracker::backend::BackendUrl,
+    role: tokio::sync::watch::Receiver<leader::Role>,
+    feed: crate::status::Feed,
+    poll: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = std::time::Duration::from_millis(500);
+    let backend = loop {
+        match crate::tracker::backend::Backend::connect(&url).await {
+            Ok(b) => break b,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "connecting to the result backend failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
     };
-    dispatcher.run(stop).await;
+    crate::tracker::Tracker {
+        pool,
+        backend,
+        role,
+        feed,
+        poll,
+    }
+    .run(stop)
+    .await;
 }
 
 fn hostname() -> Option<String> {
@@ -169,31 +249,46 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Remove deleted jobs (and their executions) once they are older than the retention: on the
-/// leader only, soon after it takes over and then every 10 minutes.
-async fn prune_deleted_jobs(
+/// Retention, on the leader only: executions beyond each job's `historyLimit` every
+/// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes.
+async fn housekeeping(
     pool: sqlx::PgPool,
     retention: Duration,
+    history_every: std::time::Duration,
     role: tokio::sync::watch::Receiver<leader::Role>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let every = std::time::Duration::from_secs(600);
-    let mut last: Option<std::time::Instant> = None;
+    let deleted_every = std::time::Duration::from_secs(600);
+    let mut last_deleted: Option<std::time::Instant> = None;
+    let mut last_history: Option<std::time::Instant> = None;
     loop {
         let leading = role.borrow().epoch().is_some();
-        if leading && last.is_none_or(|t| t.elapsed() >= every) {
-            last = Some(std::time::Instant::now());
+        if leading && last_deleted.is_none_or(|t| t.elapsed() >= deleted_every) {
+            last_deleted = Some(std::time::Instant::now());
             match store::prune_deleted_jobs(&pool, Utc::now() - retention, 500).await {
                 Ok(0) => {}
                 Ok(n) => info!(jobs = n, "pruned deleted jobs past retention"),
                 Err(e) => tracing::warn!(error = %e, "pruning deleted jobs failed"),
             }
         }
-        if !leading {
-            last = None;
+        if leading && last_history.is_none_or(|t| t.elapsed() >= history_every) {
+            last_history = Some(std::time::Instant::now());
+            match store::prune_history(&pool, 500).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(
+                    executions = n,
+                    "pruned execution history beyond historyLimit"
+                ),
+                Err(e) => tracing::warn!(error = %e, "pruning execution history failed"),
+            }
         }
+        if !leading {
+            last_deleted = None;
+            last_history = None;
+        }
+        let tick = history_every.min(std::time::Duration::from_secs(10));
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

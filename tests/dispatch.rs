@@ -8,124 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Operator, TestDb, Worker, eventually, install_crds, namespace, unique};
+use common::{Fixture, Invocation, Operator, Worker, eventually, fixture};
 use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    Api,
+    api::{Patch, PatchParams},
 };
-use kube_beat::api::{ScheduledJob, TaskFunction};
+use kube_beat::api::ScheduledJob;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-
-struct Fixture {
-    db: TestDb,
-    pool: PgPool,
-    ns: String,
-    id: String,
-    queue: String,
-    broker: String,
-    client: Client,
-}
-
-async fn fixture(prefix: &str, broker: String) -> Fixture {
-    install_crds();
-    let ns = namespace(prefix);
-    let db = TestDb::create().await;
-    let pool = db.pool().await;
-    let client = Client::try_default().await.expect("kube client");
-    Fixture {
-        db,
-        pool,
-        ns,
-        id: unique("t"),
-        queue: unique("kbt-q"),
-        broker,
-        client,
-    }
-}
-
-impl Fixture {
-    fn operator(&self, extra: &[&str]) -> Operator {
-        let mut args = vec!["--broker-url", self.broker.as_str()];
-        args.extend_from_slice(extra);
-        Operator::start(&self.db.url, &self.ns, &self.id, &args)
-    }
-
-    fn worker(&self) -> Worker {
-        Worker::start(&self.broker, None, &self.queue, &self.db.url)
-    }
-
-    async fn task_function(&self, name: &str, task: &str) {
-        let tf: TaskFunction = serde_json::from_value(json!({
-            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
-            "metadata": {"name": format!("{}-{name}", self.id), "labels": {"kubebeat.io/test": self.id}},
-            "spec": {"task": task, "queue": self.queue},
-        }))
-        .expect("tf");
-        Api::<TaskFunction>::all(self.client.clone())
-            .create(&PostParams::default(), &tf)
-            .await
-            .expect("create tf");
-    }
-
-    async fn job(&self, name: &str, tf: &str, mut spec: Value) {
-        spec["taskFunction"] = json!(format!("{}-{tf}", self.id));
-        let job: ScheduledJob = serde_json::from_value(json!({
-            "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .expect("job");
-        Api::<ScheduledJob>::namespaced(self.client.clone(), &self.ns)
-            .create(&PostParams::default(), &job)
-            .await
-            .expect("create job");
-    }
-
-    /// The worker's record: (job, slot) → invocations.
-    async fn record(&self) -> Vec<Invocation> {
-        sqlx::query_as(
-            "SELECT task_id, task_name, args, kwargs, queue, priority, headers
-             FROM celery_invocations WHERE queue = $1 ORDER BY id",
-        )
-        .bind(&self.queue)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_default()
-    }
-
-    async fn finish(self) {
-        let Fixture { db, pool, ns, .. } = self;
-        pool.close().await;
-        db.drop_db().await;
-        let _ = common::kubectl(&["delete", "namespace", &ns, "--wait=false"]);
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct Invocation {
-    task_id: String,
-    task_name: String,
-    args: Value,
-    kwargs: Value,
-    queue: Option<String>,
-    priority: Option<i32>,
-    headers: Value,
-}
-
-impl Invocation {
-    fn job(&self) -> String {
-        self.headers["kubebeat_job"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-    fn slot(&self) -> String {
-        self.headers["kubebeat_slot"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-}
 
 /// No (job, slot) ran twice, counted from the worker's side.
 fn assert_no_duplicates(record: &[Invocation]) {

@@ -6,7 +6,11 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::plan::{DueJob, Outcome, plan};
-use crate::{api::ConcurrencyPolicy, schedule::JobSchedule};
+use crate::{
+    api::ConcurrencyPolicy,
+    schedule::{JobSchedule, rfc3339},
+    status::{JobEvent, JobRef, Reason},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -56,6 +60,10 @@ pub struct ClaimStats {
     pub skipped: usize,
     /// Celery task ids replaced under `concurrencyPolicy: Replace`, to revoke.
     pub revoked: Vec<String>,
+    /// Jobs whose status changed.
+    pub job_ids: Vec<i64>,
+    /// MISSED and SKIPPED slots, for Events.
+    pub events: Vec<JobEvent>,
 }
 
 /// Claim up to `limit` due jobs in one transaction. `shadow` records SHADOW instead of PENDING.
@@ -146,6 +154,32 @@ pub async fn claim_due(
             active: row.active,
         };
         let p = plan(&due, now);
+        stats.job_ids.push(row.id);
+        let job_ref = || JobRef {
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+            uid: row.uid.clone(),
+        };
+        match p.outcome {
+            Outcome::Missed => stats.events.push(JobEvent {
+                job: job_ref(),
+                reason: Reason::Missed,
+                message: format!(
+                    "run {} not dispatched: later than startingDeadlineSeconds ({} slot(s))",
+                    rfc3339(p.slot),
+                    p.coalesced
+                ),
+            }),
+            Outcome::Skipped => stats.events.push(JobEvent {
+                job: job_ref(),
+                reason: Reason::Skipped,
+                message: format!(
+                    "run {} skipped: the previous run is unfinished (concurrencyPolicy: Forbid)",
+                    rfc3339(p.slot)
+                ),
+            }),
+            Outcome::Run => {}
+        }
         if p.outcome == Outcome::Run && due.active && due.policy == ConcurrencyPolicy::Replace {
             replace_jobs.push(row.id);
         }
@@ -156,7 +190,7 @@ pub async fn claim_due(
             Outcome::Skipped => "SKIPPED",
         };
         e_job.push(row.id);
-        e_slot_key.push(crate::schedule::rfc3339(p.slot));
+        e_slot_key.push(rfc3339(p.slot));
         e_task.push(uuid::Uuid::new_v4().to_string());
         e_for.push(p.slot);
         e_trigger.push(p.trigger().to_string());
@@ -181,10 +215,16 @@ pub async fn claim_due(
     if !replace_jobs.is_empty() {
         // Replace: the unfinished runs end here; the caller broadcasts their revocation.
         stats.revoked = sqlx::query_scalar(
-            "UPDATE job_executions SET state = 'REVOKED', finished_at = $2,
-                    error = 'replaced by a newer run (concurrencyPolicy: Replace)'
-             WHERE job_id = ANY($1) AND state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
-             RETURNING task_id",
+            "WITH r AS (
+                 UPDATE job_executions SET state = 'REVOKED', finished_at = $2,
+                        error = 'replaced by a newer run (concurrencyPolicy: Replace)'
+                 WHERE job_id = ANY($1) AND state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
+                 RETURNING task_id, job_id
+             ), c AS (
+                 UPDATE scheduled_jobs j SET failed = j.failed + n.n
+                 FROM (SELECT job_id, count(*) AS n FROM r GROUP BY job_id) n WHERE j.id = n.job_id
+             )
+             SELECT task_id FROM r",
         )
         .bind(&replace_jobs)
         .bind(now)
@@ -238,6 +278,8 @@ pub async fn claim_due(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Pending {
     pub id: i64,
+    pub job_id: i64,
+    pub uid: String,
     pub task_id: String,
     pub scheduled_for: DateTime<Utc>,
     pub trigger: String,
@@ -253,37 +295,54 @@ pub struct Pending {
 }
 
 /// Claimed executions that could not be published within their job's `startingDeadlineSeconds`
-/// (broker down, no leader) are not sent late: they become MISSED.
-pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE job_executions e SET state = 'MISSED', finished_at = $1,
-                error = 'not published within startingDeadlineSeconds'
-         FROM scheduled_jobs j
-         WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger <> 'manual'
-           AND j.starting_deadline_seconds IS NOT NULL
-           AND e.scheduled_for + make_interval(secs => j.starting_deadline_seconds + j.jitter_seconds) < $1",
+/// (broker down, no leader) are not sent late: they become MISSED. Returns them, for Events.
+pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<Ended>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH m AS (
+             UPDATE job_executions e SET state = 'MISSED', finished_at = $1,
+                    error = 'not published within startingDeadlineSeconds'
+             FROM scheduled_jobs j
+             WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger <> 'manual'
+               AND j.starting_deadline_seconds IS NOT NULL
+               AND e.scheduled_for + make_interval(secs => j.starting_deadline_seconds + j.jitter_seconds) < $1
+             RETURNING e.job_id, j.namespace, j.name, j.uid, e.task_id, e.scheduled_for
+         ), c AS (
+             UPDATE scheduled_jobs j SET missed = j.missed + n.n, total_runs = j.total_runs - n.n
+             FROM (SELECT job_id, count(*) AS n FROM m GROUP BY job_id) n WHERE j.id = n.job_id
+         )
+         SELECT * FROM m",
     )
     .bind(now)
-    .execute(pool)
-    .await?;
-    if done.rows_affected() > 0 {
-        sqlx::query(
-            "UPDATE scheduled_jobs j SET missed = j.missed + m.n, total_runs = j.total_runs - m.n
-             FROM (SELECT job_id, count(*) AS n FROM job_executions
-                   WHERE state = 'MISSED' AND finished_at = $1 AND claimed_at < $1 GROUP BY job_id) m
-             WHERE j.id = m.job_id",
-        )
-        .bind(now)
-        .execute(pool)
-        .await?;
+    .fetch_all(pool)
+    .await
+}
+
+/// An execution that ended in the dispatcher (MISSED, DISPATCH_FAILED).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Ended {
+    pub job_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub task_id: String,
+    pub scheduled_for: DateTime<Utc>,
+}
+
+impl Ended {
+    pub fn job(&self) -> JobRef {
+        JobRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
     }
-    Ok(done.rows_affected())
 }
 
 /// The oldest PENDING executions (the outbox), whoever claimed them.
 pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.id, e.task_id, e.scheduled_for, e.trigger, e.claimed_at, j.namespace, j.name,
+        "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger, e.claimed_at,
+                j.namespace, j.name,
                 j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
          FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
          WHERE e.state = 'PENDING'
@@ -312,26 +371,34 @@ pub async fn mark_dispatched(
     Ok(())
 }
 
-/// Record a failed publish; executions claimed before `give_up_before` become DISPATCH_FAILED.
+/// Record a failed publish; executions claimed before `give_up_before` become DISPATCH_FAILED
+/// (counted as failed on their job). Returns those.
 pub async fn mark_publish_failed(
     pool: &PgPool,
     ids: &[i64],
     error: &str,
     give_up_before: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
-    let states: Vec<String> = sqlx::query_scalar(
-        "UPDATE job_executions SET publish_attempts = publish_attempts + 1, error = $2,
-                state = CASE WHEN claimed_at < $3 THEN 'DISPATCH_FAILED' ELSE state END,
-                finished_at = CASE WHEN claimed_at < $3 THEN now() ELSE finished_at END
-         WHERE id = ANY($1) AND state = 'PENDING'
-         RETURNING state",
+) -> Result<Vec<Ended>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH f AS (
+             UPDATE job_executions SET publish_attempts = publish_attempts + 1, error = $2,
+                    state = CASE WHEN claimed_at < $3 THEN 'DISPATCH_FAILED' ELSE state END,
+                    finished_at = CASE WHEN claimed_at < $3 THEN now() ELSE finished_at END
+             WHERE id = ANY($1) AND state = 'PENDING'
+             RETURNING job_id, task_id, scheduled_for, state
+         ), c AS (
+             UPDATE scheduled_jobs j SET failed = j.failed + n.n
+             FROM (SELECT job_id, count(*) AS n FROM f WHERE state = 'DISPATCH_FAILED' GROUP BY job_id) n
+             WHERE j.id = n.job_id
+         )
+         SELECT f.job_id, j.namespace, j.name, j.uid, f.task_id, f.scheduled_for
+         FROM f JOIN scheduled_jobs j ON j.id = f.job_id WHERE f.state = 'DISPATCH_FAILED'",
     )
     .bind(ids)
-    .bind(error)
+    .bind(crate::tracker::decode::cut_front(error, 2048))
     .bind(give_up_before)
     .fetch_all(pool)
-    .await?;
-    Ok(states.iter().filter(|s| *s == "DISPATCH_FAILED").count() as u64)
+    .await
 }
 
 /// When the next enabled job is due.
@@ -342,7 +409,7 @@ pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Erro
 }
 
 /// A manual run for a trigger value, exactly once per value (the slot key is the value).
-/// Returns whether a new execution was claimed.
+/// Returns the job's id if a new execution was claimed.
 pub async fn claim_manual(
     pool: &PgPool,
     epoch: i64,
@@ -350,14 +417,15 @@ pub async fn claim_manual(
     value: &str,
     now: DateTime<Utc>,
     shadow: bool,
-) -> Result<bool, ClaimError> {
+) -> Result<Option<i64>, ClaimError> {
     let mut tx = pool.begin().await?;
     check_epoch(&mut tx, epoch).await?;
-    let inserted = sqlx::query(
+    let job_id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state, leader_epoch)
          SELECT id, 'manual:' || $2, $3, $4, 'manual', $5, $6 FROM scheduled_jobs
          WHERE uid = $1 AND deleted_at IS NULL
-         ON CONFLICT (job_id, slot_key) DO NOTHING",
+         ON CONFLICT (job_id, slot_key) DO NOTHING
+         RETURNING job_id",
     )
     .bind(uid)
     .bind(value)
@@ -365,17 +433,16 @@ pub async fn claim_manual(
     .bind(now)
     .bind(if shadow { "SHADOW" } else { "PENDING" })
     .bind(epoch)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_optional(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE scheduled_jobs SET last_trigger = $2, total_runs = total_runs + $3 WHERE uid = $1",
     )
     .bind(uid)
     .bind(value)
-    .bind(i64::try_from(inserted).unwrap_or(0))
+    .bind(i64::from(job_id.is_some()))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(inserted > 0)
+    Ok(job_id)
 }

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::{
     celery::{Publisher, TaskMessage},
     leader::Role,
+    status::{Feed, JobEvent, Reason},
 };
 
 /// Jobs claimed per transaction.
@@ -37,6 +38,8 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
     /// How long a claimed execution may keep failing to publish before DISPATCH_FAILED.
     pub publish_give_up: chrono::Duration,
+    /// Where status changes and Events are reported (never blocks).
+    pub feed: Feed,
 }
 
 impl Dispatcher {
@@ -79,6 +82,10 @@ impl Dispatcher {
             match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow()).await
             {
                 Ok(stats) => {
+                    self.feed.touch_all(stats.job_ids.iter().copied());
+                    for ev in &stats.events {
+                        self.feed.event(ev.clone());
+                    }
                     if !stats.revoked.is_empty() {
                         self.revoke(&stats.revoked).await;
                     }
@@ -164,11 +171,18 @@ impl Dispatcher {
                 return false;
             }
             match claim::expire_pending(&self.pool, Utc::now()).await {
-                Ok(0) => {}
-                Ok(n) => warn!(
-                    executions = n,
-                    "not published within startingDeadlineSeconds: recorded as MISSED"
-                ),
+                Ok(ended) if ended.is_empty() => {}
+                Ok(ended) => {
+                    warn!(
+                        executions = ended.len(),
+                        "not published within startingDeadlineSeconds: recorded as MISSED"
+                    );
+                    self.report_ended(
+                        &ended,
+                        Reason::Missed,
+                        "not published within startingDeadlineSeconds",
+                    );
+                }
                 Err(e) => warn!(error = %e, "expiring late executions failed"),
             }
             let batch = match claim::pending(&self.pool, PUBLISH_BATCH).await {
@@ -193,6 +207,7 @@ impl Dispatcher {
                         return true;
                     }
                     for p in &batch {
+                        self.feed.touch(p.job_id);
                         info!(job = %format!("{}/{}", p.namespace, p.name), task = %p.task_name,
                               task_id = %p.task_id, slot = %crate::schedule::rfc3339(p.scheduled_for),
                               trigger = %p.trigger, "Dispatched job");
@@ -210,17 +225,37 @@ impl Dispatcher {
                         give_up_before,
                     )
                     .await
-                    .unwrap_or(0);
+                    .unwrap_or_default();
                     warn!(error = %e, executions = ids.len(), "publish failed; will retry");
-                    if failed > 0 {
+                    if !failed.is_empty() {
                         warn!(
-                            executions = failed,
+                            executions = failed.len(),
                             "publish kept failing: executions marked DISPATCH_FAILED"
+                        );
+                        self.report_ended(
+                            &failed,
+                            Reason::DispatchFailed,
+                            &format!("not published: {e}"),
                         );
                     }
                     return true;
                 }
             }
+        }
+    }
+
+    fn report_ended(&self, ended: &[claim::Ended], reason: Reason, why: &str) {
+        for x in ended {
+            self.feed.touch(x.job_id);
+            self.feed.event(JobEvent {
+                job: x.job(),
+                reason,
+                message: format!(
+                    "run {} (task {}): {why}",
+                    crate::schedule::rfc3339(x.scheduled_for),
+                    x.task_id
+                ),
+            });
         }
     }
 

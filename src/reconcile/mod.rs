@@ -81,6 +81,8 @@ pub struct Context {
     pub wake: Arc<tokio::sync::Notify>,
     /// Shadow mode: manual triggers record SHADOW executions.
     pub shadow: bool,
+    /// Status notices and Events (manual triggers).
+    pub feed: crate::status::Feed,
     /// Latest TaskFunction versions that triggered job reconciles.
     seen_functions: Arc<Mutex<HashMap<String, SeenTaskFunction>>>,
     /// Consecutive failures per object, for exponential backoff.
@@ -387,7 +389,6 @@ impl SeenTaskFunction {
     }
 }
 
-/// Run both controllers until `shutdown` resolves.
 /// What the controllers need besides the cluster and the database.
 pub struct RunOptions {
     pub namespace: Option<String>,
@@ -395,6 +396,7 @@ pub struct RunOptions {
     pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
     pub wake: Arc<tokio::sync::Notify>,
     pub shadow: bool,
+    pub feed: crate::status::Feed,
 }
 
 /// A stream that fires each time this replica becomes the leader.
@@ -414,18 +416,38 @@ fn on_becoming_leader(
     })
 }
 
-pub async fn run(
+/// The two controllers with their caches, built before they run so other parts (the status
+/// writer) can read the ScheduledJob cache.
+pub struct Controllers {
+    jobs: Store<Guarded<ScheduledJob>>,
+    run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Controllers {
+    /// The ScheduledJob informer cache.
+    pub fn jobs(&self) -> Store<Guarded<ScheduledJob>> {
+        self.jobs.clone()
+    }
+
+    /// Run both controllers until `shutdown` resolves.
+    pub async fn run(self) {
+        self.run.await
+    }
+}
+
+pub fn controllers(
     client: Client,
     pool: PgPool,
     opts: RunOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
-) {
+) -> Controllers {
     let RunOptions {
         namespace,
         task_function_selector,
         role,
         wake,
         shadow,
+        feed,
     } = opts;
     let jobs_api: Api<Guarded<ScheduledJob>> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -493,12 +515,14 @@ pub async fn run(
         role: role.clone(),
         wake,
         shadow,
+        feed,
         jobs_listed,
         functions_listed,
         seen_functions: seen,
         failures: Mutex::new(HashMap::new()),
     });
     // A new leader re-reconciles everything: followers did not write.
+    let jobs_cache = ctx.jobs.clone();
     let jobs_done = job_ctrl
         .reconcile_all_on(on_becoming_leader(role.clone()))
         .graceful_shutdown_on(shutdown.clone())
@@ -509,5 +533,10 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(task_function::reconcile, error_policy, ctx)
         .for_each(log_controller_error);
-    futures::join!(jobs_done, functions_done);
+    Controllers {
+        jobs: jobs_cache,
+        run: Box::pin(async move {
+            futures::join!(jobs_done, functions_done);
+        }),
+    }
 }

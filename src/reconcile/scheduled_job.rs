@@ -211,9 +211,23 @@ async fn manual_trigger(
         .await
     {
         Ok(claimed) => {
-            if claimed {
+            if let Some(job_id) = claimed {
                 info!(job = %key, trigger = %value, "manual trigger: one run claimed");
                 ctx.wake.notify_one();
+                ctx.feed.touch(job_id);
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                ctx.feed.event(crate::status::JobEvent {
+                    job: crate::status::JobRef {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                        uid: uid.to_string(),
+                    },
+                    reason: crate::status::Reason::Triggered,
+                    message: format!(
+                        "manual run requested ({} = {value})",
+                        crate::api::TRIGGER_ANNOTATION
+                    ),
+                });
             }
             Ok(Some(value.clone()))
         }

@@ -268,3 +268,38 @@ pub async fn prune_deleted_jobs(
         }
     }
 }
+
+/// Keep at most `historyLimit` finished executions per job (unfinished ones are never pruned:
+/// they are the outbox and the tracker's work). Walks the jobs in id ranges of `jobs_per_tx`,
+/// one short transaction each, so no lock is held for long. Returns executions deleted.
+pub async fn prune_history(pool: &PgPool, jobs_per_tx: i64) -> Result<u64, StoreError> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM scheduled_jobs")
+        .fetch_one(pool)
+        .await?;
+    let Some(max) = max else { return Ok(0) };
+    let mut total = 0;
+    let mut after = 0i64;
+    while after < max {
+        let upto = after.saturating_add(jobs_per_tx.max(1));
+        let done = sqlx::query(
+            "DELETE FROM job_executions d USING (
+                 SELECT x.id FROM scheduled_jobs j CROSS JOIN LATERAL (
+                     SELECT e.id FROM job_executions e
+                     WHERE e.job_id = j.id
+                       AND e.state NOT IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
+                     ORDER BY e.scheduled_for DESC, e.id DESC
+                     OFFSET j.history_limit
+                 ) x
+                 WHERE j.id > $1 AND j.id <= $2
+             ) old
+             WHERE d.id = old.id",
+        )
+        .bind(after)
+        .bind(upto)
+        .execute(pool)
+        .await?;
+        total += done.rows_affected();
+        after = upto;
+    }
+    Ok(total)
+}

@@ -6,6 +6,10 @@
 //! pure ones.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod fixture;
+#[allow(unused_imports)]
+pub use fixture::{Fixture, fixture};
+
 use std::{
     io::Read,
     path::PathBuf,

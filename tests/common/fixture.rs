@@ -1,0 +1,167 @@
+//! A test fixture: a namespace, a database, a queue and a broker for one end-to-end test, with
+//! helpers to create TaskFunctions and ScheduledJobs and read the worker's record.
+
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use kube_beat::api::{ScheduledJob, TaskFunction};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::{Invocation, Operator, TestDb, Worker, install_crds, kubectl, namespace, unique};
+
+pub struct Fixture {
+    pub db: TestDb,
+    pub pool: PgPool,
+    pub ns: String,
+    pub id: String,
+    pub queue: String,
+    pub broker: String,
+    pub client: Client,
+}
+
+pub async fn fixture(prefix: &str, broker: String) -> Fixture {
+    install_crds();
+    let ns = namespace(prefix);
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let client = Client::try_default().await.expect("kube client");
+    Fixture {
+        db,
+        pool,
+        ns,
+        id: unique("t"),
+        queue: unique("kbt-q"),
+        broker,
+        client,
+    }
+}
+
+impl Fixture {
+    pub fn operator(&self, extra: &[&str]) -> Operator {
+        let mut args = vec!["--broker-url", self.broker.as_str()];
+        args.extend_from_slice(extra);
+        Operator::start(&self.db.url, &self.ns, &self.id, &args)
+    }
+
+    pub fn worker(&self) -> Worker {
+        Worker::start(&self.broker, None, &self.queue, &self.db.url)
+    }
+
+    /// Ask for one run now (the `kubebeat.io/trigger` annotation).
+    pub async fn trigger(&self, job: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {"kubebeat.io/trigger": value}}});
+        Api::<ScheduledJob>::namespaced(self.client.clone(), &self.ns)
+            .patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("trigger");
+    }
+
+    /// The job's status as the apiserver has it, as JSON.
+    pub async fn status(&self, job: &str) -> Value {
+        Api::<ScheduledJob>::namespaced(self.client.clone(), &self.ns)
+            .get(job)
+            .await
+            .ok()
+            .and_then(|j| j.status)
+            .map(|s| serde_json::to_value(s).expect("status json"))
+            .unwrap_or(Value::Null)
+    }
+
+    /// (object name, reason, count, note) of the Events in the test namespace, as `kubectl get
+    /// events` shows them.
+    pub fn events(&self) -> Vec<(String, String, i64, String)> {
+        let out = kubectl(&["get", "events", "-n", &self.ns, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|e| {
+                        let series = e["series"]["count"].as_i64();
+                        (
+                            e["involvedObject"]["name"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
+                            e["reason"].as_str().unwrap_or("").to_string(),
+                            series.or(e["count"].as_i64()).unwrap_or(1),
+                            e["message"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn task_function(&self, name: &str, task: &str) {
+        self.task_function_with(name, task, json!({})).await
+    }
+
+    /// A TaskFunction with more spec fields (`defaultArgs`, `expiresSeconds`, ...).
+    pub async fn task_function_with(&self, name: &str, task: &str, extra: Value) {
+        let mut spec = json!({"task": task, "queue": self.queue});
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        let tf: TaskFunction = serde_json::from_value(json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+            "metadata": {"name": format!("{}-{name}", self.id), "labels": {"kubebeat.io/test": self.id}},
+            "spec": spec,
+        }))
+        .expect("tf");
+        Api::<TaskFunction>::all(self.client.clone())
+            .create(&PostParams::default(), &tf)
+            .await
+            .expect("create tf");
+    }
+
+    pub async fn job(&self, name: &str, tf: &str, mut spec: Value) {
+        spec["taskFunction"] = json!(format!("{}-{tf}", self.id));
+        let job: ScheduledJob = serde_json::from_value(json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("job");
+        Api::<ScheduledJob>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("create job");
+    }
+
+    /// The worker's record: (job, slot) → invocations.
+    pub async fn record(&self) -> Vec<Invocation> {
+        sqlx::query_as(
+            "SELECT task_id, task_name, args, kwargs, queue, priority, headers
+             FROM celery_invocations WHERE queue = $1 ORDER BY id",
+        )
+        .bind(&self.queue)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default()
+    }
+
+    pub async fn finish(self) {
+        let Fixture { db, pool, ns, .. } = self;
+        pool.close().await;
+        db.drop_db().await;
+        let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    }
+}
+
+impl Invocation {
+    pub fn job(&self) -> String {
+        self.headers["kubebeat_job"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+    pub fn slot(&self) -> String {
+        self.headers["kubebeat_slot"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
