@@ -181,6 +181,24 @@ where
     (reader, stream)
 }
 
+/// What a job reconcile depends on: the spec (generation), the trigger annotation, deletion and
+/// finalizers. Status changes are not in it.
+fn reconcile_worthy(job: &Guarded<ScheduledJob>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = split(job).0;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.uid.hash(&mut h);
+    meta.generation.hash(&mut h);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::TRIGGER_ANNOTATION))
+        .hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    job.0.is_ok().hash(&mut h);
+    Some(h.finish())
+}
+
 /// An equality-based label selector (`a=b,c=d`), matched in the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(Vec<(String, String)>);
@@ -471,6 +489,9 @@ pub fn controllers(
         tf_cfg.clone(),
         functions_listed.clone(),
     );
+    // Status writes (ours, up to --status-qps a second) must not re-run the job reconciler.
+    let jobs_stream =
+        jobs_stream.predicate_filter(reconcile_worthy, kube::runtime::PredicateConfig::default());
     let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone());
     // Debounced: a burst of job changes becomes one jobCount update.
     let function_ctrl = Controller::for_stream(functions_stream, functions.clone()).with_config(
