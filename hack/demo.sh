@@ -47,9 +47,38 @@ echo $! >"$demo/worker.pid"
 "$KUBECTL" get namespace $ns >/dev/null 2>&1 || "$KUBECTL" create namespace $ns >/dev/null
 "$KUBECTL" apply -n $ns -f examples/
 
+# Two demo-only jobs so something happens every few seconds: a heartbeat that succeeds and a
+# job that always fails (its Events and FAILURE status show how failures surface).
+"$KUBECTL" apply -f - >/dev/null <<'YAML'
+apiVersion: kubebeat.io/v1alpha1
+kind: TaskFunction
+metadata: {name: demo-echo}
+spec: {task: kb.echo, queue: celery, description: "Demo: returns its arguments."}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: TaskFunction
+metadata: {name: demo-fail}
+spec: {task: kb.fail, queue: celery, description: "Demo: always raises ValueError."}
+YAML
+"$KUBECTL" apply -n $ns -f - >/dev/null <<'YAML'
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: demo-heartbeat}
+spec: {taskFunction: demo-echo, schedule: {cron: "@every 10s"}, kwargs: {hello: world}}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: demo-always-fails}
+spec: {taskFunction: demo-fail, schedule: {interval: {seconds: 20}}, args: ["demo failure"]}
+YAML
+
 stop_pid "$demo/operator.pid"
 POD_NAME=kube-beat-demo nohup "$bin" run --http-addr 127.0.0.1:18080 >"$demo/operator.log" 2>&1 &
 echo $! >"$demo/operator.pid"
+
+# The example jobs run hourly or daily: run each once now (the trigger annotation).
+sleep 3
+for job in domain-user-sync token-cleanup deployment-job-cleanup; do "$bin" trigger "$job" -n $ns; done
 
 secs=${KB_DEMO_SECONDS:-65}
 log "operator running (log: $demo/operator.log); watching for ${secs}s"
@@ -59,11 +88,15 @@ echo
 "$KUBECTL" get taskfunctions
 echo
 log "operator log (the runbook's lines):"
-grep -E "acquired leader|Dispatched job" "$demo/operator.log" | tail -n 8 || true
+grep -E "acquired leader|Dispatched job|executed successfully|failed" "$demo/operator.log" | tail -n 10 || true
+echo
+log "events on the failing job:"
+"$KUBECTL" get events -n $ns --field-selector involvedObject.name=demo-always-fails || true
 echo
 log "execution history (Postgres):"
-psql -h 127.0.0.1 -U postgres -d $db -c "select j.name, e.scheduled_for, e.trigger, e.state, e.task_id
-  from job_executions e join scheduled_jobs j on j.id = e.job_id order by e.id desc limit 8"
+psql -h 127.0.0.1 -U postgres -d $db -c "select j.name, e.scheduled_for, e.trigger, e.state,
+  e.finished_at - e.dispatched_at as took, left(coalesce(e.error, e.result::text), 50) as outcome
+  from job_executions e join scheduled_jobs j on j.id = e.job_id order by e.id desc limit 10"
 log "what the Celery worker ran:"
 grep -E "succeeded in" "$demo/worker.log" | tail -n 4 || true
 cat <<TXT

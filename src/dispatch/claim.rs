@@ -436,11 +436,14 @@ pub async fn claim_manual(
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE scheduled_jobs SET last_trigger = $2, total_runs = total_runs + $3 WHERE uid = $1",
+        "UPDATE scheduled_jobs SET last_trigger = $2, total_runs = total_runs + $3,
+                last_run_at = CASE WHEN $3 > 0 THEN GREATEST(last_run_at, $4) ELSE last_run_at END
+         WHERE uid = $1",
     )
     .bind(uid)
     .bind(value)
     .bind(i64::from(job_id.is_some()))
+    .bind(now)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
