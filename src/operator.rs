@@ -132,8 +132,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let dispatcher = {
         let (pool, role) = (pool.clone(), role.clone());
         let publish_give_up = chrono::Duration::seconds(args.publish_give_up_seconds);
+        let dedupe_window =
+            std::time::Duration::from_secs(args.publish_give_up_seconds.max(0) as u64 * 2 + 600);
         run_dispatcher(
             broker_url,
+            dedupe_window,
             move |publisher| Dispatcher {
                 pool,
                 publisher,
@@ -182,29 +185,46 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// Connect to the broker (retrying: it may start after us), then dispatch while leader.
 async fn run_dispatcher(
     broker_url: Option<String>,
+    dedupe_window: std::time::Duration,
     dispatcher: impl FnOnce(Option<Publisher>) -> Dispatcher,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let publisher = match broker_url {
         None => None,
-        Some(url) => {
-            let mut delay = std::time::Duration::from_millis(500);
-            loop {
-                match Publisher::connect(&url).await {
-                    Ok(p) => break Some(p),
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "connecting to the broker failed")
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
-            }
-        }
+        // Re-publishes happen until an execution is given up: remember sent ids a while longer.
+        Some(url) => match retrying(
+            "the broker",
+            || Publisher::connect(&url, dedupe_window),
+            &mut stop,
+        )
+        .await
+        {
+            Some(p) => Some(p),
+            None => return, // stopping
+        },
     };
     dispatcher(publisher).run(stop).await;
+}
+
+/// Call `connect` until it succeeds (backing off up to 30 s: a dependency may start after us);
+/// `None` if asked to stop first.
+async fn retrying<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    connect: impl Fn() -> F,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<T> {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        match connect().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "connecting to {what} failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// Connect to the result backend (retrying: it may be down at start), then track results.
@@ -216,19 +236,9 @@ async fn run_tracker(
     poll: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut delay = std::time::Duration::from_millis(500);
-    let backend = loop {
-        match crate::tracker::backend::Backend::connect(&url).await {
-            Ok(b) => break b,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "connecting to the result backend failed")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    let connect = || crate::tracker::backend::Backend::connect(&url);
+    let Some(backend) = retrying("the result backend", connect, &mut stop).await else {
+        return; // stopping
     };
     crate::tracker::Tracker {
         pool,

@@ -47,3 +47,48 @@ async fn rabbitmq_broker_message_is_recorded() {
     let env = env();
     published_message_is_recorded(&env.amqp_url, None).await;
 }
+
+/// A publish whose reply was lost is retried with the same task ids; on Redis the retry must not
+/// enqueue a second copy (the outage test found a late-applied timed-out publish doubled runs).
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn republishing_a_task_id_on_redis_enqueues_it_once() {
+    use kube_beat::celery::{Publisher, TaskMessage};
+    let url = format!("{}/0", env().redis_url);
+    let queue = unique("kbt-q");
+    let publisher = Publisher::connect(&url, Duration::from_secs(60))
+        .await
+        .expect("redis");
+    let message = |id: &str| TaskMessage {
+        id: id.to_string(),
+        task: "kb.echo".into(),
+        args: vec![],
+        kwargs: serde_json::Map::new(),
+        queue: queue.clone(),
+        priority: None,
+        expires: None,
+        origin: "test".into(),
+        extra_headers: vec![],
+    };
+    let (a, b) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    publisher.publish(&[message(&a)]).await.expect("publish");
+    publisher
+        .publish(&[message(&a), message(&b)])
+        .await
+        .expect("re-publish with a new one");
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let items: Vec<String> = redis::cmd("LRANGE")
+        .arg(&queue)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("lrange");
+    let _: () = redis::cmd("DEL").arg(&queue).query(&mut conn).expect("del");
+    assert_eq!(items.len(), 2, "a once, b once: {items:?}");
+    assert!(items.iter().any(|i| i.contains(&a)) && items.iter().any(|i| i.contains(&b)));
+}

@@ -4,7 +4,7 @@
 
 pub mod message;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use chrono::Utc;
 use lapin::{
@@ -34,18 +34,45 @@ pub enum PublishError {
 
 /// A connected broker.
 pub enum Publisher {
-    Redis { conn: ConnectionManager, db: i64 },
+    Redis {
+        conn: ConnectionManager,
+        db: i64,
+        /// How long a task id is remembered as sent (see [`REDIS_PUBLISH`]).
+        dedupe_seconds: u64,
+    },
     Amqp(Box<AmqpPublisher>),
 }
 
+/// Enqueue each message unless its task id was enqueued before. A publish whose reply was lost
+/// (timeout, connection reset after the broker applied it) is retried with the same task ids;
+/// this makes the retry a no-op on the broker instead of a second run. One script per batch:
+/// atomic, and one round trip. KEYS: `kubebeat:sent:<task id>`; ARGV: ttl, then (list, envelope)
+/// pairs.
+const REDIS_PUBLISH: &str = r"
+local ttl = ARGV[1]
+local sent = 0
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+    redis.call('LPUSH', ARGV[2 * i], ARGV[2 * i + 1])
+    sent = sent + 1
+  end
+end
+return sent
+";
+
 impl Publisher {
-    /// Connect to the broker named by a Celery broker URL.
-    pub async fn connect(url: &str) -> Result<Publisher, PublishError> {
+    /// Connect to the broker named by a Celery broker URL. On Redis, a task id re-published
+    /// within `dedupe_window` of its first publish is not enqueued again.
+    pub async fn connect(url: &str, dedupe_window: Duration) -> Result<Publisher, PublishError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = redis::Client::open(url)?;
             let db = client.get_connection_info().redis_settings().db();
             let manager = ConnectionManager::new(client).await?;
-            Ok(Publisher::Redis { conn: manager, db })
+            Ok(Publisher::Redis {
+                conn: manager,
+                db,
+                dedupe_seconds: dedupe_window.as_secs().max(60),
+            })
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let publisher = AmqpPublisher {
                 uri: amqp_uri(url),
@@ -65,18 +92,23 @@ impl Publisher {
             return Ok(());
         }
         match self {
-            Publisher::Redis { conn, .. } => {
+            Publisher::Redis {
+                conn,
+                dedupe_seconds,
+                ..
+            } => {
                 let now = Utc::now();
-                let mut pipe = redis::pipe();
-                // All or nothing on the Redis side: a half-applied batch would be re-sent.
-                pipe.atomic();
+                let script = redis::Script::new(REDIS_PUBLISH);
+                let mut call = script.prepare_invoke();
+                call.arg(*dedupe_seconds);
                 for m in messages {
                     let tag = uuid::Uuid::new_v4().to_string();
-                    pipe.lpush(m.redis_list(), m.redis_envelope(&tag, now))
-                        .ignore();
+                    call.key(format!("kubebeat:sent:{}", m.id))
+                        .arg(m.redis_list())
+                        .arg(m.redis_envelope(&tag, now));
                 }
                 let mut conn = conn.clone();
-                pipe.query_async::<()>(&mut conn).await?;
+                call.invoke_async::<i64>(&mut conn).await?;
                 Ok(())
             }
             Publisher::Amqp(p) => p.publish(messages).await,
@@ -91,7 +123,7 @@ impl Publisher {
         for id in task_ids {
             let body = message::revoke_body(id);
             match self {
-                Publisher::Redis { conn, db } => {
+                Publisher::Redis { conn, db, .. } => {
                     let envelope = message::pidbox_envelope(
                         &body,
                         &uuid::Uuid::new_v4().to_string(),
