@@ -23,10 +23,12 @@ demo-down:
 ## generate: regenerate the CRD YAML (checked for drift by the tests)
 generate:
 	$(CARGO) run --quiet -- crd > crds/kube-beat-crds.yaml
+	$(CARGO) run --quiet -- crd --helm > charts/kube-beat/templates/crds.yaml
 
 ## verify: fail if generated files are out of date
 verify:
 	$(CARGO) run --quiet -- crd | diff -u crds/kube-beat-crds.yaml -
+	$(CARGO) run --quiet -- crd --helm | diff -u charts/kube-beat/templates/crds.yaml -
 
 lint:
 	$(CARGO) fmt --all -- --check

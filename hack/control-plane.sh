@@ -8,8 +8,9 @@
 #   hack/control-plane.sh env [DIR]        print the shell exports for DIR
 #
 # If KUBECONFIG already points at a reachable cluster, `up` uses it and builds nothing.
-# Extra static-token users for tests: KB_TOKEN_USERS="name:group1|group2 name2:" (written to
-# DIR/tokens.csv as token=<name>-token; tokens only ever reach the loopback apiserver).
+# Extra static-token users for tests: KB_TOKEN_USERS="name=group1|group2 name2=" (written to
+# DIR/tokens.csv with token <name>-token, ':' in the name spelled '-'; names may be service
+# accounts, system:serviceaccount:NS:NAME; tokens only ever reach the loopback apiserver).
 source "$(dirname "$0")/lib.sh"
 
 cmd=${1:-}
@@ -98,8 +99,8 @@ up() {
   admin_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "$admin_token,kube-beat-admin,uid-admin,\"system:masters\"" >"$dir/tokens.csv"
   for u in ${KB_TOKEN_USERS:-}; do
-    local name=${u%%:*} groups=${u#*:}
-    echo "$name-token,$name,uid-$name,\"${groups//|/,}\"" >>"$dir/tokens.csv"
+    local name=${u%%=*} groups=${u#*=}
+    echo "${name//:/-}-token,$name,uid-${name//:/-},\"${groups//|/,}\"" >>"$dir/tokens.csv"
   done
   "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \

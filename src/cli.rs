@@ -23,7 +23,11 @@ pub enum Command {
     /// Run the operator.
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML.
-    Crd,
+    Crd {
+        /// As the Helm chart's template (behind `crds.enabled`, `crds.keep`).
+        #[arg(long)]
+        helm: bool,
+    },
     /// Apply or revert the Postgres migrations.
     Migrate {
         #[command(subcommand)]
@@ -48,8 +52,17 @@ pub enum Command {
     },
     /// Turn a job list in the migration plan's shape into ScheduledJob and TaskFunction YAML.
     Import {
-        /// JSON or YAML file.
+        /// JSON or YAML file: a list of jobs, or `{jobs: [...], task_functions: {...}}`.
         file: PathBuf,
+        /// JSON or YAML map of task function name → `{task, queue}` (merged over the file's).
+        #[arg(long)]
+        task_functions: Option<PathBuf>,
+        /// Write the valid entries even if others are invalid (they are still reported).
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Write here instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
     /// Ask for one run of a ScheduledJob now (sets the `kubebeat.io/trigger` annotation).
     Trigger {
@@ -187,8 +200,13 @@ pub fn init_logging(format: LogFormat) {
 /// Run one command. Errors surface to `main`, which prints them and exits non-zero.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Crd => {
-            print!("{}", api::crd_yaml().context("rendering the CRDs")?);
+        Command::Crd { helm } => {
+            let text = if helm {
+                api::crd_helm_template()
+            } else {
+                api::crd_yaml()
+            };
+            print!("{}", text.context("rendering the CRDs")?);
             Ok(())
         }
         Command::Version => {
@@ -242,7 +260,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Import { .. } => not_yet("import", 6),
+        Command::Import {
+            file,
+            task_functions,
+            skip_invalid,
+            output,
+        } => import(
+            &file,
+            task_functions.as_deref(),
+            skip_invalid,
+            output.as_deref(),
+        ),
     }
 }
 
@@ -275,6 +303,37 @@ pub fn next_instants(
     Ok(out)
 }
 
-fn not_yet(what: &str, issue: u32) -> Result<()> {
-    anyhow::bail!("`kube-beat {what}` is not implemented yet (tracked in issue #{issue})")
+/// `kube-beat import`: nothing is written unless every entry is valid (or `--skip-invalid`).
+fn import(
+    file: &std::path::Path,
+    task_functions: Option<&std::path::Path>,
+    skip_invalid: bool,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let input = read(file)?;
+    let map = task_functions.map(read).transpose()?;
+    let result = crate::import::convert(&input, map.as_deref(), chrono::Utc::now());
+    for e in &result.errors {
+        eprintln!("{}: {e}", file.display());
+    }
+    let file_broken = result.errors.iter().any(|e| e.index.is_none());
+    if file_broken || (!result.errors.is_empty() && !skip_invalid) {
+        anyhow::bail!(
+            "{} invalid entr{}: nothing written (fix them, or pass --skip-invalid)",
+            result.errors.len(),
+            if result.errors.len() == 1 { "y" } else { "ies" }
+        );
+    }
+    let yaml = result.yaml().context("rendering YAML")?;
+    match output {
+        Some(p) => std::fs::write(p, yaml).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{yaml}"),
+    }
+    if !result.errors.is_empty() {
+        eprintln!("skipped {} invalid entries", result.errors.len());
+    }
+    Ok(())
 }

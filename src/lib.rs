@@ -9,6 +9,8 @@ pub mod api;
 pub mod celery;
 pub mod cli;
 pub mod dispatch;
+pub mod http;
+pub mod import;
 pub mod leader;
 pub mod operator;
 pub mod reconcile;

@@ -154,8 +154,33 @@ pub async fn run(args: RunArgs) -> Result<()> {
         retention,
         std::time::Duration::from_secs(args.history_prune_seconds.max(1)),
         role,
-        stop_rx,
+        stop_rx.clone(),
     );
+    let health = crate::http::Health::default();
+    let synced = controllers.synced();
+    let ready_flag = health.ready.clone();
+    let mut ready_stop = stop_rx.clone();
+    // Ready once migrations ran (above) and the caches hold their first list.
+    let readiness = async move {
+        while !synced() {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = ready_stop.wait_for(|s| *s) => return,
+            }
+        }
+        ready_flag.store(true, std::sync::atomic::Ordering::Release);
+        info!("caches synced: ready");
+    };
+    let http = {
+        let stop = stop_rx.clone();
+        let addr = args.http_addr.clone();
+        async move {
+            if let Err(e) = crate::http::serve(&addr, crate::http::router(health), None, stop).await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }
+    };
     let mut work = Box::pin(async {
         tokio::join!(
             controllers.run(),
@@ -163,7 +188,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             dispatcher,
             status_writer,
             events,
-            tracker
+            tracker,
+            readiness,
+            http
         )
     });
     let finished = tokio::select! {

@@ -438,6 +438,7 @@ fn on_becoming_leader(
 /// writer) can read the ScheduledJob cache.
 pub struct Controllers {
     jobs: Store<Guarded<ScheduledJob>>,
+    listed: [Arc<AtomicBool>; 2],
     run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -445,6 +446,12 @@ impl Controllers {
     /// The ScheduledJob informer cache.
     pub fn jobs(&self) -> Store<Guarded<ScheduledJob>> {
         self.jobs.clone()
+    }
+
+    /// Whether both caches hold their first list (shared flags: valid after `run` starts).
+    pub fn synced(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let [a, b] = self.listed.clone();
+        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire)
     }
 
     /// Run both controllers until `shutdown` resolves.
@@ -519,14 +526,23 @@ pub fn controllers(
             .map(|j| ObjectRef::from_obj(j.as_ref()))
             .collect::<Vec<_>>()
     });
-    // A job change updates its TaskFunction's jobCount.
-    let function_ctrl = function_ctrl.watches(jobs_api, watcher::Config::default(), |job| {
+    // A job change updates its TaskFunction's jobCount: only a new job, a spec change or a
+    // deletion can change it, not the status writes every run causes.
+    let counted: Mutex<HashMap<String, u64>> = Mutex::default();
+    let function_ctrl = function_ctrl.watches(jobs_api, watcher::Config::default(), move |job| {
+        let key = split(&job).0.uid.clone().unwrap_or_default();
+        let worthy = reconcile_worthy(&job).unwrap_or_default();
+        let mut counted = counted.lock().unwrap_or_else(|e| e.into_inner());
+        if counted.insert(key, worthy) == Some(worthy) {
+            return None;
+        }
         job.0
             .as_ref()
             .ok()
             .map(|j| ObjectRef::new(&j.spec.task_function))
     });
 
+    let (listed_jobs, listed_functions) = (jobs_listed.clone(), functions_listed.clone());
     let ctx = Arc::new(Context {
         client,
         pool,
@@ -556,6 +572,7 @@ pub fn controllers(
         .for_each(log_controller_error);
     Controllers {
         jobs: jobs_cache,
+        listed: [listed_jobs, listed_functions],
         run: Box::pin(async move {
             futures::join!(jobs_done, functions_done);
         }),
