@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test demo demo-down generate verify lint cluster-up cluster-down services clean
+.PHONY: all build test demo demo-down generate verify lint cluster-up cluster-down services clean image
 
 all: build
 
@@ -19,6 +19,10 @@ demo:
 
 demo-down:
 	hack/demo.sh down
+
+## image: OCI image FROM scratch (static binary + CA certificates) with buildah → target/image/
+image:
+	hack/image.sh
 
 ## generate: regenerate the CRD YAML (checked for drift by the tests)
 generate:

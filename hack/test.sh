@@ -32,6 +32,9 @@ log "lint: cargo fmt --check, cargo clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+# The Helm chart's ServiceAccount as a static-token user: tests/chart.rs runs the operator with
+# exactly the chart's RBAC.
+export KB_TOKEN_USERS="system:serviceaccount:kube-beat-rbac:kube-beat=system:serviceaccounts|system:serviceaccounts:kube-beat-rbac|system:authenticated"
 hack/control-plane.sh up "$run_dir/cp"
 source "$run_dir/cp/env"
 export KB_PG_BASE="${KB_PG_BASE:-postgres://postgres@127.0.0.1:5432}"

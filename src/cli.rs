@@ -74,6 +74,14 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Resolve a host name the way the operator's connections do, and print its addresses (a
+    /// check that name resolution works inside the minimal image).
+    #[command(hide = true)]
+    Resolve {
+        host: String,
+        #[arg(default_value_t = 5432)]
+        port: u16,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -211,6 +219,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Version => {
             println!("kube-beat {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Resolve { host, port } => {
+            let addrs = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .with_context(|| format!("resolving {host}"))?;
+            for a in addrs {
+                println!("{}", a.ip());
+            }
             Ok(())
         }
         Command::Run(args) => {

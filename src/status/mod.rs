@@ -321,6 +321,7 @@ pub async fn run(
             stats: stats.clone(),
             pending: Pending::default(),
             written: HashMap::new(),
+            last_warning: None,
         };
         info!(
             epoch,
@@ -348,6 +349,7 @@ struct Writer {
     pending: Pending,
     /// A fingerprint of the last patch written per job, this leadership.
     written: HashMap<i64, u64>,
+    last_warning: Option<Instant>,
 }
 
 impl Writer {
@@ -467,10 +469,21 @@ impl Writer {
                 self.written.insert(id, print);
             }
             Err(e) => {
-                self.stats
+                let failures = self
+                    .stats
                     .status_write_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                debug!(job = %format!("{ns}/{name}"), error = %e, "status write failed; will retry");
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                // A missing permission fails every write: say so, but not thousands of times.
+                if self
+                    .last_warning
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+                {
+                    self.last_warning = Some(now);
+                    warn!(job = %format!("{ns}/{name}"), error = %e, failures, "status write failed; will retry");
+                } else {
+                    debug!(job = %format!("{ns}/{name}"), error = %e, "status write failed; will retry");
+                }
                 self.pending.wrote(id, now);
                 self.pending.touch(id, now, self.cfg.per_job_interval);
             }

@@ -335,13 +335,25 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(database_url: &str, namespace: &str, test_id: &str, extra: &[&str]) -> Operator {
+        // One Lease per test namespace: the replicas of one test elect among themselves.
+        Operator::start_leased(database_url, namespace, namespace, test_id, extra, &[])
+    }
+
+    /// With the Lease in `lease_namespace` and extra environment (e.g. another KUBECONFIG).
+    pub fn start_leased(
+        database_url: &str,
+        namespace: &str,
+        lease_namespace: &str,
+        test_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-operator")));
         let file = std::fs::File::create(&log).expect("creating the operator log");
         let child = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
             .arg("run")
             .args(["--namespace", namespace])
-            // One Lease per test namespace: the replicas of one test elect among themselves.
-            .args(["--lease-namespace", namespace])
+            .args(["--lease-namespace", lease_namespace])
             .args([
                 "--task-function-selector",
                 &format!("kubebeat.io/test={test_id}"),
@@ -354,6 +366,7 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("KB_OPERATOR_LOG").unwrap_or_else(|_| "info,kube_beat=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
