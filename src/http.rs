@@ -1,5 +1,6 @@
 //! The HTTP server every replica runs: `/healthz` (the process serves), `/readyz` (migrations
-//! applied and both informer caches listed). Metrics and the management API attach here.
+//! applied and both informer caches listed), `/metrics` (Prometheus text). The management API
+//! attaches here.
 
 use std::{
     net::SocketAddr,
@@ -31,7 +32,18 @@ pub fn router(health: Health) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(health)
+}
+
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::METRICS.render(),
+    )
 }
 
 async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {

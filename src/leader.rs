@@ -143,6 +143,7 @@ impl Elector {
         if was_leader && role == Role::Follower {
             info!(identity = %self.cfg.identity, "lost leader");
         }
+        crate::metrics::METRICS.set_leader(matches!(role, Role::Leader { .. }));
         self.tx.send_replace(role);
     }
 

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod http;
 pub mod import;
 pub mod leader;
+pub mod metrics;
 pub mod operator;
 pub mod reconcile;
 pub mod schedule;

@@ -70,6 +70,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let backend_url = crate::tracker::backend::BackendUrl::parse(Some(&args.result_backend))
         .context("--result-backend")?;
     let (feed, feed_rx) = crate::status::Feed::new(args.status_queue_capacity);
+    let feed_stats = feed.stats.clone();
     let controllers = reconcile::controllers(
         client.clone(),
         pool.clone(),
@@ -120,6 +121,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         std::time::Duration::from_millis(args.result_poll_ms.max(10)),
         stop_rx.clone(),
     );
+    let sampler_broker = args.broker_url.clone();
     let broker_url = if shadow {
         None
     } else {
@@ -150,12 +152,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
     };
     let housekeeping = housekeeping(
-        pool,
+        pool.clone(),
         retention,
         std::time::Duration::from_secs(args.history_prune_seconds.max(1)),
         role,
         stop_rx.clone(),
     );
+    {
+        let sampled = &crate::metrics::METRICS.sampled;
+        *sampled.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.clone());
+        *sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed_stats.clone());
+    }
+    let queue_sampler = sample_queue_depths(pool.clone(), sampler_broker, stop_rx.clone());
     let health = crate::http::Health::default();
     let synced = controllers.synced();
     let ready_flag = health.ready.clone();
@@ -190,7 +198,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             events,
             tracker,
             readiness,
-            http
+            http,
+            queue_sampler
         )
     });
     let finished = tokio::select! {
@@ -251,6 +260,49 @@ async fn retrying<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
             _ = stop.wait_for(|s| *s) => return None,
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Every 15 s, the depth of each Celery queue the jobs use (for `kube_beat_celery_queue_depth`),
+/// over a connection of its own. At most 50 queues: a bounded label set.
+async fn sample_queue_depths(
+    pool: sqlx::PgPool,
+    broker_url: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(url) = broker_url else { return };
+    let Some(publisher) = retrying(
+        "the broker (queue depths)",
+        || Publisher::connect(&url, std::time::Duration::from_secs(60)),
+        &mut stop,
+    )
+    .await
+    else {
+        return;
+    };
+    loop {
+        let queues: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT queue FROM scheduled_jobs WHERE deleted_at IS NULL ORDER BY queue LIMIT 50",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        let mut depths = Vec::with_capacity(queues.len());
+        for q in queues {
+            match publisher.queue_depth(&q).await {
+                Ok(d) => depths.push((q, d)),
+                Err(e) => tracing::debug!(queue = %q, error = %e, "sampling queue depth failed"),
+            }
+        }
+        *crate::metrics::METRICS
+            .sampled
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = depths;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

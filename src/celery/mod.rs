@@ -117,6 +117,48 @@ impl Publisher {
 }
 
 impl Publisher {
+    /// `redis` or `amqp`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Publisher::Redis { .. } => "redis",
+            Publisher::Amqp(_) => "amqp",
+        }
+    }
+
+    /// Messages waiting in `queue`: on Redis the list and its priority lists, on RabbitMQ the
+    /// queue's message count (a passive declare; a missing queue counts 0).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u64, PublishError> {
+        match self {
+            Publisher::Redis { conn, .. } => {
+                let mut pipe = redis::pipe();
+                for suffix in ["", "\x06\x163", "\x06\x166", "\x06\x169"] {
+                    pipe.llen(format!("{queue}{suffix}"));
+                }
+                let mut conn = conn.clone();
+                let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+                Ok(lens.iter().sum())
+            }
+            Publisher::Amqp(p) => {
+                // A passive declare of a missing queue closes the channel: use a throwaway one.
+                let conn = Connection::connect(&p.uri, ConnectionProperties::default()).await?;
+                let channel = conn.create_channel().await?;
+                let opts = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                let depth = match channel
+                    .queue_declare(ShortString::from(queue), opts, FieldTable::default())
+                    .await
+                {
+                    Ok(q) => u64::from(q.message_count()),
+                    Err(_) => 0,
+                };
+                let _ = conn.close(200, ShortString::from("done")).await;
+                Ok(depth)
+            }
+        }
+    }
+
     /// Celery's remote-control `revoke` broadcast (what `app.control.revoke(id, terminate=True)`
     /// sends): every worker adds the ids to its revoked set and terminates them if running.
     pub async fn revoke(&self, task_ids: &[String]) -> Result<(), PublishError> {

@@ -82,6 +82,13 @@ impl Dispatcher {
             match claim::claim_due(&self.pool, epoch, CLAIM_BATCH, Utc::now(), self.shadow()).await
             {
                 Ok(stats) => {
+                    let m = &crate::metrics::METRICS;
+                    if stats.jobs > 0 {
+                        m.claim_batch.observe(stats.jobs as f64);
+                    }
+                    m.dispatched("missed", stats.missed as u64);
+                    m.dispatched("skipped", stats.skipped as u64);
+                    m.dispatched("replaced", stats.revoked.len() as u64);
                     self.feed.touch_all(stats.job_ids.iter().copied());
                     for ev in &stats.events {
                         self.feed.event(ev.clone());
@@ -173,6 +180,7 @@ impl Dispatcher {
             match claim::expire_pending(&self.pool, Utc::now()).await {
                 Ok(ended) if ended.is_empty() => {}
                 Ok(ended) => {
+                    crate::metrics::METRICS.dispatched("missed", ended.len() as u64);
                     warn!(
                         executions = ended.len(),
                         "not published within startingDeadlineSeconds: recorded as MISSED"
@@ -197,16 +205,28 @@ impl Dispatcher {
             }
             let messages: Vec<TaskMessage> = batch.iter().map(|p| self.message(p)).collect();
             let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+            let started = std::time::Instant::now();
             let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&messages))
                 .await
                 .unwrap_or_else(|_| Err(crate::celery::PublishError::Timeout(PUBLISH_TIMEOUT)));
+            crate::metrics::METRICS
+                .publish_duration
+                .get_or_create(&crate::metrics::Broker {
+                    broker: publisher.kind(),
+                })
+                .observe(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(()) => {
                     if let Err(e) = claim::mark_dispatched(&self.pool, &ids, Utc::now()).await {
                         warn!(error = %e, "marking executions dispatched failed; they will be re-published");
                         return true;
                     }
+                    let m = &crate::metrics::METRICS;
+                    m.dispatched("published", batch.len() as u64);
+                    let now = Utc::now();
                     for p in &batch {
+                        let lag = (now - p.scheduled_for).num_microseconds().unwrap_or(0);
+                        m.dispatch_lag.observe(lag.max(0) as f64 / 1e6);
                         self.feed.touch(p.job_id);
                         info!(job = %format!("{}/{}", p.namespace, p.name), task = %p.task_name,
                               task_id = %p.task_id, slot = %crate::schedule::rfc3339(p.scheduled_for),
@@ -228,6 +248,11 @@ impl Dispatcher {
                     .unwrap_or_default();
                     warn!(error = %e, executions = ids.len(), "publish failed; will retry");
                     if !failed.is_empty() {
+                        let m = &crate::metrics::METRICS;
+                        m.dispatched("dispatch_failed", failed.len() as u64);
+                        for _ in &failed {
+                            m.finished("DISPATCH_FAILED");
+                        }
                         warn!(
                             executions = failed.len(),
                             "publish kept failing: executions marked DISPATCH_FAILED"

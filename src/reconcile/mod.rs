@@ -239,6 +239,12 @@ fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Act
         return Action::requeue(Duration::from_millis(500));
     }
     let delay = ctx.failed(object_key(obj.as_ref()));
+    crate::metrics::METRICS
+        .reconcile_errors
+        .get_or_create(&crate::metrics::Category {
+            category: err.category(),
+        })
+        .inc();
     warn!(object = %object_key(obj.as_ref()), category = err.category(), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -38,6 +38,7 @@ struct Unfinished {
     uid: String,
     task_name: String,
     scheduled_for: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
 }
 
 pub struct Tracker {
@@ -76,6 +77,16 @@ impl Tracker {
 
     /// One pass over every unfinished execution, a batch at a time. Returns rows updated.
     async fn pass(&self, epoch: i64) -> Result<usize, TrackError> {
+        let started = std::time::Instant::now();
+        let mut seen = 0usize;
+        let result = self.pass_batches(epoch, &mut seen).await;
+        let m = &crate::metrics::METRICS;
+        m.tracker_pass.observe(started.elapsed().as_secs_f64());
+        m.tracker_unfinished.set(seen as i64);
+        result
+    }
+
+    async fn pass_batches(&self, epoch: i64, seen: &mut usize) -> Result<usize, TrackError> {
         let mut after = 0i64;
         let mut updated = 0;
         loop {
@@ -83,7 +94,7 @@ impl Tracker {
                 "SELECT e.id, e.job_id, e.task_id, e.state,
                         COALESCE(e.dispatched_at, e.claimed_at) AS since,
                         j.execution_timeout_seconds, j.namespace, j.name, j.uid, j.task_name,
-                        e.scheduled_for
+                        e.scheduled_for, e.started_at
                  FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
                  WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
                  ORDER BY e.id LIMIT $2",
@@ -96,6 +107,7 @@ impl Tracker {
                 return Ok(updated);
             };
             after = last.id;
+            *seen += batch.len();
             let full = batch.len() as i64 == BATCH;
             let ids: Vec<String> = batch.iter().map(|u| u.task_id.clone()).collect();
             let metas = self.backend.fetch(&ids).await?;
@@ -125,8 +137,17 @@ impl Tracker {
     /// Logs, status notices and Events for the changes that were applied.
     fn report(&self, changes: &[(&Unfinished, Transition)], applied: &[i64]) {
         let applied: std::collections::HashSet<i64> = applied.iter().copied().collect();
+        let m = &crate::metrics::METRICS;
         for (u, tr) in changes.iter().filter(|(u, _)| applied.contains(&u.id)) {
             self.feed.touch(u.job_id);
+            if tr.state.is_final() {
+                m.finished(tr.state.as_str());
+                let started = u.started_at.or(tr.started_at);
+                if let (Some(s), Some(f)) = (started, tr.finished_at) {
+                    let secs = (f - s).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    m.execution_duration.observe(secs);
+                }
+            }
             let job = format!("{}/{}", u.namespace, u.name);
             let slot = crate::schedule::rfc3339(u.scheduled_for);
             let error = tr.error.as_deref().unwrap_or("");

@@ -1,0 +1,319 @@
+//! Prometheus metrics (`/metrics`, Prometheus text format). Label sets are small and fixed: no
+//! job names, no error strings (unbounded cardinality), only static categories and the queues the
+//! jobs use.
+//!
+//! One process-wide set, like Prometheus client libraries' default registry: the dispatcher, the
+//! tracker, the leader and the reconcilers count into it without threading a handle through every
+//! constructor. Values sampled from elsewhere (the status feed, the Postgres pool, Celery queue
+//! depths) are read at scrape time by a collector.
+
+use std::sync::{
+    Arc, LazyLock, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::status::FeedStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Broker {
+    pub broker: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecState {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Category {
+    pub category: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 ms .. ~2.9 h
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
+}
+
+/// Every metric kube-beat exports.
+pub struct Metrics {
+    pub dispatches: Family<Outcome, Counter>,
+    pub dispatch_lag: Histogram,
+    pub claim_batch: Histogram,
+    pub publish_duration: Family<Broker, Histogram, fn() -> Histogram>,
+    pub executions: Family<ExecState, Counter>,
+    pub execution_duration: Histogram,
+    pub leader: Gauge,
+    pub leader_transitions: Counter,
+    pub reconcile_errors: Family<Category, Counter>,
+    pub tracker_pass: Histogram,
+    pub tracker_unfinished: Gauge,
+    /// Sampled from outside: the status feed, the pool, queue depths.
+    pub sampled: Arc<Sampled>,
+    registry: Registry,
+}
+
+/// Values the collector reads at scrape time.
+#[derive(Debug, Default)]
+pub struct Sampled {
+    pub feed: Mutex<Option<Arc<FeedStats>>>,
+    pub pool: Mutex<Option<sqlx::PgPool>>,
+    /// (queue, depth) as last sampled.
+    pub queues: Mutex<Vec<(String, u64)>>,
+    pub finished_ok: AtomicU64,
+    pub finished_bad: AtomicU64,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut m = Metrics {
+            dispatches: Family::default(),
+            dispatch_lag: latency_histogram(),
+            claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            publish_duration: Family::new_with_constructor(latency_histogram),
+            executions: Family::default(),
+            execution_duration: duration_histogram(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
+            reconcile_errors: Family::default(),
+            tracker_pass: latency_histogram(),
+            tracker_unfinished: Gauge::default(),
+            sampled: Arc::default(),
+            registry: Registry::with_prefix("kube_beat"),
+        };
+        let mut r = Registry::with_prefix("kube_beat");
+        r.register(
+            "dispatches",
+            "Runs by dispatch outcome (published, missed, skipped, dispatch_failed, replaced)",
+            m.dispatches.clone(),
+        );
+        r.register(
+            "dispatch_lag_seconds",
+            "Time from a slot being due to its message being published",
+            m.dispatch_lag.clone(),
+        );
+        r.register(
+            "claim_batch_size",
+            "Jobs claimed per claim transaction",
+            m.claim_batch.clone(),
+        );
+        r.register(
+            "publish_duration_seconds",
+            "Time to publish one batch to the broker",
+            m.publish_duration.clone(),
+        );
+        r.register(
+            "executions",
+            "Executions that reached a final state, by state",
+            m.executions.clone(),
+        );
+        r.register(
+            "execution_duration_seconds",
+            "Execution time from STARTED to the final state, from the result backend",
+            m.execution_duration.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the Lease",
+            m.leader.clone(),
+        );
+        r.register(
+            "leader_transitions",
+            "Times this replica became or stopped being the leader",
+            m.leader_transitions.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Reconcile failures by category",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "result_tracker_pass_seconds",
+            "Time for one pass over the unfinished executions (how stale outcomes can be)",
+            m.tracker_pass.clone(),
+        );
+        r.register(
+            "result_tracker_unfinished",
+            "Unfinished executions seen by the last tracker pass",
+            m.tracker_unfinished.clone(),
+        );
+        r.register_collector(Box::new(SampledCollector(m.sampled.clone())));
+        m.registry = r;
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn dispatched(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.dispatches
+                .get_or_create(&Outcome { outcome })
+                .inc_by(n);
+        }
+    }
+
+    /// A final state seen by the tracker (or DISPATCH_FAILED).
+    pub fn finished(&self, state: &'static str) {
+        self.executions.get_or_create(&ExecState { state }).inc();
+        let which = if state == "SUCCESS" {
+            &self.sampled.finished_ok
+        } else {
+            &self.sampled.finished_bad
+        };
+        which.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        let was = self.leader.set(i64::from(leading)) == 1;
+        if was != leading {
+            self.leader_transitions.inc();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SampledCollector(Arc<Sampled>);
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+impl Collector for SampledCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        if let Some(feed) = s.feed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            gauge(
+                &mut encoder,
+                "status_queue_depth",
+                "Jobs waiting for a status write",
+                load(&feed.status_queue) as i64,
+            )?;
+            counter(
+                &mut encoder,
+                "status_writes",
+                "Status patches written",
+                load(&feed.status_writes),
+            )?;
+            counter(
+                &mut encoder,
+                "status_write_errors",
+                "Status patches that failed (retried)",
+                load(&feed.status_write_errors),
+            )?;
+            counter(
+                &mut encoder,
+                "status_notices_dropped",
+                "Status notices dropped because the queue was full (a full resync follows)",
+                load(&feed.status_dropped),
+            )?;
+            counter(
+                &mut encoder,
+                "events_published",
+                "Kubernetes Events published",
+                load(&feed.events_published),
+            )?;
+            counter(
+                &mut encoder,
+                "events_folded",
+                "Events folded into a later one (per job and reason interval)",
+                load(&feed.events_folded),
+            )?;
+            counter(
+                &mut encoder,
+                "events_dropped",
+                "Events dropped (queue full or the apiserver refused them)",
+                load(&feed.events_dropped),
+            )?;
+        }
+        if let Some(pool) = s.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let idle = pool.num_idle() as i64;
+            let size = i64::from(pool.size());
+            let mut family = encoder.encode_descriptor(
+                "db_pool_connections",
+                "Postgres connections of this replica, by state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, v) in [("in_use", size - idle), ("idle", idle)] {
+                let labels = [("state", state)];
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let queues = s.queues.lock().unwrap_or_else(|e| e.into_inner());
+            if !queues.is_empty() {
+                let mut family = encoder.encode_descriptor(
+                    "celery_queue_depth",
+                    "Messages waiting in the Celery queues the jobs use (all priorities)",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (queue, depth) in queues.iter() {
+                    let labels = [("queue", queue.as_str())];
+                    ConstGauge::new(*depth as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let ok = s.finished_ok.load(Ordering::Relaxed);
+        let bad = s.finished_bad.load(Ordering::Relaxed);
+        let ratio = if ok + bad == 0 {
+            0.0
+        } else {
+            bad as f64 / (ok + bad) as f64
+        };
+        let g = ConstGauge::new(ratio);
+        g.encode(encoder.encode_descriptor(
+            "execution_error_ratio",
+            "Share of finished executions (seen by this replica) that did not succeed",
+            None,
+            MetricType::Gauge,
+        )?)
+    }
+}
