@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// Address of the HTTP server (health, metrics, API).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: String,
+    /// API authentication: `kubernetes` (bearer token → TokenReview, access → SubjectAccessReview
+    /// on scheduledjobs) or `none` (anyone may read and trigger: local use only).
+    #[arg(long, env = "API_AUTH", value_enum, default_value_t = crate::http::auth::AuthMode::Kubernetes)]
+    pub api_auth: crate::http::auth::AuthMode,
     /// Apply pending migrations at start (under an advisory lock). Turn off for installs that
     /// migrate in a separate step (`kube-beat migrate up`).
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]

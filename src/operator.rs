@@ -59,6 +59,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         retry_period: std::time::Duration::from_secs(args.retry_period_seconds),
     };
     let (role, election) = leader::spawn(client.clone(), pool.clone(), leader_cfg, stop_rx.clone());
+    let (api_client, auth_client, api_identity, api_role) = (
+        client.clone(),
+        client.clone(),
+        identity.clone(),
+        role.clone(),
+    );
     let wake = Arc::new(tokio::sync::Notify::new());
     let shadow = args.dispatch_mode == DispatchMode::Shadow;
     if shadow {
@@ -179,12 +185,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ready_flag.store(true, std::sync::atomic::Ordering::Release);
         info!("caches synced: ready");
     };
+    if args.api_auth == crate::http::auth::AuthMode::None {
+        tracing::warn!(
+            "API AUTHENTICATION IS OFF (--api-auth=none): anyone who reaches {} can read every job and trigger runs. Use only on a workstation.",
+            args.http_addr
+        );
+    }
+    let api = crate::http::api::routes(Arc::new(crate::http::api::ApiState {
+        pool: pool.clone(),
+        client: api_client,
+        auth: crate::http::auth::Authenticator::new(args.api_auth, auth_client),
+        identity: api_identity,
+        lease_name: args.lease_name.clone(),
+        lease_namespace: args.lease_namespace.clone(),
+        dispatch_mode: if shadow { "shadow" } else { "live" },
+        role: api_role,
+    }));
     let http = {
         let stop = stop_rx.clone();
         let addr = args.http_addr.clone();
+        let app = crate::http::router(health).merge(api);
         async move {
-            if let Err(e) = crate::http::serve(&addr, crate::http::router(health), None, stop).await
-            {
+            if let Err(e) = crate::http::serve(&addr, app, None, stop).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }

@@ -136,6 +136,7 @@ fn values_schema_rejects_bad_values() {
             "existingSecret",
         ),
         ("typo=1", "typo"),
+        ("api.auth=basic", "auth"),
     ] {
         let out = helm_template("kb", "default", &["--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -8,6 +8,9 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
+pub mod api;
+pub mod auth;
+
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::sync::watch;
 

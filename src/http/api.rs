@@ -1,0 +1,495 @@
+//! The management API (`/api/v1/...`, SPEC §8): read from Postgres on every replica, trigger
+//! through the same annotation path as `kube-beat trigger`. Field names follow the migration
+//! plan's commands (`.leaderInstance`, `.jobs[].lastRunTime`, `.executions[] | {job_id, status,
+//! started_at}`). Every list is paged and bounded.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use super::auth::{AuthError, Authenticator, Caller};
+use crate::{
+    api::{ScheduledJob, TRIGGER_ANNOTATION},
+    leader::Role,
+};
+
+const DEFAULT_PER_PAGE: i64 = 50;
+const MAX_PER_PAGE: i64 = 500;
+const MAX_PAGE: i64 = 10_000;
+/// Namespaces checked one by one for a caller without cluster-wide access.
+const MAX_NAMESPACES: i64 = 200;
+
+pub struct ApiState {
+    pub pool: PgPool,
+    pub client: Client,
+    pub auth: Authenticator,
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub dispatch_mode: &'static str,
+    pub role: watch::Receiver<Role>,
+}
+
+pub fn routes(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/scheduler/status", get(status))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{namespace}/{name}", get(job))
+        .route("/api/v1/jobs/{namespace}/{name}/trigger", post(trigger))
+        .route("/api/v1/executions", get(executions))
+        .route("/api/v1/job-types", get(job_types))
+        .route("/api/v1/task-functions", get(task_functions))
+        .with_state(state)
+}
+
+/// An API error: a status and a clear message, as JSON.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let code = match e {
+            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::Review(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        tracing::warn!(error = %e, "API query failed");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database query failed".into(),
+        )
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// `page` (from 1) and `per_page` (1..=500), validated.
+fn paging(q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let num = |k: &str, default: i64, max: i64| -> Result<i64, ApiError> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(bad_request(format!(
+                    "{k} must be an integer from 1 to {max}, not {v:?}"
+                ))),
+            },
+        }
+    };
+    Ok((
+        num("page", 1, MAX_PAGE)?,
+        num("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
+    ))
+}
+
+/// The namespaces whose ScheduledJobs the caller may `verb`: `None` means all of them.
+/// `wanted` narrows to one namespace (403 if it is not allowed).
+async fn readable(
+    s: &ApiState,
+    caller: &Caller,
+    wanted: Option<&str>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if let Some(ns) = wanted {
+        if !s.auth.allowed(caller, "list", ns, "").await? {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not list scheduledjobs in namespace {ns}",
+                    caller.name()
+                ),
+            ));
+        }
+        return Ok(Some(vec![ns.to_string()]));
+    }
+    if s.auth.allowed(caller, "list", "", "").await? {
+        return Ok(None);
+    }
+    let candidates: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT namespace FROM scheduled_jobs WHERE deleted_at IS NULL ORDER BY 1 LIMIT $1",
+    )
+    .bind(MAX_NAMESPACES)
+    .fetch_all(&s.pool)
+    .await?;
+    let mut allowed = Vec::new();
+    for ns in candidates {
+        if s.auth.allowed(caller, "list", &ns, "").await? {
+            allowed.push(ns);
+        }
+    }
+    if allowed.is_empty() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not list scheduledjobs in any namespace",
+                caller.name()
+            ),
+        ));
+    }
+    Ok(Some(allowed))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct JobRow {
+    id: i64,
+    namespace: String,
+    name: String,
+    task_function: String,
+    task: String,
+    queue: String,
+    job_type: String,
+    schedule: String,
+    time_zone: String,
+    enabled: bool,
+    suspended: bool,
+    valid: bool,
+    invalid_reason: Option<String>,
+    invalid_message: Option<String>,
+    next_run_time: Option<DateTime<Utc>>,
+    last_run_time: Option<DateTime<Utc>>,
+    last_success_time: Option<DateTime<Utc>>,
+    last_status: Option<String>,
+    total_runs: i64,
+    succeeded: i64,
+    failed: i64,
+    missed: i64,
+    skipped: i64,
+    description: Option<String>,
+}
+
+const JOB_COLUMNS: &str = "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
+    t.name AS job_type, j.schedule_summary AS schedule, j.time_zone, j.enabled, j.suspended, j.valid,
+    j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time,
+    j.last_run_at AS last_run_time, j.last_success_at AS last_success_time,
+    (SELECT e.state FROM job_executions e WHERE e.job_id = j.id
+     ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
+    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description";
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ExecutionRow {
+    id: i64,
+    job_id: i64,
+    namespace: String,
+    job_name: String,
+    task_id: String,
+    scheduled_for: DateTime<Utc>,
+    trigger: String,
+    status: String,
+    dispatched_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    result: Option<Value>,
+}
+
+const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
+    e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
+    e.error, e.result";
+
+async fn status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    let namespaces = readable(&s, &caller, None).await?;
+    let leader_instance = Api::<Lease>::namespaced(s.client.clone(), &s.lease_namespace)
+        .get_opt(&s.lease_name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|spec| spec.holder_identity)
+        .filter(|h| !h.is_empty());
+    let (total, enabled, suspended, invalid): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE enabled), count(*) FILTER (WHERE suspended),
+                count(*) FILTER (WHERE NOT valid)
+         FROM scheduled_jobs WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
+    )
+    .bind(&namespaces)
+    .fetch_one(&s.pool)
+    .await?;
+    let by_state: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT e.state, count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.claimed_at > now() - interval '24 hours'
+           AND ($1::text[] IS NULL OR j.namespace = ANY($1))
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(&namespaces)
+    .fetch_all(&s.pool)
+    .await?;
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM scheduler_leader WHERE id = 1")
+        .fetch_one(&s.pool)
+        .await?;
+    let is_leader = s.role.borrow().epoch().is_some();
+    Ok(Json(json!({
+        "leaderInstance": leader_instance,
+        "instance": s.identity,
+        "isLeader": is_leader,
+        "epoch": epoch,
+        "dispatchMode": s.dispatch_mode,
+        "version": env!("CARGO_PKG_VERSION"),
+        "jobs": {"total": total, "enabled": enabled, "suspended": suspended, "invalid": invalid},
+        "executionsLast24h": by_state.into_iter().collect::<HashMap<_, _>>(),
+    })))
+}
+
+async fn jobs(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    let (page, per_page) = paging(&q)?;
+    let namespaces = readable(&s, &caller, q.get("namespace").map(String::as_str)).await?;
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
+         WHERE j.deleted_at IS NULL AND ($1::text[] IS NULL OR j.namespace = ANY($1))
+         ORDER BY j.namespace, j.name LIMIT $2 OFFSET $3"
+    );
+    let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&namespaces)
+        .bind(per_page)
+        .bind((page - 1) * per_page)
+        .fetch_all(&s.pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduled_jobs
+         WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
+    )
+    .bind(&namespaces)
+    .fetch_one(&s.pool)
+    .await?;
+    Ok(Json(
+        json!({"jobs": rows, "page": page, "per_page": per_page, "total": total}),
+    ))
+}
+
+async fn job(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    if !s.auth.allowed(&caller, "get", &namespace, &name).await? {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not get scheduledjob {namespace}/{name}",
+                caller.name()
+            ),
+        ));
+    }
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
+         WHERE j.deleted_at IS NULL AND j.namespace = $1 AND j.name = $2"
+    );
+    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&namespace)
+        .bind(&name)
+        .fetch_optional(&s.pool)
+        .await?;
+    let row = row.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no scheduledjob {namespace}/{name}"),
+        )
+    })?;
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.job_id = $1 ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 50"
+    );
+    let recent: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(row.id)
+        .fetch_all(&s.pool)
+        .await?;
+    Ok(Json(json!({"job": row, "executions": recent})))
+}
+
+async fn executions(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    let (page, per_page) = paging(&q)?;
+    let job_id = match q.get("job_id") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| bad_request(format!("job_id must be an integer, not {v:?}")))?,
+        ),
+    };
+    const STATES: [&str; 12] = [
+        "PENDING",
+        "DISPATCHED",
+        "STARTED",
+        "RETRY",
+        "SUCCESS",
+        "FAILURE",
+        "REVOKED",
+        "LOST",
+        "DISPATCH_FAILED",
+        "SKIPPED",
+        "MISSED",
+        "SHADOW",
+    ];
+    let state = match q.get("status").or_else(|| q.get("state")) {
+        None => None,
+        Some(v) if STATES.contains(&v.as_str()) => Some(v.clone()),
+        Some(v) => {
+            return Err(bad_request(format!(
+                "unknown status {v:?} (one of {})",
+                STATES.join(", ")
+            )));
+        }
+    };
+    let namespaces = readable(&s, &caller, q.get("namespace").map(String::as_str)).await?;
+    let filter =
+        "($1::text[] IS NULL OR j.namespace = ANY($1)) AND ($2::bigint IS NULL OR e.job_id = $2)
+                  AND ($3::text IS NULL OR e.state = $3)";
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE {filter} ORDER BY e.id DESC LIMIT $4 OFFSET $5"
+    );
+    let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&namespaces)
+        .bind(job_id)
+        .bind(&state)
+        .bind(per_page)
+        .bind((page - 1) * per_page)
+        .fetch_all(&s.pool)
+        .await?;
+    // Counting is bounded too: "more than 10000" is an answer.
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE {filter} LIMIT 10001) c"
+    );
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&namespaces)
+        .bind(job_id)
+        .bind(&state)
+        .fetch_one(&s.pool)
+        .await?;
+    Ok(Json(json!({
+        "executions": rows, "page": page, "per_page": per_page,
+        "total": total.min(10_000), "total_is_lower_bound": total > 10_000,
+    })))
+}
+
+async fn job_types(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    readable(&s, &caller, None).await?;
+    let rows: Vec<(i16, String, String)> =
+        sqlx::query_as("SELECT id, name, description FROM scheduler_job_types ORDER BY id")
+            .fetch_all(&s.pool)
+            .await?;
+    let types: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, name, description)| json!({"id": id, "name": name, "description": description}))
+        .collect();
+    Ok(Json(json!({"job_types": types})))
+}
+
+async fn task_functions(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    readable(&s, &caller, None).await?;
+    #[derive(Serialize, sqlx::FromRow)]
+    #[serde(rename_all = "camelCase")]
+    struct Tf {
+        name: String,
+        task: String,
+        queue: String,
+        priority: Option<i16>,
+        expires_seconds: Option<i64>,
+        allowed_namespaces: Vec<String>,
+        description: Option<String>,
+        job_count: i64,
+    }
+    let rows: Vec<Tf> = sqlx::query_as(
+        "SELECT f.name, f.task, f.queue, f.priority, f.expires_seconds, f.allowed_namespaces,
+                f.description,
+                (SELECT count(*) FROM scheduled_jobs j
+                 WHERE j.task_function = f.name AND j.deleted_at IS NULL) AS job_count
+         FROM task_functions f ORDER BY f.name LIMIT 1000",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(json!({"task_functions": rows})))
+}
+
+/// A manual run: the same path as `kube-beat trigger` (a new value of the trigger annotation,
+/// claimed exactly once by the leader's reconciler and recorded as `trigger=manual`).
+async fn trigger(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = s.auth.authenticate(&headers).await?;
+    if !s.auth.allowed(&caller, "patch", &namespace, &name).await? {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not patch scheduledjob {namespace}/{name}",
+                caller.name()
+            ),
+        ));
+    }
+    let value = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: value}}});
+    match Api::<ScheduledJob>::namespaced(s.client.clone(), &namespace)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), trigger = %value, "manual trigger requested through the API");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"namespace": namespace, "name": name, "trigger": value})),
+            ))
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no scheduledjob {namespace}/{name}"),
+        )),
+        Err(e) => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("setting the trigger annotation failed: {e}"),
+        )),
+    }
+}
