@@ -169,6 +169,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         *sampled.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.clone());
         *sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed_stats.clone());
     }
+    let heartbeat = heartbeat(pool.clone(), api_identity.clone(), stop_rx.clone());
     let queue_sampler = sample_queue_depths(pool.clone(), sampler_broker, stop_rx.clone());
     let health = crate::http::Health::default();
     let synced = controllers.synced();
@@ -221,7 +222,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             tracker,
             readiness,
             http,
-            queue_sampler
+            queue_sampler,
+            heartbeat
         )
     });
     let finished = tokio::select! {
@@ -282,6 +284,43 @@ async fn retrying<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
             _ = stop.wait_for(|s| *s) => return None,
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Every 10 s this replica records that it is alive (`scheduler_replicas`, shown by the API and
+/// the dashboard); it removes itself when it stops.
+async fn heartbeat(
+    pool: sqlx::PgPool,
+    identity: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = sqlx::query(
+            "INSERT INTO scheduler_replicas (identity, version) VALUES ($1, $2)
+             ON CONFLICT (identity) DO UPDATE SET last_seen = now(), version = $2",
+        )
+        .bind(&identity)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .execute(&pool)
+        .await
+        {
+            tracing::debug!(error = %e, "replica heartbeat failed");
+        }
+        let _ = sqlx::query(
+            "DELETE FROM scheduler_replicas WHERE last_seen < now() - interval '1 day'",
+        )
+        .execute(&pool)
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => {
+                let _ = sqlx::query("DELETE FROM scheduler_replicas WHERE identity = $1")
+                    .bind(&identity)
+                    .execute(&pool)
+                    .await;
+                return;
+            }
+        }
     }
 }
 

@@ -93,7 +93,7 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
             "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,networkPolicy.enabled=true,\
              resultBackend.enabled=true,migrations.mode=start,operator.dispatchMode=shadow,\
              operator.watchNamespace=team-a,operator.taskFunctionSelector=team=a,crds.keep=false,\
-             serviceAccount.name=custom-sa",
+             serviceAccount.name=custom-sa,grafanaDashboard.enabled=true",
         ],
     ));
     let applied = ok(&kubectl_stdin(
@@ -105,6 +105,7 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
         "servicemonitor.monitoring.coreos.com/kb-kube-beat",
         "networkpolicy.networking.k8s.io/kb-kube-beat",
         "serviceaccount/custom-sa",
+        "configmap/kb-kube-beat-dashboard",
     ] {
         assert!(applied.contains(what), "{what} in:\n{applied}");
     }

@@ -251,10 +251,29 @@ async fn status(
         .fetch_one(&s.pool)
         .await?;
     let is_leader = s.role.borrow().epoch().is_some();
+    let replicas: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT identity, version, started_at, last_seen FROM scheduler_replicas
+         WHERE last_seen > now() - interval '30 seconds' ORDER BY identity LIMIT 100",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+    let replicas: Vec<Value> = replicas
+        .into_iter()
+        .map(|(identity, version, started, seen)| {
+            json!({
+                "identity": identity,
+                "version": version,
+                "startedAt": started,
+                "lastSeen": seen,
+                "isLeader": leader_instance.as_deref() == Some(identity.as_str()),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "leaderInstance": leader_instance,
         "instance": s.identity,
         "isLeader": is_leader,
+        "replicas": replicas,
         "epoch": epoch,
         "dispatchMode": s.dispatch_mode,
         "version": env!("CARGO_PKG_VERSION"),
@@ -332,7 +351,10 @@ async fn job(
         .bind(row.id)
         .fetch_all(&s.pool)
         .await?;
-    Ok(Json(json!({"job": row, "executions": recent})))
+    let can_trigger = s.auth.allowed(&caller, "patch", &namespace, &name).await?;
+    Ok(Json(
+        json!({"job": row, "executions": recent, "canTrigger": can_trigger}),
+    ))
 }
 
 async fn executions(

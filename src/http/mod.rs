@@ -36,7 +36,13 @@ pub fn router(health: Health) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
         .with_state(health)
+}
+
+/// The dashboard: a static page; its data comes from the API, under the API's authentication.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {

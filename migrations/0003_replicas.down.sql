@@ -1,0 +1,2 @@
+DROP INDEX job_executions_tracked;
+DROP TABLE scheduler_replicas;
