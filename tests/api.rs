@@ -34,14 +34,6 @@ fn call(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Valu
     )
 }
 
-fn http_addr(log: &str) -> Option<String> {
-    log.lines()
-        .find(|l| l.contains("HTTP server listening"))?
-        .split("addr=")
-        .nth(1)
-        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-}
-
 #[tokio::test]
 #[ignore = "needs the local control plane and services (make test)"]
 async fn api_with_kubernetes_authentication_and_authorization() {
@@ -89,7 +81,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-edito
     .await;
     let op = f.operator(&["--result-backend", &backend, "--result-poll-ms", "300"]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
-        http_addr(&op.log_text())
+        op.http_addr()
     })
     .await;
     let identity = eventually("a leader", Duration::from_secs(30), || async {

@@ -80,14 +80,6 @@ async fn sign_in(c: &Client, token: &str) {
         .expect("sign in");
 }
 
-fn http_addr(log: &str) -> Option<String> {
-    log.lines()
-        .find(|l| l.contains("HTTP server listening"))?
-        .split("addr=")
-        .nth(1)
-        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-}
-
 #[tokio::test]
 #[ignore = "needs the local control plane, services and Chromium (make test)"]
 async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
@@ -135,7 +127,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-reade
     .await;
     let op = f.operator(&["--result-backend", &backend, "--result-poll-ms", "300"]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
-        http_addr(&op.log_text())
+        op.http_addr()
     })
     .await;
     eventually("some runs", Duration::from_secs(60), || async {

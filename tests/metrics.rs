@@ -8,15 +8,6 @@ use std::{collections::HashMap, process::Command, time::Duration};
 use common::{Worker, eventually, fixture};
 use serde_json::json;
 
-/// The operator's HTTP address, from its log (tests start it on port 0).
-fn http_addr(log: &str) -> Option<String> {
-    log.lines()
-        .find(|l| l.contains("HTTP server listening"))?
-        .split("addr=")
-        .nth(1)
-        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-}
-
 fn scrape(addr: &str) -> prometheus_parse::Scrape {
     let out = Command::new("curl")
         .args(["-sSf", &format!("http://{addr}/metrics")])
@@ -68,7 +59,7 @@ async fn metrics_parse_and_move_when_jobs_run() {
     .await;
     let op = f.operator(&["--result-backend", &backend, "--result-poll-ms", "300"]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
-        http_addr(&op.log_text())
+        op.http_addr()
     })
     .await;
     let first = scrape(&addr);

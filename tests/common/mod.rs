@@ -378,6 +378,16 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The HTTP address it listens on, from its log (tests start it on port 0).
+    pub fn http_addr(&self) -> Option<String> {
+        self.log_text()
+            .lines()
+            .find(|l| l.contains("HTTP server listening"))?
+            .split("addr=")
+            .nth(1)
+            .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
