@@ -99,11 +99,16 @@ psql -h 127.0.0.1 -U postgres -d $db -c "select j.name, e.scheduled_for, e.trigg
   from job_executions e join scheduled_jobs j on j.id = e.job_id order by e.id desc limit 10"
 log "what the Celery worker ran:"
 grep -E "succeeded in" "$demo/worker.log" | tail -n 4 || true
+token=$(awk '/token:/ {print $2; exit}' "$KUBECONFIG")
+log "the API (as the demo's admin):"
+curl -s -H "Authorization: Bearer $token" http://127.0.0.1:18080/api/v1/scheduler/status | head -c 400; echo
 cat <<TXT
 
 The demo keeps running in the background.
   export KUBECONFIG=$KUBECONFIG
   $KUBECTL get scheduledjobs -n $ns
   tail -f $demo/operator.log $demo/worker.log
+  dashboard: http://127.0.0.1:18080/  (sign in with the token $token)
+  metrics:   curl -s http://127.0.0.1:18080/metrics | grep ^kube_beat_
 Stop it with: make demo-down
 TXT
