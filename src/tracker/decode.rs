@@ -259,11 +259,18 @@ pub fn truncate_result(v: &Value) -> Value {
     if text.len() <= RESULT_MAX_BYTES {
         return v.clone();
     }
-    json!({
-        "truncated": true,
-        "bytes": text.len(),
-        "preview": cut_front(&text, RESULT_MAX_BYTES),
-    })
+    // The preview is itself a JSON string: quotes, backslashes and control characters grow when
+    // escaped (up to 6x), so cut until the stored value fits the documented bound.
+    let mut keep = RESULT_MAX_BYTES - 64;
+    loop {
+        let preview = cut_front(&text, keep);
+        let stored = json!({"truncated": true, "bytes": text.len(), "preview": preview});
+        let size = stored.to_string().len();
+        if size <= RESULT_MAX_BYTES || keep == 0 {
+            return stored;
+        }
+        keep = keep.saturating_sub((size - RESULT_MAX_BYTES).max(keep / 8));
+    }
 }
 
 /// Keep the end of a long traceback, where the exception is.
@@ -440,7 +447,10 @@ mod tests {
         let big = json!({"s": "é".repeat(RESULT_MAX_BYTES)});
         let t = truncate_result(&big);
         assert_eq!(t["truncated"], true);
-        assert!(t["preview"].as_str().unwrap().len() <= RESULT_MAX_BYTES);
+        assert!(t.to_string().len() <= RESULT_MAX_BYTES);
+        // Characters that grow when escaped still fit.
+        let quotes = json!({"s": "\"\u{1}".repeat(RESULT_MAX_BYTES)});
+        assert!(truncate_result(&quotes).to_string().len() <= RESULT_MAX_BYTES);
         let small = json!({"ok": 1});
         assert_eq!(truncate_result(&small), small);
         let tb = format!("{}\nValueError: end\n", "x".repeat(TRACEBACK_MAX_BYTES * 2));
