@@ -8,7 +8,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{Worker, eventually, fixture, kubectl_stdin, ok};
+use common::{Worker, eventually, fixture, ok};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "kbt-api-admin-token";
@@ -42,30 +42,8 @@ async fn api_with_kubernetes_authentication_and_authorization() {
     let backend = format!("{}/1", env.redis_url);
     let _worker = Worker::start(&f.broker, Some(&backend), &f.queue, &f.db.url);
     // The reader may read ScheduledJobs in the test namespace; the editor may also patch them.
-    let rbac = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: sj-read}
-rules: [{apiGroups: [kubebeat.io], resources: [scheduledjobs], verbs: [get, list, watch]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: sj-edit}
-rules: [{apiGroups: [kubebeat.io], resources: [scheduledjobs], verbs: [get, list, watch, patch]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: reader}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sj-read}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-reader}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: editor}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sj-edit}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-editor}]
-"#;
-    ok(&kubectl_stdin(&["apply", "-n", &f.ns, "-f", "-"], rbac));
+
+    f.grant_api_users();
     f.task_function("echo", "kb.echo").await;
     f.job(
         "hourly",

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Worker, eventually, fixture, kubectl_stdin, ok};
+use common::{Worker, eventually, fixture};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -87,19 +87,8 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     let f = fixture("kbt-dash", format!("{}/0", env.redis_url)).await;
     let backend = format!("{}/1", env.redis_url);
     let _worker = Worker::start(&f.broker, Some(&backend), &f.queue, &f.db.url);
-    let rbac = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: sj-read}
-rules: [{apiGroups: [kubebeat.io], resources: [scheduledjobs], verbs: [get, list, watch]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: reader}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sj-read}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-reader}]
-"#;
-    ok(&kubectl_stdin(&["apply", "-n", &f.ns, "-f", "-"], rbac));
+
+    f.grant_api_users();
     f.task_function("echo", "kb.echo").await;
     f.task_function_with(
         "fail",

@@ -120,15 +120,7 @@ async fn readable(
     wanted: Option<&str>,
 ) -> Result<Option<Vec<String>>, ApiError> {
     if let Some(ns) = wanted {
-        if !s.auth.allowed(caller, "list", ns, "").await? {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} may not list scheduledjobs in namespace {ns}",
-                    caller.name()
-                ),
-            ));
-        }
+        s.auth.require(caller, "list", ns, "").await?;
         return Ok(Some(vec![ns.to_string()]));
     }
     if s.auth.allowed(caller, "list", "", "").await? {
@@ -319,15 +311,7 @@ async fn job(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.auth.authenticate(&headers).await?;
-    if !s.auth.allowed(&caller, "get", &namespace, &name).await? {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} may not get scheduledjob {namespace}/{name}",
-                caller.name()
-            ),
-        ));
-    }
+    s.auth.require(&caller, "get", &namespace, &name).await?;
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
          WHERE j.deleted_at IS NULL AND j.namespace = $1 AND j.name = $2"
@@ -483,15 +467,7 @@ async fn trigger(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let caller = s.auth.authenticate(&headers).await?;
-    if !s.auth.allowed(&caller, "patch", &namespace, &name).await? {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} may not patch scheduledjob {namespace}/{name}",
-                caller.name()
-            ),
-        ));
-    }
+    s.auth.require(&caller, "patch", &namespace, &name).await?;
     let value = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: value}}});
     match Api::<ScheduledJob>::namespaced(s.client.clone(), &namespace)

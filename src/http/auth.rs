@@ -181,6 +181,31 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Like [`Authenticator::allowed`], but a refusal is a `Forbidden` error naming who may not
+    /// do what.
+    pub async fn require(
+        &self,
+        caller: &Caller,
+        verb: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), AuthError> {
+        if self.allowed(caller, verb, namespace, name).await? {
+            return Ok(());
+        }
+        let what = if name.is_empty() {
+            format!("scheduledjobs in namespace {namespace}")
+        } else {
+            format!("scheduledjob {namespace}/{name}")
+        };
+        Err(AuthError::Forbidden(format!(
+            "{} may not {verb} {what}",
+            caller.name()
+        )))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -49,6 +49,15 @@ impl Fixture {
         Worker::start(&self.broker, None, &self.queue, &self.db.url)
     }
 
+    /// RBAC for the API tests' static-token users in this namespace: `kbt-api-reader` may read
+    /// ScheduledJobs, `kbt-api-editor` may also patch (trigger) them.
+    pub fn grant_api_users(&self) {
+        super::ok(&super::kubectl_stdin(
+            &["apply", "-n", &self.ns, "-f", "-"],
+            API_USERS_RBAC,
+        ));
+    }
+
     /// Ask for one run now (the `kubebeat.io/trigger` annotation).
     pub async fn trigger(&self, job: &str, value: &str) {
         let patch = json!({"metadata": {"annotations": {"kubebeat.io/trigger": value}}});
@@ -165,3 +174,27 @@ impl Invocation {
             .to_string()
     }
 }
+
+const API_USERS_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: sj-read}
+rules: [{apiGroups: [kubebeat.io], resources: [scheduledjobs], verbs: [get, list, watch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: sj-edit}
+rules: [{apiGroups: [kubebeat.io], resources: [scheduledjobs], verbs: [get, list, watch, patch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sj-read}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-reader}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: editor}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sj-edit}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-api-editor}]
+"#;
