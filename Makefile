@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test demo demo-down generate verify lint cluster-up cluster-down services clean image
+.PHONY: all build test chaos fuzz demo demo-down generate verify lint cluster-up cluster-down services clean image
 
 all: build
 
@@ -12,6 +12,14 @@ build:
 ## test: lint + unit + integration + e2e against a real apiserver, Postgres, Redis, RabbitMQ, Celery
 test:
 	hack/test.sh
+
+## chaos: the full fault-injection matrix (3 replicas, every fault); rewrites docs/reliability.md
+chaos:
+	hack/test.sh chaos
+
+## fuzz: cargo-fuzz on the parsers and decoders, FUZZ_SECONDS (60) per target
+fuzz:
+	hack/fuzz.sh
 
 ## demo: control plane, services, Celery worker, CRDs, examples and the operator, end to end
 demo:

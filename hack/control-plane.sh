@@ -6,6 +6,7 @@
 #   hack/control-plane.sh up [DIR]         start etcd + apiserver, write DIR/kubeconfig and DIR/env
 #   hack/control-plane.sh down [DIR]       stop what `up` started in DIR
 #   hack/control-plane.sh env [DIR]        print the shell exports for DIR
+#   hack/control-plane.sh restart-apiserver [DIR]   stop and start the apiserver (fault suite)
 #
 # If KUBECONFIG already points at a reachable cluster, `up` uses it and builds nothing.
 # Extra static-token users for tests: KB_TOKEN_USERS="name=group1|group2 name2=" (written to
@@ -102,13 +103,19 @@ up() {
     local name=${u%%=*} groups=${u#*=}
     echo "${name//:/-}-token,$name,uid-${name//:/-},\"${groups//|/,}\"" >>"$dir/tokens.csv"
   done
-  "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-    --cert-dir="$dir/certs" --token-auth-file="$dir/tokens.csv" --authorization-mode=RBAC \
-    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
-    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.0.0.0/24 \
-    --insecure-port=0 >"$dir/apiserver.log" 2>&1 &
-  echo $! >"$dir/apiserver.pid"
+  # Kept as a script so `restart-apiserver` (the fault suite) starts it exactly the same way.
+  cat >"$dir/apiserver.sh" <<EOF
+#!/bin/sh
+exec "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \\
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \\
+  --cert-dir="$dir/certs" --token-auth-file="$dir/tokens.csv" --authorization-mode=RBAC \\
+  --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \\
+  --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.0.0.0/24 \\
+  --insecure-port=0
+EOF
+  chmod +x "$dir/apiserver.sh"
+  : >"$dir/apiserver.log"
+  start_apiserver
   cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -131,6 +138,24 @@ EOF
   wait_for "namespace default" 30 "$KUBECTL" --kubeconfig "$dir/kubeconfig" get namespace default
   write_env "$dir/kubeconfig" "$KUBECTL" local
   log "control plane up: https://127.0.0.1:$api_port (state in $dir)"
+}
+
+start_apiserver() {
+  "$dir/apiserver.sh" >>"$dir/apiserver.log" 2>&1 &
+  echo $! >"$dir/apiserver.pid"
+}
+
+# Stop the apiserver (SIGTERM, as a rolling restart would), start it again on the same port and
+# etcd, and wait until it serves. Used by the fault-injection suite.
+restart_apiserver() {
+  [ -f "$dir/apiserver.pid" ] && [ -x "$dir/apiserver.sh" ] || die "no control plane of ours in $dir"
+  KUBECTL="$K8S_BIN/kubectl"
+  local pid; pid=$(cat "$dir/apiserver.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  start_apiserver
+  wait_for "kube-apiserver /readyz after restart" 90 reachable "$dir/kubeconfig"
 }
 
 write_env() {
@@ -159,6 +184,7 @@ case "$cmd" in
   build) build ;;
   up) up ;;
   down) down ;;
+  restart-apiserver) restart_apiserver ;;
   env) cat "$dir/env" ;;
-  *) echo "usage: $0 build|up|down|env [DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|env|restart-apiserver [DIR]" >&2; exit 2 ;;
 esac

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, start what the tests need, lint, run every test tier,
 # tear down what was started.
+# `hack/test.sh chaos` (`make chaos`): the same set-up, then only the full fault-injection matrix
+# (tests/chaos.rs with KB_CHAOS=full), which rewrites the results table in docs/reliability.md.
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
+mode=${1:-all}
 
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
 if command -v rustup >/dev/null; then
@@ -21,16 +24,18 @@ cleanup() {
   psql -h 127.0.0.1 -U postgres -d postgres -Atc "select datname from pg_database where datname like 'kbt\_%'" 2>/dev/null \
     | while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
   if command -v rabbitmqctl >/dev/null; then
-    rabbitmqctl -q list_queues name 2>/dev/null | grep '^kbt-' | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^(kbt-|kubebeat\.sent\.kbt-)' | while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
   fi
   rm -rf "$run_dir"
   exit $rc
 }
 trap cleanup EXIT
 
-log "lint: cargo fmt --check, cargo clippy"
-cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+if [ "$mode" = all ]; then
+  log "lint: cargo fmt --check, cargo clippy"
+  cargo fmt --all -- --check
+  cargo clippy --all-targets --locked -- -D warnings
+fi
 
 # The Helm chart's ServiceAccount as a static-token user: tests/chart.rs runs the operator with
 # exactly the chart's RBAC.
@@ -46,5 +51,11 @@ export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
 hack/cron-oracle.sh --check
 
+if [ "$mode" = chaos ]; then
+  log "fault matrix (full): results into docs/reliability.md"
+  KB_CHAOS=full KB_CHAOS_REPORT="$PWD/docs/reliability.md" \
+    cargo test --locked --test chaos -- --include-ignored --nocapture --test-threads 1
+  exit 0
+fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
 cargo test --locked --all-targets -- --include-ignored

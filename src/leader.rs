@@ -10,9 +10,13 @@
 //! which is longer. And every claim transaction checks the epoch, which each new leader bumps:
 //! a deposed leader that wakes up late cannot claim.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
+use futures::StreamExt;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
@@ -20,9 +24,10 @@ use k8s_openapi::{
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 #[derive(Debug, Clone)]
@@ -90,11 +95,20 @@ pub fn spawn(
     let (tx, rx) = watch::channel(Role::Follower);
     let handle = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+        // A released lease (graceful shutdown, rolling update) is taken at once instead of at
+        // the next retry period: the watch wakes the round loop.
+        let released = Arc::new(Notify::new());
+        let watch_task = tokio::spawn(watch_releases(
+            api.clone(),
+            cfg.lease_name.clone(),
+            released.clone(),
+        ));
         let mut elector = Elector {
             api,
             pool,
             cfg,
             observed: None,
+            written: None,
             tx,
         };
         loop {
@@ -102,12 +116,31 @@ pub fn spawn(
             let wait = elector.cfg.retry_period;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = released.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        watch_task.abort();
         elector.release().await;
     });
     (rx, handle)
+}
+
+/// Notify when the Lease shows no holder. Best effort: the retry period still bounds takeover.
+async fn watch_releases(api: Api<Lease>, name: String, released: Arc<Notify>) {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+    while let Some(event) = events.next().await {
+        if let Ok(lease) = event {
+            let holder = lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            if holder.is_empty() {
+                released.notify_one();
+            }
+        }
+    }
 }
 
 struct Elector {
@@ -116,6 +149,9 @@ struct Elector {
     cfg: LeaderConfig,
     /// The last lease record seen (holder, renewTime) and when we first saw it, on our clock.
     observed: Option<(String, Option<String>, Instant)>,
+    /// The Lease as we last wrote it: releasing it is then one request (a rolling update waits
+    /// on it), with a fresh read only if someone wrote it since.
+    written: Option<Lease>,
     tx: watch::Sender<Role>,
 }
 
@@ -215,6 +251,7 @@ impl Elector {
             .api
             .replace(&self.cfg.lease_name, &PostParams::default(), &lease)
             .await
+            .inspect(|written| self.written = Some(written.clone()))
         {
             Ok(_) if ours && was_leader => {
                 let epoch = self.tx.borrow().epoch_unchecked();
@@ -247,21 +284,48 @@ impl Elector {
         if !was_leader {
             return;
         }
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.cfg.lease_name).await
-            && let Some(spec) = lease.spec.as_mut()
-            && spec.holder_identity.as_deref() == Some(self.cfg.identity.as_str())
-        {
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(micro_now());
-            match self
-                .api
-                .replace(&self.cfg.lease_name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => info!(identity = %self.cfg.identity, "released leader lease"),
-                Err(e) => warn!(error = %e, "releasing the lease failed; it will expire"),
+        let release = |mut lease: Lease| {
+            let mine = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(self.cfg.identity.as_str());
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.lease_duration_seconds = Some(1);
+                spec.renew_time = Some(micro_now());
             }
+            mine.then_some(lease)
+        };
+        let params = PostParams::default();
+        let first = match self.written.take().and_then(release) {
+            Some(lease) => Some(
+                self.api
+                    .replace(&self.cfg.lease_name, &params, &lease)
+                    .await,
+            ),
+            None => None,
+        };
+        let result = match first {
+            Some(Ok(lease)) => Ok(Some(lease)),
+            // Written by someone since (or not known): read it and try once more.
+            _ => match self.api.get_opt(&self.cfg.lease_name).await {
+                Ok(Some(lease)) => match release(lease) {
+                    Some(lease) => self
+                        .api
+                        .replace(&self.cfg.lease_name, &params, &lease)
+                        .await
+                        .map(Some),
+                    None => Ok(None), // no longer ours
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(Some(_)) => info!(identity = %self.cfg.identity, "released leader lease"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "releasing the lease failed; it will expire"),
         }
     }
 }

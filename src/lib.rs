@@ -9,6 +9,7 @@ pub mod api;
 pub mod celery;
 pub mod cli;
 pub mod dispatch;
+pub mod failpoint;
 pub mod http;
 pub mod import;
 pub mod leader;

@@ -24,13 +24,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .database_url
         .as_deref()
         .context("--database-url (or DATABASE_URL) is required")?;
-    let pool = store::connect(url, args.database_max_connections).await?;
-    if args.migrate {
-        store::migrate::up(&pool)
-            .await
-            .context("applying migrations")?;
-        info!("database migrations applied");
-    }
+    // Postgres unreachable at start (a restart, a failover): keep trying rather than exit into
+    // a crash loop. SIGTERM still ends the process here (no handler is installed yet).
+    let mut delay = std::time::Duration::from_millis(500);
+    let pool = loop {
+        match connect_and_migrate(url, &args).await {
+            Ok(pool) => break pool,
+            // A database this binary cannot migrate (newer, edited or dirty) will not heal.
+            Err(store::StoreError::Migrate(e))
+                if !matches!(e, sqlx::migrate::MigrateError::Execute(_)) =>
+            {
+                return Err(e).context("applying migrations");
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "Postgres not ready"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(15));
+    };
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
@@ -142,9 +152,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let publish_give_up = chrono::Duration::seconds(args.publish_give_up_seconds);
         let dedupe_window =
             std::time::Duration::from_secs(args.publish_give_up_seconds.max(0) as u64 * 2 + 600);
+        // One ledger per installation (its Lease), so installations sharing a vhost never
+        // read each other's entries.
+        let ledger = format!("kubebeat.sent.{}.{}", args.lease_namespace, args.lease_name);
         run_dispatcher(
             broker_url,
             dedupe_window,
+            ledger,
             move |publisher| Dispatcher {
                 pool,
                 publisher,
@@ -170,7 +184,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         *sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed_stats.clone());
     }
     let heartbeat = heartbeat(pool.clone(), api_identity.clone(), stop_rx.clone());
-    let queue_sampler = sample_queue_depths(pool.clone(), sampler_broker, stop_rx.clone());
+    let queue_sampler = sample_queue_depths(
+        pool.clone(),
+        sampler_broker,
+        format!("kubebeat.sent.{}.{}", args.lease_namespace, args.lease_name),
+        stop_rx.clone(),
+    );
     let health = crate::http::Health::default();
     let synced = controllers.synced();
     let ready_flag = health.ready.clone();
@@ -246,6 +265,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 async fn run_dispatcher(
     broker_url: Option<String>,
     dedupe_window: std::time::Duration,
+    ledger: String,
     dispatcher: impl FnOnce(Option<Publisher>) -> Dispatcher,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -254,7 +274,7 @@ async fn run_dispatcher(
         // Re-publishes happen until an execution is given up: remember sent ids a while longer.
         Some(url) => match retrying(
             "the broker",
-            || Publisher::connect(&url, dedupe_window),
+            || Publisher::connect(&url, dedupe_window, &ledger),
             &mut stop,
         )
         .await
@@ -285,6 +305,15 @@ async fn retrying<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(30));
     }
+}
+
+async fn connect_and_migrate(url: &str, args: &RunArgs) -> Result<sqlx::PgPool, store::StoreError> {
+    let pool = store::connect(url, args.database_max_connections).await?;
+    if args.migrate {
+        store::migrate::up(&pool).await?;
+        info!("database migrations applied");
+    }
+    Ok(pool)
 }
 
 /// Every 10 s this replica records that it is alive (`scheduler_replicas`, shown by the API and
@@ -329,12 +358,13 @@ async fn heartbeat(
 async fn sample_queue_depths(
     pool: sqlx::PgPool,
     broker_url: Option<String>,
+    ledger: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(url) = broker_url else { return };
     let Some(publisher) = retrying(
         "the broker (queue depths)",
-        || Publisher::connect(&url, std::time::Duration::from_secs(60)),
+        || Publisher::connect(&url, std::time::Duration::from_secs(60), &ledger),
         &mut stop,
     )
     .await

@@ -53,23 +53,13 @@ async fn rabbitmq_broker_message_is_recorded() {
 #[tokio::test]
 #[ignore = "needs the real services: make test"]
 async fn republishing_a_task_id_on_redis_enqueues_it_once() {
-    use kube_beat::celery::{Publisher, TaskMessage};
+    use kube_beat::celery::Publisher;
     let url = format!("{}/0", env().redis_url);
     let queue = unique("kbt-q");
-    let publisher = Publisher::connect(&url, Duration::from_secs(60))
+    let publisher = Publisher::connect(&url, Duration::from_secs(60), "kubebeat.sent.test")
         .await
         .expect("redis");
-    let message = |id: &str| TaskMessage {
-        id: id.to_string(),
-        task: "kb.echo".into(),
-        args: vec![],
-        kwargs: serde_json::Map::new(),
-        queue: queue.clone(),
-        priority: None,
-        expires: None,
-        origin: "test".into(),
-        extra_headers: vec![],
-    };
+    let message = |id: &str| echo_message(id, &queue);
     let (a, b) = (
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
@@ -91,4 +81,70 @@ async fn republishing_a_task_id_on_redis_enqueues_it_once() {
     let _: () = redis::cmd("DEL").arg(&queue).query(&mut conn).expect("del");
     assert_eq!(items.len(), 2, "a once, b once: {items:?}");
     assert!(items.iter().any(|i| i.contains(&a)) && items.iter().any(|i| i.contains(&b)));
+    // What went out is what a new leader finds before it re-publishes or expires anything.
+    let never = uuid::Uuid::new_v4().to_string();
+    let read = publisher
+        .read_ledger(&[a.clone(), never, b.clone()])
+        .await
+        .expect("read");
+    assert_eq!(read.task_ids, vec![a, b]);
+}
+
+/// RabbitMQ has no "set if absent": each batch commits with a ledger entry naming its task ids,
+/// and a reader that cannot record them returns them for the next reader.
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn rabbitmq_batches_are_listed_in_the_publish_ledger() {
+    use kube_beat::celery::Publisher;
+    let url = env().amqp_url;
+    let queue = unique("kbt-q");
+    let ledger = format!("kubebeat.sent.{}", unique("test"));
+    let publisher = Publisher::connect(&url, Duration::from_secs(60), &ledger)
+        .await
+        .expect("rabbitmq");
+    let message = |id: &str| echo_message(id, &queue);
+    let (a, b) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    publisher
+        .publish(&[message(&a), message(&b)])
+        .await
+        .expect("publish");
+    let read = publisher.read_ledger(&[]).await.expect("read");
+    assert_eq!(read.task_ids, vec![a.clone(), b.clone()]);
+    publisher.return_ledger(read).await;
+    let again = publisher.read_ledger(&[]).await.expect("read again");
+    assert_eq!(
+        again.task_ids,
+        vec![a, b],
+        "returned entries are read again"
+    );
+    publisher.ack_ledger(again).await.expect("ack");
+    let empty = publisher.read_ledger(&[]).await.expect("read after ack");
+    assert!(empty.task_ids.is_empty(), "acknowledged entries are gone");
+    publisher.ack_ledger(empty).await.expect("ack nothing");
+    assert_eq!(publisher.queue_depth(&queue).await.expect("depth"), 2);
+    let rabbitmqctl = |args: &[&str]| {
+        std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+    };
+    let _ = rabbitmqctl(&["-q", "delete_queue", &queue]);
+    let _ = rabbitmqctl(&["-q", "delete_queue", &ledger]);
+}
+
+/// A `kb.echo` message with no arguments, for the publisher tests.
+fn echo_message(id: &str, queue: &str) -> kube_beat::celery::TaskMessage {
+    kube_beat::celery::TaskMessage {
+        id: id.to_string(),
+        task: "kb.echo".into(),
+        args: vec![],
+        kwargs: serde_json::Map::new(),
+        queue: queue.to_string(),
+        priority: None,
+        expires: None,
+        origin: "test".into(),
+        extra_headers: vec![],
+    }
 }

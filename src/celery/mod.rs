@@ -1,6 +1,14 @@
 //! Publishing Celery messages to Redis or RabbitMQ, as Celery's own producer does
 //! (`celery-wire.md`). One long-lived connection per broker, reconnecting on failure; a batch is
-//! published in one round trip (Redis MULTI/EXEC pipeline, AMQP publishes with confirms).
+//! published in one round trip (a Redis script, an AMQP transaction).
+//!
+//! A publish whose outcome is unknown (a timeout, a reset connection, a leader killed before it
+//! recorded success) is retried with the same task ids, and the retry must not enqueue a second
+//! copy. On Redis the publish script enqueues a task id at most once, and its
+//! `kubebeat:sent:<id>` keys say what went out. RabbitMQ has no "set if absent", so each batch is
+//! published together with one ledger message naming its task ids, in one AMQP transaction (both
+//! or neither). Before re-publishing or expiring anything uncertain the dispatcher asks
+//! ([`Publisher::read_ledger`]) and records what is already out.
 
 pub mod message;
 
@@ -9,7 +17,7 @@ use std::{collections::HashSet, time::Duration};
 use chrono::Utc;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
 };
 use redis::aio::ConnectionManager;
@@ -26,8 +34,6 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("the broker did not confirm message {0}")]
-    NotConfirmed(String),
     #[error("publishing took longer than {0:?}")]
     Timeout(std::time::Duration),
 }
@@ -61,9 +67,14 @@ return sent
 ";
 
 impl Publisher {
-    /// Connect to the broker named by a Celery broker URL. On Redis, a task id re-published
-    /// within `dedupe_window` of its first publish is not enqueued again.
-    pub async fn connect(url: &str, dedupe_window: Duration) -> Result<Publisher, PublishError> {
+    /// Connect to the broker named by a Celery broker URL. A task id re-published within
+    /// `dedupe_window` of its first publish is not enqueued again (on RabbitMQ: via the ledger
+    /// queue `ledger`, one per installation).
+    pub async fn connect(
+        url: &str,
+        dedupe_window: Duration,
+        ledger: &str,
+    ) -> Result<Publisher, PublishError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = redis::Client::open(url)?;
             let db = client.get_connection_info().redis_settings().db();
@@ -76,6 +87,8 @@ impl Publisher {
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let publisher = AmqpPublisher {
                 uri: amqp_uri(url),
+                ledger: ledger.to_string(),
+                ledger_ttl_ms: dedupe_window.as_millis().max(60_000).to_string(),
                 state: Mutex::new(None),
             };
             publisher.channel().await?;
@@ -117,6 +130,60 @@ impl Publisher {
 }
 
 impl Publisher {
+    /// Which task ids went out. On Redis: those of `candidates` whose publish key exists. On
+    /// RabbitMQ: every id the ledger lists (and has not had acknowledged); the entries stay in
+    /// the broker until [`Publisher::ack_ledger`], so a reader that dies first leaves them for
+    /// the next one.
+    pub async fn read_ledger(&self, candidates: &[String]) -> Result<LedgerRead, PublishError> {
+        match self {
+            Publisher::Redis { conn, .. } => {
+                if candidates.is_empty() {
+                    return Ok(LedgerRead::default());
+                }
+                let mut pipe = redis::pipe();
+                for id in candidates {
+                    pipe.exists(format!("kubebeat:sent:{id}"));
+                }
+                let mut conn = conn.clone();
+                let sent: Vec<bool> = pipe.query_async(&mut conn).await?;
+                Ok(LedgerRead {
+                    task_ids: candidates
+                        .iter()
+                        .zip(sent)
+                        .filter(|(_, sent)| *sent)
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                    ..LedgerRead::default()
+                })
+            }
+            Publisher::Amqp(p) => p.read_ledger().await,
+        }
+    }
+
+    /// Whether [`Publisher::read_ledger`] needs the candidates (Redis) or reads its own (AMQP).
+    pub fn ledger_needs_candidates(&self) -> bool {
+        matches!(self, Publisher::Redis { .. })
+    }
+
+    /// Drop the ledger entries read (their executions are now recorded as published).
+    pub async fn ack_ledger(&self, read: LedgerRead) -> Result<(), PublishError> {
+        if let (Some(channel), Some(tag)) = (read.channel, read.last_tag) {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await?;
+            let _ = channel.close(200, ShortString::from("done")).await;
+        }
+        Ok(())
+    }
+
+    /// Leave the entries read in the ledger (for the next reader): what could not be recorded.
+    pub async fn return_ledger(&self, read: LedgerRead) {
+        if let Some(channel) = read.channel {
+            // Closing the channel requeues what it had not acknowledged.
+            let _ = channel.close(200, ShortString::from("returned")).await;
+        }
+    }
+
     /// `redis` or `amqp`, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -197,13 +264,25 @@ fn amqp_uri(url: &str) -> String {
 
 pub struct AmqpPublisher {
     uri: String,
+    /// The ledger queue's name and its entries' time to live (ms, as AMQP wants it: text).
+    ledger: String,
+    ledger_ttl_ms: String,
     state: Mutex<Option<AmqpState>>,
 }
 
 struct AmqpState {
-    _conn: Connection,
+    conn: Connection,
+    /// In transaction mode (tx.select): a batch and its ledger entry commit together.
     channel: Channel,
     declared: HashSet<String>,
+}
+
+/// Ledger entries read and not yet acknowledged.
+#[derive(Default)]
+pub struct LedgerRead {
+    pub task_ids: Vec<String>,
+    channel: Option<Channel>,
+    last_tag: Option<u64>,
 }
 
 impl AmqpPublisher {
@@ -216,15 +295,49 @@ impl AmqpPublisher {
         }
         let conn = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
-            .confirm_select(ConfirmSelectOptions::default())
+            .queue_declare(
+                ShortString::from(self.ledger.as_str()),
+                opts,
+                FieldTable::default(),
+            )
             .await?;
+        channel.tx_select().await?;
         *state = Some(AmqpState {
-            _conn: conn,
+            conn,
             channel: channel.clone(),
             declared: HashSet::new(),
         });
         Ok(channel)
+    }
+
+    /// Pull every ledger entry (on a channel of its own: the publishing one is transactional).
+    async fn read_ledger(&self) -> Result<LedgerRead, PublishError> {
+        self.channel().await?;
+        let channel = match self.state.lock().await.as_ref() {
+            Some(s) => s.conn.create_channel().await?,
+            None => return Ok(LedgerRead::default()),
+        };
+        let mut read = LedgerRead::default();
+        while let Some(msg) = channel
+            .basic_get(
+                ShortString::from(self.ledger.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        {
+            read.last_tag = Some(msg.delivery.delivery_tag);
+            // Entries are ours (a JSON list of task ids); anything else is skipped.
+            if let Ok(ids) = serde_json::from_slice::<Vec<String>>(&msg.delivery.data) {
+                read.task_ids.extend(ids);
+            }
+        }
+        read.channel = Some(channel);
+        Ok(read)
     }
 
     /// Declare a queue the way Celery's worker does (durable, no arguments). If the worker
@@ -283,10 +396,13 @@ impl AmqpPublisher {
             )
             .await;
         match result {
-            Ok(confirm) => {
-                confirm.await?;
-                Ok(())
-            }
+            Ok(_) => match channel.tx_commit().await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    *self.state.lock().await = None;
+                    Err(e.into())
+                }
+            },
             Err(e) => {
                 *self.state.lock().await = None;
                 Err(e.into())
@@ -309,7 +425,6 @@ impl AmqpPublisher {
         }
         let channel = self.channel().await?;
         let now = Utc::now();
-        let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let mut props = BasicProperties::default()
                 .with_content_type(ShortString::from("application/json"))
@@ -324,7 +439,7 @@ impl AmqpPublisher {
             if let Some(exp) = m.expiration_ms(now) {
                 props = props.with_expiration(ShortString::from(exp));
             }
-            let confirm = channel
+            channel
                 .basic_publish(
                     ShortString::from(""),
                     ShortString::from(m.queue.as_str()),
@@ -333,13 +448,23 @@ impl AmqpPublisher {
                     props,
                 )
                 .await?;
-            confirms.push((m.id.clone(), confirm));
         }
-        for (id, confirm) in confirms {
-            if confirm.await?.is_nack() {
-                return Err(PublishError::NotConfirmed(id));
-            }
-        }
+        let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let entry = serde_json::to_vec(&ids).unwrap_or_default();
+        channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(self.ledger.as_str()),
+                BasicPublishOptions::default(),
+                &entry,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_expiration(ShortString::from(self.ledger_ttl_ms.as_str())),
+            )
+            .await?;
+        // The commit returns once the broker has taken the batch and its ledger entry
+        // (persisted, for durable queues): from here on a retry finds the entry.
+        channel.tx_commit().await?;
         Ok(())
     }
 }

@@ -270,6 +270,9 @@ pub async fn claim_due(
     .bind(&u_skipped)
     .execute(&mut *tx)
     .await?;
+    if stats.jobs > 0 {
+        crate::failpoint::hit(crate::failpoint::Point::ClaimBeforeCommit);
+    }
     tx.commit().await?;
     Ok(stats)
 }
@@ -369,6 +372,35 @@ pub async fn mark_dispatched(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The task ids of the oldest PENDING executions.
+pub async fn pending_task_ids(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT task_id FROM job_executions WHERE state = 'PENDING' ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// PENDING executions the broker's ledger shows as published: recorded as DISPATCHED (at `now`;
+/// the real time is unknown). Returns their job ids.
+pub async fn mark_dispatched_tasks(
+    pool: &PgPool,
+    task_ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE job_executions SET state = 'DISPATCHED', dispatched_at = $2,
+                publish_attempts = publish_attempts + 1, error = NULL
+         WHERE task_id = ANY($1) AND state = 'PENDING'
+         RETURNING job_id",
+    )
+    .bind(task_ids)
+    .bind(now)
+    .fetch_all(pool)
+    .await
 }
 
 /// Record a failed publish; executions claimed before `give_up_before` become DISPATCH_FAILED

@@ -5,7 +5,13 @@
 pub mod claim;
 pub mod plan;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -27,6 +33,21 @@ const PUBLISH_BATCH: i64 = 1000;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep between checks, so a missed wake-up costs at most this.
 const MAX_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum LedgerError {
+    #[error("broker: {0}")]
+    Broker(#[from] crate::celery::PublishError),
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// PENDING executions checked against the broker per settle (Redis), oldest first.
+const LEDGER_CANDIDATES: i64 = 20_000;
+
+/// How often the publish ledger is drained even when nothing is uncertain (keeps it short, so
+/// the read after a failover is quick).
+const LEDGER_DRAIN: Duration = Duration::from_secs(60);
 
 pub struct Dispatcher {
     pub pool: PgPool,
@@ -63,6 +84,8 @@ impl Dispatcher {
             info!(identity = %self.identity, epoch, "dispatcher active");
             // Claiming and publishing run side by side: a slow or unreachable broker must not
             // delay claims (slots keep their own execution, published when the broker is back).
+            // The term ends for both loops when either ends. A claim cut off mid-transaction
+            // is rolled back by Postgres within idle_in_transaction_session_timeout (5 s).
             let published = Notify::new();
             let role = self.role.clone();
             let leading = move || role.borrow().epoch() == Some(epoch);
@@ -97,6 +120,7 @@ impl Dispatcher {
                         self.revoke(&stats.revoked).await;
                     }
                     if stats.jobs > 0 {
+                        crate::failpoint::hit(crate::failpoint::Point::ClaimBeforePublish);
                         tracing::debug!(?stats, "claimed");
                         published.notify_one();
                     }
@@ -151,8 +175,16 @@ impl Dispatcher {
     /// Publish the outbox whenever claims arrive, retrying failures, until leadership ends.
     /// Starts with whatever an earlier leader left unpublished (same Celery task ids).
     async fn publish_loop(&self, published: &Notify, leading: &impl Fn() -> bool) {
+        // A new term starts uncertain: the last leader may have published batches it never
+        // recorded (on RabbitMQ, the ledger says which).
+        let uncertain = AtomicBool::new(true);
+        let mut drained = std::time::Instant::now();
         while leading() {
-            let backlog = self.publish_pending().await;
+            if drained.elapsed() > LEDGER_DRAIN {
+                uncertain.store(true, Ordering::Relaxed);
+                drained = std::time::Instant::now();
+            }
+            let backlog = self.publish_pending(&uncertain, leading).await;
             let wait = if backlog {
                 Duration::from_secs(1)
             } else {
@@ -166,17 +198,26 @@ impl Dispatcher {
     }
 
     /// Publish every PENDING execution (ours and earlier leaders'), a batch per round trip.
-    /// Returns whether some are left (a failure to retry soon).
-    async fn publish_pending(&self) -> bool {
+    /// Returns whether some are left (a failure to retry soon). `uncertain`: some PENDING
+    /// executions may be on the broker already (set after a failed publish).
+    async fn publish_pending(&self, uncertain: &AtomicBool, leading: &impl Fn() -> bool) -> bool {
         let Some(publisher) = &self.publisher else {
             return false;
         };
         loop {
             // Re-check before each batch: a paused process must not publish after waking up
-            // past its lease (the claim was fenced; this narrows the publish window too).
-            if self.role.borrow().epoch().is_none() {
+            // past its lease, nor a fenced one (this narrows the publish window too).
+            if !leading() {
                 return false;
             }
+            // Before anything is re-published, or expired as too late: what is already out?
+            if uncertain.load(Ordering::Relaxed)
+                && let Err(e) = self.settle_ledger(publisher).await
+            {
+                warn!(error = %e, "reading the publish ledger failed; will retry");
+                return true;
+            }
+            uncertain.store(false, Ordering::Relaxed);
             match claim::expire_pending(&self.pool, Utc::now()).await {
                 Ok(ended) if ended.is_empty() => {}
                 Ok(ended) => {
@@ -218,6 +259,7 @@ impl Dispatcher {
             match outcome {
                 Ok(()) => {
                     if let Err(e) = claim::mark_dispatched(&self.pool, &ids, Utc::now()).await {
+                        uncertain.store(true, Ordering::Relaxed);
                         warn!(error = %e, "marking executions dispatched failed; they will be re-published");
                         return true;
                     }
@@ -237,6 +279,7 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
+                    uncertain.store(true, Ordering::Relaxed);
                     let give_up_before = Utc::now() - self.publish_give_up;
                     let failed = claim::mark_publish_failed(
                         &self.pool,
@@ -267,6 +310,38 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Record as DISPATCHED whatever the broker's ledger shows was published (by a leader that
+    /// died before recording it, or by an attempt whose reply was lost), then drop the entries.
+    async fn settle_ledger(&self, publisher: &Publisher) -> Result<usize, LedgerError> {
+        let candidates = if publisher.ledger_needs_candidates() {
+            claim::pending_task_ids(&self.pool, LEDGER_CANDIDATES).await?
+        } else {
+            Vec::new()
+        };
+        let read = publisher.read_ledger(&candidates).await?;
+        let jobs = if read.task_ids.is_empty() {
+            Vec::new()
+        } else {
+            match claim::mark_dispatched_tasks(&self.pool, &read.task_ids, Utc::now()).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    publisher.return_ledger(read).await;
+                    return Err(e.into());
+                }
+            }
+        };
+        publisher.ack_ledger(read).await?;
+        if !jobs.is_empty() {
+            crate::metrics::METRICS.dispatched("published", jobs.len() as u64);
+            info!(
+                executions = jobs.len(),
+                "already on the broker (publish ledger): recorded, not published again"
+            );
+            self.feed.touch_all(jobs.iter().copied());
+        }
+        Ok(jobs.len())
     }
 
     fn report_ended(&self, ended: &[claim::Ended], reason: Reason, why: &str) {

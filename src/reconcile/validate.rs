@@ -352,6 +352,15 @@ fn as_object(field: &str, v: Option<&Value>) -> Result<Map<String, Value>, Strin
 }
 
 fn check_size(args: &[Value], kwargs: &Map<String, Value>) -> Result<(), String> {
+    // Postgres `jsonb` (and `text`) cannot hold U+0000: refuse it here with a reason instead of
+    // failing every write of the row.
+    let has_nul = |v: &Value| contains_nul(v);
+    if args.iter().any(has_nul) || kwargs.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(
+            "args and kwargs must not contain NUL characters (\\u0000): Postgres cannot store them"
+                .to_string(),
+        );
+    }
     let size = serde_json::to_vec(args)
         .map(|v| v.len())
         .unwrap_or(usize::MAX)
@@ -364,6 +373,15 @@ fn check_size(args: &[Value], kwargs: &Map<String, Value>) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 fn json_type(v: &Value) -> &'static str {

@@ -90,23 +90,38 @@ def record(task, args, kwargs):
     req = task.request
     delivery = req.delivery_info or {}
     headers = {k: v for k, v in vars(req).items() if k.startswith("kubebeat")}
-    with _conn().cursor() as cur:
-        cur.execute(
-            "INSERT INTO celery_invocations"
-            " (task_id, task_name, args, kwargs, queue, priority, retries, headers, worker)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                req.id,
-                task.name,
-                _json(list(args)),
-                _json(kwargs),
-                delivery.get("routing_key"),
-                delivery.get("priority"),
-                req.retries or 0,
-                _json(headers),
-                req.hostname or socket.gethostname(),
-            ),
-        )
+    # A broker redelivery (an ack lost with the connection) is Celery's at-least-once, not a
+    # second publish: recorded so the fault suite can tell the two apart.
+    headers["redelivered"] = bool(delivery.get("redelivered"))
+    row = (
+        req.id,
+        task.name,
+        _json(list(args)),
+        _json(kwargs),
+        delivery.get("routing_key"),
+        delivery.get("priority"),
+        req.retries or 0,
+        _json(headers),
+        req.hostname or socket.gethostname(),
+    )
+    # The record must survive a Postgres restart (the fault suite restarts it): reconnect and
+    # retry for up to two minutes rather than lose the proof that this task ran.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with _conn().cursor() as cur:
+                cur.execute(
+                    "INSERT INTO celery_invocations"
+                    " (task_id, task_name, args, kwargs, queue, priority, retries, headers, worker)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    row,
+                )
+            return
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            _local.conn = None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 # --- the migration plan's four tasks, under their real names -------------------------------
@@ -144,6 +159,16 @@ def cleanup_stale_deployment_jobs(self, max_age_minutes=60):
 
 @app.task(name="kb.echo", bind=True)
 def echo(self, *args, **kwargs):
+    record(self, args, kwargs)
+    return {"args": list(args), "kwargs": kwargs}
+
+
+# A task name built to break a message or an SQL statement (tests/hostile.rs uses the same one).
+HOSTILE_TASK = "kb.hostile'\"; DROP TABLE celery_invocations; -- \\ ünï ✓"
+
+
+@app.task(name=HOSTILE_TASK, bind=True)
+def hostile(self, *args, **kwargs):
     record(self, args, kwargs)
     return {"args": list(args), "kwargs": kwargs}
 

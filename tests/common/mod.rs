@@ -257,6 +257,19 @@ impl Worker {
         }
         s
     }
+
+    /// Send a signal (`STOP`, `CONT`) to the worker process.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 impl Drop for Worker {
@@ -394,11 +407,12 @@ impl Operator {
 
     /// Send a signal (`KILL`, `STOP`, `CONT`, `TERM`).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{sig} failed");
+        signal(self.child.id(), sig);
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {

@@ -180,6 +180,24 @@ fn every_bad_input_has_a_reason_and_a_message() {
             "args must be an array, got a string",
         ),
         (
+            "NUL in a nested kwargs value",
+            |s| s.kwargs = Some(json!({"a": {"b": ["ok", "x\u{0}y"]}})),
+            Reason::InvalidSpec,
+            "must not contain NUL characters",
+        ),
+        (
+            "NUL in a kwargs key",
+            |s| s.kwargs = Some(json!({"a\u{0}": 1})),
+            Reason::InvalidSpec,
+            "must not contain NUL characters",
+        ),
+        (
+            "NUL in args",
+            |s| s.args = Some(json!(["\u{0}"])),
+            Reason::InvalidSpec,
+            "must not contain NUL characters",
+        ),
+        (
             "oversized kwargs",
             |s| s.kwargs = Some(json!({"blob": "x".repeat(70_000)})),
             Reason::InvalidSpec,
