@@ -19,4 +19,4 @@ for t in $targets; do
   mkdir -p "fuzz/corpus/$t"
   cargo fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- -max_total_time="$seconds" -max_len=4096
 done
-log "no crash in: $targets"
+log "no crash in: $(echo $targets)"

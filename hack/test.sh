@@ -2,7 +2,8 @@
 # `make test`: install what is missing, start what the tests need, lint, run every test tier,
 # tear down what was started.
 # `hack/test.sh chaos` (`make chaos`): the same set-up, then only the full fault-injection matrix
-# (tests/chaos.rs with KB_CHAOS=full), which rewrites the results table in docs/reliability.md.
+# (tests/chaos.rs with KB_CHAOS=full), which rewrites the results table in docs/reliability.md;
+# `hack/test.sh chaos fault_matrix_rabbitmq` runs one broker's matrix.
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -54,7 +55,7 @@ hack/cron-oracle.sh --check
 if [ "$mode" = chaos ]; then
   log "fault matrix (full): results into docs/reliability.md"
   KB_CHAOS=full KB_CHAOS_REPORT="$PWD/docs/reliability.md" \
-    cargo test --locked --test chaos -- --include-ignored --nocapture --test-threads 1
+    cargo test --locked --test chaos -- --include-ignored --nocapture --test-threads 1 "${@:2}"
   exit 0
 fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"

@@ -284,8 +284,18 @@ impl Harness {
         );
         let (kubeconfig, api) = proxied_kubeconfig().await;
         let backend_direct = format!("redis://127.0.0.1:{}/1", redis.port);
+        // On RabbitMQ the prefork pool: a thread-pool worker on py-amqp stopped consuming after
+        // its own connection broke mid-frame in the full run (UnexpectedFrame), leaving
+        // everything queued.
+        let pool = match kind {
+            BrokerKind::Redis => "threads",
+            BrokerKind::Amqp => "prefork",
+        };
         let workers = (0..if plan.full { 2 } else { 1 })
-            .map(|_| Worker::start(&direct_broker, Some(&backend_direct), &f.queue, &f.db.url))
+            .map(|_| {
+                let backend = Some(backend_direct.as_str());
+                Worker::start_pool(&direct_broker, backend, &f.queue, &f.db.url, 8, pool)
+            })
             .collect();
         let broker_url = match kind {
             BrokerKind::Redis => format!("redis://127.0.0.1:{}/0", broker.port),

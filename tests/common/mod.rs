@@ -208,6 +208,18 @@ impl Worker {
         record_dsn: &str,
         concurrency: u32,
     ) -> Worker {
+        Worker::start_pool(broker, backend, queues, record_dsn, concurrency, "threads")
+    }
+
+    /// A worker with Celery's `pool` (`threads` or `prefork`).
+    pub fn start_pool(
+        broker: &str,
+        backend: Option<&str>,
+        queues: &str,
+        record_dsn: &str,
+        concurrency: u32,
+        pool: &str,
+    ) -> Worker {
         let env = env();
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
         let file = std::fs::File::create(&log).expect("creating the worker log");
@@ -222,6 +234,7 @@ impl Worker {
             )
             .env("KB_CELERY_VENV", &env.celery_venv)
             .env("KB_CELERY_CONCURRENCY", concurrency.to_string())
+            .env("KB_CELERY_POOL", pool)
             .env("KB_PREFETCH", if concurrency == 8 { "4" } else { "1" })
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
