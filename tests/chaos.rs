@@ -688,23 +688,20 @@ impl Harness {
         ));
     }
 
-    async fn cut(&mut self, which: &str, d: Duration) -> DateTime<Utc> {
-        let proxy = match which {
+    fn proxy(&self, which: &str) -> &TcpProxy {
+        match which {
             "pg" => &self.pg,
             "broker" => &self.broker,
             "backend" => &self.backend,
             _ => &self.api,
-        };
-        proxy.cut();
+        }
+    }
+
+    async fn cut(&mut self, which: &str, d: Duration) -> DateTime<Utc> {
+        self.proxy(which).cut();
         let cut_at = Utc::now();
         self.settle(d).await;
-        let proxy = match which {
-            "pg" => &self.pg,
-            "broker" => &self.broker,
-            "backend" => &self.backend,
-            _ => &self.api,
-        };
-        proxy.restore();
+        self.proxy(which).restore();
         cut_at
     }
 
@@ -1199,13 +1196,20 @@ impl Harness {
         }
     }
 
+    /// A connection to the suite's Redis as the broker (an error on RabbitMQ runs).
+    fn broker_redis(&self) -> redis::RedisResult<redis::Connection> {
+        if self.kind != BrokerKind::Redis {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "not a Redis run",
+            )));
+        }
+        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis.port))?.get_connection()
+    }
+
     /// The messages still waiting in the test queue (Redis; empty on RabbitMQ).
     fn queued_messages(&self) -> Vec<String> {
-        if self.kind != BrokerKind::Redis {
-            return Vec::new();
-        }
-        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis.port))
-            .and_then(|c| c.get_connection())
+        self.broker_redis()
             .and_then(|mut c| {
                 redis::cmd("LRANGE")
                     .arg(&self.f.queue)
@@ -1218,24 +1222,18 @@ impl Harness {
 
     /// Whether our publish script enqueued this task id (its `kubebeat:sent:` key; Redis).
     fn was_enqueued(&self, task_id: &str) -> bool {
-        self.kind == BrokerKind::Redis
-            && redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis.port))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| {
-                    redis::cmd("EXISTS")
-                        .arg(format!("kubebeat:sent:{task_id}"))
-                        .query::<bool>(&mut c)
-                })
-                .unwrap_or(false)
+        self.broker_redis()
+            .and_then(|mut c| {
+                redis::cmd("EXISTS")
+                    .arg(format!("kubebeat:sent:{task_id}"))
+                    .query::<bool>(&mut c)
+            })
+            .unwrap_or(false)
     }
 
     /// The bodies in kombu's Redis `unacked` hash (empty on RabbitMQ).
     fn unacked_messages(&self) -> Vec<String> {
-        if self.kind != BrokerKind::Redis {
-            return Vec::new();
-        }
-        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.redis.port))
-            .and_then(|c| c.get_connection())
+        self.broker_redis()
             .and_then(|mut c| redis::cmd("HVALS").arg("unacked").query(&mut c))
             .unwrap_or_default()
     }
