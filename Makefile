@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test chaos fuzz demo demo-down generate verify lint cluster-up cluster-down services clean image
+.PHONY: all build test chaos fuzz bench demo demo-down generate verify lint cluster-up cluster-down services clean image
 
 all: build
 
@@ -20,6 +20,10 @@ chaos:
 ## fuzz: cargo-fuzz on the parsers and decoders, FUZZ_SECONDS (60) per target
 fuzz:
 	hack/fuzz.sh
+
+## bench: kube-beat vs Celery beat and RedBeat (N = 1k/10k/100k); writes bench/results/
+bench:
+	hack/bench.sh $(BENCH_ARGS)
 
 ## demo: control plane, services, Celery worker, CRDs, examples and the operator, end to end
 demo:

@@ -16,6 +16,10 @@ apt_install curl openssl chromium chromium-driver
 
 hack/services.sh
 export KB_CELERY_VENV; KB_CELERY_VENV=$(hack/celery-venv.sh)
+# Build into the cache, keyed by the compiler (as hack/image.sh does): a clean clone then
+# compiles kube-beat and its tests, not the ~400 dependencies again. Cargo's fingerprints decide
+# what is rebuilt, so a changed Cargo.lock or source is still compiled.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KB_CACHE/test-target-$(rustc -V | sha256sum | cut -c1-12)}"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/kube-beat-test.XXXXXX")
 cleanup() {

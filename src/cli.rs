@@ -170,7 +170,8 @@ pub struct RunArgs {
     /// migrate in a separate step (`kube-beat migrate up`).
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
-    /// Maximum Postgres connections.
+    /// Maximum Postgres connections for reconciles, status, result tracking and the API (the
+    /// dispatcher keeps 3 more of its own).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
     /// How long the executions of deleted ScheduledJobs are kept, in hours.

@@ -96,27 +96,36 @@ pub fn spawn(
     let handle = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         // A released lease (graceful shutdown, rolling update) is taken at once instead of at
-        // the next retry period: the watch wakes the round loop.
-        let released = Arc::new(Notify::new());
-        let watch_task = tokio::spawn(watch_releases(
+        // the next retry period, and another holder's renewal is seen when it happens (so a
+        // lease that stops moving is timed from its last renewal, not from a later poll): the
+        // watch wakes the round loop.
+        let changed = Arc::new(Notify::new());
+        let watch_task = tokio::spawn(watch_lease(
             api.clone(),
             cfg.lease_name.clone(),
-            released.clone(),
+            cfg.identity.clone(),
+            changed.clone(),
         ));
         let mut elector = Elector {
             api,
             pool,
             cfg,
             observed: None,
+            expires: None,
             written: None,
             tx,
         };
         loop {
             elector.round().await;
-            let wait = elector.cfg.retry_period;
+            // A candidate tries again the moment another holder's lease would expire.
+            let wait = match elector.expires {
+                Some(at) => (at.saturating_duration_since(Instant::now()) + EXPIRY_MARGIN)
+                    .min(elector.cfg.retry_period),
+                None => elector.cfg.retry_period,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = released.notified() => {}
+                _ = changed.notified() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -126,8 +135,13 @@ pub fn spawn(
     (rx, handle)
 }
 
-/// Notify when the Lease shows no holder. Best effort: the retry period still bounds takeover.
-async fn watch_releases(api: Api<Lease>, name: String, released: Arc<Notify>) {
+/// Slack after another holder's lease would expire before trying (and the shortest wait, so a
+/// failing round does not spin).
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
+
+/// Notify when the Lease is written by anyone but us (released, renewed by another holder,
+/// taken). Best effort: the retry period still bounds takeover.
+async fn watch_lease(api: Api<Lease>, name: String, identity: String, changed: Arc<Notify>) {
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
     while let Some(event) = events.next().await {
@@ -136,8 +150,8 @@ async fn watch_releases(api: Api<Lease>, name: String, released: Arc<Notify>) {
                 .spec
                 .and_then(|s| s.holder_identity)
                 .unwrap_or_default();
-            if holder.is_empty() {
-                released.notify_one();
+            if holder != identity {
+                changed.notify_one();
             }
         }
     }
@@ -149,6 +163,8 @@ struct Elector {
     cfg: LeaderConfig,
     /// The last lease record seen (holder, renewTime) and when we first saw it, on our clock.
     observed: Option<(String, Option<String>, Instant)>,
+    /// When the lease another replica holds expires, if it is not renewed before (our clock).
+    expires: Option<Instant>,
     /// The Lease as we last wrote it: releasing it is then one request (a rolling update waits
     /// on it), with a fresh read only if someone wrote it since.
     written: Option<Lease>,
@@ -157,6 +173,7 @@ struct Elector {
 
 impl Elector {
     async fn round(&mut self) {
+        self.expires = None;
         match self.try_acquire_or_renew().await {
             Ok(true) => {}
             Ok(false) => self.set(Role::Follower),
@@ -231,6 +248,7 @@ impl Elector {
                     Duration::from_secs(u64::try_from(s).unwrap_or(15))
                 });
             if now.duration_since(first_seen) < lease_secs {
+                self.expires = Some(first_seen + lease_secs);
                 return Ok(false);
             }
         }

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub dispatches: Family<Outcome, Counter>,
     pub dispatch_lag: Histogram,
     pub claim_batch: Histogram,
+    pub claim_duration: Histogram,
     pub publish_duration: Family<Broker, Histogram, fn() -> Histogram>,
     pub executions: Family<ExecState, Counter>,
     pub execution_duration: Histogram,
@@ -94,6 +95,7 @@ impl Metrics {
             dispatches: Family::default(),
             dispatch_lag: latency_histogram(),
             claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            claim_duration: latency_histogram(),
             publish_duration: Family::new_with_constructor(latency_histogram),
             executions: Family::default(),
             execution_duration: duration_histogram(),
@@ -120,6 +122,11 @@ impl Metrics {
             "claim_batch_size",
             "Jobs claimed per claim transaction",
             m.claim_batch.clone(),
+        );
+        r.register(
+            "claim_duration_seconds",
+            "Time for one claim transaction",
+            m.claim_duration.clone(),
         );
         r.register(
             "publish_duration_seconds",

@@ -148,7 +148,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
     };
     let dispatcher = {
-        let (pool, role) = (pool.clone(), role.clone());
+        let pool = store::dedicated(url, crate::dispatch::CONNECTIONS)?;
+        let role = role.clone();
         let publish_give_up = chrono::Duration::seconds(args.publish_give_up_seconds);
         let dedupe_window =
             std::time::Duration::from_secs(args.publish_give_up_seconds.max(0) as u64 * 2 + 600);

@@ -208,6 +208,8 @@ struct Harness {
     /// Celery worker processes (two in the full run: one Python process cannot keep up with the
     /// backlog a stalled worker leaves at 90 runs/s).
     workers: Vec<Worker>,
+    /// The broker and result backend a worker connects to (directly, not through the proxies).
+    worker_urls: (String, String),
     pg: TcpProxy,
     broker: TcpProxy,
     backend: TcpProxy,
@@ -264,6 +266,14 @@ fn monitor_transactions(
     })
 }
 
+/// A Celery worker on the prefork pool (Celery's default, what production runs): a thread-pool
+/// worker stops consuming for good after its broker connection breaks — on py-amqp mid-frame
+/// (UnexpectedFrame, seen in the full run), on Redis after a server restart (seen in CI; the
+/// known threads-pool reconnect bug, e.g. celery#8030) — leaving everything queued.
+fn start_worker((broker, backend): &(String, String), f: &Fixture) -> Worker {
+    Worker::start_pool(broker, Some(backend), &f.queue, &f.db.url, 8, "prefork")
+}
+
 impl Harness {
     async fn new(kind: BrokerKind, plan: Plan) -> Harness {
         let env = common::env();
@@ -284,18 +294,9 @@ impl Harness {
         );
         let (kubeconfig, api) = proxied_kubeconfig().await;
         let backend_direct = format!("redis://127.0.0.1:{}/1", redis.port);
-        // On RabbitMQ the prefork pool: a thread-pool worker on py-amqp stopped consuming after
-        // its own connection broke mid-frame in the full run (UnexpectedFrame), leaving
-        // everything queued.
-        let pool = match kind {
-            BrokerKind::Redis => "threads",
-            BrokerKind::Amqp => "prefork",
-        };
+        let worker_urls = (direct_broker.clone(), backend_direct);
         let workers = (0..if plan.full { 2 } else { 1 })
-            .map(|_| {
-                let backend = Some(backend_direct.as_str());
-                Worker::start_pool(&direct_broker, backend, &f.queue, &f.db.url, 8, pool)
-            })
+            .map(|_| start_worker(&worker_urls, &f))
             .collect();
         let broker_url = match kind {
             BrokerKind::Redis => format!("redis://127.0.0.1:{}/0", broker.port),
@@ -318,6 +319,7 @@ impl Harness {
             f,
             redis,
             workers,
+            worker_urls,
             pg,
             broker,
             backend,
@@ -432,6 +434,7 @@ impl Harness {
     /// Replicas that died on their own: an armed one reaching its crash point is a fault we
     /// injected; anything else is a crash (counted against the current scenario).
     fn reap_unexpected(&mut self) {
+        self.revive_workers();
         let mut i = 0;
         while i < self.replicas.len() {
             if self.replicas[i].op.exited() {
@@ -456,6 +459,29 @@ impl Harness {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// A Celery worker that exited is started again, as its Deployment would. Celery's, not
+    /// ours: after a Redis restart the prefork worker reconnects while Redis is still loading
+    /// its append-only file, and exits on the BusyLoadingError ("Unrecoverable error:
+    /// AttributeError ... 'hostname'", Celery 5.7). What it held unacked is counted as held.
+    fn revive_workers(&mut self) {
+        for i in 0..self.workers.len() {
+            if !self.workers[i].exited() {
+                continue;
+            }
+            let log = self.workers[i].log_text();
+            let why = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("CRITICAL") || l.contains("Unrecoverable"))
+                .unwrap_or("no reason logged")
+                .to_string();
+            self.workers[i] = start_worker(&self.worker_urls, &self.f);
+            self.row()
+                .notes
+                .push(format!("Celery worker exited ({why}), started again"));
         }
     }
 
@@ -1011,11 +1037,58 @@ impl Harness {
         self.row().notes.push(format!(
             "longest dispatch delay {lag:.2} s, {catchups} catch-up run(s)"
         ));
+        println!(
+            "rolling update, leadership:\n{}",
+            self.leadership_timeline()
+        );
         if lag.is_nan() || lag > 2.0 || catchups != 0 {
+            let latest: Vec<String> = sqlx::query_scalar(
+                "SELECT j.name || ' slot ' || e.scheduled_for || ' dispatched '
+                        || e.dispatched_at || ' (' || e.trigger || ')'
+                 FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+                 WHERE e.scheduled_for > $1 AND e.dispatched_at IS NOT NULL
+                 ORDER BY e.dispatched_at - e.scheduled_for DESC LIMIT 3",
+            )
+            .bind(start)
+            .fetch_all(&self.f.pool)
+            .await
+            .unwrap_or_default();
             self.failures.push(format!(
-                "rolling update: a gap of {lag:.2} s, {catchups} catch-up runs"
+                "rolling update: a gap of {lag:.2} s, {catchups} catch-up runs; latest: {latest:?}\n\
+                 leadership:\n{}",
+                self.leadership_timeline()
             ));
         }
+    }
+
+    /// Every replica's leadership and shutdown log lines (gone ones first), to tell where a
+    /// handover spent its time.
+    fn leadership_timeline(&self) -> String {
+        const MARKS: [&str; 6] = [
+            "shutting down",
+            "released leader lease",
+            "acquired leader",
+            "dispatcher active",
+            "dispatcher stopped",
+            "kube-beat starting",
+        ];
+        let live = self.replicas.iter().map(|r| r.op.log_text());
+        let mut lines: Vec<String> = self
+            .gone
+            .iter()
+            .cloned()
+            .chain(live)
+            .enumerate()
+            .flat_map(|(i, log)| {
+                log.lines()
+                    .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+                    .map(|l| format!("{l} [replica log {i}]"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort(); // each line starts with its RFC 3339 timestamp
+        let from = lines.len().saturating_sub(24);
+        lines[from..].join("\n")
     }
 
     // --- the audit -------------------------------------------------------------------------
@@ -1141,7 +1214,7 @@ impl Harness {
             }
             let was_run = ran.contains(task_id.as_str());
             let held = !was_run && unacked.iter().any(|m| m.contains(task_id.as_str()));
-            // Enqueued by us (the publish script's key exists), no longer queued nor held,
+            // Enqueued by us (its task id is in our record), no longer queued nor held,
             // never run: the worker's transport took it and dropped it (a connection lost
             // mid-delivery).
             let dropped = !was_run
@@ -1220,13 +1293,38 @@ impl Harness {
             .unwrap_or_default()
     }
 
-    /// Whether our publish script enqueued this task id (its `kubebeat:sent:` key; Redis).
+    /// Whether our publisher enqueued this task id (it is in a `kubebeat.sent.<installation>:<window>`
+    /// record set; Redis).
     fn was_enqueued(&self, task_id: &str) -> bool {
         self.broker_redis()
             .and_then(|mut c| {
-                redis::cmd("EXISTS")
-                    .arg(format!("kubebeat:sent:{task_id}"))
-                    .query::<bool>(&mut c)
+                let (mut cursor, mut records) = (0u64, Vec::<String>::new());
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("kubebeat.sent.*:*")
+                        .arg("COUNT")
+                        .arg(10_000)
+                        .arg("TYPE")
+                        .arg("set")
+                        .query(&mut c)?;
+                    records.extend(keys);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                for key in records {
+                    if redis::cmd("SISMEMBER")
+                        .arg(&key)
+                        .arg(task_id)
+                        .query::<bool>(&mut c)?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
             })
             .unwrap_or(false)
     }
@@ -1303,6 +1401,28 @@ impl Harness {
             self.failures.push(format!(
                 "{long} samples of operator transactions open for over 30 s"
             ));
+        }
+        if !self.failures.is_empty() {
+            // The worker's own account first: the report is cut in the middle.
+            for (i, w) in self.workers.iter().enumerate() {
+                let log = w.log_text();
+                let notable: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        ["WARNING", "ERROR", "CRITICAL", "Connected to"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                    })
+                    .collect();
+                let from = notable.len().saturating_sub(8);
+                self.failures.insert(
+                    0,
+                    format!(
+                        "worker {i} log (last notable lines):\n{}",
+                        notable[from..].join("\n")
+                    ),
+                );
+            }
         }
         let Harness { f, failures, .. } = self;
         assert!(

@@ -50,10 +50,10 @@ async fn up_down_up() {
         .expect("status");
     assert!(status.iter().all(|(_, _, applied)| *applied), "{status:?}");
 
-    let reverted = kube_beat::store::migrate::down(&pool, 2)
+    let reverted = kube_beat::store::migrate::down(&pool, 3)
         .await
-        .expect("down two steps");
-    assert_eq!(reverted, [2, 3]);
+        .expect("down three steps");
+    assert_eq!(reverted, [2, 3, 4]);
     assert_eq!(
         tables(&pool).await,
         FIRST,
@@ -100,7 +100,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 3, "each migration applied once");
+    assert_eq!(applied, 4, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

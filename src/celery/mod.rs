@@ -4,13 +4,15 @@
 //!
 //! A publish whose outcome is unknown (a timeout, a reset connection, a leader killed before it
 //! recorded success) is retried with the same task ids, and the retry must not enqueue a second
-//! copy. On Redis the publish script enqueues a task id at most once, and its
-//! `kubebeat:sent:<id>` keys say what went out. RabbitMQ has no "set if absent", so each batch is
+//! copy. On Redis a batch goes out in one transaction with a record of its task ids, refused if
+//! any was recorded by another publisher meanwhile ([`redis_publish`]); the record says what went
+//! out. RabbitMQ has no transactions across a check and a publish, so each batch is
 //! published together with one ledger message naming its task ids, in one AMQP transaction (both
 //! or neither). Before re-publishing or expiring anything uncertain the dispatcher asks
 //! ([`Publisher::read_ledger`]) and records what is already out.
 
 pub mod message;
+mod redis_publish;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -25,6 +27,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use message::TaskMessage;
+use redis_publish::RedisPublisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -36,35 +39,26 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
     #[error("publishing took longer than {0:?}")]
     Timeout(std::time::Duration),
+    #[error("task {0} was encoded for another broker")]
+    Encoding(String),
+    #[error("the publish record kept changing under {0} attempts (another publisher?)")]
+    Contended(usize),
+    #[error("unexpected reply to {0}")]
+    Reply(&'static str),
+    #[error("fenced: leader epoch {ours} is over, epoch {current} has begun")]
+    Fenced { ours: i64, current: i64 },
 }
 
 /// A connected broker.
 pub enum Publisher {
     Redis {
+        /// Everything but publishing.
         conn: ConnectionManager,
         db: i64,
-        /// How long a task id is remembered as sent (see [`REDIS_PUBLISH`]).
-        dedupe_seconds: u64,
+        publisher: Box<RedisPublisher>,
     },
     Amqp(Box<AmqpPublisher>),
 }
-
-/// Enqueue each message unless its task id was enqueued before. A publish whose reply was lost
-/// (timeout, connection reset after the broker applied it) is retried with the same task ids;
-/// this makes the retry a no-op on the broker instead of a second run. One script per batch:
-/// atomic, and one round trip. KEYS: `kubebeat:sent:<task id>`; ARGV: ttl, then (list, envelope)
-/// pairs.
-const REDIS_PUBLISH: &str = r"
-local ttl = ARGV[1]
-local sent = 0
-for i = 1, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
-    redis.call('LPUSH', ARGV[2 * i], ARGV[2 * i + 1])
-    sent = sent + 1
-  end
-end
-return sent
-";
 
 impl Publisher {
     /// Connect to the broker named by a Celery broker URL. A task id re-published within
@@ -78,11 +72,13 @@ impl Publisher {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = redis::Client::open(url)?;
             let db = client.get_connection_info().redis_settings().db();
-            let manager = ConnectionManager::new(client).await?;
+            let manager = ConnectionManager::new(client.clone()).await?;
+            let publisher =
+                RedisPublisher::connect(client, ledger, dedupe_window.as_secs()).await?;
             Ok(Publisher::Redis {
                 conn: manager,
                 db,
-                dedupe_seconds: dedupe_window.as_secs().max(60),
+                publisher: Box::new(publisher),
             })
         } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let publisher = AmqpPublisher {
@@ -98,54 +94,95 @@ impl Publisher {
         }
     }
 
-    /// Publish a batch. On error nothing is known to be delivered; the caller retries with the
-    /// same task ids.
-    pub async fn publish(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+    /// Publish a batch as the leader of term `epoch`. On error nothing is known to be
+    /// delivered; the caller retries with the same task ids.
+    pub async fn publish(
+        &self,
+        messages: Vec<TaskMessage>,
+        epoch: i64,
+    ) -> Result<(), PublishError> {
+        let prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        self.publish_prepared(&prepared, epoch).await
+    }
+
+    /// Encode a message for this broker now, to publish it later with
+    /// [`Publisher::publish_prepared`] (a burst due in the same second is encoded before it is
+    /// due, so publishing it is only the round trips).
+    pub fn prepare(&self, message: TaskMessage) -> Prepared {
+        match self {
+            Publisher::Redis { .. } => {
+                let (list, envelope) = redis_parts(&message);
+                Prepared::Redis {
+                    id: message.id,
+                    list,
+                    envelope,
+                }
+            }
+            Publisher::Amqp(_) => Prepared::Amqp(message),
+        }
+    }
+
+    /// Publish prepared messages, as [`Publisher::publish`] (on Redis a burst is one
+    /// transaction, refused once a newer term than `epoch` has read the record).
+    pub async fn publish_prepared(
+        &self,
+        messages: &[Prepared],
+        epoch: i64,
+    ) -> Result<(), PublishError> {
         if messages.is_empty() {
             return Ok(());
         }
         match self {
-            Publisher::Redis {
-                conn,
-                dedupe_seconds,
-                ..
-            } => {
-                let now = Utc::now();
-                let script = redis::Script::new(REDIS_PUBLISH);
-                let mut call = script.prepare_invoke();
-                call.arg(*dedupe_seconds);
-                for m in messages {
-                    let tag = uuid::Uuid::new_v4().to_string();
-                    call.key(format!("kubebeat:sent:{}", m.id))
-                        .arg(m.redis_list())
-                        .arg(m.redis_envelope(&tag, now));
-                }
-                let mut conn = conn.clone();
-                call.invoke_async::<i64>(&mut conn).await?;
-                Ok(())
+            Publisher::Redis { publisher, .. } => publisher.publish(messages, epoch).await,
+            Publisher::Amqp(p) => {
+                let messages = messages
+                    .iter()
+                    .map(|m| match m {
+                        Prepared::Amqp(message) => Ok(message),
+                        Prepared::Redis { id, .. } => Err(PublishError::Encoding(id.clone())),
+                    })
+                    .collect::<Result<Vec<&TaskMessage>, _>>()?;
+                p.publish(&messages).await
             }
-            Publisher::Amqp(p) => p.publish(messages).await,
         }
     }
 }
 
+/// A message encoded for its broker ahead of publishing.
+/// On Redis only the envelope is kept (a burst holds up to 20,000 of them).
+pub enum Prepared {
+    /// The task id, the list and the envelope.
+    Redis {
+        id: String,
+        list: String,
+        envelope: String,
+    },
+    Amqp(TaskMessage),
+}
+
+fn redis_parts(m: &TaskMessage) -> (String, String) {
+    let tag = uuid::Uuid::new_v4().to_string();
+    (m.redis_list(), m.redis_envelope(&tag, Utc::now()))
+}
+
 impl Publisher {
-    /// Which task ids went out. On Redis: those of `candidates` whose publish key exists. On
-    /// RabbitMQ: every id the ledger lists (and has not had acknowledged); the entries stay in
-    /// the broker until [`Publisher::ack_ledger`], so a reader that dies first leaves them for
-    /// the next one.
-    pub async fn read_ledger(&self, candidates: &[String]) -> Result<LedgerRead, PublishError> {
+    /// Which task ids went out, read by the leader of term `epoch`. On Redis: those of
+    /// `candidates` in the publish record, read after raising the fencing epoch (so no older
+    /// term publishes after the read). On RabbitMQ: every id the ledger lists (and has not had
+    /// acknowledged); the entries stay in the broker until [`Publisher::ack_ledger`], so a
+    /// reader that dies first leaves them for the next one.
+    pub async fn read_ledger(
+        &self,
+        candidates: &[String],
+        epoch: i64,
+    ) -> Result<LedgerRead, PublishError> {
         match self {
-            Publisher::Redis { conn, .. } => {
-                if candidates.is_empty() {
-                    return Ok(LedgerRead::default());
-                }
-                let mut pipe = redis::pipe();
-                for id in candidates {
-                    pipe.exists(format!("kubebeat:sent:{id}"));
-                }
+            Publisher::Redis {
+                conn, publisher, ..
+            } => {
                 let mut conn = conn.clone();
-                let sent: Vec<bool> = pipe.query_async(&mut conn).await?;
+                publisher.fence(&mut conn, epoch).await?;
+                let sent = publisher.sent(&mut conn, candidates).await?;
                 Ok(LedgerRead {
                     task_ids: candidates
                         .iter()
@@ -410,7 +447,7 @@ impl AmqpPublisher {
         }
     }
 
-    async fn publish(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+    async fn publish(&self, messages: &[&TaskMessage]) -> Result<(), PublishError> {
         let result = self.publish_once(messages).await;
         if result.is_err() {
             // Reconnect on the next call.
@@ -419,7 +456,7 @@ impl AmqpPublisher {
         result
     }
 
-    async fn publish_once(&self, messages: &[TaskMessage]) -> Result<(), PublishError> {
+    async fn publish_once(&self, messages: &[&TaskMessage]) -> Result<(), PublishError> {
         for m in messages {
             self.ensure_queue(&m.queue).await?;
         }

@@ -62,16 +62,31 @@ pub struct ClaimStats {
     pub revoked: Vec<String>,
     /// Jobs whose status changed.
     pub job_ids: Vec<i64>,
+    /// Runs (or MISSED/SKIPPED slots) already due; the rest were claimed ahead of their time.
+    pub due_now: usize,
     /// MISSED and SKIPPED slots, for Events.
     pub events: Vec<JobEvent>,
 }
 
+// Column vectors bound as arrays.
+type Ids = Vec<i64>;
+type Texts = Vec<String>;
+type Times = Vec<DateTime<Utc>>;
+type MaybeTimes = Vec<Option<DateTime<Utc>>>;
+
 /// Claim up to `limit` due jobs in one transaction. `shadow` records SHADOW instead of PENDING.
+///
+/// Jobs under `concurrencyPolicy: Allow` are claimed up to `lookahead` before they are due, one
+/// slot ahead at most: their run does not depend on anything that happens until then, and a
+/// burst of runs due in the same second is then only published at its time, not claimed at it
+/// (the publisher holds each run until its `publish_after`). Forbid and Replace look at the
+/// previous run, so those jobs are claimed when due.
 pub async fn claim_due(
     pool: &PgPool,
     epoch: i64,
     limit: i64,
     now: DateTime<Utc>,
+    lookahead: chrono::Duration,
     shadow: bool,
 ) -> Result<ClaimStats, ClaimError> {
     let mut tx = pool.begin().await?;
@@ -85,13 +100,16 @@ pub async fn claim_due(
                     WHERE e.job_id = j.id AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
                       AND e.claimed_at > $1 - make_interval(secs => j.execution_timeout_seconds))) AS active
          FROM scheduled_jobs j
-         WHERE j.enabled AND j.next_run_at <= $1
+         WHERE j.enabled AND j.next_run_at <= $3
+           AND (j.next_run_at <= $1
+                OR (j.concurrency_policy = 'Allow' AND COALESCE(j.claimed_until, '-infinity') <= $1))
          ORDER BY j.next_run_at
          LIMIT $2
          FOR UPDATE OF j SKIP LOCKED",
     )
     .bind(now)
     .bind(limit)
+    .bind(now + lookahead)
     .fetch_all(&mut *tx)
     .await?;
 
@@ -109,7 +127,8 @@ pub async fn claim_due(
         mut e_trigger,
         mut e_state,
         mut e_coalesced,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        mut e_publish_after,
+    ): (Ids, Texts, Texts, Times, Texts, Texts, Vec<i32>, Times) = Default::default();
     let (
         mut u_id,
         mut u_next_run,
@@ -118,7 +137,17 @@ pub async fn claim_due(
         mut u_runs,
         mut u_missed,
         mut u_skipped,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        mut u_claimed_until,
+    ): (
+        Ids,
+        MaybeTimes,
+        MaybeTimes,
+        MaybeTimes,
+        Ids,
+        Ids,
+        Ids,
+        MaybeTimes,
+    ) = Default::default();
     for row in rows {
         let schedule = match JobSchedule::from_stored(
             &row.schedule_config,
@@ -137,6 +166,7 @@ pub async fn claim_due(
                 u_runs.push(0i64);
                 u_missed.push(0i64);
                 u_skipped.push(0i64);
+                u_claimed_until.push(None);
                 continue;
             }
         };
@@ -153,7 +183,11 @@ pub async fn claim_due(
             },
             active: row.active,
         };
-        let p = plan(&due, now);
+        // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
+        let p = plan(&due, now.max(row.next_run_at));
+        if p.due_at <= now {
+            stats.due_now += 1;
+        }
         stats.job_ids.push(row.id);
         let job_ref = || JobRef {
             namespace: row.namespace.clone(),
@@ -196,6 +230,7 @@ pub async fn claim_due(
         e_trigger.push(p.trigger().to_string());
         e_state.push(state.to_string());
         e_coalesced.push(i32::try_from(p.coalesced).unwrap_or(i32::MAX));
+        e_publish_after.push(p.due_at);
         let (runs, missed, skipped) = match p.outcome {
             Outcome::Run => (1, p.coalesced - 1, 0),
             Outcome::Missed => (0, p.coalesced, 0),
@@ -211,6 +246,7 @@ pub async fn claim_due(
         u_runs.push(runs);
         u_missed.push(missed);
         u_skipped.push(skipped);
+        u_claimed_until.push(Some(p.due_at));
     }
     if !replace_jobs.is_empty() {
         // Replace: the unfinished runs end here; the caller broadcasts their revocation.
@@ -233,11 +269,12 @@ pub async fn claim_due(
     }
     sqlx::query(
         "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,
-                                     coalesced_slots, leader_epoch, finished_at)
+                                     coalesced_slots, leader_epoch, finished_at, publish_after)
          SELECT u.job_id, u.slot_key, u.task_id, u.scheduled_for, u.trigger, u.state, u.coalesced, $8,
-                CASE WHEN u.state IN ('MISSED', 'SKIPPED') THEN now() END
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::int[])
-              AS u(job_id, slot_key, task_id, scheduled_for, trigger, state, coalesced)
+                CASE WHEN u.state IN ('MISSED', 'SKIPPED') THEN now() END, u.publish_after
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+                     $7::int[], $9::timestamptz[])
+              AS u(job_id, slot_key, task_id, scheduled_for, trigger, state, coalesced, publish_after)
          ON CONFLICT (job_id, slot_key) DO NOTHING",
     )
     .bind(&e_job)
@@ -248,6 +285,7 @@ pub async fn claim_due(
     .bind(&e_state)
     .bind(&e_coalesced)
     .bind(epoch)
+    .bind(&e_publish_after)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -255,10 +293,11 @@ pub async fn claim_due(
              next_run_at = u.next_run, next_slot_at = u.next_slot,
              last_run_at = COALESCE(u.last_run, j.last_run_at),
              total_runs = j.total_runs + u.runs, missed = j.missed + u.missed,
-             skipped = j.skipped + u.skipped
+             skipped = j.skipped + u.skipped,
+             claimed_until = COALESCE(u.claimed_until, j.claimed_until)
          FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
-                     $5::bigint[], $6::bigint[], $7::bigint[])
-              AS u(id, next_run, next_slot, last_run, runs, missed, skipped)
+                     $5::bigint[], $6::bigint[], $7::bigint[], $8::timestamptz[])
+              AS u(id, next_run, next_slot, last_run, runs, missed, skipped, claimed_until)
          WHERE j.id = u.id",
     )
     .bind(&u_id)
@@ -268,6 +307,7 @@ pub async fn claim_due(
     .bind(&u_runs)
     .bind(&u_missed)
     .bind(&u_skipped)
+    .bind(&u_claimed_until)
     .execute(&mut *tx)
     .await?;
     if stats.jobs > 0 {
@@ -287,6 +327,7 @@ pub struct Pending {
     pub scheduled_for: DateTime<Utc>,
     pub trigger: String,
     pub claimed_at: DateTime<Utc>,
+    pub publish_after: Option<DateTime<Utc>>,
     pub namespace: String,
     pub name: String,
     pub task_name: String,
@@ -341,19 +382,47 @@ impl Ended {
     }
 }
 
-/// The oldest PENDING executions (the outbox), whoever claimed them.
-pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+impl Pending {
+    /// When it may be published.
+    pub fn due(&self) -> DateTime<Utc> {
+        self.publish_after.unwrap_or(self.claimed_at)
+    }
+}
+
+/// The PENDING executions (the outbox), whoever claimed them, due by `horizon`, earliest first.
+/// With `after`, only executions with a higher id, or due already (a lower id can commit
+/// later: a manual trigger beside a claim).
+pub async fn pending(
+    pool: &PgPool,
+    limit: i64,
+    horizon: DateTime<Utc>,
+    after: Option<(i64, DateTime<Utc>)>,
+) -> Result<Vec<Pending>, sqlx::Error> {
+    let (after_id, due_by) = after.unwrap_or((0, horizon));
     sqlx::query_as(
         "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger, e.claimed_at,
-                j.namespace, j.name,
+                e.publish_after, j.namespace, j.name,
                 j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
          FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE e.state = 'PENDING'
-         ORDER BY e.id
+         WHERE e.state = 'PENDING' AND COALESCE(e.publish_after, e.claimed_at) <= $2
+               AND (e.id > $3 OR COALESCE(e.publish_after, e.claimed_at) <= $4)
+         ORDER BY COALESCE(e.publish_after, e.claimed_at), e.id
          LIMIT $1",
     )
     .bind(limit)
+    .bind(horizon)
+    .bind(after_id)
+    .bind(due_by)
     .fetch_all(pool)
+    .await
+}
+
+/// When the earliest PENDING execution may be published (whoever claimed it).
+pub async fn next_pending(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT min(COALESCE(publish_after, claimed_at)) FROM job_executions WHERE state = 'PENDING'",
+    )
+    .fetch_one(pool)
     .await
 }
 
@@ -433,9 +502,35 @@ pub async fn mark_publish_failed(
     .await
 }
 
-/// When the next enabled job is due.
-pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(next_run_at) FROM scheduled_jobs WHERE enabled")
+/// When [`claim_due`] next has something to claim, right after a pass that claimed everything
+/// it could: the earliest job's due time, or for an Allow job `lookahead` before it (but not
+/// before its previous run is due). Other jobs become claimable no earlier than the first one's
+/// due time, so none is claimed late for waiting on this.
+///
+/// The result column is named: unnamed, Postgres names a CASE after its ELSE branch
+/// (`next_run_at`), and ORDER BY then sorted by the CASE, reading every enabled job (29 ms at
+/// 20,000 jobs, once per reconcile during a large set-up) instead of one index entry.
+pub async fn next_claim(
+    pool: &PgPool,
+    lookahead: chrono::Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN concurrency_policy = 'Allow'
+                     THEN LEAST(next_run_at, GREATEST(next_run_at - make_interval(secs => $1),
+                                                       COALESCE(claimed_until, '-infinity')))
+                     ELSE next_run_at END AS claim_at
+         FROM scheduled_jobs WHERE enabled ORDER BY next_run_at LIMIT 1",
+    )
+    .bind(lookahead.num_milliseconds() as f64 / 1000.0)
+    .fetch_optional(pool)
+    .await
+}
+
+/// How many enabled jobs come due by `horizon` (claimed ahead or not): what the claims ahead
+/// will have to get through. An index range scan (`scheduled_jobs_due`).
+pub async fn coming_due(pool: &PgPool, horizon: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM scheduled_jobs WHERE enabled AND next_run_at <= $1")
+        .bind(horizon)
         .fetch_one(pool)
         .await
 }

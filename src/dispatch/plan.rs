@@ -41,6 +41,8 @@ pub struct Plan {
     /// The following slot and when to dispatch it (slot + jitter); `None` when the schedule ends.
     pub next_slot: Option<DateTime<Utc>>,
     pub next_run: Option<DateTime<Utc>>,
+    /// When this run is due: its slot plus the job's jitter.
+    pub due_at: DateTime<Utc>,
 }
 
 impl Plan {
@@ -81,6 +83,7 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
         coalesced,
         next_slot,
         next_run,
+        due_at,
     }
 }
 

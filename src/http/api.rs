@@ -27,6 +27,7 @@ use super::auth::{AuthError, Authenticator, Caller};
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
     leader::Role,
+    store::{last_run_sql, visible_run_sql},
 };
 
 const DEFAULT_PER_PAGE: i64 = 50;
@@ -179,13 +180,17 @@ struct JobRow {
     description: Option<String>,
 }
 
-const JOB_COLUMNS: &str = "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
+const JOB_COLUMNS: &str = concat!(
+    "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
     t.name AS job_type, j.schedule_summary AS schedule, j.time_zone, j.enabled, j.suspended, j.valid,
-    j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time,
-    j.last_run_at AS last_run_time, j.last_success_at AS last_success_time,
-    (SELECT e.state FROM job_executions e WHERE e.job_id = j.id
-     ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
-    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description";
+    j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time, ",
+    last_run_sql!(),
+    " AS last_run_time, j.last_success_at AS last_success_time,
+    (SELECT e.state FROM job_executions e WHERE e.job_id = j.id AND ",
+    visible_run_sql!(),
+    " ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
+    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description"
+);
 
 #[derive(Serialize, sqlx::FromRow)]
 struct ExecutionRow {

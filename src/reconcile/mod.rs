@@ -65,6 +65,9 @@ impl Error {
 
 pub type Guarded<K> = DeserializeGuard<K>;
 
+/// Reconciles in flight per controller.
+const RECONCILE_CONCURRENCY: u16 = 64;
+
 /// Shared by both controllers.
 pub struct Context {
     pub client: Client,
@@ -171,7 +174,13 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
+    // managedFields and kubectl's last-applied copy of the object are never read here and are
+    // most of a cached object's memory (a parsed fieldsV1 tree per writer; the whole spec again
+    // as a string): dropped before the cache keeps the object.
+    let watch = watcher(api, cfg)
+        .default_backoff()
+        .modify(|obj| trim_for_cache(obj.meta_mut()));
+    let stream = reflector::reflector(writer, watch)
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 listed.store(true, Ordering::Release);
@@ -179,6 +188,14 @@ where
         })
         .applied_objects();
     (reader, stream)
+}
+
+/// Drop what the operator never reads from a cached object's metadata.
+fn trim_for_cache(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// What a job reconcile depends on: the spec (generation), the trigger annotation, deletion and
@@ -505,10 +522,17 @@ pub fn controllers(
     // Status writes (ours, up to --status-qps a second) must not re-run the job reconciler.
     let jobs_stream =
         jobs_stream.predicate_filter(reconcile_worthy, kube::runtime::PredicateConfig::default());
-    let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone());
+    // Bounded: each reconcile in flight holds an apiserver connection (HTTP/1.1), so an
+    // unbounded controller opened one per job at start-up (1,079 connections and +40 MB for
+    // 1,000 new jobs, measured by the benchmark).
+    let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     // Debounced: a burst of job changes becomes one jobCount update.
     let function_ctrl = Controller::for_stream(functions_stream, functions.clone()).with_config(
-        kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+        kube::runtime::controller::Config::default()
+            .debounce(Duration::from_millis(500))
+            .concurrency(RECONCILE_CONCURRENCY),
     );
     let seen: Arc<Mutex<HashMap<String, SeenTaskFunction>>> = Arc::default();
 
@@ -582,5 +606,45 @@ pub fn controllers(
         run: Box::pin(async move {
             futures::join!(jobs_done, functions_done);
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn cached_metadata_keeps_what_reconcile_reads() {
+        let mut meta = kube::api::ObjectMeta {
+            name: Some("nightly".into()),
+            generation: Some(3),
+            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+            annotations: Some(
+                [
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        "{\"spec\":{}}".to_string(),
+                    ),
+                    (
+                        crate::api::TRIGGER_ANNOTATION.to_string(),
+                        "now".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        trim_for_cache(&mut meta);
+        assert_eq!(meta.managed_fields, None);
+        let annotations = meta.annotations.expect("annotations kept");
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(
+            annotations
+                .get(crate::api::TRIGGER_ANNOTATION)
+                .map(String::as_str),
+            Some("now")
+        );
+        assert_eq!(meta.generation, Some(3));
     }
 }

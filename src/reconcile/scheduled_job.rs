@@ -252,6 +252,12 @@ struct OwnedStatus {
 }
 
 /// Patch the fields this stage owns, only when they differ (a resync writes nothing).
+///
+/// `nextScheduleTime` alone is no reason to patch: it moves with every run, and the status
+/// writer keeps it current within its rate limit. Comparing it made a new leader's re-reconcile
+/// of every job send one status patch per job at once, 64 in flight (in a rolling update that
+/// saturated the apiserver, and the leader being replaced next needed 0.9 s to release its
+/// Lease). It is written here whenever something else is (a new spec, a trigger).
 async fn write_status(
     api: &Api<Guarded<ScheduledJob>>,
     name: &str,
@@ -262,7 +268,6 @@ async fn write_status(
         && s.observed_generation == Some(new.observed_generation)
         && s.conditions == new.conditions
         && s.schedule == new.schedule
-        && s.next_schedule_time == new.next_schedule_time
         && s.last_trigger == new.last_trigger
     {
         return Ok(());

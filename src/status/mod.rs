@@ -37,7 +37,13 @@ use tracing::{debug, info, warn};
 
 pub use events::{JobEvent, JobRef, Reason};
 
-use crate::{api::ScheduledJob, leader::Role, reconcile::Guarded, schedule::rfc3339};
+use crate::{
+    api::ScheduledJob,
+    leader::Role,
+    reconcile::Guarded,
+    schedule::rfc3339,
+    store::{last_run_sql, visible_run_sql},
+};
 
 /// Counters of the feed and the writer (exported as metrics).
 #[derive(Debug, Default)]
@@ -511,29 +517,37 @@ async fn all_jobs(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
 }
 
 async fn load(pool: &PgPool, ids: &[i64]) -> Result<(Vec<Row>, Vec<ActiveRow>), sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT j.id, j.namespace, j.name, j.enabled, j.next_run_at, j.last_run_at,
+    let rows: Vec<Row> = sqlx::query_as(concat!(
+        "SELECT j.id, j.namespace, j.name, j.enabled, j.next_run_at, ",
+        last_run_sql!(),
+        " AS last_run_at,
                 j.last_success_at, j.total_runs, j.succeeded, j.failed, j.missed, j.skipped,
                 e.task_id, e.scheduled_for, e.trigger, e.state, e.dispatched_at, e.finished_at,
                 e.error
          FROM scheduled_jobs j
          LEFT JOIN LATERAL (
              SELECT task_id, scheduled_for, trigger, state, dispatched_at, finished_at, error
-             FROM job_executions WHERE job_id = j.id ORDER BY scheduled_for DESC, id DESC LIMIT 1
+             FROM job_executions
+             WHERE job_id = j.id AND ",
+        visible_run_sql!(),
+        " ORDER BY scheduled_for DESC, id DESC LIMIT 1
          ) e ON true
          WHERE j.id = ANY($1) AND j.deleted_at IS NULL",
-    )
+    ))
     .bind(ids)
     .fetch_all(pool)
     .await?;
-    let active: Vec<ActiveRow> = sqlx::query_as(
+    let active: Vec<ActiveRow> = sqlx::query_as(concat!(
         "SELECT job_id, task_id, scheduled_for, state FROM (
              SELECT job_id, task_id, scheduled_for, state,
                     row_number() OVER (PARTITION BY job_id ORDER BY id DESC) AS n
              FROM job_executions
              WHERE job_id = ANY($1) AND state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
+               AND ",
+        visible_run_sql!(),
+        "
          ) a WHERE n <= $2 ORDER BY job_id, scheduled_for",
-    )
+    ))
     .bind(ids)
     .bind(ACTIVE_SHOWN)
     .fetch_all(pool)

@@ -86,7 +86,6 @@ def _json(value):
 
 def record(task, args, kwargs):
     """Record one invocation before the task body runs (so a task that fails still counts)."""
-    ensure_schema()
     req = task.request
     delivery = req.delivery_info or {}
     headers = {k: v for k, v in vars(req).items() if k.startswith("kubebeat")}
@@ -105,10 +104,12 @@ def record(task, args, kwargs):
         req.hostname or socket.gethostname(),
     )
     # The record must survive a Postgres restart (the fault suite restarts it): reconnect and
-    # retry for up to two minutes rather than lose the proof that this task ran.
+    # retry for up to two minutes rather than lose the proof that this task ran. The schema
+    # check too: each prefork child makes it on its first task, maybe during the restart.
     deadline = time.monotonic() + 120
     while True:
         try:
+            ensure_schema()
             with _conn().cursor() as cur:
                 cur.execute(
                     "INSERT INTO celery_invocations"

@@ -271,6 +271,11 @@ impl Worker {
         s
     }
 
+    /// Whether the worker process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Send a signal (`STOP`, `CONT`) to the worker process.
     pub fn signal(&self, sig: &str) {
         signal(self.child.id(), sig);

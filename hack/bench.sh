@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make bench`: kube-beat against Celery beat and RedBeat on this machine (bench/bench.py).
+# Everything it needs is set up here: services, a control plane of its own, the release build,
+# the peers' virtualenv. Extra arguments go to bench/bench.py (e.g. --n 1000 --workloads aligned).
+source "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+
+hack/services.sh
+command -v redis-cli >/dev/null || apt_install redis-tools
+venv=$(hack/celery-venv.sh bench/requirements.txt)
+cp_dir="$KB_STATE/bench-cp"
+hack/control-plane.sh up "$cp_dir"
+source "$cp_dir/env"
+trap 'hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
+"$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+log "building kube-beat (release)"
+cargo build --release --quiet
+export KUBE_BEAT="$PWD/target/release/kube-beat" BENCH_PYTHON="$venv/bin/python"
+"$venv/bin/python" bench/bench.py "$@"
