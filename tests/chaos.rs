@@ -169,7 +169,16 @@ struct JobDef {
 }
 
 /// (job, scheduled_for, coalesced_slots, state, task_id, trigger)
-type ExecRow = (String, DateTime<Utc>, i32, String, String, String);
+/// (job, slot, coalesced slots, state, task id, trigger, error).
+type ExecRow = (
+    String,
+    DateTime<Utc>,
+    i32,
+    String,
+    String,
+    String,
+    Option<String>,
+);
 
 struct Replica {
     op: Operator,
@@ -1120,7 +1129,8 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let rows: Vec<ExecRow> = sqlx::query_as(
-            "SELECT j.name, e.scheduled_for, e.coalesced_slots, e.state, e.task_id, e.trigger
+            "SELECT j.name, e.scheduled_for, e.coalesced_slots, e.state, e.task_id, e.trigger,
+                    e.error
              FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
              WHERE e.trigger <> 'manual' ORDER BY j.name, e.scheduled_for",
         )
@@ -1204,7 +1214,7 @@ impl Harness {
             }
         }
         for r in &rows {
-            let (name, slot, coalesced, state, task_id, _) = r;
+            let (name, slot, coalesced, state, task_id, _, error) = r;
             if *slot > cutoff {
                 continue;
             }
@@ -1221,8 +1231,19 @@ impl Harness {
                 && !held
                 && !queued.iter().any(|m| m.contains(task_id.as_str()))
                 && self.was_enqueued(task_id);
+            // Failed by the worker's Celery before the task body ran: recording the start in
+            // the result backend hit a connection the broker's restart had reset (Celery's
+            // trace_task -> store_result, "Exception raised outside body"); it then stored the
+            // FAILURE. Delivered once; the failure is the consumer's, and status shows it.
+            let failed_outside = !was_run
+                && error.as_deref().is_some_and(|e| {
+                    ["ConnectionError", "BusyLoadingError"]
+                        .iter()
+                        .any(|c| e.contains(c))
+                });
             let kind = match state.as_str() {
                 "DISPATCHED" | "STARTED" | "RETRY" | "LOST" if held => "held",
+                "FAILURE" if failed_outside => "failed_outside",
                 "DISPATCHED" | "STARTED" | "RETRY" | "LOST" if dropped => "dropped",
                 "MISSED" if policy == Policy::Deadline && !was_run => "missed",
                 "SKIPPED" if policy == Policy::Forbid && !was_run => "skipped",
@@ -1250,6 +1271,13 @@ impl Harness {
                     row.consumer_dropped += 1;
                     row.notes.push(format!(
                         "{what}: enqueued, then taken off the queue by the worker's transport and never run"
+                    ));
+                }
+                "failed_outside" => {
+                    row.consumer_dropped += 1;
+                    row.notes.push(format!(
+                        "{what}: failed by the worker's Celery before the task body ran \
+                         (its result backend connection was reset)"
                     ));
                 }
                 "held" => {
