@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// How long a claimed execution may keep failing to publish before it is DISPATCH_FAILED.
     #[arg(long, env = "PUBLISH_GIVE_UP_SECONDS", default_value_t = 300)]
     pub publish_give_up_seconds: i64,
+    /// Runs per publish in a burst (the next chunk is encoded while one is published). Hidden:
+    /// tuned by the benchmark; tests set it small to exercise many chunks.
+    #[arg(long, hide = true, default_value_t = crate::dispatch::PUBLISH_CHUNK)]
+    pub publish_chunk: usize,
     /// Status writes per second at most (all jobs together); 0 turns status writing off.
     #[arg(long, env = "STATUS_QPS", default_value_t = 20)]
     pub status_qps: u32,

@@ -151,6 +151,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let pool = store::dedicated(url, crate::dispatch::CONNECTIONS)?;
         let role = role.clone();
         let publish_give_up = chrono::Duration::seconds(args.publish_give_up_seconds);
+        let publish_chunk = args.publish_chunk.max(1);
         let dedupe_window =
             std::time::Duration::from_secs(args.publish_give_up_seconds.max(0) as u64 * 2 + 600);
         // One ledger per installation (its Lease), so installations sharing a vhost never
@@ -167,6 +168,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 role,
                 wake,
                 publish_give_up,
+                publish_chunk,
                 feed,
             },
             stop_rx.clone(),

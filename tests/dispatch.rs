@@ -801,3 +801,66 @@ async fn runs_are_claimed_ahead_and_published_at_their_time() {
     .await;
     f.finish().await;
 }
+
+/// A burst larger than one publish goes out in chunks (the next encoded while one is published,
+/// each recorded in the background): every run once, none early, each recorded DISPATCHED.
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn a_burst_goes_out_in_chunks_each_run_once() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    type Time = chrono::DateTime<Utc>;
+    const JOBS: usize = 40;
+    let (f, _worker) = redis_echo_fixture("kbt-chunks").await;
+    // 7 a chunk: 6 publishes, the first 14 runs encoded ahead and the rest while publishing.
+    let _op = f.operator(&["--publish-chunk", "7"]);
+    let due = (Utc::now() + TimeDelta::seconds(20))
+        .duration_trunc(TimeDelta::seconds(1))
+        .expect("whole second");
+    let start = kube_beat::schedule::rfc3339(due - TimeDelta::hours(1));
+    for i in 0..JOBS {
+        f.job(
+            &format!("burst-{i}"),
+            "echo",
+            json!({"schedule": {"interval": {"hours": 1}}, "startTime": start, "args": [i]}),
+        )
+        .await;
+    }
+    assert!(Utc::now() < due, "the jobs were created before their time");
+    eventually(
+        "every run of the burst ran on the worker",
+        Duration::from_secs(40),
+        || async { (f.record().await.len() >= JOBS).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // a duplicate would show by now
+    let record = f.record().await;
+    assert_eq!(record.len(), JOBS, "each run once");
+    assert_no_duplicates(&record);
+    let mut args: Vec<i64> = record
+        .iter()
+        .filter_map(|inv| inv.args.get(0).and_then(Value::as_i64))
+        .collect();
+    args.sort_unstable();
+    assert_eq!(
+        args,
+        (0..JOBS as i64).collect::<Vec<_>>(),
+        "each job's own message"
+    );
+    let rows: Vec<(String, Option<Time>)> = sqlx::query_as(
+        "SELECT e.state, e.dispatched_at FROM job_executions e
+         JOIN scheduled_jobs j ON j.id = e.job_id WHERE j.name LIKE 'burst-%'",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .expect("executions");
+    assert_eq!(rows.len(), JOBS);
+    for (state, dispatched) in rows {
+        assert!(
+            matches!(state.as_str(), "DISPATCHED" | "STARTED" | "SUCCESS"),
+            "recorded after publishing: {state}"
+        );
+        let dispatched = dispatched.expect("dispatched_at recorded");
+        assert!(dispatched >= due, "published at {dispatched}, due {due}");
+    }
+    f.finish().await;
+}

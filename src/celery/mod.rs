@@ -109,16 +109,14 @@ impl Publisher {
     /// [`Publisher::publish_prepared`] (a burst due in the same second is encoded before it is
     /// due, so publishing it is only the round trips).
     pub fn prepare(&self, message: TaskMessage) -> Prepared {
+        self.encoding().prepare(message)
+    }
+
+    /// How this broker's messages are encoded (a value, so encoding can run on another thread).
+    pub fn encoding(&self) -> Encoding {
         match self {
-            Publisher::Redis { .. } => {
-                let (list, envelope) = redis_parts(&message);
-                Prepared::Redis {
-                    id: message.id,
-                    list,
-                    envelope,
-                }
-            }
-            Publisher::Amqp(_) => Prepared::Amqp(message),
+            Publisher::Redis { .. } => Encoding::Redis,
+            Publisher::Amqp(_) => Encoding::Amqp,
         }
     }
 
@@ -148,8 +146,32 @@ impl Publisher {
     }
 }
 
+/// The encoding of a broker's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Redis,
+    Amqp,
+}
+
+impl Encoding {
+    /// Encode a message now, to publish it later with [`Publisher::publish_prepared`].
+    pub fn prepare(self, message: TaskMessage) -> Prepared {
+        match self {
+            Encoding::Redis => {
+                let (list, envelope) = redis_parts(&message);
+                Prepared::Redis {
+                    id: message.id,
+                    list,
+                    envelope,
+                }
+            }
+            Encoding::Amqp => Prepared::Amqp(message),
+        }
+    }
+}
+
 /// A message encoded for its broker ahead of publishing.
-/// On Redis only the envelope is kept (a burst holds up to 20,000 of them).
+/// On Redis only the envelope is kept.
 pub enum Prepared {
     /// The task id, the list and the envelope.
     Redis {

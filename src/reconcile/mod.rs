@@ -178,7 +178,7 @@ where
     // most of a cached object's memory (a parsed fieldsV1 tree per writer; the whole spec again
     // as a string): dropped before the cache keeps the object.
     let watch = watcher(api, cfg)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|obj| trim_for_cache(obj.meta_mut()));
     let stream = reflector::reflector(writer, watch)
         .inspect(move |event| {
@@ -188,6 +188,45 @@ where
         })
         .applied_objects();
     (reader, stream)
+}
+
+/// Longest wait between watch reconnects.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// First wait before a watch reconnects.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+
+/// Watch reconnects: 0.5 s, doubling up to [`WATCH_BACKOFF_MAX`], back to the start once a watch
+/// delivers again. kube's default grows to 30 s, so after a 30 s apiserver outage a job created
+/// next went unseen for 12-22 s (the fault suite); a handful of watches per replica retrying
+/// every 4 s is no load for an apiserver. Written here because kube-runtime's exponential
+/// backoff has no public constructor; no jitter, as only a few replicas ever retry together.
+#[derive(Debug, Clone)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: WATCH_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(WATCH_BACKOFF_MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_BACKOFF_MIN;
+    }
 }
 
 /// Drop what the operator never reads from a cached object's metadata.
@@ -525,15 +564,19 @@ pub fn controllers(
     // Bounded: each reconcile in flight holds an apiserver connection (HTTP/1.1), so an
     // unbounded controller opened one per job at start-up (1,079 connections and +40 MB for
     // 1,000 new jobs, measured by the benchmark).
-    let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone()).with_config(
-        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-    );
+    let job_ctrl = Controller::for_stream(jobs_stream, jobs.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
+        .trigger_backoff(WatchBackoff::default());
     // Debounced: a burst of job changes becomes one jobCount update.
-    let function_ctrl = Controller::for_stream(functions_stream, functions.clone()).with_config(
-        kube::runtime::controller::Config::default()
-            .debounce(Duration::from_millis(500))
-            .concurrency(RECONCILE_CONCURRENCY),
-    );
+    let function_ctrl = Controller::for_stream(functions_stream, functions.clone())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(500))
+                .concurrency(RECONCILE_CONCURRENCY),
+        )
+        .trigger_backoff(WatchBackoff::default());
     let seen: Arc<Mutex<HashMap<String, SeenTaskFunction>>> = Arc::default();
 
     // A TaskFunction change re-reconciles the jobs that use it (its deletion shows first as a
@@ -613,6 +656,16 @@ pub fn controllers(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn watch_reconnects_back_off_to_a_few_seconds_and_start_over() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let waits: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 4000, 4000]);
+        b.reset();
+        assert_eq!(b.next(), Some(WATCH_BACKOFF_MIN));
+    }
 
     #[test]
     fn cached_metadata_keeps_what_reconcile_reads() {
