@@ -389,21 +389,20 @@ impl Pending {
     }
 }
 
-/// The PENDING executions (the outbox), whoever claimed them, due by `horizon`, earliest first.
-/// With `after`, only executions with a higher id, or due already (a lower id can commit
-/// later: a manual trigger beside a claim).
-pub async fn pending(
+/// The PENDING executions (the outbox), whoever claimed them, due by `horizon`, earliest first:
+/// their ids and when each is due (a burst of 100,000 is held this way; its rows are read a
+/// chunk at a time by [`pending_by_ids`] when it goes out). With `after`, only executions with
+/// a higher id, or due already (a lower id can commit later: a manual trigger beside a claim).
+pub async fn pending_ids(
     pool: &PgPool,
     limit: i64,
     horizon: DateTime<Utc>,
     after: Option<(i64, DateTime<Utc>)>,
-) -> Result<Vec<Pending>, sqlx::Error> {
+) -> Result<Vec<(i64, DateTime<Utc>)>, sqlx::Error> {
     let (after_id, due_by) = after.unwrap_or((0, horizon));
     sqlx::query_as(
-        "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger, e.claimed_at,
-                e.publish_after, j.namespace, j.name,
-                j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
-         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+        "SELECT e.id, COALESCE(e.publish_after, e.claimed_at)
+         FROM job_executions e
          WHERE e.state = 'PENDING' AND COALESCE(e.publish_after, e.claimed_at) <= $2
                AND (e.id > $3 OR COALESCE(e.publish_after, e.claimed_at) <= $4)
          ORDER BY COALESCE(e.publish_after, e.claimed_at), e.id
@@ -413,6 +412,23 @@ pub async fn pending(
     .bind(horizon)
     .bind(after_id)
     .bind(due_by)
+    .fetch_all(pool)
+    .await
+}
+
+/// These executions, those still PENDING (one published or expired meanwhile is left out).
+pub async fn pending_by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<Pending>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger, e.claimed_at,
+                e.publish_after, j.namespace, j.name,
+                j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
+         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.id = ANY($1) AND e.state = 'PENDING'",
+    )
+    .bind(ids)
     .fetch_all(pool)
     .await
 }

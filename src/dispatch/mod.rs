@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     celery::{Encoding, Prepared, Publisher, TaskMessage},
@@ -26,8 +26,8 @@ use crate::{
 };
 
 /// Postgres connections of the dispatcher's own (`store::dedicated`): one each for the claim and
-/// publish loops, one spare.
-pub const CONNECTIONS: u32 = 3;
+/// publish loops, and one for each chunk of a burst being read ([`PREPARING`]).
+pub const CONNECTIONS: u32 = 4;
 /// Jobs claimed per transaction.
 const CLAIM_BATCH: i64 = 1000;
 /// How long before its time a run (of an Allow job) is claimed, and the publisher then reads
@@ -43,8 +43,9 @@ pub const MAX_CLAIM_AHEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 const CLAIM_COST_GUESS: Duration = Duration::from_micros(200);
 /// How often the runs coming due are counted to size the claim horizon.
 const HORIZON_EVERY: Duration = Duration::from_secs(1);
-/// Runs read from the outbox and held for their time at once (a memory bound; a held run
-/// waiting unencoded is ~0.6 KB): everything claimed for 100,000 jobs due together fits.
+/// Runs read from the outbox and held for their time at once. Beyond the earliest
+/// [`CHUNKS_AHEAD`] chunks a held run is its id and time (a whole row with its envelope is
+/// ~2.4 KB): everything claimed for 100,000 jobs due together fits.
 const HOLD_MAX: i64 = 120_000;
 /// Runs per publish in a burst (the default of [`Dispatcher::publish_chunk`]).
 pub const PUBLISH_CHUNK: usize = 10_000;
@@ -52,6 +53,10 @@ pub const PUBLISH_CHUNK: usize = 10_000;
 /// a burst starts going out at once, and the rest are encoded while the first are published
 /// (encoding takes ~3.5 µs a run, less than publishing it).
 const CHUNKS_AHEAD: usize = 1;
+/// Chunks of a burst read and encoded at once while one is published: reading 10,000 rows and
+/// encoding them took ~100 ms against ~45 ms to publish them, so one at a time left Redis
+/// waiting (p99 1.04 s at 100,000); two overlap Postgres's work with the encoding.
+const PREPARING: usize = 2;
 /// While waiting for held runs to come due, newer claims are read too if the wait is longer.
 const REFETCH_MIN: Duration = Duration::from_millis(100);
 /// A publish that takes longer than this is treated as failed (and retried).
@@ -334,7 +339,7 @@ impl Dispatcher {
                 Err(e) => warn!(error = %e, "expiring late executions failed"),
             }
             let horizon = Utc::now() + MAX_CLAIM_AHEAD;
-            let batch = match claim::pending(&self.pool, HOLD_MAX, horizon, None).await {
+            let batch = match claim::pending_ids(&self.pool, HOLD_MAX, horizon, None).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "reading the outbox failed");
@@ -346,7 +351,8 @@ impl Dispatcher {
             }
             let mut held = Held::new(batch);
             while let Some(first_due) = held.first_due() {
-                held.encode_ahead(CHUNKS_AHEAD * self.publish_chunk, &encoder);
+                self.load_ahead(&mut held, CHUNKS_AHEAD * self.publish_chunk, &encoder)
+                    .await;
                 let wait = (first_due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 if !wait.is_zero() {
                     tokio::select! {
@@ -365,7 +371,9 @@ impl Dispatcher {
                         return false;
                     }
                 }
-                let due = held.take_due(Utc::now());
+                let woke = Utc::now();
+                let due = held.take_due(woke);
+                debug!(late = %(woke - first_due), runs = due.len(), held = held.len(), "runs due");
                 if due.is_empty() {
                     continue; // woke a little early: never publish before the run's time
                 }
@@ -388,10 +396,23 @@ impl Dispatcher {
         }
         let now = Utc::now();
         let after = Some((held.max_id(), now));
-        match claim::pending(&self.pool, room, now + MAX_CLAIM_AHEAD, after).await {
+        match claim::pending_ids(&self.pool, room, now + MAX_CLAIM_AHEAD, after).await {
             Ok(newer) => held.add(newer),
             Err(e) => warn!(error = %e, "reading the outbox failed"),
         }
+    }
+
+    /// Read and encode the earliest `n` held runs, so they go out as soon as they are due.
+    async fn load_ahead(&self, held: &mut Held, n: usize, encoder: &Encoder) {
+        let ids = held.unloaded(n);
+        if !ids.is_empty() {
+            match claim::pending_by_ids(&self.pool, &ids).await {
+                Ok(rows) => held.attach(&ids, rows),
+                // They are read again when they go out.
+                Err(e) => warn!(error = %e, "reading held runs failed"),
+            }
+        }
+        held.encode_ahead(n, encoder);
     }
 
     /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time: the next chunk is
@@ -402,7 +423,7 @@ impl Dispatcher {
     async fn publish_stream(
         &self,
         publisher: &Publisher,
-        due: Vec<(claim::Pending, Option<Prepared>)>,
+        due: Vec<HeldRun>,
         encoder: &Encoder,
         uncertain: &AtomicBool,
         epoch: i64,
@@ -421,19 +442,45 @@ impl Dispatcher {
             }
             chunks.push_back(chunk);
         }
-        let encode = |chunk: Vec<(claim::Pending, Option<Prepared>)>| {
-            let encoder = encoder.clone();
-            tokio::task::spawn_blocking(move || encoder.encode_all(chunk))
+        // Read (what is only held by id) and encode, as a task of its own so it runs while the
+        // chunk before it is published.
+        let encode = |chunk: Vec<HeldRun>| {
+            let (pool, encoder) = (self.pool.clone(), encoder.clone());
+            tokio::spawn(async move {
+                let runs = load(&pool, chunk).await?;
+                tokio::task::spawn_blocking(move || encoder.encode_all(runs))
+                    .await
+                    .map_err(|_| ReadError::Encoder)
+            })
         };
-        let mut next = chunks.pop_front().map(encode);
+        let mut preparing: std::collections::VecDeque<_> = std::collections::VecDeque::new();
+        while preparing.len() < PREPARING
+            && let Some(chunk) = chunks.pop_front()
+        {
+            preparing.push_back(encode(chunk));
+        }
         let mut published = Vec::new();
         let mut all = true;
-        while let Some(encoding) = next.take() {
-            let Ok((batch, prepared)) = encoding.await else {
-                all = false; // the encoder panicked: the runs stay PENDING
-                break;
+        while let Some(encoding) = preparing.pop_front() {
+            let waited = std::time::Instant::now();
+            let encoded = encoding.await;
+            // Non-zero only if reading and encoding a chunk took longer than publishing one.
+            debug!(wait = ?waited.elapsed(), "next chunk of the burst ready");
+            let (batch, prepared) = match encoded {
+                Ok(Ok(encoded)) => encoded,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "reading a burst's runs failed; they stay PENDING");
+                    all = false;
+                    break;
+                }
+                Err(_) => {
+                    all = false; // the task panicked: the runs stay PENDING
+                    break;
+                }
             };
-            next = chunks.pop_front().map(encode);
+            if let Some(chunk) = chunks.pop_front() {
+                preparing.push_back(encode(chunk));
+            }
             // Between chunks too: a burst takes long enough for a lease to pass.
             if !leading() {
                 all = false;
@@ -449,6 +496,10 @@ impl Dispatcher {
                     break;
                 }
             }
+        }
+        // Cut short: what is still being read stays PENDING.
+        for task in preparing {
+            task.abort();
         }
         for (batch, at) in published {
             self.record_published(batch, at, marks);
@@ -491,6 +542,7 @@ impl Dispatcher {
         let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publish)
             .await
             .unwrap_or_else(|_| Err(crate::celery::PublishError::Timeout(PUBLISH_TIMEOUT)));
+        debug!(took = ?started.elapsed(), runs = batch.len(), "published");
         crate::metrics::METRICS
             .publish_duration
             .get_or_create(&crate::metrics::Broker {
@@ -696,10 +748,47 @@ impl Marks {
     }
 }
 
-/// Runs read from the outbox waiting for their time, earliest first; the earliest are
-/// encoded ahead ([`Held::encode_ahead`]).
+/// Why a chunk of a burst could not be made ready to publish (its runs stay PENDING).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("reading runs: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the encoder panicked")]
+    Encoder,
+}
+
+/// A run held for its time: its row and envelope once read (the earliest chunks), else only
+/// its id and time.
+struct HeldRun {
+    id: i64,
+    due: DateTime<Utc>,
+    loaded: Option<Box<(claim::Pending, Option<Prepared>)>>,
+}
+
+/// The rows of a chunk's runs, read for those held only by id, in time order. A run no longer
+/// PENDING (expired, or settled from the publish record) is left out.
+async fn load(
+    pool: &PgPool,
+    chunk: Vec<HeldRun>,
+) -> Result<Vec<(claim::Pending, Option<Prepared>)>, sqlx::Error> {
+    let ids: Vec<i64> = chunk
+        .iter()
+        .filter(|r| r.loaded.is_none())
+        .map(|r| r.id)
+        .collect();
+    let read = claim::pending_by_ids(pool, &ids).await?;
+    let mut runs: Vec<_> = chunk
+        .into_iter()
+        .filter_map(|r| r.loaded.map(|b| *b))
+        .chain(read.into_iter().map(|p| (p, None)))
+        .collect();
+    runs.sort_by_key(|(p, _)| (p.due(), p.id));
+    Ok(runs)
+}
+
+/// Runs read from the outbox, held until they are due, earliest first.
 struct Held {
-    runs: std::collections::VecDeque<(claim::Pending, Option<Prepared>)>,
+    runs: std::collections::VecDeque<HeldRun>,
     /// The highest execution id read so far: later reads ask only for newer ones.
     max_id: i64,
     /// Ids held, so a run read again is not held (and published) twice.
@@ -707,7 +796,7 @@ struct Held {
 }
 
 impl Held {
-    fn new(batch: Vec<claim::Pending>) -> Self {
+    fn new(batch: Vec<(i64, DateTime<Utc>)>) -> Self {
         let mut held = Held {
             runs: std::collections::VecDeque::new(),
             max_id: 0,
@@ -718,25 +807,60 @@ impl Held {
     }
 
     /// Merge newly read runs (they may be due before some held ones).
-    fn add(&mut self, batch: Vec<claim::Pending>) {
-        for p in batch {
-            self.max_id = self.max_id.max(p.id);
-            if !self.ids.insert(p.id) {
+    fn add(&mut self, batch: Vec<(i64, DateTime<Utc>)>) {
+        for (id, due) in batch {
+            self.max_id = self.max_id.max(id);
+            if !self.ids.insert(id) {
                 continue;
             }
-            self.runs.push_back((p, None));
+            self.runs.push_back(HeldRun {
+                id,
+                due,
+                loaded: None,
+            });
         }
-        self.runs
-            .make_contiguous()
-            .sort_by_key(|(p, _)| (p.due(), p.id));
+        self.runs.make_contiguous().sort_by_key(|r| (r.due, r.id));
     }
 
-    /// Encode the first `n` runs (those not encoded yet): a burst's first chunks then go out
-    /// as soon as they are due. Only the first `n`, since an envelope is ~1.3 KB.
+    /// The ids among the first `n` runs whose rows are not read yet.
+    fn unloaded(&self, n: usize) -> Vec<i64> {
+        self.runs
+            .iter()
+            .take(n)
+            .filter(|r| r.loaded.is_none())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Attach the rows read for `asked`; an asked run that did not come back is no longer
+    /// PENDING and is let go.
+    fn attach(&mut self, asked: &[i64], rows: Vec<claim::Pending>) {
+        let mut rows: std::collections::HashMap<i64, claim::Pending> =
+            rows.into_iter().map(|p| (p.id, p)).collect();
+        let gone: std::collections::HashSet<i64> = asked
+            .iter()
+            .filter(|id| !rows.contains_key(id))
+            .copied()
+            .collect();
+        for r in self.runs.iter_mut() {
+            if let Some(p) = rows.remove(&r.id) {
+                r.loaded = Some(Box::new((p, None)));
+            }
+        }
+        if !gone.is_empty() {
+            self.runs.retain(|r| !gone.contains(&r.id));
+            self.ids.retain(|id| !gone.contains(id));
+        }
+    }
+
+    /// Encode the first `n` runs that are read and not encoded yet: a burst's first chunks then
+    /// go out as soon as they are due. Only the first `n`, since an envelope is ~1.3 KB.
     fn encode_ahead(&mut self, n: usize, encoder: &Encoder) {
-        for (p, prepared) in self.runs.iter_mut().take(n) {
-            if prepared.is_none() {
-                *prepared = Some(encoder.encode(p));
+        for r in self.runs.iter_mut().take(n) {
+            if let Some(loaded) = r.loaded.as_mut()
+                && loaded.1.is_none()
+            {
+                loaded.1 = Some(encoder.encode(&loaded.0));
             }
         }
     }
@@ -750,15 +874,15 @@ impl Held {
     }
 
     fn first_due(&self) -> Option<chrono::DateTime<Utc>> {
-        self.runs.front().map(|(p, _)| p.due())
+        self.runs.front().map(|r| r.due)
     }
 
     /// Remove and return the runs due by `now`.
-    fn take_due(&mut self, now: chrono::DateTime<Utc>) -> Vec<(claim::Pending, Option<Prepared>)> {
-        let n = self.runs.partition_point(|(p, _)| p.due() <= now);
+    fn take_due(&mut self, now: chrono::DateTime<Utc>) -> Vec<HeldRun> {
+        let n = self.runs.partition_point(|r| r.due <= now);
         let due: Vec<_> = self.runs.drain(..n).collect();
-        for (p, _) in &due {
-            self.ids.remove(&p.id);
+        for r in &due {
+            self.ids.remove(&r.id);
         }
         due
     }
@@ -790,8 +914,12 @@ mod tests {
         }
     }
 
-    fn ids(due: &[(claim::Pending, Option<Prepared>)]) -> Vec<i64> {
-        due.iter().map(|(p, _)| p.id).collect()
+    fn ids(due: &[HeldRun]) -> Vec<i64> {
+        due.iter().map(|r| r.id).collect()
+    }
+
+    fn times(runs: &[claim::Pending]) -> Vec<(i64, DateTime<Utc>)> {
+        runs.iter().map(|p| (p.id, p.due())).collect()
     }
 
     fn encoder() -> Encoder {
@@ -821,10 +949,10 @@ mod tests {
     fn held_runs_come_out_by_time_once_each() {
         let t0 = Utc::now();
         let s = TimeDelta::seconds;
-        let mut held = Held::new(vec![run(1, t0 + s(2)), run(2, t0 + s(4))]);
+        let mut held = Held::new(times(&[run(1, t0 + s(2)), run(2, t0 + s(4))]));
         assert_eq!(held.max_id(), 2);
         // A newer claim due sooner, a late-committed lower id due now, and a run already held.
-        held.add(vec![run(5, t0 + s(1)), run(0, t0), run(2, t0 + s(4))]);
+        held.add(times(&[run(5, t0 + s(1)), run(0, t0), run(2, t0 + s(4))]));
         assert_eq!(held.len(), 4, "the run read twice is held once");
         assert_eq!(held.max_id(), 5);
         assert_eq!(held.first_due(), Some(t0));
@@ -832,7 +960,7 @@ mod tests {
         assert!(held.take_due(t0 + s(1)).is_empty(), "nothing twice");
         assert_eq!(ids(&held.take_due(t0 + s(3))), vec![1]);
         // Only what is held counts (a published run is no longer PENDING, so never read again).
-        held.add(vec![run(1, t0 + s(2))]);
+        held.add(times(&[run(1, t0 + s(2))]));
         assert_eq!(ids(&held.take_due(t0 + s(10))), vec![1, 2]);
         assert_eq!(held.first_due(), None);
     }
@@ -841,17 +969,60 @@ mod tests {
     fn only_the_earliest_held_runs_are_encoded_ahead_and_the_rest_when_published() {
         let t0 = Utc::now();
         let s = TimeDelta::seconds;
-        let mut held = Held::new((1..=5).map(|i| run(i, t0 + s(i))).collect());
+        let rows: Vec<claim::Pending> = (1..=5).map(|i| run(i, t0 + s(i))).collect();
+        let mut held = Held::new(times(&rows));
+        // Read ahead: the rows of the first two (only those are asked for), run 2 no longer
+        // PENDING (it did not come back), so it is let go.
+        assert_eq!(held.unloaded(2), [1, 2]);
+        held.attach(&[1, 2], vec![rows[0].clone()]);
+        assert_eq!(held.len(), 4);
+        assert_eq!(held.unloaded(2), [3]);
+        held.attach(&[3], vec![rows[2].clone()]);
         held.encode_ahead(2, &encoder());
-        let encoded: Vec<bool> = held.runs.iter().map(|(_, e)| e.is_some()).collect();
-        assert_eq!(encoded, [true, true, false, false, false]);
-        // A run read later and due sooner is encoded next; the held encodings are kept.
-        held.add(vec![run(9, t0)]);
+        let state = |held: &Held| -> Vec<(bool, bool)> {
+            held.runs
+                .iter()
+                .map(|r| {
+                    (
+                        r.loaded.is_some(),
+                        r.loaded.as_ref().is_some_and(|l| l.1.is_some()),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            state(&held),
+            [(true, true), (true, true), (false, false), (false, false)]
+        );
+        // A run read later and due sooner is read and encoded next; the rest stay ids.
+        held.add(vec![(9, t0)]);
+        assert_eq!(held.unloaded(4), [9, 4]);
+        held.attach(&[9], vec![run(9, t0)]);
         held.encode_ahead(2, &encoder());
-        let encoded: Vec<bool> = held.runs.iter().map(|(_, e)| e.is_some()).collect();
-        assert_eq!(encoded, [true, true, true, false, false, false]);
-        let (runs, prepared) = encoder().encode_all(held.take_due(t0 + s(10)));
-        assert_eq!(runs.len(), 6);
+        assert_eq!(
+            state(&held),
+            [
+                (true, true),
+                (true, true),
+                (true, true),
+                (false, false),
+                (false, false)
+            ]
+        );
+        let due = held.take_due(t0 + s(10));
+        assert_eq!(ids(&due), [9, 1, 3, 4, 5]);
+        // What a chunk's publish does with them: read the rest (here, as the query would
+        // return them), then encode what is not encoded.
+        let mut runs: Vec<(claim::Pending, Option<Prepared>)> = due
+            .into_iter()
+            .map(|r| match r.loaded {
+                Some(l) => *l,
+                None => (rows[r.id as usize - 1].clone(), None),
+            })
+            .collect();
+        runs.sort_by_key(|(p, _)| (p.due(), p.id));
+        let (runs, prepared) = encoder().encode_all(runs);
+        assert_eq!(runs.len(), 5);
         for (p, m) in runs.iter().zip(&prepared) {
             let Prepared::Redis { id, envelope, .. } = m else {
                 panic!("encoded for Redis")
