@@ -415,8 +415,9 @@ impl Dispatcher {
         held.encode_ahead(n, encoder);
     }
 
-    /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time: the next chunk is
-    /// encoded (on a blocking thread) while one is published. They are recorded as DISPATCHED
+    /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time: the next
+    /// [`PREPARING`] chunks are read (those held by id) and encoded (on a blocking thread)
+    /// while one is published. They are recorded as DISPATCHED
     /// in the background once the burst is out, so Postgres does not compete with it for the
     /// CPU. Returns whether all were published.
     #[allow(clippy::too_many_arguments)]
@@ -444,7 +445,7 @@ impl Dispatcher {
         }
         // Read (what is only held by id) and encode, as a task of its own so it runs while the
         // chunk before it is published.
-        let encode = |chunk: Vec<HeldRun>| {
+        let prepare = |chunk: Vec<HeldRun>| {
             let (pool, encoder) = (self.pool.clone(), encoder.clone());
             tokio::spawn(async move {
                 let runs = load(&pool, chunk).await?;
@@ -457,7 +458,7 @@ impl Dispatcher {
         while preparing.len() < PREPARING
             && let Some(chunk) = chunks.pop_front()
         {
-            preparing.push_back(encode(chunk));
+            preparing.push_back(prepare(chunk));
         }
         let mut published = Vec::new();
         let mut all = true;
@@ -479,7 +480,7 @@ impl Dispatcher {
                 }
             };
             if let Some(chunk) = chunks.pop_front() {
-                preparing.push_back(encode(chunk));
+                preparing.push_back(prepare(chunk));
             }
             // Between chunks too: a burst takes long enough for a lease to pass.
             if !leading() {
@@ -777,13 +778,21 @@ async fn load(
         .map(|r| r.id)
         .collect();
     let read = claim::pending_by_ids(pool, &ids).await?;
+    Ok(merge(chunk, read))
+}
+
+/// A chunk's runs read ahead, together with the rows read for the rest, in time order.
+fn merge(
+    chunk: Vec<HeldRun>,
+    read: Vec<claim::Pending>,
+) -> Vec<(claim::Pending, Option<Prepared>)> {
     let mut runs: Vec<_> = chunk
         .into_iter()
         .filter_map(|r| r.loaded.map(|b| *b))
         .chain(read.into_iter().map(|p| (p, None)))
         .collect();
     runs.sort_by_key(|(p, _)| (p.due(), p.id));
-    Ok(runs)
+    runs
 }
 
 /// Runs read from the outbox, held until they are due, earliest first.
@@ -1013,15 +1022,12 @@ mod tests {
         assert_eq!(ids(&due), [9, 1, 3, 4, 5]);
         // What a chunk's publish does with them: read the rest (here, as the query would
         // return them), then encode what is not encoded.
-        let mut runs: Vec<(claim::Pending, Option<Prepared>)> = due
-            .into_iter()
-            .map(|r| match r.loaded {
-                Some(l) => *l,
-                None => (rows[r.id as usize - 1].clone(), None),
-            })
+        let read: Vec<claim::Pending> = due
+            .iter()
+            .filter(|r| r.loaded.is_none())
+            .map(|r| rows[r.id as usize - 1].clone())
             .collect();
-        runs.sort_by_key(|(p, _)| (p.due(), p.id));
-        let (runs, prepared) = encoder().encode_all(runs);
+        let (runs, prepared) = encoder().encode_all(merge(due, read));
         assert_eq!(runs.len(), 5);
         for (p, m) in runs.iter().zip(&prepared) {
             let Prepared::Redis { id, envelope, .. } = m else {
