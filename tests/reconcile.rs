@@ -205,11 +205,43 @@ async fn create_update_suspend_resume_delete() {
         "on the cron grid: {next}"
     );
 
+    // A condition someone else wrote survives the reconciler rewriting Ready (the operator's
+    // cache keeps only Ready; it reads the object for the others). The watch delivers this
+    // status change before the suspend below, so the reconcile of the suspend knows of it.
+    let shown = f.jobs().get("sync").await.expect("job");
+    let mut conditions =
+        serde_json::to_value(shown.status.expect("status").conditions).expect("json");
+    conditions.as_array_mut().expect("a list").push(json!({
+        "type": "Degraded", "status": "False", "reason": "Fine",
+        "message": "from another controller", "lastTransitionTime": "2026-11-01T00:00:00Z"}));
+    f.jobs()
+        .patch_status(
+            "sync",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .expect("patch status");
+
     // Suspend takes effect at once; resume does not replay.
     f.patch_job("sync", json!({"spec": {"suspend": true}}))
         .await;
     let (_, _, message) = f.ready("sync").await;
     assert!(message.contains("suspended"), "{message}");
+    let conditions = f
+        .jobs()
+        .get("sync")
+        .await
+        .expect("job")
+        .status
+        .expect("status")
+        .conditions;
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.message == "from another controller"),
+        "{conditions:?}"
+    );
     let row = f.row("sync").await.expect("row");
     assert!(!row.enabled && row.suspended && row.next_run_at.is_none());
     assert_eq!(

@@ -442,21 +442,37 @@ pub async fn next_pending(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::
     .await
 }
 
+/// A run just recorded as DISPATCHED, with what its log line names.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Dispatched {
+    pub job_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub task_name: String,
+    pub task_id: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: String,
+}
+
+/// Record published runs as DISPATCHED. Returns those it changed (not those settled meanwhile
+/// from the publish record), so a burst keeps only ids until it is recorded.
 pub async fn mark_dispatched(
     pool: &PgPool,
     ids: &[i64],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE job_executions SET state = 'DISPATCHED', dispatched_at = $2,
-                publish_attempts = publish_attempts + 1, error = NULL
-         WHERE id = ANY($1) AND state = 'PENDING'",
+) -> Result<Vec<Dispatched>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE job_executions e SET state = 'DISPATCHED', dispatched_at = $2,
+                publish_attempts = e.publish_attempts + 1, error = NULL
+         FROM scheduled_jobs j
+         WHERE e.id = ANY($1) AND e.state = 'PENDING' AND j.id = e.job_id
+         RETURNING e.job_id, j.namespace, j.name, j.task_name, e.task_id, e.scheduled_for,
+                   e.trigger",
     )
     .bind(ids)
     .bind(now)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .fetch_all(pool)
+    .await
 }
 
 /// The task ids of the oldest PENDING executions.

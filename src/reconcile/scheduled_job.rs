@@ -12,16 +12,15 @@ use serde_json::json;
 use tracing::{debug, info};
 
 use super::{
-    Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, split, validate,
+    Context, Error, Guarded,
+    cached::{CachedJob, reconciled_digest},
+    conditions, finalizer_stage, schema_mismatch, validate,
 };
 use crate::{
-    api::{ScheduledJob, ScheduledJobStatus, TaskFunction},
+    api::{Condition, ScheduledJob, ScheduledJobSpec, TaskFunction},
     schedule::rfc3339,
     store,
 };
-
-/// How often every job is reconciled even without a change.
-const RESYNC: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The verdict on a job, before it is written anywhere.
 enum Verdict {
@@ -29,14 +28,11 @@ enum Verdict {
     Invalid(validate::Invalid),
 }
 
-pub async fn reconcile(
-    obj: Arc<Guarded<ScheduledJob>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.may_write().await? {
         return Ok(Action::await_change());
     }
-    let (meta, job) = split(obj.as_ref());
+    let meta = &obj.metadata;
     let ns = meta
         .namespace
         .clone()
@@ -44,7 +40,7 @@ pub async fn reconcile(
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
     let uid = meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?;
     let key = format!("{ns}/{name}");
-    let api: Api<Guarded<ScheduledJob>> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<CachedJob> = Api::namespaced(ctx.client.clone(), &ns);
 
     let cleanup = async {
         // Stop scheduling before the object disappears; executions are kept.
@@ -59,13 +55,26 @@ pub async fn reconcile(
 
     let now = Utc::now();
     let generation = meta.generation.unwrap_or(0);
-    let verdict = match job {
-        None => Verdict::Invalid(schema_mismatch(obj.as_ref(), "ScheduledJob")),
-        Some(job) => {
-            let tf = ctx.task_function(&job.spec.task_function).await;
-            judge(job, &uid, &ns, &name, generation, tf.as_deref(), now)
+    let verdict = match obj.spec() {
+        Err(why) => Verdict::Invalid(schema_mismatch("ScheduledJob", &why)),
+        Ok(spec) => {
+            let tf = ctx.task_function(&spec.task_function).await;
+            let created = meta
+                .creation_timestamp
+                .as_ref()
+                .map(|t| to_chrono(t.0))
+                .unwrap_or(now);
+            let meta = validate::JobMeta {
+                uid: &uid,
+                namespace: &ns,
+                name: &name,
+                generation,
+                created,
+            };
+            judge(&meta, &spec, tf.as_deref(), now)
         }
     };
+    let previous = previous_conditions(&ctx, &obj, &ns, &name).await?;
 
     let (conds, summary, next, last_trigger) = match verdict {
         Verdict::Valid(row) => {
@@ -92,9 +101,6 @@ pub async fn reconcile(
                 "valid and stored"
             };
             debug!(job = %key, next = ?stored.next_run_at, "stored");
-            let previous = current_status(job)
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
             let conds =
                 conditions::set_ready(&previous, true, "Stored", message, Some(generation), now);
             (
@@ -115,9 +121,6 @@ pub async fn reconcile(
             )
             .await?;
             info!(job = %key, reason = %invalid.reason, message = %invalid.message, "ScheduledJob not ready");
-            let previous = current_status(job)
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
             let conds = conditions::set_ready(
                 &previous,
                 false,
@@ -130,7 +133,7 @@ pub async fn reconcile(
                 conds,
                 None,
                 None,
-                current_status(job).and_then(|s| s.last_trigger.clone()),
+                obj.status.last_trigger.as_deref().map(String::from),
             )
         }
     };
@@ -141,34 +144,18 @@ pub async fn reconcile(
         next_schedule_time: next.map(rfc3339),
         last_trigger,
     };
-    write_status(&api, &name, job, owned).await?;
+    write_status(&api, &name, &obj, owned).await?;
     ctx.succeeded(&key);
-    // A periodic resync as a safety net for events missed while disconnected.
-    Ok(Action::requeue(RESYNC))
+    // No periodic requeue: the drift check is the safety net (see `drift_checks`).
+    Ok(Action::await_change())
 }
 
 fn judge(
-    job: &ScheduledJob,
-    uid: &str,
-    ns: &str,
-    name: &str,
-    generation: i64,
+    meta: &validate::JobMeta,
+    spec: &ScheduledJobSpec,
     tf_obj: Option<&Guarded<TaskFunction>>,
     now: DateTime<Utc>,
 ) -> Verdict {
-    let created = job
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| to_chrono(t.0))
-        .unwrap_or(now);
-    let meta = validate::JobMeta {
-        uid,
-        namespace: ns,
-        name,
-        generation,
-        created,
-    };
     let tf_result = tf_obj.and_then(|g| match &g.0 {
         // A TaskFunction on its way out counts as gone.
         Ok(tf) if tf.metadata.deletion_timestamp.is_some() => None,
@@ -183,7 +170,7 @@ fn judge(
         Some(Err(e)) => validate::TaskFunctionRef::Invalid(e),
         Some(Ok(tf)) => validate::TaskFunctionRef::Valid(tf),
     };
-    match validate::scheduled_job(&meta, &job.spec, tf_ref, now) {
+    match validate::scheduled_job(meta, spec, tf_ref, now) {
         Ok(row) => Verdict::Valid(Box::new(row)),
         Err(e) => Verdict::Invalid(e),
     }
@@ -193,7 +180,7 @@ fn judge(
 /// value is the slot key), so applying the same value twice runs once.
 async fn manual_trigger(
     ctx: &Context,
-    obj: &Guarded<ScheduledJob>,
+    obj: &CachedJob,
     uid: &str,
     key: &str,
     last: Option<&str>,
@@ -238,8 +225,27 @@ async fn manual_trigger(
     }
 }
 
-fn current_status(job: Option<&ScheduledJob>) -> Option<&ScheduledJobStatus> {
-    job.and_then(|j| j.status.as_ref())
+/// The conditions the object shows, for `set_ready` to keep what it should. The cache keeps
+/// only `Ready`; conditions of other types (someone else's) are read from the object.
+async fn previous_conditions(
+    ctx: &Context,
+    obj: &CachedJob,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<Condition>, Error> {
+    if let Some(conditions) = obj.previous_conditions() {
+        return Ok(conditions);
+    }
+    // Untyped: the conditions are wanted even if the spec does not match the schema.
+    let resource = kube::api::ApiResource::erase::<ScheduledJob>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    let job = api.get_status(name).await?;
+    Ok(job
+        .data
+        .pointer("/status/conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default())
 }
 
 /// The status fields the reconciler owns (the status writer owns the execution fields).
@@ -259,16 +265,20 @@ struct OwnedStatus {
 /// saturated the apiserver, and the leader being replaced next needed 0.9 s to release its
 /// Lease). It is written here whenever something else is (a new spec, a trigger).
 async fn write_status(
-    api: &Api<Guarded<ScheduledJob>>,
+    api: &Api<CachedJob>,
     name: &str,
-    job: Option<&ScheduledJob>,
+    obj: &CachedJob,
     new: OwnedStatus,
 ) -> Result<(), Error> {
-    if let Some(s) = current_status(job)
-        && s.observed_generation == Some(new.observed_generation)
-        && s.conditions == new.conditions
-        && s.schedule == new.schedule
-        && s.last_trigger == new.last_trigger
+    let shown = &obj.status;
+    if !shown.unreadable
+        && shown.reconciled
+            == reconciled_digest(
+                Some(new.observed_generation),
+                &new.conditions,
+                new.schedule.as_deref(),
+                new.last_trigger.as_deref(),
+            )
     {
         return Ok(());
     }

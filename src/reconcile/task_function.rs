@@ -44,7 +44,14 @@ pub async fn reconcile(
     let generation = meta.generation.unwrap_or(0);
     let verdict = match tf {
         Some(tf) => validate::task_function(&name, &tf.spec),
-        None => Err(schema_mismatch(obj.as_ref(), "TaskFunction")),
+        None => Err(schema_mismatch(
+            "TaskFunction",
+            obj.0
+                .as_ref()
+                .err()
+                .map(|e| e.error.as_str())
+                .unwrap_or_default(),
+        )),
     };
     let previous = tf
         .and_then(|t| t.status.as_ref())
@@ -81,9 +88,7 @@ pub async fn reconcile(
         .state()
         .iter()
         .filter(|j| {
-            j.0.as_ref().is_ok_and(|j| {
-                j.spec.task_function == name && j.metadata.deletion_timestamp.is_none()
-            })
+            j.task_function() == Some(name.as_str()) && j.metadata.deletion_timestamp.is_none()
         })
         .count() as i64;
     let unchanged = tf.and_then(|t| t.status.as_ref()).is_some_and(|s| {

@@ -40,7 +40,7 @@ pub use events::{JobEvent, JobRef, Reason};
 use crate::{
     api::ScheduledJob,
     leader::Role,
-    reconcile::Guarded,
+    reconcile::cached::CachedJob,
     schedule::rfc3339,
     store::{last_run_sql, visible_run_sql},
 };
@@ -255,28 +255,51 @@ fn status_fields(r: &Row, active: &[&ActiveRow]) -> Value {
     })
 }
 
-/// Whether the object's current status already has these values (absent and `null` agree;
-/// `None` inside `lastExecution` is written as `null` and read back as absent).
-fn already_has(current: &Value, wanted: &Value) -> bool {
-    fn same(a: Option<&Value>, b: &Value) -> bool {
-        match (a, b) {
-            (None | Some(Value::Null), Value::Null) => true,
-            (Some(Value::Object(x)), Value::Object(y)) => {
-                y.iter().all(|(k, v)| same(x.get(k), v)) && x.keys().all(|k| y.contains_key(k))
+/// The status fields [`status_fields`] writes.
+const WRITTEN_FIELDS: [&str; 10] = [
+    "nextScheduleTime",
+    "lastScheduleTime",
+    "lastSuccessfulTime",
+    "lastExecution",
+    "active",
+    "totalRuns",
+    "succeeded",
+    "failed",
+    "missed",
+    "skipped",
+];
+
+/// A digest of the status fields this writer owns, from a whole status as read back or from a
+/// patch: absent and `null` agree (a `None` is written as `null` and read back as absent), and
+/// key order does not matter. The informer cache keeps only this digest of a job's status.
+pub fn written_digest(status: &Value) -> u64 {
+    fn feed(v: &Value, h: &mut std::collections::hash_map::DefaultHasher) {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().filter(|(_, v)| !v.is_null()).collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                h.write_u8(b'{');
+                for (k, v) in entries {
+                    k.hash(h);
+                    feed(v, h);
+                }
+                h.write_u8(b'}');
             }
-            (Some(a), b) => a == b,
-            (None, _) => false,
+            Value::Array(items) => {
+                h.write_u8(b'[');
+                items.iter().for_each(|item| feed(item, h));
+                h.write_u8(b']');
+            }
+            scalar => scalar.to_string().hash(h),
         }
     }
-    match wanted {
-        Value::Object(w) => w.iter().all(|(k, v)| same(current.get(k), v)),
-        _ => false,
-    }
-}
-
-fn fingerprint(v: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.to_string().hash(&mut h);
+    for key in WRITTEN_FIELDS {
+        if let Some(v) = status.get(key).filter(|v| !v.is_null()) {
+            key.hash(&mut h);
+            feed(v, &mut h);
+        }
+    }
     h.finish()
 }
 
@@ -285,7 +308,7 @@ pub struct WriterSetup {
     pub client: Client,
     pub pool: PgPool,
     /// The ScheduledJob informer cache, to skip writes the object already shows.
-    pub cache: Store<Guarded<ScheduledJob>>,
+    pub cache: Store<CachedJob>,
     pub cfg: WriterConfig,
     pub stats: Arc<FeedStats>,
 }
@@ -349,7 +372,7 @@ pub async fn run(
 struct Writer {
     client: Client,
     pool: PgPool,
-    cache: Store<Guarded<ScheduledJob>>,
+    cache: Store<CachedJob>,
     cfg: WriterConfig,
     stats: Arc<FeedStats>,
     pending: Pending,
@@ -432,8 +455,8 @@ impl Writer {
         for row in rows {
             let mine: Vec<&ActiveRow> = active.iter().filter(|a| a.job_id == row.id).collect();
             let fields = status_fields(&row, &mine);
-            let print = fingerprint(&fields);
-            if self.written.get(&row.id) == Some(&print) || self.cached_has(&row, &fields) {
+            let print = written_digest(&fields);
+            if self.written.get(&row.id) == Some(&print) || self.cached_has(&row, print) {
                 continue;
             }
             pace.tick().await;
@@ -497,16 +520,11 @@ impl Writer {
     }
 
     /// The informer cache already shows these values (e.g. right after a failover).
-    fn cached_has(&self, row: &Row, fields: &Value) -> bool {
-        let key = ObjectRef::<Guarded<ScheduledJob>>::new(&row.name).within(&row.namespace);
-        let Some(obj) = self.cache.get(&key) else {
-            return false;
-        };
-        let Ok(job) = &obj.0 else { return false };
-        let Some(status) = &job.status else {
-            return false;
-        };
-        serde_json::to_value(status).is_ok_and(|current| already_has(&current, fields))
+    fn cached_has(&self, row: &Row, digest: u64) -> bool {
+        let key = ObjectRef::<CachedJob>::new(&row.name).within(&row.namespace);
+        self.cache
+            .get(&key)
+            .is_some_and(|job| !job.status.unreadable && job.status.written == digest)
     }
 }
 
@@ -588,18 +606,36 @@ mod tests {
     }
 
     #[test]
-    fn already_has_treats_null_as_absent() {
-        let current = json!({"totalRuns": 3, "lastExecution": {"taskId": "a", "state": "SUCCESS"}});
-        let wanted = json!({"totalRuns": 3, "active": null,
-            "lastExecution": {"taskId": "a", "state": "SUCCESS", "message": null}});
-        assert!(already_has(&current, &wanted));
-        let changed = json!({"totalRuns": 4});
-        assert!(!already_has(&current, &changed));
-        let new_exec = json!({"lastExecution": {"taskId": "b", "state": "SUCCESS"}});
-        assert!(!already_has(&current, &new_exec));
-        assert!(!already_has(
-            &json!({}),
-            &json!({"lastExecution": {"taskId": "a"}})
-        ));
+    fn written_digest_treats_null_as_absent_and_ignores_key_order() {
+        // What a status shows, read back through the typed status (as the cache does it).
+        let status = crate::api::ScheduledJobStatus {
+            total_runs: 3,
+            last_execution: Some(crate::api::ExecutionSummary {
+                task_id: "a".into(),
+                state: "SUCCESS".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let current = serde_json::to_value(&status).expect("status");
+        let wanted = json!({"skipped": 0, "missed": 0, "failed": 0, "succeeded": 0,
+            "totalRuns": 3, "active": null, "nextScheduleTime": null,
+            "lastExecution": {"state": "SUCCESS", "taskId": "a", "message": null,
+                "scheduledFor": "", "trigger": ""}});
+        assert_eq!(written_digest(&current), written_digest(&wanted));
+        // The reconciler's fields are not the writer's business.
+        let mut other = current.clone();
+        other["observedGeneration"] = json!(7);
+        assert_eq!(written_digest(&other), written_digest(&current));
+        let mut changed = wanted.clone();
+        changed["totalRuns"] = json!(4);
+        assert_ne!(written_digest(&changed), written_digest(&current));
+        let mut new_exec = wanted.clone();
+        new_exec["lastExecution"]["taskId"] = json!("b");
+        assert_ne!(written_digest(&new_exec), written_digest(&current));
+        assert_ne!(
+            written_digest(&json!({})),
+            written_digest(&json!({"lastExecution": {"taskId": "a"}}))
+        );
     }
 }

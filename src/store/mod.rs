@@ -252,6 +252,17 @@ fn policy_str(p: crate::api::ConcurrencyPolicy) -> &'static str {
     }
 }
 
+/// Every live job's uid and the generation stored for it (the reconciler's drift check).
+pub async fn stored_generations(
+    pool: &PgPool,
+) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT uid, generation FROM scheduled_jobs WHERE deleted_at IS NULL")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Stop an invalid job until it is fixed. Its last valid configuration stays as it was (nothing
 /// half-written); only the flags change. Returns whether a row existed.
 pub async fn disable_invalid_job(

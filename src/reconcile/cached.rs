@@ -1,0 +1,376 @@
+//! What the operator keeps of a ScheduledJob in its informer cache.
+//!
+//! Whole objects made the cache the largest part of the operator's memory: 2.2 KB per job, 213 MB
+//! at 100,000 jobs (a String per field, a map node per label and annotation map, the status with
+//! its conditions and executions). The operator reads few of those fields, so the watch decodes
+//! each object straight into a [`CachedJob`]: the metadata the reconciler acts on, the spec as one
+//! JSON string (parsed again when the job is reconciled), and a digest of the status fields each
+//! status writer owns, enough to tell "the object already shows this" without the fields.
+
+use std::{
+    borrow::Cow,
+    hash::{Hash, Hasher},
+};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use kube::Resource;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::api::{Condition, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus};
+
+/// One ScheduledJob as cached. Built only by deserializing an object from the apiserver.
+#[derive(Clone, Debug)]
+pub struct CachedJob {
+    /// Name, namespace, uid, resourceVersion, generation, timestamps, finalizers and the
+    /// trigger annotation; nothing else.
+    pub metadata: ObjectMeta,
+    /// The spec as JSON, or why it does not deserialize as a [`ScheduledJobSpec`].
+    spec: Result<Box<str>, Box<str>>,
+    /// `spec.taskFunction` of a spec that deserializes.
+    task_function: Option<Box<str>>,
+    /// What the status shows, as far as the status writers need to know.
+    pub status: SeenStatus,
+}
+
+/// The parts of a job's status its writers compare against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenStatus {
+    /// [`reconciled_digest`] of the fields the reconciler writes.
+    pub reconciled: u64,
+    /// [`crate::status::written_digest`] of the fields the status writer writes.
+    pub written: u64,
+    /// The `Ready` condition's status (`True`) and when it last flipped.
+    pub ready: Option<(bool, Time)>,
+    /// Conditions of other types exist (someone else wrote them): the reconciler reads the
+    /// object to keep them.
+    pub other_conditions: bool,
+    pub last_trigger: Option<Box<str>>,
+    /// The status did not deserialize (only a schema change could do that).
+    pub unreadable: bool,
+}
+
+impl CachedJob {
+    /// The spec, parsed from the cached JSON, or why the object does not deserialize.
+    pub fn spec(&self) -> Result<ScheduledJobSpec, String> {
+        match &self.spec {
+            Ok(json) => serde_json::from_str(json).map_err(|e| e.to_string()),
+            Err(why) => Err(why.to_string()),
+        }
+    }
+
+    /// `spec.taskFunction`, when the spec deserializes.
+    pub fn task_function(&self) -> Option<&str> {
+        self.task_function.as_deref()
+    }
+
+    /// The `Ready` condition as last written, for [`crate::reconcile::conditions::set_ready`]
+    /// (which reads only its status and transition time). `None` when other conditions exist:
+    /// the caller reads the object to keep them.
+    pub fn previous_conditions(&self) -> Option<Vec<Condition>> {
+        if self.status.other_conditions {
+            return None;
+        }
+        Some(
+            self.status
+                .ready
+                .iter()
+                .map(|(ready, since)| Condition {
+                    type_: super::conditions::READY.to_string(),
+                    status: if *ready { "True" } else { "False" }.to_string(),
+                    last_transition_time: since.clone(),
+                    reason: String::new(),
+                    message: String::new(),
+                    observed_generation: None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The cache entry of a whole object (tests, and objects returned by a GET).
+    pub fn of(job: &ScheduledJob) -> CachedJob {
+        let value = serde_json::to_value(job).unwrap_or_default();
+        CachedJob::from_value(value)
+    }
+
+    fn from_value(mut value: Value) -> CachedJob {
+        let take = |v: &mut Value, key: &str| v.get_mut(key).map(Value::take);
+        let metadata = take(&mut value, "metadata")
+            .and_then(|m| serde_json::from_value(m).ok())
+            .map(trimmed)
+            .unwrap_or_default();
+        let spec_value = take(&mut value, "spec").unwrap_or(Value::Null);
+        let (spec, task_function) = match ScheduledJobSpec::deserialize(&spec_value) {
+            Ok(parsed) => (
+                Ok(spec_value.to_string().into_boxed_str()),
+                Some(parsed.task_function.into_boxed_str()),
+            ),
+            Err(e) => (Err(e.to_string().into_boxed_str()), None),
+        };
+        let status = match take(&mut value, "status") {
+            None | Some(Value::Null) => seen(&ScheduledJobStatus::default()),
+            Some(v) => match ScheduledJobStatus::deserialize(&v) {
+                Ok(s) => seen(&s),
+                Err(_) => SeenStatus {
+                    unreadable: true,
+                    ..Default::default()
+                },
+            },
+        };
+        CachedJob {
+            metadata,
+            spec,
+            task_function,
+            status,
+        }
+    }
+}
+
+/// Keep of the metadata only what the operator reads.
+fn trimmed(meta: ObjectMeta) -> ObjectMeta {
+    let trigger = meta
+        .annotations
+        .and_then(|mut a| a.remove_entry(crate::api::TRIGGER_ANNOTATION));
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        finalizers: meta.finalizers,
+        annotations: trigger.map(|kv| [kv].into()),
+        ..Default::default()
+    }
+}
+
+fn seen(status: &ScheduledJobStatus) -> SeenStatus {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::conditions::READY)
+        .map(|c| (c.status == "True", c.last_transition_time.clone()));
+    SeenStatus {
+        reconciled: reconciled_digest(
+            status.observed_generation,
+            &status.conditions,
+            status.schedule.as_deref(),
+            status.last_trigger.as_deref(),
+        ),
+        written: serde_json::to_value(status)
+            .map(|v| crate::status::written_digest(&v))
+            .unwrap_or_default(),
+        ready,
+        other_conditions: status
+            .conditions
+            .iter()
+            .any(|c| c.type_ != super::conditions::READY),
+        last_trigger: status.last_trigger.as_deref().map(Box::from),
+        unreadable: false,
+    }
+}
+
+/// A digest of the status fields the reconciler owns, from their typed values (so what was read
+/// back and what would be written compare alike).
+pub fn reconciled_digest(
+    observed_generation: Option<i64>,
+    conditions: &[Condition],
+    schedule: Option<&str>,
+    last_trigger: Option<&str>,
+) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    observed_generation.hash(&mut h);
+    serde_json::to_string(conditions)
+        .unwrap_or_default()
+        .hash(&mut h);
+    schedule.hash(&mut h);
+    last_trigger.hash(&mut h);
+    h.finish()
+}
+
+impl<'de> Deserialize<'de> for CachedJob {
+    /// Never fails on an object the apiserver sends: a spec or status that does not match the
+    /// schema is recorded, so one bad object cannot break the watch for the others.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(CachedJob::from_value)
+    }
+}
+
+impl Resource for CachedJob {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        ScheduledJob::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        ScheduledJob::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        ScheduledJob::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        ScheduledJob::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(spec: Value, status: Value) -> Value {
+        json!({
+            "apiVersion": "kubebeat.io/v1alpha1",
+            "kind": "ScheduledJob",
+            "metadata": {
+                "name": "nightly", "namespace": "team-a", "uid": "u-1",
+                "resourceVersion": "42", "generation": 3,
+                "creationTimestamp": "2026-11-01T00:00:00Z",
+                "finalizers": [crate::api::FINALIZER],
+                "labels": {"app": "billing"},
+                "annotations": {
+                    crate::api::TRIGGER_ANNOTATION: "now",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": spec,
+            "status": status,
+        })
+    }
+
+    fn ready(status: &str, since: &str) -> Value {
+        json!({"type": "Ready", "status": status, "reason": "Stored",
+               "message": "valid and stored", "observedGeneration": 3,
+               "lastTransitionTime": since})
+    }
+
+    #[test]
+    fn keeps_what_the_operator_reads_and_nothing_else() {
+        let spec = json!({"taskFunction": "send-report", "schedule": {"cron": "0 3 * * *"},
+                          "kwargs": {"to": "ops"}});
+        let status = json!({"observedGeneration": 3, "schedule": "0 3 * * *",
+            "conditions": [ready("True", "2026-11-01T00:00:05Z")], "lastTrigger": "before",
+            "totalRuns": 2, "nextScheduleTime": "2026-11-02T03:00:00Z"});
+        let job: CachedJob = serde_json::from_value(object(spec.clone(), status.clone()))
+            .expect("always deserializes");
+
+        let meta = &job.metadata;
+        assert_eq!(meta.name.as_deref(), Some("nightly"));
+        assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+        assert_eq!(meta.uid.as_deref(), Some("u-1"));
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(meta.generation, Some(3));
+        assert!(meta.creation_timestamp.is_some());
+        assert_eq!(meta.finalizers.as_deref().map(<[_]>::len), Some(1));
+        // Of the annotations, only the trigger.
+        let annotations: Vec<_> = meta.annotations.iter().flatten().collect();
+        assert_eq!(
+            annotations,
+            [(
+                &crate::api::TRIGGER_ANNOTATION.to_string(),
+                &"now".to_string()
+            )]
+        );
+        assert_eq!(
+            (meta.labels.as_ref(), meta.managed_fields.as_ref()),
+            (None, None)
+        );
+
+        let parsed: ScheduledJobSpec = serde_json::from_value(spec).expect("spec");
+        assert_eq!(job.spec(), Ok(parsed));
+        assert_eq!(job.task_function(), Some("send-report"));
+
+        let typed: ScheduledJobStatus = serde_json::from_value(status).expect("status");
+        assert_eq!(
+            job.status.reconciled,
+            reconciled_digest(
+                Some(3),
+                &typed.conditions,
+                Some("0 3 * * *"),
+                Some("before")
+            )
+        );
+        assert_ne!(
+            job.status.reconciled,
+            reconciled_digest(
+                Some(4),
+                &typed.conditions,
+                Some("0 3 * * *"),
+                Some("before")
+            )
+        );
+        assert_eq!(
+            job.status.written,
+            crate::status::written_digest(&serde_json::to_value(&typed).expect("json"))
+        );
+        assert_eq!(job.status.last_trigger.as_deref(), Some("before"));
+        let previous = job.previous_conditions().expect("only Ready");
+        assert_eq!(previous.len(), 1);
+        assert_eq!(
+            (
+                previous[0].status.as_str(),
+                &previous[0].last_transition_time
+            ),
+            ("True", &typed.conditions[0].last_transition_time)
+        );
+        // The whole object's entry is the same as the watched one's.
+        let whole: ScheduledJob = serde_json::from_value(object(
+            json!({"taskFunction": "send-report", "schedule": {"cron": "0 3 * * *"},
+                   "kwargs": {"to": "ops"}}),
+            serde_json::to_value(&typed).expect("json"),
+        ))
+        .expect("whole");
+        assert_eq!(CachedJob::of(&whole).status, job.status);
+    }
+
+    #[test]
+    fn a_spec_that_does_not_deserialize_is_recorded_not_fatal() {
+        let job: CachedJob = serde_json::from_value(object(
+            json!({"taskFunction": 7, "schedule": "hourly"}),
+            json!({"conditions": "not a list"}),
+        ))
+        .expect("never fails");
+        let why = job.spec().expect_err("not a ScheduledJobSpec");
+        assert!(why.contains("invalid type"), "{why}");
+        assert_eq!(job.task_function(), None);
+        assert!(job.status.unreadable);
+        assert_eq!(job.metadata.name.as_deref(), Some("nightly"));
+
+        let missing: CachedJob =
+            serde_json::from_value(json!({"metadata": {"name": "bare"}})).expect("never fails");
+        assert!(missing.spec().is_err());
+        assert_eq!(missing.status, seen(&ScheduledJobStatus::default()));
+    }
+
+    #[test]
+    fn conditions_of_other_types_are_read_from_the_object() {
+        let other = json!({"type": "Degraded", "status": "False", "reason": "Fine",
+            "message": "", "lastTransitionTime": "2026-11-01T00:00:00Z"});
+        let job: CachedJob = serde_json::from_value(object(
+            json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
+            json!({"conditions": [ready("False", "2026-11-01T00:00:05Z"), other]}),
+        ))
+        .expect("job");
+        assert!(job.status.other_conditions);
+        assert_eq!(job.previous_conditions(), None);
+
+        let none: CachedJob = serde_json::from_value(object(
+            json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
+            Value::Null,
+        ))
+        .expect("job");
+        assert_eq!(none.previous_conditions(), Some(Vec::new()));
+    }
+}
