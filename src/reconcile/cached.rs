@@ -90,12 +90,6 @@ impl CachedJob {
         )
     }
 
-    /// The cache entry of a whole object (tests, and objects returned by a GET).
-    pub fn of(job: &ScheduledJob) -> CachedJob {
-        let value = serde_json::to_value(job).unwrap_or_default();
-        CachedJob::from_value(value)
-    }
-
     fn from_value(mut value: Value) -> CachedJob {
         let take = |v: &mut Value, key: &str| v.get_mut(key).map(Value::take);
         let metadata = take(&mut value, "metadata")
@@ -332,7 +326,8 @@ mod tests {
             serde_json::to_value(&typed).expect("json"),
         ))
         .expect("whole");
-        assert_eq!(CachedJob::of(&whole).status, job.status);
+        let from_whole = CachedJob::from_value(serde_json::to_value(&whole).expect("json"));
+        assert_eq!(from_whole.status, job.status);
     }
 
     #[test]

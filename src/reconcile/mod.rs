@@ -277,7 +277,8 @@ where
     stream.filter(move |item| {
         let pass = match item {
             Ok(job) => {
-                last.insert(uid_key(job), reconcile_worthy(job)) != Some(reconcile_worthy(job))
+                let worthy = reconcile_worthy(job);
+                last.insert(uid_key(job), worthy) != Some(worthy)
             }
             Err(_) => true,
         };
@@ -533,28 +534,33 @@ fn drift_checks(
 ) -> impl futures::Stream<Item = ObjectRef<CachedJob>> + Send + 'static {
     let mut every = tokio::time::interval(DRIFT_CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures::stream::unfold((pool, jobs, role, every, true), |mut st| async move {
-        loop {
-            st.3.tick().await;
-            // The first tick is immediate: a new leader re-reconciles everything anyway.
-            if std::mem::take(&mut st.4) || st.2.borrow().epoch().is_none() {
-                continue;
-            }
-            match crate::store::stored_generations(&st.0).await {
-                Ok(stored) => {
-                    let drifted = drifted(&st.1.state(), &stored);
-                    if !drifted.is_empty() {
-                        tracing::info!(
-                            jobs = drifted.len(),
-                            "jobs differ from Postgres; reconciling them"
-                        );
-                    }
-                    return Some((futures::stream::iter(drifted), st));
+    let state = (pool, jobs, role, every, true);
+    futures::stream::unfold(
+        state,
+        |(pool, jobs, role, mut every, mut first)| async move {
+            loop {
+                every.tick().await;
+                // The first tick is immediate: a new leader re-reconciles everything anyway.
+                if std::mem::take(&mut first) || role.borrow().epoch().is_none() {
+                    continue;
                 }
-                Err(e) => warn!(error = %e, "drift check: reading jobs failed"),
+                match crate::store::stored_generations(&pool).await {
+                    Ok(stored) => {
+                        let drifted = drifted(&jobs.state(), &stored);
+                        if !drifted.is_empty() {
+                            tracing::info!(
+                                jobs = drifted.len(),
+                                "jobs differ from Postgres; reconciling them"
+                            );
+                        }
+                        let state = (pool, jobs, role, every, first);
+                        return Some((futures::stream::iter(drifted), state));
+                    }
+                    Err(e) => warn!(error = %e, "drift check: reading jobs failed"),
+                }
             }
-        }
-    })
+        },
+    )
     .flatten()
 }
 
