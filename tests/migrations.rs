@@ -50,6 +50,21 @@ async fn up_down_up() {
         .expect("status");
     assert!(status.iter().all(|(_, _, applied)| *applied), "{status:?}");
 
+    let spec_columns = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_name = 'scheduled_jobs' AND column_name LIKE 'spec%' ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("columns")
+    };
+    assert_eq!(spec_columns().await, ["spec", "spec_generation"]);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down one step");
+    assert_eq!(reverted, [5]);
+    assert!(spec_columns().await.is_empty(), "the last step undone");
     let reverted = kube_beat::store::migrate::down(&pool, 3)
         .await
         .expect("down three steps");
@@ -100,7 +115,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 4, "each migration applied once");
+    assert_eq!(applied, 5, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

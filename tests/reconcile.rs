@@ -515,6 +515,96 @@ async fn task_function_changes_follow_into_jobs() {
     f.finish().await;
 }
 
+/// A starting operator does not queue every job it lists: as the leader it sweeps them, a few
+/// at a time. What changed while no operator ran must still reach Postgres.
+#[tokio::test]
+#[ignore = "needs the real apiserver and Postgres: make test"]
+async fn a_new_leader_reconciles_what_changed_while_none_ran() {
+    let mut f = fixture("kbt-sweep").await;
+    f.create_tf("sync", task_spec()).await;
+    for name in ["kept", "edited", "restored"] {
+        f.create_job(
+            name,
+            json!({"taskFunction": "sync", "schedule": {"interval": {"hours": 1}}}),
+        )
+        .await;
+        assert_eq!(f.ready(name).await.0, "True");
+    }
+    // The operator stops (frozen, then killed): a spec edit, a new job and a deletion wait for
+    // the next one.
+    f.op.signal("STOP");
+    f.patch_job(
+        "edited",
+        json!({"spec": {"schedule": {"interval": {"minutes": 7}}}}),
+    )
+    .await;
+    f.create_job(
+        "added",
+        json!({"taskFunction": "sync", "schedule": {"interval": {"hours": 1}}}),
+    )
+    .await;
+    f.jobs()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // A row without the spec it was built from (written by an older release, or a database
+    // restored from a backup): the operator's cache keeps no spec for a stored, Ready job.
+    let spec_stored = |name: &'static str| {
+        let pool = f.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT spec IS NOT NULL AND spec_generation IS NOT NULL
+                 FROM scheduled_jobs WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .expect("row")
+        }
+    };
+    assert!(spec_stored("restored").await);
+    sqlx::query(
+        "UPDATE scheduled_jobs SET spec = NULL, spec_generation = NULL, queue = 'stale'
+         WHERE name = 'restored'",
+    )
+    .execute(&f.pool)
+    .await
+    .expect("forget the spec");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(f.row("edited").await.expect("row").generation, 1);
+    assert!(f.row("added").await.is_none(), "nothing reconciles it yet");
+
+    drop(std::mem::replace(
+        &mut f.op,
+        Operator::start(&f.db.url, &f.ns, &f.id, &["--dispatch-mode", "shadow"]),
+    ));
+    let edited = eventually(
+        "the edit reaches Postgres",
+        Duration::from_secs(60),
+        || async { f.row("edited").await.filter(|r| r.generation == 2) },
+    )
+    .await;
+    // (A merge patch: the hour stays.)
+    assert_eq!(
+        edited.schedule_config,
+        json!({"interval": {"hours": 1, "minutes": 7, "seconds": 0}})
+    );
+    assert_eq!(f.ready("added").await.0, "True");
+    eventually("the deleted job stops", WAIT, || async {
+        f.row("kept").await.filter(|r| r.deleted)
+    })
+    .await;
+    // Its spec read from the object instead, the row is built again.
+    let restored = eventually("the row without a spec is rebuilt", WAIT, || async {
+        f.row("restored").await.filter(|r| r.queue != "stale")
+    })
+    .await;
+    assert_eq!(restored.queue, "ad_queue");
+    assert!(spec_stored("restored").await);
+    f.op.assert_running();
+    f.finish().await;
+}
+
 #[tokio::test]
 #[ignore = "needs the real apiserver and Postgres: make test"]
 async fn thousand_jobs_all_become_ready() {

@@ -44,14 +44,13 @@ const CLAIM_COST_GUESS: Duration = Duration::from_micros(200);
 /// How often the runs coming due are counted to size the claim horizon.
 const HORIZON_EVERY: Duration = Duration::from_secs(1);
 /// Runs read from the outbox and held for their time at once. Beyond the earliest
-/// [`CHUNKS_AHEAD`] chunks a held run is its id and time (a whole row with its envelope is
-/// ~2.4 KB): everything claimed for 100,000 jobs due together fits.
+/// [`CHUNKS_AHEAD`] chunks a held run is its id and time (an encoded one is ~1.4 KB):
+/// everything claimed for 100,000 jobs due together fits.
 const HOLD_MAX: i64 = 120_000;
-/// Runs per publish in a burst (the default of [`Dispatcher::publish_chunk`]). The Redis client
-/// holds a publish three times over (its commands, the encoded pipeline, the socket buffer:
-/// ~31 MB for 10,000 runs, measured with heaptrack). Chunks of 5,000 lowered the peak of a
-/// 100,000 burst by ~60 MB but took its p99 from 0.82 s to 1.0 s (reading and encoding, not
-/// publishing, set the pace, and smaller chunks overlap less of it).
+/// Runs per publish in a burst (the default of [`Dispatcher::publish_chunk`]). A chunk in
+/// memory is its envelopes (~14 MB for 10,000) while it is read, encoded and published; the
+/// Redis client holds one LPUSH of them at a time (see `celery::redis_publish`). Smaller chunks
+/// lower a burst's peak but overlap less of the reading and encoding, which set its pace.
 pub const PUBLISH_CHUNK: usize = 10_000;
 /// Chunks encoded before their time, the earliest runs first (an envelope is ~1 KB on Redis):
 /// a burst starts going out at once, and the rest are encoded while the first are published
@@ -499,7 +498,7 @@ impl Dispatcher {
                 // Kept until the burst is recorded: only the ids (recording reads back what
                 // the log lines name). At 100,000 runs the whole rows were ~90 MB more.
                 Some((batch, at)) => {
-                    published.push((batch.iter().map(|p| p.id).collect::<Vec<_>>(), at))
+                    published.push((batch.iter().map(|(id, _)| *id).collect::<Vec<_>>(), at))
                 }
                 None => {
                     all = false;
@@ -544,11 +543,11 @@ impl Dispatcher {
     async fn publish_due(
         &self,
         publisher: &Publisher,
-        batch: Vec<claim::Pending>,
+        batch: Vec<Sent>,
         prepared: &[Prepared],
         uncertain: &AtomicBool,
         epoch: i64,
-    ) -> Option<(Vec<claim::Pending>, DateTime<Utc>)> {
+    ) -> Option<(Vec<Sent>, DateTime<Utc>)> {
         let started = std::time::Instant::now();
         let publish = publisher.publish_prepared(prepared, epoch);
         let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publish)
@@ -564,8 +563,8 @@ impl Dispatcher {
         match outcome {
             Ok(()) => {
                 let now = Utc::now();
-                for p in &batch {
-                    let lag = (now - p.due()).num_microseconds().unwrap_or(0);
+                for (_, due) in &batch {
+                    let lag = (now - *due).num_microseconds().unwrap_or(0);
                     crate::metrics::METRICS
                         .dispatch_lag
                         .observe(lag.max(0) as f64 / 1e6);
@@ -579,7 +578,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 uncertain.store(true, Ordering::Relaxed);
-                let ids: Vec<i64> = batch.iter().map(|p| p.id).collect();
+                let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
                 let give_up_before = Utc::now() - self.publish_give_up;
                 let failed =
                     claim::mark_publish_failed(&self.pool, &ids, &e.to_string(), give_up_before)
@@ -714,15 +713,13 @@ impl Encoder {
         self.encoding.prepare(self.message(p))
     }
 
-    /// Encode what is not encoded yet.
-    fn encode_all(
-        &self,
-        runs: Vec<(claim::Pending, Option<Prepared>)>,
-    ) -> (Vec<claim::Pending>, Vec<Prepared>) {
+    /// Encode what is not encoded yet. Of each run only its id and time are kept beside its
+    /// message: a row is ~600 bytes (6 MB a chunk), and publishing needs neither.
+    fn encode_all(&self, runs: Vec<Loaded>) -> (Vec<Sent>, Vec<Prepared>) {
         runs.into_iter()
-            .map(|(p, prepared)| {
-                let prepared = prepared.unwrap_or_else(|| self.encode(&p));
-                (p, prepared)
+            .map(|loaded| match loaded {
+                Loaded::Row(p) => ((p.id, p.due()), self.encode(&p)),
+                Loaded::Encoded { id, due, message } => ((id, due), message),
             })
             .unzip()
     }
@@ -769,20 +766,39 @@ enum ReadError {
     Encoder,
 }
 
-/// A run held for its time: its row and envelope once read (the earliest chunks), else only
+/// A run held for its time: its row or message once read (the earliest chunks), else only
 /// its id and time.
 struct HeldRun {
     id: i64,
     due: DateTime<Utc>,
-    loaded: Option<Box<(claim::Pending, Option<Prepared>)>>,
+    loaded: Option<Box<Loaded>>,
 }
+
+/// A run once read: its row until it is encoded, then only its message.
+enum Loaded {
+    Row(claim::Pending),
+    Encoded {
+        id: i64,
+        due: DateTime<Utc>,
+        message: Prepared,
+    },
+}
+
+impl Loaded {
+    fn key(&self) -> (DateTime<Utc>, i64) {
+        match self {
+            Loaded::Row(p) => (p.due(), p.id),
+            Loaded::Encoded { id, due, .. } => (*due, *id),
+        }
+    }
+}
+
+/// A published run: its id and when it was due.
+type Sent = (i64, DateTime<Utc>);
 
 /// The rows of a chunk's runs, read for those held only by id, in time order. A run no longer
 /// PENDING (expired, or settled from the publish record) is left out.
-async fn load(
-    pool: &PgPool,
-    chunk: Vec<HeldRun>,
-) -> Result<Vec<(claim::Pending, Option<Prepared>)>, sqlx::Error> {
+async fn load(pool: &PgPool, chunk: Vec<HeldRun>) -> Result<Vec<Loaded>, sqlx::Error> {
     let ids: Vec<i64> = chunk
         .iter()
         .filter(|r| r.loaded.is_none())
@@ -793,16 +809,13 @@ async fn load(
 }
 
 /// A chunk's runs read ahead, together with the rows read for the rest, in time order.
-fn merge(
-    chunk: Vec<HeldRun>,
-    read: Vec<claim::Pending>,
-) -> Vec<(claim::Pending, Option<Prepared>)> {
+fn merge(chunk: Vec<HeldRun>, read: Vec<claim::Pending>) -> Vec<Loaded> {
     let mut runs: Vec<_> = chunk
         .into_iter()
         .filter_map(|r| r.loaded.map(|b| *b))
-        .chain(read.into_iter().map(|p| (p, None)))
+        .chain(read.into_iter().map(Loaded::Row))
         .collect();
-    runs.sort_by_key(|(p, _)| (p.due(), p.id));
+    runs.sort_by_key(Loaded::key);
     runs
 }
 
@@ -864,7 +877,7 @@ impl Held {
             .collect();
         for r in self.runs.iter_mut() {
             if let Some(p) = rows.remove(&r.id) {
-                r.loaded = Some(Box::new((p, None)));
+                r.loaded = Some(Box::new(Loaded::Row(p)));
             }
         }
         if !gone.is_empty() {
@@ -878,9 +891,14 @@ impl Held {
     fn encode_ahead(&mut self, n: usize, encoder: &Encoder) {
         for r in self.runs.iter_mut().take(n) {
             if let Some(loaded) = r.loaded.as_mut()
-                && loaded.1.is_none()
+                && let Loaded::Row(p) = loaded.as_ref()
             {
-                loaded.1 = Some(encoder.encode(&loaded.0));
+                let message = encoder.encode(p);
+                **loaded = Loaded::Encoded {
+                    id: r.id,
+                    due: r.due,
+                    message,
+                };
             }
         }
     }
@@ -936,6 +954,10 @@ mod tests {
 
     fn ids(due: &[HeldRun]) -> Vec<i64> {
         due.iter().map(|r| r.id).collect()
+    }
+
+    fn ids_of(sent: &[Sent]) -> Vec<i64> {
+        sent.iter().map(|(id, _)| *id).collect()
     }
 
     fn times(runs: &[claim::Pending]) -> Vec<(i64, DateTime<Utc>)> {
@@ -1005,7 +1027,9 @@ mod tests {
                 .map(|r| {
                     (
                         r.loaded.is_some(),
-                        r.loaded.as_ref().is_some_and(|l| l.1.is_some()),
+                        r.loaded
+                            .as_ref()
+                            .is_some_and(|l| matches!(**l, Loaded::Encoded { .. })),
                     )
                 })
                 .collect()
@@ -1040,12 +1064,14 @@ mod tests {
             .collect();
         let (runs, prepared) = encoder().encode_all(merge(due, read));
         assert_eq!(runs.len(), 5);
-        for (p, m) in runs.iter().zip(&prepared) {
+        assert_eq!(ids_of(&runs), [9, 1, 3, 4, 5], "in time order");
+        for ((run_id, due), m) in runs.iter().zip(&prepared) {
             let Prepared::Redis { id, envelope, .. } = m else {
                 panic!("encoded for Redis")
             };
-            assert_eq!(id, &p.task_id, "each run keeps its own message");
-            assert!(envelope.contains(&format!("\"kubebeat_job\":\"ns/j{}\"", p.id)));
+            assert_eq!(id, &format!("t{run_id}"), "each run keeps its own message");
+            assert!(envelope.contains(&format!("\"kubebeat_job\":\"ns/j{run_id}\"")));
+            assert_eq!(*due, if *run_id == 9 { t0 } else { t0 + s(*run_id) });
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod cached;
 pub mod conditions;
 pub mod scheduled_job;
+pub mod sweep;
 pub mod task_function;
 pub mod validate;
 
@@ -93,6 +94,8 @@ pub struct Context {
     seen_functions: Arc<Mutex<HashMap<String, SeenTaskFunction>>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Reconciles of many jobs at once, handed to the job controller a few at a time.
+    pub sweeps: Arc<sweep::Sweeps>,
 }
 
 impl Context {
@@ -246,7 +249,7 @@ fn reconcile_worthy(job: &CachedJob) -> u64 {
     use std::hash::{Hash, Hasher};
     let meta = &job.metadata;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    meta.uid.hash(&mut h);
+    job.uid().hash(&mut h);
     meta.generation.hash(&mut h);
     meta.annotations
         .as_ref()
@@ -259,17 +262,24 @@ fn reconcile_worthy(job: &CachedJob) -> u64 {
 }
 
 /// A job's key in the maps below: its uid, hashed (8 bytes instead of three Strings per job).
-fn uid_key(job: &CachedJob) -> u64 {
+pub(crate) fn uid_key(job: &CachedJob) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    job.metadata.uid.hash(&mut h);
+    job.uid().hash(&mut h);
     h.finish()
 }
 
 /// Passes a job only when [`reconcile_worthy`] changed since it last passed. Written here
 /// rather than kube's `predicate_filter`, whose cache holds name, namespace and uid as Strings
 /// per object (~20 MB at 100,000 jobs). Entries of deleted jobs stay (16 bytes each).
-fn worthy_changes<S>(stream: S) -> impl futures::Stream<Item = S::Item> + Send + 'static
+///
+/// The first list (until `listed`) passes nothing: the leader's sweep of every job covers it,
+/// a few at a time (see [`sweep`]), and a follower writes nothing. Later lists (after a watch
+/// expired) pass what changed.
+fn worthy_changes<S>(
+    stream: S,
+    listed: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = S::Item> + Send + 'static
 where
     S: futures::Stream<Item = Result<CachedJob, watcher::Error>> + Send + 'static,
 {
@@ -278,7 +288,8 @@ where
         let pass = match item {
             Ok(job) => {
                 let worthy = reconcile_worthy(job);
-                last.insert(uid_key(job), worthy) != Some(worthy)
+                let changed = last.insert(uid_key(job), worthy) != Some(worthy);
+                changed && listed.load(Ordering::Acquire)
             }
             Err(_) => true,
         };
@@ -509,13 +520,17 @@ fn on_becoming_leader(
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
     futures::stream::unfold((role, false), |(mut role, mut was_leader)| async move {
         loop {
-            role.changed().await.ok()?;
-            let leader = matches!(*role.borrow(), crate::leader::Role::Leader { .. });
+            // The role as it is first (leadership may have come before this stream started).
+            let leader = matches!(
+                *role.borrow_and_update(),
+                crate::leader::Role::Leader { .. }
+            );
             let became = leader && !was_leader;
             was_leader = leader;
             if became {
                 return Some(((), (role, was_leader)));
             }
+            role.changed().await.ok()?;
         }
     })
 }
@@ -570,8 +585,8 @@ fn drifted(cached: &[Arc<CachedJob>], stored: &HashMap<String, i64>) -> Vec<Obje
         .iter()
         .filter(|j| j.metadata.deletion_timestamp.is_none())
         .filter(|j| {
-            let uid = j.metadata.uid.as_deref().unwrap_or_default();
-            stored.get(uid).copied() != Some(j.metadata.generation.unwrap_or(0))
+            let uid = j.uid().unwrap_or_default();
+            stored.get(&uid).copied() != Some(j.metadata.generation.unwrap_or(0))
         })
         .map(|j| ObjectRef::from_obj(j.as_ref()))
         .collect()
@@ -640,7 +655,7 @@ pub fn controllers(
         functions_listed.clone(),
     );
     // Status writes (ours, up to --status-qps a second) must not re-run the job reconciler.
-    let jobs_stream = worthy_changes(jobs_stream);
+    let jobs_stream = worthy_changes(jobs_stream, jobs_listed.clone());
     // Bounded: each reconcile in flight holds an apiserver connection (HTTP/1.1), so an
     // unbounded controller opened one per job at start-up (1,079 connections and +40 MB for
     // 1,000 new jobs, measured by the benchmark).
@@ -660,24 +675,25 @@ pub fn controllers(
     let seen: Arc<Mutex<HashMap<String, SeenTaskFunction>>> = Arc::default();
 
     // A TaskFunction change re-reconciles the jobs that use it (its deletion shows first as a
-    // deletionTimestamp, thanks to our finalizer). Only changes jobs depend on count: without
-    // this, every jobCount status update would re-run all of its jobs (quadratic work while many
-    // jobs are created).
-    let jobs_index = jobs.clone();
-    let seen_by_mapper = seen.clone();
+    // deletionTimestamp, thanks to our finalizer), as a sweep. Only changes jobs depend on
+    // count: without this, every jobCount status update would re-run all of its jobs (quadratic
+    // work while many jobs are created). Before both caches are listed, the leader's sweep of
+    // every job covers them.
+    let sweeps = Arc::new(sweep::Sweeps::default());
+    let (sweeps_by_mapper, seen_by_mapper) = (sweeps.clone(), seen.clone());
+    let synced = {
+        let (a, b) = (jobs_listed.clone(), functions_listed.clone());
+        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire)
+    };
+    let synced_by_mapper = synced.clone();
     let job_ctrl = job_ctrl.watches(functions_api, tf_cfg, move |tf| {
         let name = tf.name_any();
         let now_seen = SeenTaskFunction::of(&tf);
         let mut seen = seen_by_mapper.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.insert(name.clone(), now_seen) == Some(now_seen) {
-            return Vec::new();
+        if seen.insert(name.clone(), now_seen) != Some(now_seen) && synced_by_mapper() {
+            sweeps_by_mapper.ask(sweep::Sweep::TaskFunction(name));
         }
-        jobs_index
-            .state()
-            .into_iter()
-            .filter(|j| j.task_function() == Some(name.as_str()))
-            .map(|j| ObjectRef::from_obj(j.as_ref()))
-            .collect::<Vec<_>>()
+        None
     });
     // A job change updates its TaskFunction's jobCount: only a new job, a spec change or a
     // deletion can change it, not the status writes every run causes.
@@ -706,11 +722,23 @@ pub fn controllers(
         functions_listed,
         seen_functions: seen,
         failures: Mutex::new(HashMap::new()),
+        sweeps: sweeps.clone(),
     });
-    // A new leader re-reconciles everything: followers did not write.
+    // A new leader re-reconciles everything (followers did not write), as a sweep.
+    let sweeps_by_leader = sweeps.clone();
+    let becoming_leader = on_becoming_leader(role.clone())
+        .take_until(shutdown.clone())
+        .for_each(move |()| {
+            sweeps_by_leader.ask(sweep::Sweep::All);
+            futures::future::ready(())
+        });
+    let leading = {
+        let role = role.clone();
+        move || role.borrow().epoch().is_some()
+    };
     let jobs_cache = ctx.jobs.clone();
     let jobs_done = job_ctrl
-        .reconcile_all_on(on_becoming_leader(role.clone()))
+        .reconcile_on(sweep::stream(sweeps, ctx.jobs.clone(), synced, leading))
         .reconcile_on(drift_checks(
             ctx.pool.clone(),
             ctx.jobs.clone(),
@@ -728,7 +756,7 @@ pub fn controllers(
         jobs: jobs_cache,
         listed: [listed_jobs, listed_functions],
         run: Box::pin(async move {
-            futures::join!(jobs_done, functions_done);
+            futures::join!(jobs_done, functions_done, becoming_leader);
         }),
     }
 }

@@ -29,6 +29,7 @@ enum Verdict {
 }
 
 pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.sweeps.started(super::uid_key(&obj));
     if !ctx.may_write().await? {
         return Ok(Action::await_change());
     }
@@ -38,7 +39,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
         .clone()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
-    let uid = meta.uid.clone().ok_or(Error::MissingMetadata("uid"))?;
+    let uid = obj.uid().ok_or(Error::MissingMetadata("uid"))?;
     let key = format!("{ns}/{name}");
     let api: Api<CachedJob> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -55,7 +56,16 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
 
     let now = Utc::now();
     let generation = meta.generation.unwrap_or(0);
-    let verdict = match obj.spec() {
+    let spec = match obj.spec() {
+        Some(spec) => spec,
+        None => stored_spec(&ctx, &uid, generation, &ns, &name).await?,
+    };
+    // The spec goes into Postgres with the row, for the cache to let go of it.
+    let row_spec = spec
+        .as_ref()
+        .ok()
+        .and_then(|s| serde_json::to_value(s).ok());
+    let verdict = match spec {
         Err(why) => Verdict::Invalid(schema_mismatch("ScheduledJob", &why)),
         Ok(spec) => {
             let tf = ctx.task_function(&spec.task_function).await;
@@ -78,7 +88,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
 
     let (conds, summary, next, last_trigger) = match verdict {
         Verdict::Valid(row) => {
-            let stored = store::upsert_job(&ctx.pool, &row).await?;
+            let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
                 return Ok(Action::await_change());
@@ -223,6 +233,34 @@ async fn manual_trigger(
             Err(Error::Store(store::StoreError::Query(e)))
         }
     }
+}
+
+/// The spec of a job the cache keeps no spec for: from Postgres, where its row was stored with
+/// it, or (a row stored by an older release, a database restored from a backup) from the
+/// apiserver, untyped so a spec that does not match the schema is reported, not an error.
+async fn stored_spec(
+    ctx: &Context,
+    uid: &str,
+    generation: i64,
+    ns: &str,
+    name: &str,
+) -> Result<Result<ScheduledJobSpec, String>, Error> {
+    let json = match store::stored_spec(&ctx.pool, uid, generation).await? {
+        Some(json) => json,
+        None => {
+            debug!(job = %format!("{ns}/{name}"), "spec not in Postgres; reading the object");
+            let resource = kube::api::ApiResource::erase::<ScheduledJob>(&());
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), ns, &resource);
+            api.get(name)
+                .await?
+                .data
+                .get("spec")
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    Ok(serde_json::from_value(json).map_err(|e| e.to_string()))
 }
 
 /// The conditions the object shows, for `set_ready` to keep what it should. The cache keeps

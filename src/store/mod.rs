@@ -146,7 +146,12 @@ pub struct StoredJob {
 /// Insert or update a valid job in one transaction. The dispatcher owns `next_run_at`; it is
 /// replaced only when the schedule itself changed or the job is (re)enabled — resuming never
 /// replays the suspended period. Returns `None` if the job was already deleted.
-pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>, StoreError> {
+/// `spec` is the ScheduledJob spec the row was built from (see [`stored_spec`]).
+pub async fn upsert_job(
+    pool: &PgPool,
+    row: &JobRow,
+    spec: Option<&serde_json::Value>,
+) -> Result<Option<StoredJob>, StoreError> {
     let mut tx = pool.begin().await?;
     // An object deleted behind our back (finalizer removed by hand) and recreated under the same
     // name has a new uid; retire the old row so the name is free.
@@ -165,11 +170,12 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
              job_type_id, schedule_config, schedule_summary, time_zone, start_time, anchor_time,
              args, kwargs, queue, priority, expires_seconds, enabled, suspended, valid,
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
-             execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at)
+             execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at,
+             spec, spec_generation)
          VALUES ($1, $2, $3, $4, $5, (SELECT id FROM task_functions WHERE name = $5), $6,
                  (SELECT id FROM scheduler_job_types WHERE name = $7), $8, $9, $10, $11, $12,
                  $13, $14, $15, $16, $17, NOT $18, $18, true,
-                 $19, $20, $21, $22, $23, $24, $25, $26)
+                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -186,6 +192,7 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
              jitter_seconds = EXCLUDED.jitter_seconds,
              execution_timeout_seconds = EXCLUDED.execution_timeout_seconds,
              history_limit = EXCLUDED.history_limit, description = EXCLUDED.description,
+             spec = EXCLUDED.spec, spec_generation = EXCLUDED.spec_generation,
              next_run_at = CASE
                  WHEN NOT EXCLUDED.enabled THEN NULL
                  WHEN scheduled_jobs.enabled
@@ -238,6 +245,7 @@ pub async fn upsert_job(pool: &PgPool, row: &JobRow) -> Result<Option<StoredJob>
     .bind(&row.description)
     .bind(row.next_run_at)
     .bind(row.next_slot_at)
+    .bind(spec)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -250,6 +258,23 @@ fn policy_str(p: crate::api::ConcurrencyPolicy) -> &'static str {
         crate::api::ConcurrencyPolicy::Forbid => "Forbid",
         crate::api::ConcurrencyPolicy::Replace => "Replace",
     }
+}
+
+/// The spec a live job's row was built from, if it was built from `generation`.
+pub async fn stored_spec(
+    pool: &PgPool,
+    uid: &str,
+    generation: i64,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let spec: Option<Option<serde_json::Value>> = sqlx::query_scalar(
+        "SELECT spec FROM scheduled_jobs
+         WHERE uid = $1 AND spec_generation = $2 AND deleted_at IS NULL",
+    )
+    .bind(uid)
+    .bind(generation)
+    .fetch_optional(pool)
+    .await?;
+    Ok(spec.flatten())
 }
 
 /// Every live job's uid and the generation stored for it (the reconciler's drift check).
