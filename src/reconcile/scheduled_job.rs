@@ -235,6 +235,13 @@ async fn manual_trigger(
     }
 }
 
+/// ScheduledJobs as untyped objects: read this way, an object whose spec does not match the
+/// schema still gives its fields.
+fn untyped(ctx: &Context, ns: &str) -> Api<kube::api::DynamicObject> {
+    let resource = kube::api::ApiResource::erase::<ScheduledJob>(&());
+    Api::namespaced_with(ctx.client.clone(), ns, &resource)
+}
+
 /// The spec of a job the cache keeps no spec for: from Postgres, where its row was stored with
 /// it, or (a row stored by an older release, a database restored from a backup) from the
 /// apiserver, untyped so a spec that does not match the schema is reported, not an error.
@@ -249,10 +256,8 @@ async fn stored_spec(
         Some(json) => json,
         None => {
             debug!(job = %format!("{ns}/{name}"), "spec not in Postgres; reading the object");
-            let resource = kube::api::ApiResource::erase::<ScheduledJob>(&());
-            let api: Api<kube::api::DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), ns, &resource);
-            api.get(name)
+            untyped(ctx, ns)
+                .get(name)
                 .await?
                 .data
                 .get("spec")
@@ -275,10 +280,7 @@ async fn previous_conditions(
         return Ok(conditions);
     }
     // Untyped: the conditions are wanted even if the spec does not match the schema.
-    let resource = kube::api::ApiResource::erase::<ScheduledJob>(&());
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), ns, &resource);
-    let job = api.get_status(name).await?;
+    let job = untyped(ctx, ns).get_status(name).await?;
     Ok(job
         .data
         .pointer("/status/conditions")
