@@ -421,17 +421,26 @@ pub async fn pending_by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<Pending>, 
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
-        "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger, e.claimed_at,
-                e.publish_after, j.namespace, j.name,
-                j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
-         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE e.id = ANY($1) AND e.state = 'PENDING'",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(PENDING_BY_IDS)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
 }
+
+/// [`pending_by_ids`], row by row as Postgres sends them (a caller that turns each row into
+/// something smaller never holds them all).
+pub fn pending_by_ids_stream<'a>(
+    pool: &'a PgPool,
+    ids: &'a [i64],
+) -> futures::stream::BoxStream<'a, Result<Pending, sqlx::Error>> {
+    sqlx::query_as(PENDING_BY_IDS).bind(ids).fetch(pool)
+}
+
+const PENDING_BY_IDS: &str = "SELECT e.id, e.job_id, j.uid, e.task_id, e.scheduled_for, e.trigger,
+        e.claimed_at, e.publish_after, j.namespace, j.name,
+        j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
+    FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+    WHERE e.id = ANY($1) AND e.state = 'PENDING'";
 
 /// When the earliest PENDING execution may be published (whoever claimed it).
 pub async fn next_pending(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {

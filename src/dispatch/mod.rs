@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Postgres connections of the dispatcher's own (`store::dedicated`): one each for the claim and
-/// publish loops, and one for each chunk of a burst being read ([`PREPARING`]).
+/// publish loops, one for a burst's reader, and one for recording published runs meanwhile.
 pub const CONNECTIONS: u32 = 4;
 /// Jobs claimed per transaction.
 const CLAIM_BATCH: i64 = 1000;
@@ -48,19 +48,17 @@ const HORIZON_EVERY: Duration = Duration::from_secs(1);
 /// everything claimed for 100,000 jobs due together fits.
 const HOLD_MAX: i64 = 120_000;
 /// Runs per publish in a burst (the default of [`Dispatcher::publish_chunk`]). A chunk in
-/// memory is its envelopes (~14 MB for 10,000) while it is read, encoded and published; the
-/// Redis client holds one LPUSH of them at a time (see `celery::redis_publish`). Smaller chunks
-/// lower a burst's peak but overlap less of the reading and encoding, which set its pace.
-pub const PUBLISH_CHUNK: usize = 10_000;
-/// Chunks encoded before their time, the earliest runs first (an envelope is ~1 KB on Redis):
-/// a burst starts going out at once, and the rest are encoded while the first are published
-/// (encoding takes ~3.5 µs a run, less than publishing it).
+/// memory is its envelopes (~7 MB for 5,000) while it is read, encoded and published; the
+/// Redis client holds one LPUSH of them at a time (see `celery::redis_publish`). A burst holds
+/// three chunks at once (see `publish_stream`), so the chunk sets its peak: chunks of 10,000
+/// took a 100,000-run burst to 158 MiB, of 5,000 to ~130 MiB.
+pub const PUBLISH_CHUNK: usize = 5_000;
+/// Chunks encoded before their time, the earliest runs first: a burst starts going out at once,
+/// while the rest are read and encoded.
 const CHUNKS_AHEAD: usize = 1;
-/// Chunks of a burst read and encoded at once while one is published: reading and encoding a
-/// chunk takes about twice as long as publishing it (10,000 rows: ~100 ms against ~45 ms), so
-/// one at a time left Redis waiting (p99 1.04 s at 100,000); two overlap Postgres's work with
-/// the encoding.
-const PREPARING: usize = 2;
+/// Rows read at a time when reading ahead: each is encoded before the next are read, so their
+/// rows (~600 bytes each) are never all in memory beside the messages.
+const READ_AHEAD_BATCH: usize = 1_000;
 /// While waiting for held runs to come due, newer claims are read too if the wait is longer.
 const REFETCH_MIN: Duration = Duration::from_millis(100);
 /// A publish that takes longer than this is treated as failed (and retried).
@@ -409,21 +407,30 @@ impl Dispatcher {
     /// Read and encode the earliest `n` held runs, so they go out as soon as they are due.
     async fn load_ahead(&self, held: &mut Held, n: usize, encoder: &Encoder) {
         let ids = held.unloaded(n);
-        if !ids.is_empty() {
-            match claim::pending_by_ids(&self.pool, &ids).await {
-                Ok(rows) => held.attach(&ids, rows),
+        for batch in ids.chunks(READ_AHEAD_BATCH) {
+            match claim::pending_by_ids(&self.pool, batch).await {
+                Ok(rows) => held.attach(batch, rows),
                 // They are read again when they go out.
-                Err(e) => warn!(error = %e, "reading held runs failed"),
+                Err(e) => {
+                    warn!(error = %e, "reading held runs failed");
+                    break;
+                }
             }
+            held.encode_ahead(n, encoder);
         }
         held.encode_ahead(n, encoder);
     }
 
-    /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time: the next
-    /// [`PREPARING`] chunks are read (those held by id) and encoded (on a blocking thread)
-    /// while one is published. They are recorded as DISPATCHED
-    /// in the background once the burst is out, so Postgres does not compete with it for the
-    /// CPU. Returns whether all were published.
+    /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time. Runs read ahead go
+    /// first; the rest are read in one query, streamed, and encoded row by row by a task of
+    /// their own, which hands chunks to the publisher through a channel of one: a burst holds
+    /// at most three chunks (one published, one handed over, one being encoded). They are
+    /// recorded as DISPATCHED in the background once the burst is out, so Postgres does not
+    /// compete with it for the CPU. Returns whether all were published.
+    ///
+    /// One query rather than one per chunk: Postgres then spends ~3.7 µs a row instead of ~7
+    /// (measured on 95,000 runs), and the chunk-by-chunk reads were what set a burst's pace.
+    /// The rows come in Postgres's order, not by due time: everything in a burst is due already.
     #[allow(clippy::too_many_arguments)]
     async fn publish_stream(
         &self,
@@ -435,57 +442,36 @@ impl Dispatcher {
         marks: &mut Marks,
         leading: &impl Fn() -> bool,
     ) -> bool {
-        // Each run moved once (splitting off the rest again and again copied a 100,000-run
-        // burst ten times over at its due time).
         let size = self.publish_chunk.max(1);
-        let mut runs = due.into_iter();
-        let mut chunks = std::collections::VecDeque::new();
-        loop {
-            let chunk: Vec<_> = runs.by_ref().take(size).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            chunks.push_back(chunk);
-        }
-        // Read (what is only held by id) and encode, as a task of its own so it runs while the
-        // chunk before it is published.
-        let prepare = |chunk: Vec<HeldRun>| {
+        let (ahead, to_read) = ChunkEncoder::new(encoder, due);
+        let (ahead_sent, ahead_prepared) = ahead.finish();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let reader = {
             let (pool, encoder) = (self.pool.clone(), encoder.clone());
-            tokio::spawn(async move {
-                let runs = load(&pool, chunk).await?;
-                tokio::task::spawn_blocking(move || encoder.encode_all(runs))
-                    .await
-                    .map_err(|_| ReadError::Encoder)
-            })
+            tokio::spawn(async move { read_and_encode(&pool, to_read, &encoder, size, tx).await })
         };
-        let mut preparing: std::collections::VecDeque<_> = std::collections::VecDeque::new();
-        while preparing.len() < PREPARING
-            && let Some(chunk) = chunks.pop_front()
-        {
-            preparing.push_back(prepare(chunk));
-        }
+        let mut ahead_sent = ahead_sent.into_iter();
+        let mut ahead_prepared = ahead_prepared.into_iter();
         let mut published = Vec::new();
         let mut all = true;
-        while let Some(encoding) = preparing.pop_front() {
-            let waited = std::time::Instant::now();
-            let encoded = encoding.await;
-            // Non-zero only if reading and encoding a chunk took longer than publishing one.
-            debug!(wait = ?waited.elapsed(), "next chunk of the burst ready");
-            let (batch, prepared) = match encoded {
-                Ok(Ok(encoded)) => encoded,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "reading a burst's runs failed; they stay PENDING");
-                    all = false;
-                    break;
-                }
-                Err(_) => {
-                    all = false; // the task panicked: the runs stay PENDING
-                    break;
+        loop {
+            // What was read ahead first (it is the earliest), then what the reader hands over.
+            let batch: Vec<Sent> = ahead_sent.by_ref().take(size).collect();
+            let (batch, prepared) = if !batch.is_empty() {
+                (
+                    batch,
+                    ahead_prepared.by_ref().take(size).collect::<Vec<_>>(),
+                )
+            } else {
+                let waited = std::time::Instant::now();
+                let next = rx.recv().await;
+                // Non-zero only if reading and encoding a chunk took longer than publishing one.
+                debug!(wait = ?waited.elapsed(), "next chunk of the burst ready");
+                match next {
+                    Some(chunk) => chunk,
+                    None => break,
                 }
             };
-            if let Some(chunk) = chunks.pop_front() {
-                preparing.push_back(prepare(chunk));
-            }
             // Between chunks too: a burst takes long enough for a lease to pass.
             if !leading() {
                 all = false;
@@ -506,9 +492,18 @@ impl Dispatcher {
                 }
             }
         }
-        // Cut short: what is still being read stays PENDING.
-        for task in preparing {
-            task.abort();
+        // Cut short: what is not published yet stays PENDING.
+        if !all {
+            reader.abort();
+        }
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading a burst's runs failed; they stay PENDING");
+                all = false;
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(_) => all = false, // the reader panicked: its runs stay PENDING
         }
         for (batch, at) in published {
             self.record_published(batch, at, marks);
@@ -712,17 +707,88 @@ impl Encoder {
     fn encode(&self, p: &claim::Pending) -> Prepared {
         self.encoding.prepare(self.message(p))
     }
+}
 
-    /// Encode what is not encoded yet. Of each run only its id and time are kept beside its
-    /// message: a row is ~600 bytes (6 MB a chunk), and publishing needs neither.
-    fn encode_all(&self, runs: Vec<Loaded>) -> (Vec<Sent>, Vec<Prepared>) {
-        runs.into_iter()
-            .map(|loaded| match loaded {
-                Loaded::Row(p) => ((p.id, p.due()), self.encode(&p)),
-                Loaded::Encoded { id, due, message } => ((id, due), message),
-            })
-            .unzip()
+/// A chunk of a burst becoming messages. Of each run only its id and time are kept beside its
+/// message: a row is ~600 bytes, and publishing needs neither.
+struct ChunkEncoder<'a> {
+    encoder: &'a Encoder,
+    runs: Vec<(Sent, Prepared)>,
+}
+
+impl<'a> ChunkEncoder<'a> {
+    /// Encode what was read ahead; returns the ids still to read.
+    fn new(encoder: &'a Encoder, chunk: Vec<HeldRun>) -> (ChunkEncoder<'a>, Vec<i64>) {
+        let mut to_read = Vec::new();
+        let mut runs = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            match r.loaded.map(|b| *b) {
+                None => to_read.push(r.id),
+                Some(Loaded::Row(p)) => runs.push(((p.id, p.due()), encoder.encode(&p))),
+                Some(Loaded::Encoded { id, due, message }) => runs.push(((id, due), message)),
+            }
+        }
+        (ChunkEncoder { encoder, runs }, to_read)
     }
+
+    fn empty(encoder: &'a Encoder, size: usize) -> ChunkEncoder<'a> {
+        ChunkEncoder {
+            encoder,
+            runs: Vec::with_capacity(size),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    fn row(&mut self, p: &claim::Pending) {
+        self.runs.push(((p.id, p.due()), self.encoder.encode(p)));
+    }
+
+    /// The runs and their messages, in time order.
+    fn finish(mut self) -> (Vec<Sent>, Vec<Prepared>) {
+        self.runs.sort_by_key(|((id, due), _)| (*due, *id));
+        self.runs.into_iter().unzip()
+    }
+}
+
+/// Rows encoded between yields to the runtime (encoding is ~3.5 µs a run).
+const ENCODE_YIELD_EVERY: usize = 500;
+
+/// Read the runs `ids` (those still PENDING: a run expired or settled meanwhile is left out),
+/// encode each as Postgres sends it, and hand them to `out` in chunks of `size`, in time order
+/// within a chunk. Ends early, without error, once `out` is closed (the publisher stopped).
+async fn read_and_encode(
+    pool: &PgPool,
+    ids: Vec<i64>,
+    encoder: &Encoder,
+    size: usize,
+    out: tokio::sync::mpsc::Sender<(Vec<Sent>, Vec<Prepared>)>,
+) -> Result<(), sqlx::Error> {
+    use futures::TryStreamExt;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut rows = claim::pending_by_ids_stream(pool, &ids);
+    let mut chunk = ChunkEncoder::empty(encoder, size);
+    let mut n = 0usize;
+    while let Some(p) = rows.try_next().await? {
+        chunk.row(&p);
+        n += 1;
+        if chunk.len() >= size {
+            let full = std::mem::replace(&mut chunk, ChunkEncoder::empty(encoder, size));
+            if out.send(full.finish()).await.is_err() {
+                return Ok(());
+            }
+        } else if n.is_multiple_of(ENCODE_YIELD_EVERY) {
+            tokio::task::yield_now().await;
+        }
+    }
+    if chunk.len() > 0 {
+        let _ = out.send(chunk.finish()).await;
+    }
+    Ok(())
 }
 
 /// Published runs being recorded as DISPATCHED in the background, one batch after another, so
@@ -757,15 +823,6 @@ impl Marks {
     }
 }
 
-/// Why a chunk of a burst could not be made ready to publish (its runs stay PENDING).
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("reading runs: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("the encoder panicked")]
-    Encoder,
-}
-
 /// A run held for its time: its row or message once read (the earliest chunks), else only
 /// its id and time.
 struct HeldRun {
@@ -776,7 +833,9 @@ struct HeldRun {
 
 /// A run once read: its row until it is encoded, then only its message.
 enum Loaded {
-    Row(claim::Pending),
+    /// Boxed: a row is ~380 bytes inline, and a run's box keeps the size of the largest
+    /// variant once it is encoded (~100 bytes).
+    Row(Box<claim::Pending>),
     Encoded {
         id: i64,
         due: DateTime<Utc>,
@@ -784,40 +843,8 @@ enum Loaded {
     },
 }
 
-impl Loaded {
-    fn key(&self) -> (DateTime<Utc>, i64) {
-        match self {
-            Loaded::Row(p) => (p.due(), p.id),
-            Loaded::Encoded { id, due, .. } => (*due, *id),
-        }
-    }
-}
-
 /// A published run: its id and when it was due.
 type Sent = (i64, DateTime<Utc>);
-
-/// The rows of a chunk's runs, read for those held only by id, in time order. A run no longer
-/// PENDING (expired, or settled from the publish record) is left out.
-async fn load(pool: &PgPool, chunk: Vec<HeldRun>) -> Result<Vec<Loaded>, sqlx::Error> {
-    let ids: Vec<i64> = chunk
-        .iter()
-        .filter(|r| r.loaded.is_none())
-        .map(|r| r.id)
-        .collect();
-    let read = claim::pending_by_ids(pool, &ids).await?;
-    Ok(merge(chunk, read))
-}
-
-/// A chunk's runs read ahead, together with the rows read for the rest, in time order.
-fn merge(chunk: Vec<HeldRun>, read: Vec<claim::Pending>) -> Vec<Loaded> {
-    let mut runs: Vec<_> = chunk
-        .into_iter()
-        .filter_map(|r| r.loaded.map(|b| *b))
-        .chain(read.into_iter().map(Loaded::Row))
-        .collect();
-    runs.sort_by_key(Loaded::key);
-    runs
-}
 
 /// Runs read from the outbox, held until they are due, earliest first.
 struct Held {
@@ -877,7 +904,7 @@ impl Held {
             .collect();
         for r in self.runs.iter_mut() {
             if let Some(p) = rows.remove(&r.id) {
-                r.loaded = Some(Box::new(Loaded::Row(p)));
+                r.loaded = Some(Box::new(Loaded::Row(Box::new(p))));
             }
         }
         if !gone.is_empty() {
@@ -1062,7 +1089,13 @@ mod tests {
             .filter(|r| r.loaded.is_none())
             .map(|r| rows[r.id as usize - 1].clone())
             .collect();
-        let (runs, prepared) = encoder().encode_all(merge(due, read));
+        let encoder = encoder();
+        let (mut encoding, to_read) = ChunkEncoder::new(&encoder, due);
+        assert_eq!(to_read, [4, 5], "only what was not read ahead");
+        for p in &read {
+            encoding.row(p);
+        }
+        let (runs, prepared) = encoding.finish();
         assert_eq!(runs.len(), 5);
         assert_eq!(ids_of(&runs), [9, 1, 3, 4, 5], "in time order");
         for ((run_id, due), m) in runs.iter().zip(&prepared) {

@@ -1,15 +1,25 @@
-//! What the operator keeps of a ScheduledJob in its informer cache.
+//! What the operator keeps of a ScheduledJob in its cache.
 //!
 //! Whole objects made the cache the largest part of the operator's memory: 2.2 KB per job, 213 MB
 //! at 100,000 jobs (a String per field, a map node per label and annotation map, the status with
 //! its conditions and executions). The operator reads few of those fields, so the watch decodes
-//! each object straight into a [`CachedJob`]: the metadata the reconciler acts on, the spec as one
-//! JSON string (parsed again when the job is reconciled), and a digest of the status fields each
-//! status writer owns, enough to tell "the object already shows this" without the fields.
+//! each object straight into a [`CachedJob`]: the few metadata fields the reconciler acts on, the
+//! spec as one JSON string (parsed again when the job is reconciled, and dropped once Postgres
+//! holds it), and a digest of the status fields each status writer owns, enough to tell "the
+//! object already shows this" without the fields.
+//!
+//! A [`CachedJob`] has no `ObjectMeta`: kube's informer store needs one inline per object (344
+//! bytes, nearly all empty fields) and keys each entry by an `ObjectRef` with its own copies of
+//! name, namespace and resourceVersion; with those, the cache of 100,000 jobs was ~100 MB (see
+//! [`super::cache`] for what replaced it). [`WatchedJob`] is the form the watch decodes (a
+//! `Resource`, as kube's watcher needs), alive only while one event is handled.
 
 use std::{
     borrow::Cow,
+    collections::HashSet,
+    fmt,
     hash::{Hash, Hasher},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use k8s_openapi::{
@@ -20,25 +30,96 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::api::{Condition, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus};
+use crate::api::{Condition, FINALIZER, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus};
+
+/// A job's identity in the cache: its uid, as 16 bytes when it is a UUID (as Kubernetes makes
+/// them), else as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Uid {
+    Uuid(uuid::Uuid),
+    Other(Box<str>),
+}
+
+impl Uid {
+    /// Only a uid that prints back the same becomes a UUID (so `to_string` gives what was sent).
+    pub fn parse(text: &str) -> Uid {
+        match uuid::Uuid::parse_str(text) {
+            Ok(u) if u.hyphenated().to_string() == text => Uid::Uuid(u),
+            _ => Uid::Other(text.into()),
+        }
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uid::Uuid(u) => write!(f, "{}", u.hyphenated()),
+            Uid::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One shared copy of each namespace and TaskFunction name (a few distinct values across
+/// 100,000 jobs). Names no job holds any more are let go of whenever the set has doubled since
+/// the last clean-up.
+fn intern(text: &str) -> Arc<str> {
+    struct Interned {
+        set: HashSet<Arc<str>>,
+        clean_at: usize,
+    }
+    static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
+    let mut interned = INTERNED
+        .get_or_init(|| {
+            Mutex::new(Interned {
+                set: HashSet::new(),
+                clean_at: 64,
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = interned.set.get(text) {
+        return found.clone();
+    }
+    if interned.set.len() >= interned.clean_at {
+        interned.set.retain(|s| Arc::strong_count(s) > 1);
+        interned.clean_at = (interned.set.len() * 2).max(64);
+    }
+    let new: Arc<str> = Arc::from(text);
+    interned.set.insert(new.clone());
+    new
+}
 
 /// One ScheduledJob as cached. Built only by deserializing an object from the apiserver.
 #[derive(Clone, Debug)]
 pub struct CachedJob {
-    /// Name, namespace, resourceVersion, generation, timestamps, finalizers and the trigger
-    /// annotation; nothing else. The uid only if it is not a UUID (see `uid`).
-    pub metadata: ObjectMeta,
-    /// The uid as a UUID (as Kubernetes makes them), kept out of the metadata: the cache's key
-    /// (kube's ObjectRef) copies the metadata's uid, so a String there was two per job
-    /// (~100 bytes; 10 MB at 100,000 jobs).
-    uid: Option<uuid::Uuid>,
+    name: Box<str>,
+    namespace: Arc<str>,
+    uid: Option<Uid>,
+    resource_version: Option<Box<str>>,
+    generation: Option<i64>,
+    created: Option<Time>,
+    deleting: bool,
+    /// Whether our finalizer is on the object; the others are kept apart (usually none, which
+    /// allocates nothing).
+    finalized: bool,
+    other_finalizers: Box<[Box<str>]>,
+    /// The trigger annotation, the only annotation the operator reads.
+    trigger: Option<Box<str>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
     /// `spec.taskFunction` of a spec that deserializes.
-    task_function: Option<Box<str>>,
+    task_function: Option<Arc<str>>,
     /// What the status shows, as far as the status writers need to know.
     pub status: SeenStatus,
+}
+
+/// The form a ScheduledJob is watched in: the job as cached, and the metadata kube's watcher
+/// reads (name, namespace, resourceVersion). Dropped once its event is applied to the cache.
+#[derive(Clone, Debug)]
+pub struct WatchedJob {
+    metadata: ObjectMeta,
+    pub job: CachedJob,
 }
 
 /// The parts of a job's status its writers compare against.
@@ -59,12 +140,70 @@ pub struct SeenStatus {
 }
 
 impl CachedJob {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `namespace/name`, for logs and backoff.
+    pub fn key_text(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// `metadata.uid` as the apiserver sent it.
     pub fn uid(&self) -> Option<String> {
-        match self.uid {
-            Some(uuid) => Some(uuid.hyphenated().to_string()),
-            None => self.metadata.uid.clone(),
+        self.uid.as_ref().map(Uid::to_string)
+    }
+
+    /// The job's key in the cache: its uid (an object without one, which no apiserver sends,
+    /// is keyed by its namespace and name).
+    pub fn key(&self) -> Uid {
+        self.uid
+            .clone()
+            .unwrap_or_else(|| Uid::Other(self.key_text().into()))
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+
+    pub fn generation(&self) -> Option<i64> {
+        self.generation
+    }
+
+    pub fn creation_timestamp(&self) -> Option<&Time> {
+        self.created.as_ref()
+    }
+
+    /// `metadata.deletionTimestamp` is set.
+    pub fn deleting(&self) -> bool {
+        self.deleting
+    }
+
+    /// Whether our finalizer is on the object.
+    pub fn finalized(&self) -> bool {
+        self.finalized
+    }
+
+    /// `metadata.finalizers` (ours last).
+    pub fn finalizers(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .other_finalizers
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        if self.finalized {
+            all.push(FINALIZER.to_string());
         }
+        all
+    }
+
+    /// The trigger annotation's value.
+    pub fn trigger(&self) -> Option<&str> {
+        self.trigger.as_deref()
     }
 
     /// The spec, parsed from the cached JSON, or why the object does not deserialize.
@@ -108,25 +247,16 @@ impl CachedJob {
         )
     }
 
-    fn from_value(mut value: Value) -> CachedJob {
+    pub(crate) fn from_value(mut value: Value) -> CachedJob {
         let take = |v: &mut Value, key: &str| v.get_mut(key).map(Value::take);
-        let mut metadata = take(&mut value, "metadata")
+        let meta: ObjectMeta = take(&mut value, "metadata")
             .and_then(|m| serde_json::from_value(m).ok())
-            .map(trimmed)
             .unwrap_or_default();
-        // Only a uid that prints back the same moves out of the metadata.
-        let uid = metadata.uid.as_deref().and_then(|u| {
-            uuid::Uuid::parse_str(u)
-                .ok()
-                .filter(|p| p.hyphenated().to_string() == u)
-        });
-        if uid.is_some() {
-            metadata.uid = None;
-        }
+        let generation = meta.generation;
         let (status, stored) = match take(&mut value, "status") {
             None | Some(Value::Null) => (seen(&ScheduledJobStatus::default()), false),
             Some(v) => match ScheduledJobStatus::deserialize(&v) {
-                Ok(s) => (seen(&s), shows_stored(&s, metadata.generation)),
+                Ok(s) => (seen(&s), shows_stored(&s, generation)),
                 Err(_) => (
                     SeenStatus {
                         unreadable: true,
@@ -140,13 +270,29 @@ impl CachedJob {
         let (spec, task_function) = match ScheduledJobSpec::deserialize(&spec_value) {
             Ok(parsed) => (
                 Ok((!stored).then(|| spec_value.to_string().into_boxed_str())),
-                Some(parsed.task_function.into_boxed_str()),
+                Some(intern(&parsed.task_function)),
             ),
             Err(e) => (Err(e.to_string().into_boxed_str()), None),
         };
+        let finalizers = meta.finalizers.unwrap_or_default();
         CachedJob {
-            metadata,
-            uid,
+            name: meta.name.unwrap_or_default().into_boxed_str(),
+            namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
+            uid: meta.uid.as_deref().map(Uid::parse),
+            resource_version: meta.resource_version.map(String::into_boxed_str),
+            generation,
+            created: meta.creation_timestamp,
+            deleting: meta.deletion_timestamp.is_some(),
+            finalized: finalizers.iter().any(|f| f == FINALIZER),
+            other_finalizers: finalizers
+                .into_iter()
+                .filter(|f| f != FINALIZER)
+                .map(String::into_boxed_str)
+                .collect(),
+            trigger: meta
+                .annotations
+                .and_then(|mut a| a.remove(crate::api::TRIGGER_ANNOTATION))
+                .map(String::into_boxed_str),
             spec,
             task_function,
             status,
@@ -154,22 +300,18 @@ impl CachedJob {
     }
 }
 
-/// Keep of the metadata only what the operator reads.
-fn trimmed(meta: ObjectMeta) -> ObjectMeta {
-    let trigger = meta
-        .annotations
-        .and_then(|mut a| a.remove_entry(crate::api::TRIGGER_ANNOTATION));
-    ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generation: meta.generation,
-        creation_timestamp: meta.creation_timestamp,
-        deletion_timestamp: meta.deletion_timestamp,
-        finalizers: meta.finalizers,
-        annotations: trigger.map(|kv| [kv].into()),
-        ..Default::default()
+impl WatchedJob {
+    fn from_value(value: Value) -> WatchedJob {
+        let job = CachedJob::from_value(value);
+        WatchedJob {
+            metadata: ObjectMeta {
+                name: Some(job.name.to_string()),
+                namespace: Some(job.namespace.to_string()),
+                resource_version: job.resource_version.as_deref().map(String::from),
+                ..Default::default()
+            },
+            job,
+        }
     }
 }
 
@@ -228,15 +370,15 @@ pub fn reconciled_digest(
     h.finish()
 }
 
-impl<'de> Deserialize<'de> for CachedJob {
+impl<'de> Deserialize<'de> for WatchedJob {
     /// Never fails on an object the apiserver sends: a spec or status that does not match the
     /// schema is recorded, so one bad object cannot break the watch for the others.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Value::deserialize(d).map(CachedJob::from_value)
+        Value::deserialize(d).map(WatchedJob::from_value)
     }
 }
 
-impl Resource for CachedJob {
+impl Resource for WatchedJob {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
 
@@ -263,7 +405,7 @@ impl Resource for CachedJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::reflector::ObjectRef;
+    use kube::ResourceExt;
     use serde_json::json;
 
     fn object(spec: Value, status: Value) -> Value {
@@ -300,34 +442,23 @@ mod tests {
         let status = json!({"observedGeneration": 3, "schedule": "0 3 * * *",
             "conditions": [ready("True", "2026-11-01T00:00:05Z")], "lastTrigger": "before",
             "totalRuns": 2, "nextScheduleTime": "2026-11-02T03:00:00Z"});
-        let job: CachedJob = serde_json::from_value(object(spec.clone(), status.clone()))
-            .expect("always deserializes");
+        let job = CachedJob::from_value(object(spec.clone(), status.clone()));
 
-        let meta = &job.metadata;
-        assert_eq!(meta.name.as_deref(), Some("nightly"));
-        assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+        assert_eq!(job.name(), "nightly");
+        assert_eq!(job.namespace(), "team-a");
         assert_eq!(
             job.uid().as_deref(),
             Some("u-1"),
             "not a UUID: kept as it is"
         );
-        assert_eq!(meta.resource_version.as_deref(), Some("42"));
-        assert_eq!(meta.generation, Some(3));
-        assert!(meta.creation_timestamp.is_some());
-        assert_eq!(meta.finalizers.as_deref().map(<[_]>::len), Some(1));
+        assert_eq!(job.resource_version(), Some("42"));
+        assert_eq!(job.generation(), Some(3));
+        assert!(job.creation_timestamp().is_some());
+        assert!(!job.deleting());
+        assert_eq!(job.finalizers(), [crate::api::FINALIZER]);
+        assert!(job.finalized());
         // Of the annotations, only the trigger.
-        let annotations: Vec<_> = meta.annotations.iter().flatten().collect();
-        assert_eq!(
-            annotations,
-            [(
-                &crate::api::TRIGGER_ANNOTATION.to_string(),
-                &"now".to_string()
-            )]
-        );
-        assert_eq!(
-            (meta.labels.as_ref(), meta.managed_fields.as_ref()),
-            (None, None)
-        );
+        assert_eq!(job.trigger(), Some("now"));
 
         // Stored and Ready at its generation: the spec is read from Postgres, not kept.
         assert_eq!(job.spec(), None);
@@ -339,8 +470,7 @@ mod tests {
         let mut not_ready = status.clone();
         not_ready["conditions"] = json!([ready("False", "2026-11-01T00:00:05Z")]);
         for status in [older, not_ready, Value::Null] {
-            let kept: CachedJob =
-                serde_json::from_value(object(spec.clone(), status.clone())).expect("job");
+            let kept = CachedJob::from_value(object(spec.clone(), status.clone()));
             assert_eq!(kept.spec(), Some(Ok(parsed.clone())), "{status}");
         }
 
@@ -389,27 +519,49 @@ mod tests {
     }
 
     #[test]
-    fn a_uuid_is_kept_out_of_the_metadata_and_given_back_as_sent() {
+    fn a_uuid_is_kept_as_16_bytes_and_given_back_as_sent() {
         let uid = "71cd4f29-67bc-4c1a-89c8-1130e5d24eb3";
         let mut obj = object(json!({}), Value::Null);
         obj["metadata"]["uid"] = uid.into();
-        let job: CachedJob = serde_json::from_value(obj.clone()).expect("job");
-        assert_eq!(job.metadata.uid, None);
+        let job = CachedJob::from_value(obj.clone());
+        assert!(matches!(job.key(), Uid::Uuid(_)));
         assert_eq!(job.uid().as_deref(), Some(uid));
-        assert_eq!(ObjectRef::from_obj(&job).extra.uid, None);
         // Upper case parses as the same UUID but would print back differently: kept as sent.
         obj["metadata"]["uid"] = uid.to_uppercase().into();
-        let job: CachedJob = serde_json::from_value(obj).expect("job");
+        let job = CachedJob::from_value(obj);
+        assert_eq!(job.key(), Uid::Other(uid.to_uppercase().into()));
         assert_eq!(job.uid(), Some(uid.to_uppercase()));
     }
 
     #[test]
+    fn other_finalizers_are_kept_and_namespaces_shared() {
+        let mut obj = object(json!({}), Value::Null);
+        obj["metadata"]["finalizers"] = json!(["example.com/a", crate::api::FINALIZER]);
+        obj["metadata"]["deletionTimestamp"] = "2026-11-02T00:00:00Z".into();
+        let a = CachedJob::from_value(obj.clone());
+        assert_eq!(a.finalizers(), ["example.com/a", crate::api::FINALIZER]);
+        assert!(a.deleting());
+        obj["metadata"]["finalizers"] = json!(["example.com/a"]);
+        let b = CachedJob::from_value(obj);
+        assert!(!b.finalized());
+        assert_eq!(b.finalizers(), ["example.com/a"]);
+        assert!(
+            Arc::ptr_eq(&a.namespace, &b.namespace),
+            "one copy per namespace"
+        );
+        // The watched form carries what kube's watcher reads.
+        let watched: WatchedJob =
+            serde_json::from_value(object(json!({}), Value::Null)).expect("never fails");
+        assert_eq!(watched.resource_version().as_deref(), Some("42"));
+        assert_eq!(watched.job.name(), "nightly");
+    }
+
+    #[test]
     fn a_spec_that_does_not_deserialize_is_recorded_not_fatal() {
-        let job: CachedJob = serde_json::from_value(object(
+        let job = CachedJob::from_value(object(
             json!({"taskFunction": 7, "schedule": "hourly"}),
             json!({"conditions": "not a list"}),
-        ))
-        .expect("never fails");
+        ));
         let why = job
             .spec()
             .expect("an invalid spec is kept")
@@ -417,10 +569,9 @@ mod tests {
         assert!(why.contains("invalid type"), "{why}");
         assert_eq!(job.task_function(), None);
         assert!(job.status.unreadable);
-        assert_eq!(job.metadata.name.as_deref(), Some("nightly"));
+        assert_eq!(job.name(), "nightly");
 
-        let missing: CachedJob =
-            serde_json::from_value(json!({"metadata": {"name": "bare"}})).expect("never fails");
+        let missing = CachedJob::from_value(json!({"metadata": {"name": "bare"}}));
         assert!(missing.spec().is_some_and(|s| s.is_err()));
         assert_eq!(missing.status, seen(&ScheduledJobStatus::default()));
     }
@@ -429,19 +580,17 @@ mod tests {
     fn conditions_of_other_types_are_read_from_the_object() {
         let other = json!({"type": "Degraded", "status": "False", "reason": "Fine",
             "message": "", "lastTransitionTime": "2026-11-01T00:00:00Z"});
-        let job: CachedJob = serde_json::from_value(object(
+        let job = CachedJob::from_value(object(
             json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
             json!({"conditions": [ready("False", "2026-11-01T00:00:05Z"), other]}),
-        ))
-        .expect("job");
+        ));
         assert!(job.status.other_conditions);
         assert_eq!(job.previous_conditions(), None);
 
-        let none: CachedJob = serde_json::from_value(object(
+        let none = CachedJob::from_value(object(
             json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
             Value::Null,
-        ))
-        .expect("job");
+        ));
         assert_eq!(none.previous_conditions(), Some(Vec::new()));
     }
 }

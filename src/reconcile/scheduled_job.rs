@@ -6,14 +6,13 @@ use chrono::{DateTime, Utc};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::controller::Action,
 };
 use serde_json::json;
 use tracing::{debug, info};
 
 use super::{
-    Context, Error, Guarded,
-    cached::{CachedJob, reconciled_digest},
+    Context, Error, Finalizing, Guarded,
+    cached::{CachedJob, WatchedJob, reconciled_digest},
     conditions, finalizer_stage, schema_mismatch, validate,
 };
 use crate::{
@@ -28,20 +27,17 @@ enum Verdict {
     Invalid(validate::Invalid),
 }
 
-pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.sweeps.started(super::uid_key(&obj));
+pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Error> {
     if !ctx.may_write().await? {
-        return Ok(Action::await_change());
+        return Ok(());
     }
-    let meta = &obj.metadata;
-    let ns = meta
-        .namespace
-        .clone()
-        .ok_or(Error::MissingMetadata("namespace"))?;
-    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    let (ns, name) = (obj.namespace().to_string(), obj.name().to_string());
+    if ns.is_empty() || name.is_empty() {
+        return Err(Error::MissingMetadata("namespace or name"));
+    }
     let uid = obj.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let key = format!("{ns}/{name}");
-    let api: Api<CachedJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = obj.key_text();
+    let api: Api<WatchedJob> = Api::namespaced(ctx.client.clone(), &ns);
 
     let cleanup = async {
         // Stop scheduling before the object disappears; executions are kept.
@@ -49,13 +45,13 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
         info!(job = %key, "ScheduledJob deleted: scheduling stopped");
         Ok(())
     };
-    if let Some(action) = finalizer_stage(&api, obj.as_ref(), cleanup).await? {
+    if finalizer_stage(&api, Finalizing::of_job(&obj), cleanup).await? {
         ctx.succeeded(&key);
-        return Ok(action);
+        return Ok(());
     }
 
     let now = Utc::now();
-    let generation = meta.generation.unwrap_or(0);
+    let generation = obj.generation().unwrap_or(0);
     let spec = match obj.spec() {
         Some(spec) => spec,
         None => stored_spec(&ctx, &uid, generation, &ns, &name).await?,
@@ -69,9 +65,8 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
         Err(why) => Verdict::Invalid(schema_mismatch("ScheduledJob", &why)),
         Ok(spec) => {
             let tf = ctx.task_function(&spec.task_function).await;
-            let created = meta
-                .creation_timestamp
-                .as_ref()
+            let created = obj
+                .creation_timestamp()
                 .map(|t| to_chrono(t.0))
                 .unwrap_or(now);
             let meta = validate::JobMeta {
@@ -91,7 +86,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
             let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
-                return Ok(Action::await_change());
+                return Ok(());
             };
             ctx.wake.notify_one();
             let last_trigger = manual_trigger(
@@ -157,7 +152,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<Action,
     write_status(&api, &name, &obj, owned).await?;
     ctx.succeeded(&key);
     // No periodic requeue: the drift check is the safety net (see `drift_checks`).
-    Ok(Action::await_change())
+    Ok(())
 }
 
 fn judge(
@@ -195,10 +190,10 @@ async fn manual_trigger(
     key: &str,
     last: Option<&str>,
 ) -> Result<Option<String>, Error> {
-    let Some(value) = obj.annotations().get(crate::api::TRIGGER_ANNOTATION) else {
+    let Some(value) = obj.trigger() else {
         return Ok(None);
     };
-    if Some(value.as_str()) == last {
+    if Some(value) == last {
         return Ok(None);
     }
     let Some(epoch) = ctx.epoch() else {
@@ -226,7 +221,7 @@ async fn manual_trigger(
                     ),
                 });
             }
-            Ok(Some(value.clone()))
+            Ok(Some(value.to_string()))
         }
         Err(crate::dispatch::claim::ClaimError::Fenced { .. }) => Ok(None),
         Err(crate::dispatch::claim::ClaimError::Db(e)) => {
@@ -305,7 +300,7 @@ struct OwnedStatus {
 /// saturated the apiserver, and the leader being replaced next needed 0.9 s to release its
 /// Lease). It is written here whenever something else is (a new spec, a trigger).
 async fn write_status(
-    api: &Api<CachedJob>,
+    api: &Api<WatchedJob>,
     name: &str,
     obj: &CachedJob,
     new: OwnedStatus,

@@ -1,11 +1,11 @@
-//! Sweeps: reconciles that concern many jobs at once, handed to the controller a few at a time.
+//! Sweeps: reconciles that concern many jobs at once, handed to the job queue a few at a time.
 //!
 //! A new leader reconciles every job (followers wrote nothing), and a TaskFunction change
 //! reconciles the jobs that use it. Queued all at once, as kube's `reconcile_all_on` does, each
 //! job waited in the controller's queue for its turn as two copies of its ObjectRef, a
 //! DelayQueue slot and a map entry: ~60 MB at 100,000 jobs while the queue drained at a few
 //! hundred reconciles a second, and its tables kept their size afterwards. A sweep keeps at most
-//! [`HANDED_MAX`] jobs handed to the controller and not yet started; the rest wait as one
+//! [`HANDED_MAX`] jobs handed to the queue and not yet started; the rest wait as one
 //! pointer each in a snapshot of the cache.
 
 use std::{
@@ -14,15 +14,17 @@ use std::{
     time::Duration,
 };
 
-use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::{sync::Notify, time::Instant};
 
-use super::cached::CachedJob;
+use super::{
+    cache::JobCache,
+    cached::{CachedJob, Uid},
+};
 
-/// Jobs handed to the controller and not yet started: twice its concurrency keeps it busy.
+/// Jobs handed to the queue and not yet started: twice its concurrency keeps it busy.
 pub const HANDED_MAX: usize = 2 * super::RECONCILE_CONCURRENCY as usize;
 /// A handed job whose reconcile has not started after this long no longer counts (deleted
-/// meanwhile, the controller never runs it).
+/// meanwhile, the queue never runs it).
 const HANDED_STALE: Duration = Duration::from_secs(60);
 /// Longest wait between looks at the state, so a missed wake-up costs at most this.
 const RECHECK: Duration = Duration::from_millis(500);
@@ -54,8 +56,8 @@ pub struct Sweeps {
 #[derive(Default)]
 struct State {
     queued: VecDeque<Sweep>,
-    /// [`super::uid_key`] of each job handed out, and when.
-    handed: HashMap<u64, Instant>,
+    /// Each job handed out, and when.
+    handed: HashMap<Uid, Instant>,
 }
 
 impl Sweeps {
@@ -78,8 +80,8 @@ impl Sweeps {
     }
 
     /// A job's reconcile has started (whatever asked for it): it no longer counts as handed.
-    pub fn started(&self, key: u64) {
-        if self.state().handed.remove(&key).is_some() {
+    pub fn started(&self, key: &Uid) {
+        if self.state().handed.remove(key).is_some() {
             self.changed.notify_one();
         }
     }
@@ -100,7 +102,7 @@ impl Sweeps {
     }
 
     /// Wait until fewer than [`HANDED_MAX`] jobs are handed out, then count `key` as handed.
-    async fn hand(&self, key: u64) {
+    async fn hand(&self, key: Uid) {
         loop {
             {
                 let mut state = self.state();
@@ -123,14 +125,14 @@ impl Sweeps {
     }
 }
 
-/// The jobs of each sweep, as the controller may take them. A sweep starts once `synced` (the
+/// The jobs of each sweep, as the queue may take them. A sweep starts once `synced` (the
 /// caches hold their first list) and ends early when `leading` turns false.
 pub fn stream(
     sweeps: Arc<Sweeps>,
-    jobs: Store<CachedJob>,
+    jobs: JobCache,
     synced: impl Fn() -> bool + Send + 'static,
     leading: impl Fn() -> bool + Send + 'static,
-) -> impl futures::Stream<Item = ObjectRef<CachedJob>> + Send + 'static {
+) -> impl futures::Stream<Item = Uid> + Send + 'static {
     let walk = Walk {
         sweeps,
         jobs,
@@ -140,14 +142,14 @@ pub fn stream(
     };
     futures::stream::unfold(walk, |mut walk| async move {
         let job = walk.next().await;
-        Some((ObjectRef::from_obj(job.as_ref()), walk))
+        Some((job.key(), walk))
     })
 }
 
 /// A sweep in progress: the jobs of its snapshot not yet handed out.
 struct Walk {
     sweeps: Arc<Sweeps>,
-    jobs: Store<CachedJob>,
+    jobs: JobCache,
     synced: Box<dyn Fn() -> bool + Send>,
     leading: Box<dyn Fn() -> bool + Send>,
     current: std::vec::IntoIter<Arc<CachedJob>>,
@@ -162,7 +164,7 @@ impl Walk {
                     self.sweeps.drop_queued();
                     continue;
                 }
-                self.sweeps.hand(super::uid_key(&job)).await;
+                self.sweeps.hand(job.key()).await;
                 return job;
             }
             let sweep = self.sweeps.next_sweep().await;
@@ -173,8 +175,7 @@ impl Walk {
                 self.sweeps.drop_queued();
                 continue;
             }
-            let mut snapshot = self.jobs.state();
-            snapshot.retain(|j| sweep.covers(j));
+            let snapshot = self.jobs.snapshot(|j| sweep.covers(j));
             tracing::debug!(?sweep, jobs = snapshot.len(), "sweep started");
             self.current = snapshot.into_iter();
         }
@@ -185,23 +186,26 @@ impl Walk {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use kube::runtime::{reflector, watcher};
 
     fn job(name: &str, tf: &str) -> CachedJob {
-        serde_json::from_value(serde_json::json!({
+        CachedJob::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
                          "resourceVersion": "1", "generation": 1},
             "spec": {"taskFunction": tf, "schedule": {"interval": {"hours": 1}}},
         }))
-        .expect("job")
     }
 
-    fn cache(jobs: Vec<CachedJob>) -> Store<CachedJob> {
-        let (reader, mut writer) = reflector::store();
+    fn cache(jobs: Vec<CachedJob>) -> JobCache {
+        let cache = JobCache::default();
         for j in jobs {
-            writer.apply_watcher_event(&watcher::Event::Apply(j));
+            cache.apply(j);
         }
-        reader
+        cache
+    }
+
+    fn name(cache: &JobCache, key: Option<Uid>) -> String {
+        let key = key.expect("a job");
+        cache.get(&key).expect("cached").name().to_string()
     }
 
     #[tokio::test(start_paused = true)]
@@ -209,7 +213,7 @@ mod tests {
         let n = HANDED_MAX + 10;
         let store = cache((0..n).map(|i| job(&format!("j{i}"), "tf")).collect());
         let sweeps = Arc::new(Sweeps::default());
-        let mut refs = Box::pin(stream(sweeps.clone(), store, || true, || true));
+        let mut refs = Box::pin(stream(sweeps.clone(), store.clone(), || true, || true));
         sweeps.ask(Sweep::All);
         let mut got = Vec::new();
         for _ in 0..HANDED_MAX {
@@ -219,16 +223,14 @@ mod tests {
         // Full: nothing more until a reconcile starts.
         let more = tokio::time::timeout(Duration::from_secs(5), refs.next()).await;
         assert!(more.is_err(), "handed out beyond the bound");
-        let first = got[0].name.clone();
-        let key = super::super::uid_key(&job(&first, "tf"));
-        sweeps.started(key);
+        sweeps.started(&got[0]);
         got.push(refs.next().await.expect("one more after a start"));
         // A job handed out and never started stops counting after a while.
         tokio::time::advance(HANDED_STALE).await;
         for _ in 0..9 {
             got.push(refs.next().await.expect("the rest"));
         }
-        let mut names: Vec<String> = got.into_iter().map(|r| r.name).collect();
+        let mut names: Vec<String> = got.into_iter().map(|k| name(&store, Some(k))).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "every job once");
@@ -243,7 +245,7 @@ mod tests {
         let (s, l) = (synced.clone(), leading.clone());
         let mut refs = Box::pin(stream(
             sweeps.clone(),
-            store,
+            store.clone(),
             move || s.load(std::sync::atomic::Ordering::SeqCst),
             move || l.load(std::sync::atomic::Ordering::SeqCst),
         ));
@@ -253,8 +255,8 @@ mod tests {
         assert!(early.is_err(), "a sweep before the caches are listed");
         synced.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut names = vec![
-            refs.next().await.expect("job").name,
-            refs.next().await.expect("job").name,
+            name(&store, refs.next().await),
+            name(&store, refs.next().await),
         ];
         names.sort();
         assert_eq!(names, ["a", "c"]);

@@ -12,7 +12,8 @@ use serde_json::json;
 use tracing::info;
 
 use super::{
-    Context, Error, Guarded, conditions, finalizer_stage, schema_mismatch, split, validate,
+    Context, Error, Finalizing, Guarded, conditions, finalizer_stage, schema_mismatch, split,
+    validate,
 };
 use crate::{api::TaskFunction, store};
 
@@ -36,9 +37,9 @@ pub async fn reconcile(
         info!(task_function = %name, "TaskFunction deleted");
         Ok(())
     };
-    if let Some(action) = finalizer_stage(&api, obj.as_ref(), cleanup).await? {
+    if finalizer_stage(&api, Finalizing::of(meta), cleanup).await? {
         ctx.succeeded(&name);
-        return Ok(action);
+        return Ok(Action::await_change());
     }
 
     let generation = meta.generation.unwrap_or(0);
@@ -83,14 +84,9 @@ pub async fn reconcile(
         }
     };
 
-    let job_count = ctx
-        .jobs
-        .state()
-        .iter()
-        .filter(|j| {
-            j.task_function() == Some(name.as_str()) && j.metadata.deletion_timestamp.is_none()
-        })
-        .count() as i64;
+    let job_count =
+        ctx.jobs
+            .count(|j| j.task_function() == Some(name.as_str()) && !j.deleting()) as i64;
     let unchanged = tf.and_then(|t| t.status.as_ref()).is_some_and(|s| {
         s.observed_generation == Some(generation)
             && s.conditions == conds

@@ -28,7 +28,6 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
-    runtime::reflector::{ObjectRef, Store},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -40,7 +39,7 @@ pub use events::{JobEvent, JobRef, Reason};
 use crate::{
     api::ScheduledJob,
     leader::Role,
-    reconcile::cached::CachedJob,
+    reconcile::{cache::JobCache, cached::Uid},
     schedule::rfc3339,
     store::{last_run_sql, visible_run_sql},
 };
@@ -194,6 +193,7 @@ impl Pending {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 struct Row {
     id: i64,
+    uid: String,
     namespace: String,
     name: String,
     enabled: bool,
@@ -307,8 +307,8 @@ pub fn written_digest(status: &Value) -> u64 {
 pub struct WriterSetup {
     pub client: Client,
     pub pool: PgPool,
-    /// The ScheduledJob informer cache, to skip writes the object already shows.
-    pub cache: Store<CachedJob>,
+    /// The ScheduledJob cache, to skip writes the object already shows.
+    pub cache: JobCache,
     pub cfg: WriterConfig,
     pub stats: Arc<FeedStats>,
 }
@@ -372,7 +372,7 @@ pub async fn run(
 struct Writer {
     client: Client,
     pool: PgPool,
-    cache: Store<CachedJob>,
+    cache: JobCache,
     cfg: WriterConfig,
     stats: Arc<FeedStats>,
     pending: Pending,
@@ -521,9 +521,8 @@ impl Writer {
 
     /// The informer cache already shows these values (e.g. right after a failover).
     fn cached_has(&self, row: &Row, digest: u64) -> bool {
-        let key = ObjectRef::<CachedJob>::new(&row.name).within(&row.namespace);
         self.cache
-            .get(&key)
+            .get(&Uid::parse(&row.uid))
             .is_some_and(|job| !job.status.unreadable && job.status.written == digest)
     }
 }
@@ -536,7 +535,7 @@ async fn all_jobs(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
 
 async fn load(pool: &PgPool, ids: &[i64]) -> Result<(Vec<Row>, Vec<ActiveRow>), sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(concat!(
-        "SELECT j.id, j.namespace, j.name, j.enabled, j.next_run_at, ",
+        "SELECT j.id, j.uid, j.namespace, j.name, j.enabled, j.next_run_at, ",
         last_run_sql!(),
         " AS last_run_at,
                 j.last_success_at, j.total_runs, j.succeeded, j.failed, j.missed, j.skipped,
