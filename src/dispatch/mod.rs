@@ -720,7 +720,8 @@ impl<'a> ChunkEncoder<'a> {
     /// Encode what was read ahead; returns the ids still to read.
     fn new(encoder: &'a Encoder, chunk: Vec<HeldRun>) -> (ChunkEncoder<'a>, Vec<i64>) {
         let mut to_read = Vec::new();
-        let mut runs = Vec::with_capacity(chunk.len());
+        // Sized for what was read ahead, not the whole burst (100,000 slots of ~100 bytes).
+        let mut runs = Vec::with_capacity(chunk.iter().filter(|r| r.loaded.is_some()).count());
         for r in chunk {
             match r.loaded.map(|b| *b) {
                 None => to_read.push(r.id),

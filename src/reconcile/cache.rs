@@ -50,14 +50,6 @@ impl JobCache {
         self.read().values().filter(|j| count(j)).count()
     }
 
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Store a job as seen; the entry it replaced, if any.
     pub fn apply(&self, job: CachedJob) -> Option<Arc<CachedJob>> {
         self.write().insert(job.key(), Arc::new(job))
@@ -177,7 +169,9 @@ pub fn reconcile_worthy(job: &CachedJob) -> u64 {
     job.generation().hash(&mut h);
     job.trigger().hash(&mut h);
     job.deleting().hash(&mut h);
-    job.finalizers().hash(&mut h);
+    // Not `finalizers()`: that builds a Vec of Strings, once per watch event.
+    job.finalized().hash(&mut h);
+    job.other_finalizers().hash(&mut h);
     job.task_function().is_some().hash(&mut h);
     h.finish()
 }

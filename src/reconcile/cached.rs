@@ -188,6 +188,11 @@ impl CachedJob {
         self.finalized
     }
 
+    /// The finalizers other than ours.
+    pub fn other_finalizers(&self) -> &[Box<str>] {
+        &self.other_finalizers
+    }
+
     /// `metadata.finalizers` (ours last).
     pub fn finalizers(&self) -> Vec<String> {
         let mut all: Vec<String> = self
