@@ -5,6 +5,7 @@
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
+use std::fmt::Write as _;
 
 /// Everything needed to publish one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,30 +22,39 @@ pub struct TaskMessage {
     /// `gen<pid>@<host>` in Celery; the operator's identity here.
     pub origin: String,
     /// Extra headers naming the job and slot (`kubebeat_job`, `kubebeat_slot`, ...).
-    pub extra_headers: Vec<(String, String)>,
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 /// Python `repr()` of a JSON value, for `argsrepr`/`kwargsrepr` (only shown in worker logs).
 pub fn py_repr(v: &Value) -> String {
+    let mut out = String::new();
+    write_py_repr(&mut out, v);
+    out
+}
+
+/// [`py_repr`] appended to `out`: a burst writes one per message, so no string per element.
+fn write_py_repr(out: &mut String, v: &Value) {
     match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => py_str(s),
-        Value::Array(items) => py_repr_items(items),
-        Value::Object(map) => py_repr_pairs(map),
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}"); // writing to a String cannot fail
+        }
+        Value::String(s) => write_py_str(out, s),
+        Value::Array(items) => write_py_items(out, items),
+        Value::Object(map) => write_py_pairs(out, map),
     }
 }
 
-fn py_str(s: &str) -> String {
+fn write_py_str(out: &mut String, s: &str) {
     // Python prefers single quotes unless the text contains one and no double quote.
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
         '\''
     };
-    let mut out = String::with_capacity(s.len() + 2);
+    out.reserve(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -57,14 +67,16 @@ fn py_str(s: &str) -> String {
                 out.push(c);
             }
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+                let _ = write!(out, "\\x{:02x}", c as u32);
             }
             c => out.push(c),
         }
     }
     out.push(quote);
-    out
 }
+
+/// The body's last element (no callbacks, errbacks, chain or chord) and its closing bracket.
+const BODY_EMBED: &[u8] = br#",{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#;
 
 /// Celery's ISO-8601 with `+00:00`.
 fn iso(t: DateTime<Utc>) -> String {
@@ -74,12 +86,20 @@ fn iso(t: DateTime<Utc>) -> String {
 impl TaskMessage {
     /// The body: exactly three elements, `[args, kwargs, embed]`.
     pub fn body(&self) -> Vec<u8> {
-        let body = json!([
-            self.args,
-            self.kwargs,
-            {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
-        ]);
-        serde_json::to_vec(&body).unwrap_or_else(|_| b"[[], {}, {}]".to_vec())
+        let mut out = Vec::with_capacity(BODY_EMBED.len() + 32);
+        out.push(b'[');
+        // Written in place rather than as a `Value` tree, which copied args and kwargs.
+        let written = serde_json::to_writer(&mut out, &self.args)
+            .and_then(|()| {
+                out.push(b',');
+                serde_json::to_writer(&mut out, &self.kwargs)
+            })
+            .is_ok();
+        if !written {
+            return b"[[],{},{}]".to_vec(); // unreachable: JSON values always serialize
+        }
+        out.extend_from_slice(BODY_EMBED);
+        out
     }
 
     /// The headers in the order `apply_async` writes them, then ours.
@@ -108,7 +128,7 @@ impl TaskMessage {
         h.insert("stamped_headers".into(), Value::Null);
         h.insert("stamps".into(), json!({}));
         for (k, v) in &self.extra_headers {
-            h.insert(k.clone(), json!(v));
+            h.insert((*k).into(), json!(v));
         }
         h
     }
@@ -130,129 +150,166 @@ impl TaskMessage {
     }
 
     /// The JSON envelope kombu's Redis transport LPUSHes: [`TaskMessage::headers`] and the
-    /// properties, written straight from borrowed fields. Building it as a `Value` tree first
-    /// cost 25 µs a message (maps, hashing, copies), which a 100,000-run burst waited for.
+    /// properties, in kombu's order. Written by hand, not by serde: every key and constant
+    /// went through serde's escaping byte by byte, the largest cost of a burst's encoding
+    /// (and a `Value` tree, before that, cost 25 µs a message). The test
+    /// `the_envelope_is_byte_for_byte_the_reference` holds it to serde's output.
     pub fn redis_envelope(&self, delivery_tag: &str, now: DateTime<Utc>) -> String {
-        let envelope = Envelope {
-            body: base64::engine::general_purpose::STANDARD.encode(self.body()),
-            content_encoding: "utf-8",
-            content_type: "application/json",
-            headers: Headers {
-                message: self,
-                expires: self.expires.map(iso),
-                argsrepr: py_repr_items(&self.args),
-                kwargsrepr: py_repr_pairs(&self.kwargs),
-            },
-            properties: Properties {
-                correlation_id: &self.id,
-                reply_to: "",
-                delivery_mode: 2,
-                expiration: self.expiration_ms(now),
-                delivery_info: DeliveryInfo {
-                    exchange: "",
-                    routing_key: &self.queue,
-                },
-                priority: self.priority.unwrap_or(0),
-                body_encoding: "base64",
-                delivery_tag,
-            },
-        };
-        let mut json = serde_json::to_string(&envelope).unwrap_or_default();
-        // The writer doubles its buffer as it goes: a ~1.3 KB envelope sat in 2 KB, and a
-        // burst holds tens of thousands of them (~7 MB a chunk of 10,000).
-        json.shrink_to_fit();
-        json
+        let parts = self.parts(now);
+        // Sized up front: a burst holds tens of thousands of envelopes, and a buffer left to
+        // double as it is written puts a ~1 KB envelope in 2 KB (then copied to shrink it).
+        let size = parts.size_hint(self, delivery_tag);
+        let mut out = String::with_capacity(size + size / 16);
+        parts.write(self, delivery_tag, &mut out);
+        if out.capacity() > out.len() + out.len() / 8 {
+            out.shrink_to_fit();
+        }
+        out
+    }
+
+    /// What the envelope holds beyond the message's own fields.
+    fn parts(&self, now: DateTime<Utc>) -> EnvelopeParts {
+        EnvelopeParts {
+            body: self.body(),
+            expires: self.expires.map(iso),
+            expiration: self.expiration_ms(now),
+            argsrepr: py_repr_items(&self.args),
+            kwargsrepr: py_repr_pairs(&self.kwargs),
+        }
+    }
+}
+
+/// The envelope's computed fields (see [`TaskMessage::redis_envelope`]).
+struct EnvelopeParts {
+    body: Vec<u8>,
+    expires: Option<String>,
+    expiration: Option<String>,
+    argsrepr: String,
+    kwargsrepr: String,
+}
+
+/// The envelope's length without its variable fields (measured, see the test
+/// `the_size_hint_fits`): its keys, punctuation and constant values.
+const ENVELOPE_FIXED: usize = 549;
+
+impl EnvelopeParts {
+    /// About the envelope's length (more only where a field needs escaping).
+    fn size_hint(&self, m: &TaskMessage, delivery_tag: &str) -> usize {
+        ENVELOPE_FIXED
+            + self.body.len().div_ceil(3) * 4
+            + m.task.len()
+            + 3 * m.id.len()
+            + self.expires.as_ref().map_or(0, |e| e.len() + 2)
+            + self.argsrepr.len()
+            + self.kwargsrepr.len()
+            + m.origin.len()
+            + m.extra_headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 6)
+                .sum::<usize>()
+            + self.expiration.as_ref().map_or(0, |e| e.len() + 16)
+            + m.queue.len()
+            + delivery_tag.len()
+    }
+
+    fn write(&self, m: &TaskMessage, delivery_tag: &str, out: &mut String) {
+        out.push_str(r#"{"body":""#);
+        base64::engine::general_purpose::STANDARD.encode_string(&self.body, out);
+        out.push_str(r#"","content-encoding":"utf-8","content-type":"application/json","#);
+        out.push_str(r#""headers":{"lang":"py","task":"#);
+        json_str(out, &m.task);
+        out.push_str(r#","id":"#);
+        json_str(out, &m.id);
+        out.push_str(r#","shadow":null,"eta":null,"expires":"#);
+        match &self.expires {
+            Some(e) => json_str(out, e),
+            None => out.push_str("null"),
+        }
+        out.push_str(r#","group":null,"group_index":null,"retries":0,"timelimit":[null,null],"#);
+        out.push_str(r#""root_id":"#);
+        json_str(out, &m.id);
+        out.push_str(r#","parent_id":null,"argsrepr":"#);
+        json_str(out, &self.argsrepr);
+        out.push_str(r#","kwargsrepr":"#);
+        json_str(out, &self.kwargsrepr);
+        out.push_str(r#","origin":"#);
+        json_str(out, &m.origin);
+        out.push_str(r#","ignore_result":false,"replaced_task_nesting":0,"#);
+        out.push_str(r#""stamped_headers":null,"stamps":{}"#);
+        for (k, v) in &m.extra_headers {
+            out.push(',');
+            json_str(out, k);
+            out.push(':');
+            json_str(out, v);
+        }
+        out.push_str(r#"},"properties":{"correlation_id":"#);
+        json_str(out, &m.id);
+        out.push_str(r#","reply_to":"","delivery_mode":2"#);
+        if let Some(e) = &self.expiration {
+            out.push_str(r#","expiration":"#);
+            json_str(out, e);
+        }
+        out.push_str(r#","delivery_info":{"exchange":"","routing_key":"#);
+        json_str(out, &m.queue);
+        let _ = write!(out, r#"}},"priority":{}"#, m.priority.unwrap_or(0)); // cannot fail
+        out.push_str(r#","body_encoding":"base64","delivery_tag":"#);
+        json_str(out, delivery_tag);
+        out.push_str("}}");
+    }
+}
+
+/// `s` as a JSON string, as serde_json writes it: copied as is unless it holds a quote, a
+/// backslash or a control character (rare in task names, ids and reprs), escaped by serde then.
+fn json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        match serde_json::to_string(s) {
+            Ok(escaped) => out.push_str(&escaped),
+            Err(_) => out.push_str(r#""""#), // unreachable: a str always serializes
+        }
     }
 }
 
 /// `py_repr` of a list, without copying it into a `Value` first.
 fn py_repr_items(items: &[Value]) -> String {
-    format!(
-        "[{}]",
-        items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
-    )
+    let mut out = String::new();
+    write_py_items(&mut out, items);
+    out
 }
 
 /// `py_repr` of a dict, without copying it into a `Value` first.
 fn py_repr_pairs(map: &Map<String, Value>) -> String {
-    format!(
-        "{{{}}}",
-        map.iter()
-            .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    let mut out = String::new();
+    write_py_pairs(&mut out, map);
+    out
 }
 
-/// The Redis envelope, field by field in kombu's order.
-#[derive(serde::Serialize)]
-struct Envelope<'a> {
-    body: String,
-    #[serde(rename = "content-encoding")]
-    content_encoding: &'static str,
-    #[serde(rename = "content-type")]
-    content_type: &'static str,
-    headers: Headers<'a>,
-    properties: Properties<'a>,
-}
-
-/// The same headers as [`TaskMessage::headers`], in the same order.
-struct Headers<'a> {
-    message: &'a TaskMessage,
-    expires: Option<String>,
-    argsrepr: String,
-    kwargsrepr: String,
-}
-
-impl serde::Serialize for Headers<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let m = self.message;
-        let none: Option<()> = None;
-        let mut h = s.serialize_map(None)?;
-        h.serialize_entry("lang", "py")?;
-        h.serialize_entry("task", &m.task)?;
-        h.serialize_entry("id", &m.id)?;
-        h.serialize_entry("shadow", &none)?;
-        h.serialize_entry("eta", &none)?;
-        h.serialize_entry("expires", &self.expires)?;
-        h.serialize_entry("group", &none)?;
-        h.serialize_entry("group_index", &none)?;
-        h.serialize_entry("retries", &0)?;
-        h.serialize_entry("timelimit", &[none, none])?;
-        h.serialize_entry("root_id", &m.id)?;
-        h.serialize_entry("parent_id", &none)?;
-        h.serialize_entry("argsrepr", &self.argsrepr)?;
-        h.serialize_entry("kwargsrepr", &self.kwargsrepr)?;
-        h.serialize_entry("origin", &m.origin)?;
-        h.serialize_entry("ignore_result", &false)?;
-        h.serialize_entry("replaced_task_nesting", &0)?;
-        h.serialize_entry("stamped_headers", &none)?;
-        h.serialize_entry("stamps", &Map::new())?;
-        for (k, v) in &m.extra_headers {
-            h.serialize_entry(k, v)?;
+fn write_py_items(out: &mut String, items: &[Value]) {
+    out.push('[');
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
         }
-        h.end()
+        write_py_repr(out, v);
     }
+    out.push(']');
 }
 
-#[derive(serde::Serialize)]
-struct Properties<'a> {
-    correlation_id: &'a str,
-    reply_to: &'static str,
-    delivery_mode: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expiration: Option<String>,
-    delivery_info: DeliveryInfo<'a>,
-    priority: u8,
-    body_encoding: &'static str,
-    delivery_tag: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct DeliveryInfo<'a> {
-    exchange: &'static str,
-    routing_key: &'a str,
+fn write_py_pairs(out: &mut String, map: &Map<String, Value>) {
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_py_str(out, k);
+        out.push_str(": ");
+        write_py_repr(out, v);
+    }
+    out.push('}');
 }
 
 /// The remote-control body of a `revoke` for every worker (`destination: null`).
@@ -306,7 +363,7 @@ mod tests {
                     .with_timezone(&Utc),
             ),
             origin: "kube-beat@test".into(),
-            extra_headers: vec![("kubebeat_job".into(), "ns/job".into())],
+            extra_headers: vec![("kubebeat_job", "ns/job".into())],
         }
     }
 
@@ -380,8 +437,14 @@ mod tests {
         properties.insert("priority".into(), json!(m.priority.unwrap_or(0)));
         properties.insert("body_encoding".into(), json!("base64"));
         properties.insert("delivery_tag".into(), json!(tag));
+        // The body as a `Value` tree too, as it was built before it was written in place.
+        let body = json!([
+            m.args,
+            m.kwargs,
+            {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
+        ]);
         json!({
-            "body": base64::engine::general_purpose::STANDARD.encode(m.body()),
+            "body": base64::engine::general_purpose::STANDARD.encode(body.to_string()),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": m.headers(),
@@ -390,19 +453,27 @@ mod tests {
         .to_string()
     }
 
-    #[test]
-    fn the_envelope_is_byte_for_byte_the_reference() {
-        let now = DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+    fn envelope_time() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
             .expect("t")
-            .with_timezone(&Utc);
-        let plain = TaskMessage {
+            .with_timezone(&Utc)
+    }
+
+    /// No priority, expiry, arguments or extra headers.
+    fn plain() -> TaskMessage {
+        TaskMessage {
             priority: None,
             expires: None,
             args: Vec::new(),
             kwargs: Map::new(),
             extra_headers: Vec::new(),
             ..vector()
-        };
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_byte_for_byte_the_reference() {
+        let (now, plain) = (envelope_time(), plain());
         let hostile = TaskMessage {
             task: "evil\"task\n\u{0}".into(),
             args: vec![
@@ -415,12 +486,48 @@ mod tests {
                 .cloned()
                 .expect("object"),
             queue: "q\"ueue".into(),
+            origin: "o\\rigin\t\u{1f}".into(),
+            extra_headers: vec![("kubebeat_job", "ns/\u{1}job\"".into())],
+            priority: Some(9),
             ..vector()
         };
         for m in [vector(), plain, hostile] {
             assert_eq!(
                 m.redis_envelope("tag-1", now),
                 reference_envelope(&m, "tag-1", now)
+            );
+        }
+    }
+
+    /// The envelope's buffer is sized from its fields: never too small for plain ones (it
+    /// would be copied as it grows), never much too large (a burst holds many).
+    #[test]
+    fn the_size_hint_fits() {
+        let (now, plain) = (envelope_time(), plain());
+        let long = TaskMessage {
+            args: vec![json!("x".repeat(5_000))],
+            extra_headers: vec![
+                ("kubebeat_job", "namespace/a-long-job-name".into()),
+                ("kubebeat_slot", "2030-01-02T03:04:05Z".into()),
+            ],
+            ..vector()
+        };
+        for m in [vector(), plain, long] {
+            let envelope = m.redis_envelope("0b1c5f8e-3c1f-4d2e-9a57-6f0e2d3c4b5a", now);
+            let written = envelope.len();
+            let capacity = envelope.capacity();
+            assert!(capacity >= written);
+            assert!(
+                capacity <= written + written / 8,
+                "{capacity} bytes held for {written}"
+            );
+            // The hint itself: a guess only where the JSON escapes something.
+            let hint = m
+                .parts(now)
+                .size_hint(&m, "0b1c5f8e-3c1f-4d2e-9a57-6f0e2d3c4b5a");
+            assert!(
+                hint.abs_diff(written) <= 16,
+                "hint {hint}, written {written}"
             );
         }
     }

@@ -44,18 +44,18 @@ const CLAIM_COST_GUESS: Duration = Duration::from_micros(200);
 /// How often the runs coming due are counted to size the claim horizon.
 const HORIZON_EVERY: Duration = Duration::from_secs(1);
 /// Runs read from the outbox and held for their time at once. Beyond the earliest
-/// [`CHUNKS_AHEAD`] chunks a held run is its id and time (an encoded one is ~1.4 KB):
+/// [`CHUNKS_AHEAD`] chunks a held run is its id and time (an encoded one is ~1 KB):
 /// everything claimed for 100,000 jobs due together fits.
 const HOLD_MAX: i64 = 120_000;
 /// Runs per publish in a burst (the default of [`Dispatcher::publish_chunk`]). A chunk in
-/// memory is its envelopes (~7 MB for 5,000) while it is read, encoded and published; the
+/// memory is its envelopes (~5 MB for 5,000) while it is read, encoded and published; the
 /// Redis client holds one LPUSH of them at a time (see `celery::redis_publish`). A burst holds
-/// three chunks at once (see `publish_stream`), so the chunk sets its peak: chunks of 10,000
-/// took a 100,000-run burst to 158 MiB, of 5,000 to ~130 MiB.
+/// up to four chunks at once (see `publish_stream`), so the chunk sets its peak: chunks of
+/// 10,000 took a 100,000-run burst to 158 MiB, of 5,000 to ~130 MiB.
 pub const PUBLISH_CHUNK: usize = 5_000;
 /// Chunks encoded before their time, the earliest runs first: a burst starts going out at once,
-/// while the rest are read and encoded.
-const CHUNKS_AHEAD: usize = 1;
+/// while the rest are read and encoded. Two: a burst of 10,000 is then all encoded when due.
+const CHUNKS_AHEAD: usize = 2;
 /// Rows read at a time when reading ahead: each is encoded before the next are read, so their
 /// rows (~600 bytes each) are never all in memory beside the messages.
 const READ_AHEAD_BATCH: usize = 1_000;
@@ -424,7 +424,7 @@ impl Dispatcher {
     /// Publish runs that are due, [`Dispatcher::publish_chunk`] at a time. Runs read ahead go
     /// first; the rest are read in one query, streamed, and encoded row by row by a task of
     /// their own, which hands chunks to the publisher through a channel of one: a burst holds
-    /// at most three chunks (one published, one handed over, one being encoded). They are
+    /// at most those read ahead, one handed over and one being encoded. They are
     /// recorded as DISPATCHED in the background once the burst is out, so Postgres does not
     /// compete with it for the CPU. Returns whether all were published.
     ///
@@ -672,39 +672,38 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn message(&self, p: &claim::Pending) -> TaskMessage {
-        let args = match &p.args {
-            Value::Array(a) => a.clone(),
+    /// The run's message, taking the row's strings rather than copying them.
+    fn message(&self, p: claim::Pending) -> TaskMessage {
+        // From the run's time (it may be encoded a little before it).
+        let expires = p
+            .expires_seconds
+            .map(|s| p.due.max(Utc::now()) + chrono::Duration::seconds(s));
+        let args = match p.args {
+            Value::Array(a) => a,
             _ => Vec::new(),
         };
-        let kwargs = match &p.kwargs {
-            Value::Object(o) => o.clone(),
+        let kwargs = match p.kwargs {
+            Value::Object(o) => o,
             _ => serde_json::Map::new(),
         };
         TaskMessage {
-            id: p.task_id.clone(),
-            task: p.task_name.clone(),
+            id: p.task_id,
+            task: p.task_name,
             args,
             kwargs,
-            queue: p.queue.clone(),
+            queue: p.queue,
             priority: p.priority.and_then(|v| u8::try_from(v).ok()),
-            // From the run's time (it may be encoded a little before it).
-            expires: p
-                .expires_seconds
-                .map(|s| p.due().max(Utc::now()) + chrono::Duration::seconds(s)),
+            expires,
             origin: self.origin.clone(),
             extra_headers: vec![
-                ("kubebeat_job".into(), format!("{}/{}", p.namespace, p.name)),
-                (
-                    "kubebeat_slot".into(),
-                    crate::schedule::rfc3339(p.scheduled_for),
-                ),
-                ("kubebeat_trigger".into(), p.trigger.clone()),
+                ("kubebeat_job", format!("{}/{}", p.namespace, p.name)),
+                ("kubebeat_slot", crate::schedule::rfc3339(p.scheduled_for)),
+                ("kubebeat_trigger", p.trigger),
             ],
         }
     }
 
-    fn encode(&self, p: &claim::Pending) -> Prepared {
+    fn encode(&self, p: claim::Pending) -> Prepared {
         self.encoding.prepare(self.message(p))
     }
 }
@@ -725,7 +724,7 @@ impl<'a> ChunkEncoder<'a> {
         for r in chunk {
             match r.loaded.map(|b| *b) {
                 None => to_read.push(r.id),
-                Some(Loaded::Row(p)) => runs.push(((p.id, p.due()), encoder.encode(&p))),
+                Some(Loaded::Row(p)) => runs.push(((p.id, p.due), encoder.encode(*p))),
                 Some(Loaded::Encoded { id, due, message }) => runs.push(((id, due), message)),
             }
         }
@@ -743,8 +742,9 @@ impl<'a> ChunkEncoder<'a> {
         self.runs.len()
     }
 
-    fn row(&mut self, p: &claim::Pending) {
-        self.runs.push(((p.id, p.due()), self.encoder.encode(p)));
+    fn row(&mut self, p: claim::Pending) {
+        let sent = (p.id, p.due);
+        self.runs.push((sent, self.encoder.encode(p)));
     }
 
     /// The runs and their messages, in time order.
@@ -754,7 +754,7 @@ impl<'a> ChunkEncoder<'a> {
     }
 }
 
-/// Rows encoded between yields to the runtime (encoding is ~3.5 µs a run).
+/// Rows encoded between yields to the runtime (encoding is ~2 µs a run).
 const ENCODE_YIELD_EVERY: usize = 500;
 
 /// Read the runs `ids` (those still PENDING: a run expired or settled meanwhile is left out),
@@ -775,7 +775,7 @@ async fn read_and_encode(
     let mut chunk = ChunkEncoder::empty(encoder, size);
     let mut n = 0usize;
     while let Some(p) = rows.try_next().await? {
-        chunk.row(&p);
+        chunk.row(p);
         n += 1;
         if chunk.len() >= size {
             let full = std::mem::replace(&mut chunk, ChunkEncoder::empty(encoder, size));
@@ -915,18 +915,20 @@ impl Held {
     }
 
     /// Encode the first `n` runs that are read and not encoded yet: a burst's first chunks then
-    /// go out as soon as they are due. Only the first `n`, since an envelope is ~1.3 KB.
+    /// go out as soon as they are due. Only the first `n`, since an envelope is ~1 KB.
     fn encode_ahead(&mut self, n: usize, encoder: &Encoder) {
         for r in self.runs.iter_mut().take(n) {
-            if let Some(loaded) = r.loaded.as_mut()
-                && let Loaded::Row(p) = loaded.as_ref()
+            if !matches!(r.loaded.as_deref(), Some(Loaded::Row(_))) {
+                continue;
+            }
+            if let Some(loaded) = r.loaded.take()
+                && let Loaded::Row(p) = *loaded
             {
-                let message = encoder.encode(p);
-                **loaded = Loaded::Encoded {
+                r.loaded = Some(Box::new(Loaded::Encoded {
                     id: r.id,
                     due: r.due,
-                    message,
-                };
+                    message: encoder.encode(*p),
+                }));
             }
         }
     }
@@ -962,13 +964,10 @@ mod tests {
     fn run(id: i64, due: DateTime<Utc>) -> claim::Pending {
         claim::Pending {
             id,
-            job_id: id,
-            uid: String::new(),
             task_id: format!("t{id}"),
             scheduled_for: due,
             trigger: "schedule".into(),
-            claimed_at: due - TimeDelta::seconds(5),
-            publish_after: Some(due),
+            due,
             namespace: "ns".into(),
             name: format!("j{id}"),
             task_name: "t".into(),
@@ -989,7 +988,7 @@ mod tests {
     }
 
     fn times(runs: &[claim::Pending]) -> Vec<(i64, DateTime<Utc>)> {
-        runs.iter().map(|p| (p.id, p.due())).collect()
+        runs.iter().map(|p| (p.id, p.due)).collect()
     }
 
     fn encoder() -> Encoder {
@@ -1093,7 +1092,7 @@ mod tests {
         let encoder = encoder();
         let (mut encoding, to_read) = ChunkEncoder::new(&encoder, due);
         assert_eq!(to_read, [4, 5], "only what was not read ahead");
-        for p in &read {
+        for p in read {
             encoding.row(p);
         }
         let (runs, prepared) = encoding.finish();
