@@ -218,6 +218,7 @@ fn convert_job(
         name: &name,
         generation: 1,
         created: now,
+        trigger: None,
     };
     validate::scheduled_job(&meta, &parsed, TaskFunctionRef::Valid(&valid_tf), now)
         .map_err(|e| format!("{}: {}", e.reason.as_str(), e.message))?;

@@ -19,4 +19,5 @@ pub mod reconcile;
 pub mod schedule;
 pub mod status;
 pub mod store;
+pub mod supervise;
 pub mod tracker;

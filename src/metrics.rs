@@ -47,6 +47,11 @@ pub struct Category {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Task {
+    pub task: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -69,6 +74,10 @@ pub struct Metrics {
     pub leader: Gauge,
     pub leader_transitions: Counter,
     pub reconcile_errors: Family<Category, Counter>,
+    /// One job's run taken out of its batch (the rest went on), by category.
+    pub job_failures: Family<Category, Counter>,
+    /// Background tasks restarted by the supervisor after a panic or an unexpected end.
+    pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
     /// Sampled from outside: the status feed, the pool, queue depths.
@@ -102,6 +111,8 @@ impl Metrics {
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
             reconcile_errors: Family::default(),
+            job_failures: Family::default(),
+            task_restarts: Family::default(),
             tracker_pass: latency_histogram(),
             tracker_unfinished: Gauge::default(),
             sampled: Arc::default(),
@@ -157,6 +168,17 @@ impl Metrics {
             "reconcile_errors",
             "Reconcile failures by category",
             m.reconcile_errors.clone(),
+        );
+        r.register(
+            "job_failures",
+            "Runs of one job taken out of a batch while the rest went on, by category \
+             (unreadable_schedule, queue_rejected)",
+            m.job_failures.clone(),
+        );
+        r.register(
+            "task_restarts",
+            "Background tasks restarted by the supervisor after a panic or an unexpected end",
+            m.task_restarts.clone(),
         );
         r.register(
             "result_tracker_pass_seconds",

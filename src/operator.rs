@@ -16,6 +16,7 @@ use crate::{
     cli::{DispatchMode, RunArgs},
     dispatch::Dispatcher,
     leader, reconcile, store,
+    supervise::supervise,
 };
 
 /// Run the operator until SIGTERM / Ctrl-C.
@@ -100,8 +101,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         },
         futures::FutureExt::shared(Box::pin(stopped)),
     );
-    let status_writer = crate::status::run(
-        crate::status::WriterSetup {
+    // The long-running parts restart after a panic instead of ending the process (see
+    // `supervise`). The feed's receivers outlive a task that panicked: they are shared, and
+    // each run of a task borrows its receiver for as long as it runs.
+    let jobs_rx = Arc::new(tokio::sync::Mutex::new(feed_rx.jobs));
+    let events_rx = Arc::new(tokio::sync::Mutex::new(feed_rx.events));
+    let status_writer = {
+        let setup = crate::status::WriterSetup {
             client: client.clone(),
             pool: pool.clone(),
             cache: controllers.jobs(),
@@ -112,31 +118,58 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 ),
             },
             stats: feed.stats.clone(),
-        },
-        feed_rx.jobs,
-        role.clone(),
-        stop_rx.clone(),
-    );
-    let events = crate::status::events::run(
-        client,
-        identity.clone(),
-        crate::status::events::EventsConfig {
+        };
+        let (role, stop) = (role.clone(), stop_rx.clone());
+        supervise("status_writer", stop_rx.clone(), move || {
+            let (setup, rx, role, stop) =
+                (setup.clone(), jobs_rx.clone(), role.clone(), stop.clone());
+            async move {
+                let mut rx = rx.lock_owned().await;
+                crate::status::run(setup, &mut rx, role, stop).await
+            }
+        })
+    };
+    let events = {
+        let (client, identity, stats, role, stop) = (
+            client.clone(),
+            identity.clone(),
+            feed.stats.clone(),
+            role.clone(),
+            stop_rx.clone(),
+        );
+        let cfg = crate::status::events::EventsConfig {
             qps: args.event_qps,
             per_job_interval: std::time::Duration::from_secs(args.event_interval_seconds),
-        },
-        feed_rx.events,
-        feed.stats.clone(),
-        role.clone(),
-        stop_rx.clone(),
-    );
-    let tracker = run_tracker(
-        pool.clone(),
-        backend_url,
-        role.clone(),
-        feed.clone(),
-        std::time::Duration::from_millis(args.result_poll_ms.max(10)),
-        stop_rx.clone(),
-    );
+        };
+        supervise("events", stop_rx.clone(), move || {
+            let (client, identity, stats, role, stop, rx) = (
+                client.clone(),
+                identity.clone(),
+                stats.clone(),
+                role.clone(),
+                stop.clone(),
+                events_rx.clone(),
+            );
+            async move {
+                let mut rx = rx.lock_owned().await;
+                crate::status::events::run(client, identity, cfg, &mut rx, stats, role, stop).await
+            }
+        })
+    };
+    let tracker = {
+        let (pool, role, feed, stop) = (pool.clone(), role.clone(), feed.clone(), stop_rx.clone());
+        let poll = std::time::Duration::from_millis(args.result_poll_ms.max(10));
+        supervise("result_tracker", stop_rx.clone(), move || {
+            run_tracker(
+                pool.clone(),
+                backend_url.clone(),
+                role.clone(),
+                feed.clone(),
+                poll,
+                stop.clone(),
+            )
+        })
+    };
     let sampler_broker = args.broker_url.clone();
     let broker_url = if shadow {
         None
@@ -157,30 +190,40 @@ pub async fn run(args: RunArgs) -> Result<()> {
         // One ledger per installation (its Lease), so installations sharing a vhost never
         // read each other's entries.
         let ledger = format!("kubebeat.sent.{}.{}", args.lease_namespace, args.lease_name);
-        run_dispatcher(
-            broker_url,
-            dedupe_window,
-            ledger,
-            move |publisher| Dispatcher {
-                pool,
-                publisher,
-                identity,
-                role,
-                wake,
-                publish_give_up,
-                publish_chunk,
-                feed,
-            },
-            stop_rx.clone(),
-        )
+        let stop = stop_rx.clone();
+        supervise("dispatcher", stop_rx.clone(), move || {
+            let (pool, identity, role, wake, feed) = (
+                pool.clone(),
+                identity.clone(),
+                role.clone(),
+                wake.clone(),
+                feed.clone(),
+            );
+            run_dispatcher(
+                broker_url.clone(),
+                dedupe_window,
+                ledger.clone(),
+                move |publisher| Dispatcher {
+                    pool,
+                    publisher,
+                    identity,
+                    role,
+                    wake,
+                    publish_give_up,
+                    publish_chunk,
+                    feed,
+                },
+                stop.clone(),
+            )
+        })
     };
-    let housekeeping = housekeeping(
-        pool.clone(),
-        retention,
-        std::time::Duration::from_secs(args.history_prune_seconds.max(1)),
-        role,
-        stop_rx.clone(),
-    );
+    let housekeeping = {
+        let (pool, role, stop) = (pool.clone(), role, stop_rx.clone());
+        let every = std::time::Duration::from_secs(args.history_prune_seconds.max(1));
+        supervise("housekeeping", stop_rx.clone(), move || {
+            housekeeping(pool.clone(), retention, every, role.clone(), stop.clone())
+        })
+    };
     {
         let sampled = &crate::metrics::METRICS.sampled;
         *sampled.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.clone());

@@ -115,7 +115,7 @@ proptest! {
         let tf_spec: kube_beat::api::TaskFunctionSpec =
             serde_json::from_value(serde_json::json!({"task": "kb.echo", "queue": "celery"})).expect("tf");
         let tf = validate::task_function("f", &tf_spec).expect("valid tf");
-        let meta = JobMeta { uid: "u", namespace: "ns", name: "n", generation: 1, created: t0() };
+        let meta = JobMeta { uid: "u", namespace: "ns", name: "n", generation: 1, created: t0(), trigger: None };
         let _ = validate::scheduled_job(&meta, &parsed, TaskFunctionRef::Valid(&tf), t0());
     }
 

@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         name: "n",
         generation: 1,
         created: t0,
+        trigger: None,
     };
     let _ = validate::scheduled_job(&meta, &spec, TaskFunctionRef::Valid(&tf), t0);
     // A TaskFunction spec from the same bytes, too.

@@ -75,14 +75,16 @@ pub struct ScheduledJobSpec {
     pub schedule: Schedule,
 
     /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`. Default `UTC`.
+    /// At most 64 characters.
     /// A fixed-hour cron slot that falls into a spring-forward gap runs once, at the first instant
     /// after the gap; a slot in a fall-back overlap runs once, at its first occurrence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     pub time_zone: Option<String>,
 
     /// No run is scheduled before this instant (RFC 3339). Also anchors `interval` schedules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
     pub start_time: Option<String>,
 
     /// Positional arguments for the task. Replaces the TaskFunction's `defaultArgs` when set.
@@ -95,7 +97,10 @@ pub struct ScheduledJobSpec {
     #[schemars(schema_with = "schema::any_object")]
     pub kwargs: Option<serde_json::Value>,
 
-    /// Celery queue; overrides the TaskFunction's queue.
+    /// Celery queue; overrides the TaskFunction's queue. It must be one of the TaskFunction's
+    /// `allowedQueues` (by default only its `queue`), else the job is not Ready (reason
+    /// `QueueNotAllowed`). Names starting with `kubebeat`, `amq.`, `_kombu`, `unacked`,
+    /// `celery-task-meta-`, `celery-taskset-meta-` or `chord-unlock` are reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub queue: Option<String>,
@@ -107,9 +112,9 @@ pub struct ScheduledJobSpec {
     pub priority: Option<i32>,
 
     /// A message not started within this many seconds after publishing is discarded by the
-    /// worker (Celery `expires`); overrides the TaskFunction's value.
+    /// worker (Celery `expires`); overrides the TaskFunction's value. 1 to 31536000 (one year).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31536000))]
     pub expires_seconds: Option<i64>,
 
     /// Stop scheduling new runs. Resuming does not replay the suspended period.
@@ -123,30 +128,33 @@ pub struct ScheduledJobSpec {
     pub concurrency_policy: ConcurrencyPolicy,
 
     /// A run that cannot be dispatched within this many seconds of its slot is not dispatched;
-    /// it is recorded as MISSED. Several missed slots are coalesced into one run.
+    /// it is recorded as MISSED. Several missed slots are coalesced into one run. 0 to 31536000
+    /// (one year).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31536000))]
     pub starting_deadline_seconds: Option<i64>,
 
     /// Delay each run by a deterministic amount in [0, jitterSeconds), derived from the job's
     /// uid and the slot, identical on every replica. Spreads load of jobs sharing a schedule.
+    /// 0 to 86400 (one day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub jitter_seconds: Option<i64>,
 
     /// An execution with no final result this many seconds after dispatch is marked LOST.
-    /// Default 3600.
+    /// Default 3600; 1 to 31536000 (one year).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31536000))]
     pub execution_timeout_seconds: Option<i64>,
 
-    /// How many execution rows are kept for this job. Default 100.
+    /// How many execution rows are kept for this job. Default 100; 0 to 100000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub history_limit: Option<i64>,
 
-    /// Free text for humans.
+    /// Free text for humans, at most 1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
 }
 
@@ -174,7 +182,7 @@ pub struct Schedule {
 
     /// Run once at this instant (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "date-time"))]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
     pub at: Option<String>,
 }
 
@@ -182,17 +190,17 @@ pub struct Schedule {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IntervalSchedule {
-    /// Hours.
+    /// Hours (0 to 876000; the whole interval at most 100 years).
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 876000))]
     pub hours: i64,
-    /// Minutes.
+    /// Minutes (0 to 52560000).
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 52560000))]
     pub minutes: i64,
-    /// Seconds.
+    /// Seconds (0 to 3153600000).
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 3_153_600_000_i64))]
     pub seconds: i64,
 }
 
@@ -217,7 +225,8 @@ pub struct ScheduledJobStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready`: the spec is valid and stored. Reasons: `Stored`, `InvalidSchedule`,
-    /// `UnknownTaskFunction`, `NamespaceNotAllowed`, `InvalidSpec`.
+    /// `UnknownTaskFunction`, `TaskFunctionNotReady`, `NamespaceNotAllowed`, `QueueNotAllowed`,
+    /// `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<schema::Condition>,

@@ -4,10 +4,12 @@ use schemars::{Schema, SchemaGenerator, json_schema};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-/// A JSON array of arbitrary values (Celery positional arguments).
+/// A JSON array of arbitrary values (Celery positional arguments). Bounded here in count;
+/// validation bounds args and kwargs together to 64 KiB of JSON.
 pub fn any_array(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
+        "maxItems": 10000,
         "items": { "x-kubernetes-preserve-unknown-fields": true }
     })
 }
@@ -16,6 +18,7 @@ pub fn any_array(_: &mut SchemaGenerator) -> Schema {
 pub fn any_object(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
+        "maxProperties": 1000,
         "x-kubernetes-preserve-unknown-fields": true
     })
 }

@@ -51,7 +51,9 @@ pub struct TaskFunctionSpec {
     #[schemars(length(min = 1, max = 255))]
     pub task: String,
 
-    /// Celery queue the task is published to. Default `celery`.
+    /// Celery queue the task is published to. Default `celery`. Names starting with `kubebeat`,
+    /// `amq.`, `_kombu`, `unacked`, `celery-task-meta-`, `celery-taskset-meta-` or
+    /// `chord-unlock` are reserved.
     #[serde(default = "default_queue")]
     #[schemars(length(min = 1, max = 255))]
     pub queue: String,
@@ -61,9 +63,10 @@ pub struct TaskFunctionSpec {
     #[schemars(range(min = 0, max = 9))]
     pub priority: Option<i32>,
 
-    /// Default message expiry in seconds after publishing (Celery `expires`).
+    /// Default message expiry in seconds after publishing (Celery `expires`), 1 to 31536000
+    /// (one year).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31536000))]
     pub expires_seconds: Option<i64>,
 
     /// Positional arguments used when a ScheduledJob gives no `args`.
@@ -76,12 +79,22 @@ pub struct TaskFunctionSpec {
     #[schemars(schema_with = "schema::any_object")]
     pub default_kwargs: Option<serde_json::Value>,
 
-    /// Namespaces whose ScheduledJobs may use this task. Empty: every namespace.
+    /// Namespaces whose ScheduledJobs may use this task. Empty: every namespace. At most 256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
     pub allowed_namespaces: Vec<String>,
 
-    /// Free text for humans.
+    /// Queues a ScheduledJob of this task may ask for with its `queue`. Empty: only `queue`.
+    /// A job asking for any other queue is not Ready (reason `QueueNotAllowed`). Names starting
+    /// with `kubebeat`, `amq.`, `_kombu`, `unacked`, `celery-task-meta-`,
+    /// `celery-taskset-meta-` or `chord-unlock` are reserved. At most 256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 255)))]
+    pub allowed_queues: Vec<String>,
+
+    /// Free text for humans, at most 1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 
 pub use message::TaskMessage;
 use redis_publish::RedisPublisher;
+pub use redis_publish::Rejected;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -100,7 +101,7 @@ impl Publisher {
         &self,
         messages: Vec<TaskMessage>,
         epoch: i64,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Vec<Rejected>, PublishError> {
         let prepared: Vec<Prepared> = messages.into_iter().map(|m| self.prepare(m)).collect();
         self.publish_prepared(&prepared, epoch).await
     }
@@ -121,14 +122,15 @@ impl Publisher {
     }
 
     /// Publish prepared messages, as [`Publisher::publish`] (on Redis a burst is one
-    /// transaction, refused once a newer term than `epoch` has read the record).
+    /// transaction, refused once a newer term than `epoch` has read the record). Returns the
+    /// messages left out because their queue cannot take them (the rest went out).
     pub async fn publish_prepared(
         &self,
         messages: &[Prepared],
         epoch: i64,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Vec<Rejected>, PublishError> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         match self {
             Publisher::Redis { publisher, .. } => publisher.publish(messages, epoch).await,
@@ -140,7 +142,7 @@ impl Publisher {
                         Prepared::Redis { id, .. } => Err(PublishError::Encoding(id.clone())),
                     })
                     .collect::<Result<Vec<&TaskMessage>, _>>()?;
-                p.publish(&messages).await
+                p.publish(&messages).await.map(|()| Vec::new())
             }
         }
     }

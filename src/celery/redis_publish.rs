@@ -95,104 +95,176 @@ impl RedisPublisher {
         Ok(())
     }
 
-    pub async fn publish(&self, messages: &[Prepared], epoch: i64) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        messages: &[Prepared],
+        epoch: i64,
+    ) -> Result<Vec<Rejected>, PublishError> {
         let mut slot = self.conn.lock().await;
         let mut conn = match slot.take() {
             Some(c) => c,
             None => self.client.get_multiplexed_async_connection().await?,
         };
-        self.publish_on(&mut conn, messages, epoch).await?;
+        let rejected = self.publish_on(&mut conn, messages, epoch).await?;
         *slot = Some(conn);
-        Ok(())
+        Ok(rejected)
     }
 
+    /// Publish `messages` in one transaction. A message whose list cannot take it (the key
+    /// holds a string, a hash, ...: a queue named after some other key) is left out and
+    /// returned as rejected, so one job's bad queue never fails the rest of the batch.
     async fn publish_on(
         &self,
         conn: &mut MultiplexedConnection,
         messages: &[Prepared],
         epoch: i64,
-    ) -> Result<(), PublishError> {
-        // (id, list, envelope): only what was encoded for Redis can go out here.
+    ) -> Result<Vec<Rejected>, PublishError> {
+        // (index in `messages`, id, list, envelope)
         let parts = messages
             .iter()
-            .map(|m| match m {
+            .enumerate()
+            .map(|(i, m)| match m {
                 Prepared::Redis { id, list, envelope } => {
-                    Ok((id.as_str(), list.as_str(), envelope.as_str()))
+                    Ok((i, id.as_str(), list.as_str(), envelope.as_str()))
                 }
                 Prepared::Amqp(message) => Err(PublishError::Encoding(message.id.clone())),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let lists = distinct(parts.iter().map(|p| p.2));
         let keys = self.keys();
         let epoch_key = self.epoch_key();
-        let ids: Vec<&str> = parts.iter().map(|p| p.0).collect();
         for _ in 0..WATCH_ATTEMPTS {
-            let ((), fenced_at, current, previous): ((), Option<i64>, Vec<bool>, Vec<bool>) =
-                redis::pipe()
-                    .cmd("WATCH")
-                    .arg(&keys[0])
-                    .arg(&keys[1])
-                    .arg(&epoch_key)
-                    .cmd("GET")
-                    .arg(&epoch_key)
-                    .cmd("SMISMEMBER")
-                    .arg(&keys[0])
-                    .arg(&ids)
-                    .cmd("SMISMEMBER")
-                    .arg(&keys[1])
-                    .arg(&ids)
-                    .query_async(conn)
-                    .await?;
+            let ids: Vec<&str> = parts.iter().map(|p| p.1).collect();
+            let mut pipe = redis::pipe();
+            pipe.cmd("WATCH")
+                .arg(&keys[0])
+                .arg(&keys[1])
+                .arg(&epoch_key)
+                .cmd("GET")
+                .arg(&epoch_key)
+                .cmd("SMISMEMBER")
+                .arg(&keys[0])
+                .arg(&ids)
+                .cmd("SMISMEMBER")
+                .arg(&keys[1])
+                .arg(&ids);
+            for list in &lists {
+                pipe.cmd("TYPE").arg(*list);
+            }
+            let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            if replies.len() != 4 + lists.len() {
+                return Err(PublishError::Reply("WATCH pipeline"));
+            }
+            let types = replies
+                .split_off(4)
+                .into_iter()
+                .map(redis::from_redis_value::<String>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PublishError::Redis(e.into()))?;
+            let mut head = replies.into_iter().skip(1);
+            let parse = |v: Option<redis::Value>| v.ok_or(PublishError::Reply("WATCH pipeline"));
+            let fenced_at: Option<i64> = redis::from_redis_value(parse(head.next())?)
+                .map_err(|e| PublishError::Redis(e.into()))?;
+            let current: Vec<bool> = redis::from_redis_value(parse(head.next())?)
+                .map_err(|e| PublishError::Redis(e.into()))?;
+            let previous: Vec<bool> = redis::from_redis_value(parse(head.next())?)
+                .map_err(|e| PublishError::Redis(e.into()))?;
             if fenced_at != Some(epoch) {
-                // Older or missing (a Redis that lost its data, the first publish after an
-                // upgrade): raise it and look again. Newer: this term is over.
+                // The epoch key is missing (Redis restarted, flushed) or ours is stale: raise
+                // it or learn that we are fenced.
                 redis::cmd("UNWATCH").query_async::<()>(conn).await?;
                 self.fence(conn, epoch).await?;
                 continue;
             }
-            let fresh: Vec<(&str, &str, &str)> = parts
+            let unusable: HashMap<&str, &str> = lists
                 .iter()
-                .zip(current.iter().zip(&previous))
-                .filter(|(_, (c, p))| !**c && !**p)
-                .map(|(m, _)| *m)
+                .zip(&types)
+                .filter(|(_, t)| !matches!(t.as_str(), "list" | "none"))
+                .map(|(l, t)| (*l, t.as_str()))
                 .collect();
+            let mut rejected: Vec<Rejected> = Vec::new();
+            let mut fresh: Vec<(usize, &str, &str, &str)> = Vec::new();
+            for (m, (c, p)) in parts.iter().zip(current.iter().zip(&previous)) {
+                if *c || *p {
+                    continue;
+                }
+                match unusable.get(m.2) {
+                    Some(t) => rejected.push(Rejected {
+                        index: m.0,
+                        reason: wrong_type(m.2, t),
+                    }),
+                    None => fresh.push(*m),
+                }
+            }
             if fresh.is_empty() {
                 redis::cmd("UNWATCH").query_async::<()>(conn).await?;
-                return Ok(());
+                return Ok(rejected);
             }
-            // The transaction goes out in parts (MULTI, each command, EXEC), each awaited. Sent
-            // as one pipeline, the Redis client held a 10,000-run burst three times over (its
-            // commands, the packed pipeline, the socket buffer: ~31 MB, heaptrack); in parts it
-            // holds one LPUSH of LPUSH_ARGS envelopes. Redis runs the queued commands at EXEC,
-            // all or none (none if the WATCHed keys changed), as before.
+            // Queued inside MULTI: Redis answers QUEUED to each and runs them at EXEC, as one.
+            // SADD and EXPIRE of the current window come first; the envelopes follow.
             redis::cmd("MULTI").query_async::<()>(conn).await?;
             redis::cmd("SADD")
                 .arg(&keys[0])
-                .arg(fresh.iter().map(|m| m.0).collect::<Vec<_>>())
+                .arg(fresh.iter().map(|m| m.1).collect::<Vec<_>>())
                 .query_async::<()>(conn)
                 .await?;
             redis::cmd("EXPIRE")
                 .arg(&keys[0])
-                // Alive while it is the previous window's record too.
+                // Two windows and a minute: the set outlives the window after its own.
                 .arg(2 * self.window + 60)
                 .query_async::<()>(conn)
                 .await?;
-            let envelopes: Vec<(&str, &str)> = fresh.iter().map(|m| (m.1, m.2)).collect();
-            for (list, envelopes) in by_list(&envelopes) {
-                for chunk in envelopes.chunks(LPUSH_ARGS) {
+            let envelopes: Vec<(&str, (usize, &str, &str))> =
+                fresh.iter().map(|m| (m.2, (m.0, m.1, m.3))).collect();
+            // Which list each LPUSH of the transaction went to, in order.
+            let mut pushed: Vec<&str> = Vec::new();
+            let groups = by_list(&envelopes);
+            for (list, group) in &groups {
+                for chunk in group.chunks(LPUSH_ARGS) {
                     redis::cmd("LPUSH")
-                        .arg(list)
-                        .arg(chunk)
+                        .arg(*list)
+                        .arg(chunk.iter().map(|m| m.2).collect::<Vec<_>>())
                         .query_async::<()>(conn)
                         .await?;
+                    pushed.push(list);
                 }
             }
-            // Nil: the record or the epoch changed since WATCH (another publisher); look again.
             match redis::cmd("EXEC").query_async::<redis::Value>(conn).await? {
                 redis::Value::Nil => continue,
-                replies => {
-                    replies.extract_error()?;
-                    return Ok(());
+                redis::Value::Array(replies) if replies.len() == 2 + pushed.len() => {
+                    let mut replies = replies.into_iter();
+                    // SADD and EXPIRE: a failure there is the whole batch's.
+                    for r in replies.by_ref().take(2) {
+                        r.extract_error()?;
+                    }
+                    // An LPUSH refused at EXEC (the key changed type since TYPE): those runs
+                    // did not go out. Take them out of the record again and reject them.
+                    let failed: Vec<&str> = pushed
+                        .iter()
+                        .zip(replies)
+                        .filter(|(_, r)| matches!(r, redis::Value::ServerError(_)))
+                        .map(|(l, _)| *l)
+                        .collect();
+                    if !failed.is_empty() {
+                        let mut ids = Vec::new();
+                        for (list, group) in groups.iter().filter(|(l, _)| failed.contains(l)) {
+                            for m in group {
+                                ids.push(m.1);
+                                rejected.push(Rejected {
+                                    index: m.0,
+                                    reason: wrong_type(list, "another type"),
+                                });
+                            }
+                        }
+                        redis::cmd("SREM")
+                            .arg(&keys[0])
+                            .arg(ids)
+                            .query_async::<()>(conn)
+                            .await?;
+                    }
+                    return Ok(rejected);
                 }
+                _ => return Err(PublishError::Reply("EXEC")),
             }
         }
         Err(PublishError::Contended(WATCH_ATTEMPTS))
@@ -249,17 +321,36 @@ fn record_keys(prefix: &str, window: u64, now: i64) -> [String; 2] {
     ]
 }
 
-/// Envelopes grouped by list, each group in the batch's order (one LPUSH per list keeps the
+/// A message of a batch that was not published, and why (its index in the batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+fn wrong_type(list: &str, found: &str) -> String {
+    format!(
+        "queue {list:?} cannot be used on this Redis: its key holds {found}, not a list (a queue named after another key?)"
+    )
+}
+
+/// The distinct values, in order of first appearance.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
+/// Messages grouped by list, each group in the batch's order (one LPUSH per list keeps the
 /// order Celery consumes them in: LPUSH a b c, then BRPOP takes a first).
-fn by_list<'a>(messages: &[(&'a str, &'a str)]) -> Vec<(&'a str, Vec<&'a str>)> {
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+fn by_list<'a, T: Copy>(messages: &[(&'a str, T)]) -> Vec<(&'a str, Vec<T>)> {
+    let mut groups: Vec<(&str, Vec<T>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for &(list, envelope) in messages {
+    for &(list, m) in messages {
         let i = *index.entry(list).or_insert_with(|| {
             groups.push((list, Vec::new()));
             groups.len() - 1
         });
-        groups[i].1.push(envelope);
+        groups[i].1.push(m);
     }
     groups
 }

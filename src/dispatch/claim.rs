@@ -81,6 +81,10 @@ type MaybeTimes = Vec<Option<DateTime<Utc>>>;
 /// burst of runs due in the same second is then only published at its time, not claimed at it
 /// (the publisher holds each run until its `publish_after`). Forbid and Replace look at the
 /// previous run, so those jobs are claimed when due.
+///
+/// Durations from the row are clamped to their bounds (one year; a day of jitter) inside the
+/// query: a row stored before the bounds existed must not make the statement fail ("interval out
+/// of range") for every job in the batch.
 pub async fn claim_due(
     pool: &PgPool,
     epoch: i64,
@@ -98,7 +102,7 @@ pub async fn claim_due(
                 (j.concurrency_policy <> 'Allow' AND EXISTS (
                     SELECT 1 FROM job_executions e
                     WHERE e.job_id = j.id AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
-                      AND e.claimed_at > $1 - make_interval(secs => j.execution_timeout_seconds))) AS active
+                      AND e.claimed_at > $1 - make_interval(secs => LEAST(j.execution_timeout_seconds, 31536000)))) AS active
          FROM scheduled_jobs j
          WHERE j.enabled AND j.next_run_at <= $3
            AND (j.next_run_at <= $1
@@ -159,6 +163,12 @@ pub async fn claim_due(
             Err(e) => {
                 // Cannot happen for rows the reconciler wrote; park the job rather than loop.
                 tracing::error!(job = %format!("{}/{}", row.namespace, row.name), error = %e, "unreadable stored schedule");
+                crate::metrics::METRICS
+                    .job_failures
+                    .get_or_create(&crate::metrics::Category {
+                        category: "unreadable_schedule",
+                    })
+                    .inc();
                 u_id.push(row.id);
                 u_next_run.push(None);
                 u_next_slot.push(None);
@@ -370,7 +380,8 @@ pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<End
              FROM scheduled_jobs j
              WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger <> 'manual'
                AND j.starting_deadline_seconds IS NOT NULL
-               AND e.scheduled_for + make_interval(secs => j.starting_deadline_seconds + j.jitter_seconds) < $1
+               AND e.scheduled_for + make_interval(secs => LEAST(j.starting_deadline_seconds, 31536000)
+                                                            + LEAST(j.jitter_seconds, 86400)) < $1
              RETURNING e.job_id, j.namespace, j.name, j.uid, e.task_id, e.scheduled_for
          ), c AS (
              UPDATE scheduled_jobs j SET missed = j.missed + n.n, total_runs = j.total_runs - n.n

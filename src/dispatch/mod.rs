@@ -556,8 +556,13 @@ impl Dispatcher {
             })
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(()) => {
+            Ok(rejected) => {
                 let now = Utc::now();
+                let batch = if rejected.is_empty() {
+                    batch
+                } else {
+                    self.reject(batch, rejected).await
+                };
                 for (_, due) in &batch {
                     let lag = (now - *due).num_microseconds().unwrap_or(0);
                     crate::metrics::METRICS
@@ -599,6 +604,54 @@ impl Dispatcher {
                 None
             }
         }
+    }
+
+    /// Runs the broker refused one by one (their queue cannot take a message) end here as
+    /// DISPATCH_FAILED, with an Event and a metric; the rest of `batch` went out and is returned.
+    async fn reject(&self, batch: Vec<Sent>, rejected: Vec<crate::celery::Rejected>) -> Vec<Sent> {
+        let mut why: std::collections::HashMap<usize, String> =
+            rejected.into_iter().map(|r| (r.index, r.reason)).collect();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        for (i, run) in batch.into_iter().enumerate() {
+            match why.remove(&i) {
+                Some(reason) => failed.push((run.0, reason)),
+                None => out.push(run),
+            }
+        }
+        crate::metrics::METRICS
+            .job_failures
+            .get_or_create(&crate::metrics::Category {
+                category: "queue_rejected",
+            })
+            .inc_by(failed.len() as u64);
+        // Grouped by reason (one per queue): one statement per bad queue, not per run.
+        let mut by_reason: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for (id, reason) in failed {
+            by_reason.entry(reason).or_default().push(id);
+        }
+        for (reason, ids) in by_reason {
+            // Given up at once: retrying cannot help until the queue is changed.
+            let give_up_before = Utc::now() + chrono::TimeDelta::days(1);
+            match claim::mark_publish_failed(&self.pool, &ids, &reason, give_up_before).await {
+                Ok(ended) => {
+                    let m = &crate::metrics::METRICS;
+                    m.dispatched("dispatch_failed", ended.len() as u64);
+                    for _ in &ended {
+                        m.finished("DISPATCH_FAILED");
+                    }
+                    warn!(executions = ended.len(), error = %reason, "runs not published: marked DISPATCH_FAILED");
+                    self.report_ended(
+                        &ended,
+                        Reason::DispatchFailed,
+                        &format!("not published: {reason}"),
+                    );
+                }
+                // Left PENDING: the next publish pass tries (and rejects) them again.
+                Err(e) => warn!(error = %e, "recording rejected runs failed"),
+            }
+        }
+        out
     }
 
     /// Record as DISPATCHED whatever the broker's ledger shows was published (by a leader that
@@ -663,6 +716,13 @@ pub fn claim_horizon(coming_due: i64, per_job: Duration) -> chrono::TimeDelta {
     LOOKAHEAD + chrono::TimeDelta::milliseconds(claims_ms as i64)
 }
 
+/// When a message published at `from` expires, `seconds` later. Checked: an expiry too far away
+/// to compute (a row stored before the one-year bound) is no expiry, not a panic in the
+/// publisher.
+pub fn expiry(from: DateTime<Utc>, seconds: i64) -> Option<DateTime<Utc>> {
+    chrono::TimeDelta::try_seconds(seconds).and_then(|d| from.checked_add_signed(d))
+}
+
 /// Encodes held runs as Celery messages: owned, so it can run on a blocking thread.
 #[derive(Clone)]
 struct Encoder {
@@ -677,7 +737,7 @@ impl Encoder {
         // From the run's time (it may be encoded a little before it).
         let expires = p
             .expires_seconds
-            .map(|s| p.due.max(Utc::now()) + chrono::Duration::seconds(s));
+            .and_then(|s| expiry(p.due.max(Utc::now()), s));
         let args = match p.args {
             Value::Array(a) => a,
             _ => Vec::new(),
@@ -995,6 +1055,22 @@ mod tests {
         Encoder {
             encoding: Encoding::Redis,
             origin: "kube-beat@test".into(),
+        }
+    }
+
+    #[test]
+    fn an_expiry_past_the_end_of_time_encodes_without_one() {
+        let now = Utc::now();
+        for (secs, due, has_expiry) in [
+            (i64::MAX, now, false),
+            (i64::MIN, now, false),
+            (31_536_000, DateTime::<Utc>::MAX_UTC, false),
+            (31_536_000, now, true),
+        ] {
+            let mut p = run(1, due);
+            p.expires_seconds = Some(secs);
+            let m = encoder().message(p);
+            assert_eq!(m.expires.is_some(), has_expiry, "{secs} s from {due}");
         }
     }
 

@@ -1,6 +1,11 @@
 //! What to do with one due job: a pure function of (job, now). No clock reads.
+//!
+//! Every sum of a time and a duration here is checked: a stored row may carry values written
+//! before today's bounds existed, and a panic in the claim loop would take down every leader
+//! that reads the same row.
+#![deny(clippy::arithmetic_side_effects)]
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::{api::ConcurrencyPolicy, schedule::JobSchedule};
 
@@ -59,21 +64,31 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
     // Coalesce every slot that is already due into the latest one.
     let mut latest = job.slot;
     let mut coalesced: i64 = 1;
-    let mut steps = 0;
+    let mut steps: usize = 0;
     while let Some(s) = job.schedule.next_after(latest) {
         if s > now || steps >= MAX_COALESCE_STEPS {
             break;
         }
         latest = s;
-        coalesced += 1;
-        steps += 1;
+        coalesced = coalesced.saturating_add(1);
+        steps = steps.saturating_add(1);
     }
+    let jitter = |s: DateTime<Utc>| crate::schedule::jitter(&job.uid, s, job.jitter_seconds);
     let next_slot = job.schedule.next_after(latest.max(now));
-    let next_run = next_slot.map(|s| s + crate::schedule::jitter(&job.uid, s, job.jitter_seconds));
-    let due_at = latest + crate::schedule::jitter(&job.uid, latest, job.jitter_seconds);
-    let late = now - due_at;
+    // A slot so close to the end of time that its jitter overflows has no next run.
+    let next_run = next_slot.and_then(|s| s.checked_add_signed(jitter(s)));
+    let due_at = latest.checked_add_signed(jitter(latest)).unwrap_or(latest);
+    let late = now.signed_duration_since(due_at);
+    // A deadline too large for a TimeDelta never passes (one too negative always has).
+    let deadline = |d: i64| {
+        TimeDelta::try_seconds(d).unwrap_or(if d < 0 {
+            TimeDelta::MIN
+        } else {
+            TimeDelta::MAX
+        })
+    };
     let outcome = match job.starting_deadline_seconds {
-        Some(d) if late > Duration::seconds(d) => Outcome::Missed,
+        Some(d) if late > deadline(d) => Outcome::Missed,
         _ if job.active && job.policy == ConcurrencyPolicy::Forbid => Outcome::Skipped,
         _ => Outcome::Run,
     };
@@ -88,6 +103,7 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::api::{IntervalSchedule, Schedule};
@@ -189,7 +205,7 @@ mod tests {
         let next_slot = p.next_slot.expect("next");
         let delay = p.next_run.expect("run") - next_slot;
         assert!(
-            delay >= Duration::zero() && delay < Duration::seconds(30),
+            delay >= TimeDelta::zero() && delay < TimeDelta::seconds(30),
             "{delay:?}"
         );
         assert_eq!(
@@ -197,6 +213,39 @@ mod tests {
             crate::schedule::jitter("u", next_slot, 30),
             "deterministic"
         );
+    }
+
+    #[test]
+    fn extreme_values_plan_without_panicking() {
+        // Values no longer accepted by validation, but possibly in rows stored before it.
+        for deadline in [i64::MAX, i64::MIN, 0] {
+            let mut j = job(1, "2026-01-01T00:00:10Z");
+            j.starting_deadline_seconds = Some(deadline);
+            let p = plan(&j, t("2026-01-01T00:00:12.500Z"));
+            assert!(p.next_run.is_some(), "deadline {deadline}");
+            let late = deadline == 0 || deadline == i64::MIN;
+            assert_eq!(p.outcome == Outcome::Missed, late, "deadline {deadline}");
+        }
+        // A jitter of i64::MAX seconds: the run lands somewhere (or nowhere), never a panic.
+        let mut j = job(1, "2026-01-01T00:00:10Z");
+        j.jitter_seconds = i64::MAX;
+        j.starting_deadline_seconds = Some(i64::MAX);
+        let p = plan(&j, t("2026-01-01T00:00:12Z"));
+        assert!(p.due_at >= p.slot);
+        // A one-shot slot at the very end of chrono's range, with a day of jitter.
+        let end = DateTime::<Utc>::MAX_UTC;
+        let j = DueJob {
+            jitter_seconds: 86_400,
+            starting_deadline_seconds: Some(i64::MAX),
+            slot: end,
+            ..job(1, "2026-01-01T00:00:10Z")
+        };
+        let p = plan(&j, end);
+        assert_eq!(
+            p.due_at, end,
+            "an overflowing jitter leaves the slot as it is"
+        );
+        assert_eq!(p.next_run, None);
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 name: &name,
                 generation,
                 created,
+                trigger: obj.trigger(),
             };
             judge(&meta, &spec, tf.as_deref(), now)
         }

@@ -16,6 +16,36 @@ use crate::{
 pub const MAX_ARGUMENTS_BYTES: usize = 64 * 1024;
 /// Longest task or queue name accepted.
 pub const MAX_NAME_LEN: usize = 255;
+/// Longest duration field accepted (`expiresSeconds`, `startingDeadlineSeconds`,
+/// `executionTimeoutSeconds`): one year. Every time computed from one stays far inside what
+/// chrono and Postgres intervals can hold, whatever date it is added to.
+pub const MAX_DURATION_SECONDS: i64 = 31_536_000;
+/// Longest `jitterSeconds`: one day.
+pub const MAX_JITTER_SECONDS: i64 = 86_400;
+/// Largest `historyLimit`.
+pub const MAX_HISTORY_LIMIT: i64 = 100_000;
+/// Longest `description`, in characters (the apiserver counts characters too): it is returned
+/// by the API's job lists, so it must stay small.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Longest `kubebeat.io/trigger` value: it becomes the run's slot key, in a unique index.
+pub const MAX_TRIGGER_CHARS: usize = 253;
+/// Longest time zone name (the longest IANA name is ~32 characters).
+pub const MAX_TIME_ZONE_LEN: usize = 64;
+/// Most entries in `allowedNamespaces` and `allowedQueues`.
+pub const MAX_LIST_ITEMS: usize = 256;
+/// Queue names kube-beat refuses, by prefix (compared case-insensitively): its own keys and
+/// queues (`kubebeat.sent.…`, `kubebeat:sent:…`, the fencing epoch), RabbitMQ's reserved `amq.`
+/// names (declaring one closes the channel, failing a whole batch), kombu's own Redis keys
+/// (`_kombu.binding.…`, `unacked…`) and Celery's result keys on Redis.
+pub const RESERVED_QUEUE_PREFIXES: &[&str] = &[
+    "kubebeat",
+    "amq.",
+    "_kombu",
+    "unacked",
+    "celery-task-meta-",
+    "celery-taskset-meta-",
+    "chord-unlock",
+];
 
 /// Why an object is not `Ready`. The reason is a stable CamelCase word (used in conditions,
 /// Events and metric labels); the message says exactly what to fix.
@@ -33,6 +63,7 @@ pub enum Reason {
     UnknownTaskFunction,
     TaskFunctionNotReady,
     NamespaceNotAllowed,
+    QueueNotAllowed,
 }
 
 impl Reason {
@@ -43,6 +74,7 @@ impl Reason {
             Reason::UnknownTaskFunction => "UnknownTaskFunction",
             Reason::TaskFunctionNotReady => "TaskFunctionNotReady",
             Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Reason::QueueNotAllowed => "QueueNotAllowed",
         }
     }
 }
@@ -71,16 +103,24 @@ pub struct ValidTaskFunction {
     pub default_args: Vec<Value>,
     pub default_kwargs: Map<String, Value>,
     pub allowed_namespaces: Vec<String>,
+    /// Queues its jobs may use: `allowedQueues`, or only `queue` when that is empty.
+    pub allowed_queues: Vec<String>,
     pub description: Option<String>,
 }
 
 pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFunction, Invalid> {
     let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
     check_name("task", &spec.task).map_err(spec_err)?;
-    check_name("queue", &spec.queue).map_err(spec_err)?;
+    check_queue("queue", &spec.queue).map_err(spec_err)?;
     let priority = check_priority(spec.priority).map_err(spec_err)?;
     let expires_seconds =
-        check_positive("expiresSeconds", spec.expires_seconds).map_err(spec_err)?;
+        check_duration("expiresSeconds", spec.expires_seconds, 1, None).map_err(spec_err)?;
+    check_description(spec.description.as_deref()).map_err(spec_err)?;
+    check_list_len("allowedNamespaces", spec.allowed_namespaces.len()).map_err(spec_err)?;
+    check_list_len("allowedQueues", spec.allowed_queues.len()).map_err(spec_err)?;
+    for q in &spec.allowed_queues {
+        check_queue("allowedQueues", q).map_err(spec_err)?;
+    }
     let default_args = as_array("defaultArgs", spec.default_args.as_ref()).map_err(spec_err)?;
     let default_kwargs =
         as_object("defaultKwargs", spec.default_kwargs.as_ref()).map_err(spec_err)?;
@@ -101,6 +141,11 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
         default_args,
         default_kwargs,
         allowed_namespaces: spec.allowed_namespaces.clone(),
+        allowed_queues: if spec.allowed_queues.is_empty() {
+            vec![spec.queue.clone()]
+        } else {
+            spec.allowed_queues.clone()
+        },
         description: spec.description.clone(),
     })
 }
@@ -153,6 +198,8 @@ pub struct JobMeta<'a> {
     pub generation: i64,
     /// When the object was created: the interval anchor, identical on every replica.
     pub created: DateTime<Utc>,
+    /// The `kubebeat.io/trigger` annotation's value, if any.
+    pub trigger: Option<&'a str>,
 }
 
 /// Validate a ScheduledJob and build its row.
@@ -163,6 +210,14 @@ pub fn scheduled_job(
     now: DateTime<Utc>,
 ) -> Result<JobRow, Invalid> {
     let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
+    if let Some(tz) = &spec.time_zone
+        && tz.len() > MAX_TIME_ZONE_LEN
+    {
+        return Err(invalid(
+            Reason::InvalidSchedule,
+            format!("timeZone is longer than {MAX_TIME_ZONE_LEN} bytes"),
+        ));
+    }
     // The schedule first: it is the most common mistake and needs no other object.
     let schedule = JobSchedule::from_spec(
         &spec.schedule,
@@ -193,27 +248,41 @@ pub fn scheduled_job(
         .map_err(spec_err)?;
     let kwargs = as_object("kwargs", spec.kwargs.as_ref()).map_err(spec_err)?;
     if let Some(q) = &spec.queue {
-        check_name("queue", q).map_err(spec_err)?;
+        check_queue("queue", q).map_err(spec_err)?;
     }
     let priority = check_priority(spec.priority).map_err(spec_err)?;
     let expires_seconds =
-        check_positive("expiresSeconds", spec.expires_seconds).map_err(spec_err)?;
-    let starting_deadline_seconds =
-        check_non_negative("startingDeadlineSeconds", spec.starting_deadline_seconds)
-            .map_err(spec_err)?;
-    let jitter_seconds =
-        check_non_negative("jitterSeconds", spec.jitter_seconds).map_err(spec_err)?;
-    if jitter_seconds.unwrap_or(0) > 86_400 {
-        return Err(spec_err("jitterSeconds must be at most 86400".into()));
-    }
-    let execution_timeout_seconds =
-        check_positive("executionTimeoutSeconds", spec.execution_timeout_seconds)
-            .map_err(spec_err)?;
+        check_duration("expiresSeconds", spec.expires_seconds, 1, None).map_err(spec_err)?;
+    let starting_deadline_seconds = check_duration(
+        "startingDeadlineSeconds",
+        spec.starting_deadline_seconds,
+        0,
+        None,
+    )
+    .map_err(spec_err)?;
+    let jitter_seconds = check_duration(
+        "jitterSeconds",
+        spec.jitter_seconds,
+        0,
+        Some(MAX_JITTER_SECONDS),
+    )
+    .map_err(spec_err)?;
+    let execution_timeout_seconds = check_duration(
+        "executionTimeoutSeconds",
+        spec.execution_timeout_seconds,
+        1,
+        None,
+    )
+    .map_err(spec_err)?;
     let history_limit = check_non_negative("historyLimit", spec.history_limit).map_err(spec_err)?;
     let history_limit = i32::try_from(history_limit.unwrap_or(100))
         .ok()
-        .filter(|h| *h <= 100_000)
-        .ok_or_else(|| spec_err("historyLimit must be at most 100000".into()))?;
+        .filter(|h| i64::from(*h) <= MAX_HISTORY_LIMIT)
+        .ok_or_else(|| spec_err(format!("historyLimit must be at most {MAX_HISTORY_LIMIT}")))?;
+    check_description(spec.description.as_deref()).map_err(spec_err)?;
+    if let Some(t) = meta.trigger {
+        check_trigger(t).map_err(spec_err)?;
+    }
 
     let tf = match tf {
         TaskFunctionRef::Missing => {
@@ -246,6 +315,18 @@ pub fn scheduled_job(
         ));
     }
 
+    let queue = spec.queue.clone().unwrap_or_else(|| tf.queue.clone());
+    if !tf.allowed_queues.contains(&queue) {
+        return Err(invalid(
+            Reason::QueueNotAllowed,
+            format!(
+                "queue {queue:?} is not allowed by TaskFunction {:?} (allowedQueues: [{}])",
+                tf.name,
+                tf.allowed_queues.join(", ")
+            ),
+        ));
+    }
+
     // args replace the defaults; kwargs are merged over them.
     let args = args.unwrap_or_else(|| tf.default_args.clone());
     let mut merged = tf.default_kwargs.clone();
@@ -260,8 +341,10 @@ pub fn scheduled_job(
         schedule.next_after(now)
     };
     let jitter_secs = jitter_seconds.unwrap_or(0);
-    let next_run_at =
-        next_slot_at.map(|slot| slot + crate::schedule::jitter(meta.uid, slot, jitter_secs));
+    // Checked: a slot near the end of chrono's range plus jitter has no next run.
+    let next_run_at = next_slot_at.and_then(|slot| {
+        slot.checked_add_signed(crate::schedule::jitter(meta.uid, slot, jitter_secs))
+    });
     Ok(JobRow {
         uid: meta.uid.to_string(),
         namespace: meta.namespace.to_string(),
@@ -277,7 +360,7 @@ pub fn scheduled_job(
         anchor_time: schedule.anchor(),
         args: Value::Array(args),
         kwargs: Value::Object(merged),
-        queue: spec.queue.clone().unwrap_or_else(|| tf.queue.clone()),
+        queue,
         priority: priority.or(tf.priority),
         expires_seconds: expires_seconds.or(tf.expires_seconds),
         suspended: spec.suspend,
@@ -307,18 +390,77 @@ fn check_name(field: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A queue name: a valid name, not one of the reserved prefixes.
+fn check_queue(field: &str, v: &str) -> Result<(), String> {
+    check_name(field, v)?;
+    let lower = v.to_ascii_lowercase();
+    if let Some(p) = RESERVED_QUEUE_PREFIXES
+        .iter()
+        .find(|p| lower.starts_with(*p))
+    {
+        return Err(format!(
+            "{field}: {v:?} is reserved (names starting with {p:?} belong to kube-beat, the broker or Celery)"
+        ));
+    }
+    Ok(())
+}
+
+/// A duration in seconds: at least `min`, at most `max` (default [`MAX_DURATION_SECONDS`]).
+fn check_duration(
+    field: &str,
+    v: Option<i64>,
+    min: i64,
+    max: Option<i64>,
+) -> Result<Option<i64>, String> {
+    let max = max.unwrap_or(MAX_DURATION_SECONDS);
+    match v {
+        Some(x) if x < min => Err(format!("{field} must be at least {min}, got {x}")),
+        Some(x) if x > max => Err(format!("{field} must be at most {max}, got {x}")),
+        _ => Ok(v),
+    }
+}
+
+fn check_description(d: Option<&str>) -> Result<(), String> {
+    match d {
+        Some(d) if d.chars().count() > MAX_DESCRIPTION_CHARS => Err(format!(
+            "description is {} characters; the limit is {MAX_DESCRIPTION_CHARS}",
+            d.chars().count()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The trigger value becomes a slot key (a unique index entry) and an Event message.
+pub fn check_trigger(t: &str) -> Result<(), String> {
+    let n = t.chars().count();
+    let a = crate::api::TRIGGER_ANNOTATION;
+    if n > MAX_TRIGGER_CHARS {
+        return Err(format!(
+            "the {a} annotation is {n} characters; the limit is {MAX_TRIGGER_CHARS}"
+        ));
+    }
+    if t.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "the {a} annotation must not contain control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn check_list_len(field: &str, n: usize) -> Result<(), String> {
+    if n > MAX_LIST_ITEMS {
+        return Err(format!(
+            "{field} has {n} entries; the limit is {MAX_LIST_ITEMS}"
+        ));
+    }
+    Ok(())
+}
+
 fn check_priority(p: Option<i32>) -> Result<Option<i16>, String> {
     match p {
         None => Ok(None),
         Some(p @ 0..=9) => Ok(Some(p as i16)),
         Some(p) => Err(format!("priority must be between 0 and 9, got {p}")),
-    }
-}
-
-fn check_positive(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
-    match v {
-        Some(x) if x < 1 => Err(format!("{field} must be at least 1, got {x}")),
-        _ => Ok(v),
     }
 }
 

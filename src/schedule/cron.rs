@@ -293,16 +293,16 @@ impl CronFields {
     pub fn next_match(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
         let mut t = from.with_nanosecond(0)?;
         if t.second() != 0 {
-            t = t.with_second(0)? + Duration::minutes(1);
+            t = t.with_second(0)?.checked_add_signed(Duration::minutes(1))?;
         }
-        let limit = from.year() + SEARCH_YEARS;
+        let limit = from.year().saturating_add(SEARCH_YEARS);
         loop {
             if t.year() > limit {
                 return None;
             }
             if self.months & (1 << t.month()) == 0 {
                 let (y, m) = if t.month() == 12 {
-                    (t.year() + 1, 1)
+                    (t.year().checked_add(1)?, 1)
                 } else {
                     (t.year(), t.month() + 1)
                 };
@@ -325,7 +325,10 @@ impl CronFields {
             }
             match next_bit(self.minutes, t.minute()) {
                 None => {
-                    t = t.date().and_hms_opt(t.hour(), 0, 0)? + Duration::hours(1);
+                    t = t
+                        .date()
+                        .and_hms_opt(t.hour(), 0, 0)?
+                        .checked_add_signed(Duration::hours(1))?;
                     continue;
                 }
                 Some(m) => return t.with_minute(m),

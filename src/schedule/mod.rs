@@ -245,7 +245,7 @@ impl JobSchedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // No slot before startTime: search from just before it.
         let after = match self.start {
-            Some(start) if after < start => start - Duration::nanoseconds(1),
+            Some(start) if after < start => start.checked_sub_signed(Duration::nanoseconds(1))?,
             _ => after,
         };
         match &self.kind {
@@ -289,14 +289,16 @@ fn cron_next(f: &CronFields, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Ut
     // Near a DST change a slot whose wall-clock time is before `after`'s can still lie after it;
     // far from one (the common case) we can start at `after`'s own wall-clock minute.
     let o = offset_secs(tz, after);
-    let stable = offset_secs(tz, after - MAX_SHIFT) == o && offset_secs(tz, after + MAX_SHIFT) == o;
+    // Checked throughout: near the ends of chrono's range there is simply no next slot.
+    let stable = offset_secs(tz, after.checked_sub_signed(MAX_SHIFT)?) == o
+        && offset_secs(tz, after.checked_add_signed(MAX_SHIFT)?) == o;
     let mut from = if stable {
         local_after
     } else {
-        local_after - MAX_SHIFT
+        local_after.checked_sub_signed(MAX_SHIFT)?
     };
     from = from.with_second(0)?.with_nanosecond(0)?;
-    let horizon = local_after + Duration::days(366 * 5 + 2);
+    let horizon = local_after.checked_add_signed(Duration::days(366 * 5 + 2))?;
     let real_time = f.hour_is_star();
     let mut best: Option<DateTime<Utc>> = None;
     loop {
@@ -327,7 +329,7 @@ fn cron_next(f: &CronFields, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Ut
         if best.is_some() && !ambiguous {
             return best;
         }
-        from = l + Duration::minutes(1);
+        from = l.checked_add_signed(Duration::minutes(1))?;
     }
 }
 
@@ -335,7 +337,7 @@ fn cron_next(f: &CronFields, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Ut
 fn gap_end(tz: Tz, l: NaiveDateTime) -> Option<DateTime<Utc>> {
     let mut t = l;
     for _ in 0..(MAX_SHIFT.num_minutes()) {
-        t += Duration::minutes(1);
+        t = t.checked_add_signed(Duration::minutes(1))?;
         match tz.from_local_datetime(&t) {
             LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => {
                 // Gaps end on whole minutes in every real zone: the first existing minute is the

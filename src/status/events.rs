@@ -133,7 +133,7 @@ pub async fn run(
     client: Client,
     identity: String,
     cfg: EventsConfig,
-    mut rx: mpsc::Receiver<JobEvent>,
+    rx: &mut mpsc::Receiver<JobEvent>,
     stats: Arc<FeedStats>,
     role: watch::Receiver<Role>,
     mut stop: watch::Receiver<bool>,

@@ -304,6 +304,7 @@ pub fn written_digest(status: &Value) -> u64 {
 }
 
 /// What the status writer works with.
+#[derive(Clone)]
 pub struct WriterSetup {
     pub client: Client,
     pub pool: PgPool,
@@ -316,7 +317,7 @@ pub struct WriterSetup {
 /// Run the status writer until `stop` flips. Writes only while this replica leads.
 pub async fn run(
     setup: WriterSetup,
-    mut rx: mpsc::Receiver<i64>,
+    rx: &mut mpsc::Receiver<i64>,
     mut role: watch::Receiver<Role>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -362,7 +363,7 @@ pub async fn run(
             move || role.borrow().epoch() == Some(epoch)
         };
         tokio::select! {
-            _ = writer.lead(&mut rx, &leading) => {}
+            _ = writer.lead(rx, &leading) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         stats.status_queue.store(0, Ordering::Relaxed);

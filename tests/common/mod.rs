@@ -381,9 +381,13 @@ impl Operator {
     ) -> Operator {
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-operator")));
         let file = std::fs::File::create(&log).expect("creating the operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
-            .arg("run")
-            .args(["--namespace", namespace])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-beat"));
+        cmd.arg("run");
+        // An empty namespace: every namespace (the tenant suite's two teams).
+        if !namespace.is_empty() {
+            cmd.args(["--namespace", namespace]);
+        }
+        let child = cmd
             .args(["--lease-namespace", lease_namespace])
             .args([
                 "--task-function-selector",

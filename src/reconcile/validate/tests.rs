@@ -17,6 +17,7 @@ fn meta() -> JobMeta<'static> {
         name: "sync",
         generation: 3,
         created: t("2026-01-01T00:00:00Z"),
+        trigger: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn tf_spec() -> TaskFunctionSpec {
         default_args: Some(json!(["default.example.com"])),
         default_kwargs: Some(json!({"mode": "full", "dry_run": false})),
         allowed_namespaces: vec![],
+        allowed_queues: vec![],
         description: None,
     }
 }
@@ -87,7 +89,9 @@ fn builds_the_row_with_inheritance_and_merge() {
     spec.args = Some(json!(["corp.example.com"]));
     spec.queue = Some("other".into());
     spec.priority = Some(0);
-    let row = build(&spec, &tf_spec()).expect("valid");
+    let mut tf = tf_spec();
+    tf.allowed_queues = vec!["ad_queue".into(), "other".into()];
+    let row = build(&spec, &tf).expect("valid");
     assert_eq!(
         row.args,
         json!(["corp.example.com"]),
@@ -213,7 +217,7 @@ fn every_bad_input_has_a_reason_and_a_message() {
             "negative deadline",
             |s| s.starting_deadline_seconds = Some(-1),
             Reason::InvalidSpec,
-            "startingDeadlineSeconds must not be negative",
+            "startingDeadlineSeconds must be at least 0, got -1",
         ),
         (
             "zero timeout",
@@ -240,6 +244,66 @@ fn every_bad_input_has_a_reason_and_a_message() {
             "jitterSeconds must be at most 86400",
         ),
         (
+            "a deadline over a year",
+            |s| s.starting_deadline_seconds = Some(i64::MAX),
+            Reason::InvalidSpec,
+            "startingDeadlineSeconds must be at most 31536000",
+        ),
+        (
+            "a timeout over a year",
+            |s| s.execution_timeout_seconds = Some(31_536_001),
+            Reason::InvalidSpec,
+            "executionTimeoutSeconds must be at most 31536000",
+        ),
+        (
+            "an expiry over a year",
+            |s| s.expires_seconds = Some(i64::MAX),
+            Reason::InvalidSpec,
+            "expiresSeconds must be at most 31536000",
+        ),
+        (
+            "a description over 1 KiB",
+            |s| s.description = Some("é".repeat(1025)),
+            Reason::InvalidSpec,
+            "description is 1025 characters; the limit is 1024",
+        ),
+        (
+            "a huge historyLimit",
+            |s| s.history_limit = Some(i64::MAX),
+            Reason::InvalidSpec,
+            "historyLimit must be at most 100000",
+        ),
+        (
+            "a long time zone",
+            |s| s.time_zone = Some("Europe/".repeat(20)),
+            Reason::InvalidSchedule,
+            "timeZone is longer than 64",
+        ),
+        (
+            "a queue of kube-beat's own",
+            |s| s.queue = Some("kubebeat.sent.kube-beat.kube-beat-leader:123".into()),
+            Reason::InvalidSpec,
+            "is reserved",
+        ),
+        (
+            "a queue of RabbitMQ's own",
+            |s| s.queue = Some("amq.gen-x".into()),
+            Reason::InvalidSpec,
+            "is reserved",
+        ),
+        (
+            "a queue of kombu's own, any case",
+            |s| s.queue = Some("UNACKED".into()),
+            Reason::InvalidSpec,
+            "is reserved",
+        ),
+        (
+            "a queue the TaskFunction does not allow",
+            |s| s.queue = Some("team-b-workers".into()),
+            Reason::QueueNotAllowed,
+            "queue \"team-b-workers\" is not allowed by TaskFunction \"sync-users\" (allowedQueues: [ad_queue])",
+        ),
+        (
             "bad start time",
             |s| s.start_time = Some("yesterday".into()),
             Reason::InvalidSchedule,
@@ -257,6 +321,82 @@ fn every_bad_input_has_a_reason_and_a_message() {
             err.message
         );
     }
+}
+
+#[test]
+fn limits_hold_at_the_boundary() {
+    let mut spec = job_spec();
+    spec.starting_deadline_seconds = Some(MAX_DURATION_SECONDS);
+    spec.execution_timeout_seconds = Some(MAX_DURATION_SECONDS);
+    spec.expires_seconds = Some(MAX_DURATION_SECONDS);
+    spec.jitter_seconds = Some(MAX_JITTER_SECONDS);
+    spec.history_limit = Some(MAX_HISTORY_LIMIT);
+    spec.description = Some("é".repeat(MAX_DESCRIPTION_CHARS));
+    let row = build(&spec, &tf_spec()).expect("every value at its limit is valid");
+    assert_eq!(row.execution_timeout_seconds, MAX_DURATION_SECONDS);
+    assert_eq!(row.history_limit, 100_000);
+}
+
+#[test]
+fn trigger_values_are_bounded() {
+    let spec = job_spec();
+    let tf = task_function("sync-users", &tf_spec()).expect("valid tf");
+    let now = t("2026-01-01T00:12:00Z");
+    let ok = "x".repeat(MAX_TRIGGER_CHARS);
+    let m = JobMeta {
+        trigger: Some(&ok),
+        ..meta()
+    };
+    assert!(scheduled_job(&m, &spec, TaskFunctionRef::Valid(&tf), now).is_ok());
+    let long = "x".repeat(MAX_TRIGGER_CHARS + 1);
+    let m = JobMeta {
+        trigger: Some(&long),
+        ..meta()
+    };
+    let err = scheduled_job(&m, &spec, TaskFunctionRef::Valid(&tf), now).expect_err("long");
+    assert_eq!(err.reason, Reason::InvalidSpec);
+    assert_eq!(
+        err.message,
+        "the kubebeat.io/trigger annotation is 254 characters; the limit is 253"
+    );
+}
+
+#[test]
+fn task_function_queue_policy() {
+    let mut bad = tf_spec();
+    bad.queue = "kubebeat:sent:x".into();
+    assert!(
+        task_function("x", &bad)
+            .expect_err("reserved")
+            .message
+            .contains("is reserved")
+    );
+    let mut bad = tf_spec();
+    bad.allowed_queues = vec!["ok".into(), "amq.direct".into()];
+    assert!(
+        task_function("x", &bad)
+            .expect_err("reserved")
+            .message
+            .starts_with("allowedQueues: \"amq.direct\" is reserved")
+    );
+    let mut bad = tf_spec();
+    bad.allowed_namespaces = vec!["a".into(); MAX_LIST_ITEMS + 1];
+    assert!(
+        task_function("x", &bad)
+            .expect_err("too many")
+            .message
+            .contains("the limit is 256")
+    );
+    let mut bad = tf_spec();
+    bad.expires_seconds = Some(MAX_DURATION_SECONDS + 1);
+    assert!(task_function("x", &bad).is_err());
+    // The default: the TaskFunction's own queue only; a job naming it explicitly is fine.
+    let mut spec = job_spec();
+    spec.queue = Some("ad_queue".into());
+    assert_eq!(
+        build(&spec, &tf_spec()).expect("own queue").queue,
+        "ad_queue"
+    );
 }
 
 #[test]
