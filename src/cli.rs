@@ -33,7 +33,7 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
         /// Postgres connection URL.
-        #[arg(long, env = "DATABASE_URL", global = true)]
+        #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
         database_url: Option<String>,
     },
     /// Print the next activation instants of a schedule (one RFC 3339 UTC instant per line).
@@ -100,14 +100,20 @@ pub enum MigrateAction {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    // `hide_env_values` on every URL: they carry passwords, and `--help` would print them.
     /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Celery broker URL: redis://, rediss://, amqp:// or amqps://.
-    #[arg(long, env = "BROKER_URL")]
+    #[arg(long, env = "BROKER_URL", hide_env_values = true)]
     pub broker_url: Option<String>,
     /// Celery result backend: redis://..., db+postgresql://... or `none`.
-    #[arg(long, env = "RESULT_BACKEND", default_value = "none")]
+    #[arg(
+        long,
+        env = "RESULT_BACKEND",
+        default_value = "none",
+        hide_env_values = true
+    )]
     pub result_backend: String,
     /// Namespace to watch (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
@@ -200,8 +206,14 @@ pub enum LogFormat {
 
 /// Set up logging once, for the whole process.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlx warns about a connect parameter it does not know with its value: a misspelt
+    // `?passwrd=...` in DATABASE_URL would be logged. More specific than a crate-wide RUST_LOG,
+    // so it holds under `RUST_LOG=trace` too.
+    if let Ok(quiet) = "sqlx_postgres::options::parse=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     // Colour only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
@@ -256,7 +268,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             database_url,
         } => {
             let url = database_url.context("--database-url (or DATABASE_URL) is required")?;
-            let pool = store::connect(&url, 2).await?;
+            store::check_url(&url).context("--database-url")?;
+            let pool = store::connect(&url, 2)
+                .await
+                .with_context(|| format!("--database-url {}", crate::redact::url(&url)))?;
             match action {
                 MigrateAction::Up => {
                     store::migrate::up(&pool).await?;

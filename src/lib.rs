@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod reconcile;
+pub mod redact;
 pub mod schedule;
 pub mod status;
 pub mod store;

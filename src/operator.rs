@@ -25,6 +25,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .database_url
         .as_deref()
         .context("--database-url (or DATABASE_URL) is required")?;
+    // Every URL is checked before anything connects: a typo stops the process at once. Errors
+    // and logs name a URL only redacted (`crate::redact`): they carry passwords.
+    let shown_url = crate::redact::url(url);
+    store::check_url(url).context("--database-url")?;
+    let backend_url = crate::tracker::backend::BackendUrl::parse(Some(&args.result_backend))
+        .context("--result-backend")?;
+    let shadow = args.dispatch_mode == DispatchMode::Shadow;
+    if let Some(broker) = args.broker_url.as_deref() {
+        crate::celery::check_url(broker).context("--broker-url")?;
+    } else if !shadow {
+        anyhow::bail!("--broker-url (or BROKER_URL) is required in live mode");
+    }
     // Postgres unreachable at start (a restart, a failover): keep trying rather than exit into
     // a crash loop. SIGTERM still ends the process here (no handler is installed yet).
     let mut delay = std::time::Duration::from_millis(500);
@@ -37,7 +49,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             {
                 return Err(e).context("applying migrations");
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "Postgres not ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, database = %shown_url, retry_in = ?delay, "Postgres not ready")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(15));
@@ -77,15 +91,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         role.clone(),
     );
     let wake = Arc::new(tokio::sync::Notify::new());
-    let shadow = args.dispatch_mode == DispatchMode::Shadow;
     if shadow {
         tracing::warn!(
             "dispatch mode shadow: executions are recorded as SHADOW and nothing is published"
         );
     }
-    // The result backend is checked before anything starts: a typo should stop the process.
-    let backend_url = crate::tracker::backend::BackendUrl::parse(Some(&args.result_backend))
-        .context("--result-backend")?;
     let (feed, feed_rx) = crate::status::Feed::new(args.status_queue_capacity);
     let feed_stats = feed.stats.clone();
     let controllers = reconcile::controllers(

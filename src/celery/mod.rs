@@ -30,10 +30,14 @@ pub use message::TaskMessage;
 use redis_publish::RedisPublisher;
 pub use redis_publish::Rejected;
 
+use crate::redact::{self, RedactedUrl};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): {0}")]
-    Url(String),
+    Url(RedactedUrl),
+    #[error("invalid broker URL {url}: {reason}")]
+    InvalidUrl { url: RedactedUrl, reason: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("amqp: {0}")]
@@ -61,6 +65,39 @@ pub enum Publisher {
     Amqp(Box<AmqpPublisher>),
 }
 
+/// Check a Celery broker URL without connecting: a URL that cannot work is an error at start,
+/// not a connection retried forever.
+pub fn check_url(url: &str) -> Result<(), PublishError> {
+    let reason = if is_redis(url) {
+        // redis's parse errors are fixed phrases ("Redis URL did not parse"), never the URL.
+        redis::Client::open(url).err().map(|e| e.to_string())
+    } else if is_amqp(url) {
+        amqp_uri(url)
+            .parse::<lapin::uri::AMQPUri>()
+            .err()
+            // amq-protocol quotes the whole URL in one of its errors ("Invalid URL: '...'", for
+            // a URL without `//`, which the prefix test above rules out): keep the phrase only.
+            .map(|e| e.split(": '").next().unwrap_or_default().to_string())
+    } else {
+        return Err(PublishError::Url(redact::url(url)));
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(PublishError::InvalidUrl {
+            url: redact::url(url),
+            reason,
+        }),
+    }
+}
+
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+fn is_amqp(url: &str) -> bool {
+    url.starts_with("amqp://") || url.starts_with("amqps://")
+}
+
 impl Publisher {
     /// Connect to the broker named by a Celery broker URL. A task id re-published within
     /// `dedupe_window` of its first publish is not enqueued again (on RabbitMQ: via the ledger
@@ -70,7 +107,7 @@ impl Publisher {
         dedupe_window: Duration,
         ledger: &str,
     ) -> Result<Publisher, PublishError> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
+        if is_redis(url) {
             let client = redis::Client::open(url)?;
             let db = client.get_connection_info().redis_settings().db();
             let manager = ConnectionManager::new(client.clone()).await?;
@@ -81,7 +118,7 @@ impl Publisher {
                 db,
                 publisher: Box::new(publisher),
             })
-        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        } else if is_amqp(url) {
             let publisher = AmqpPublisher {
                 uri: amqp_uri(url),
                 ledger: ledger.to_string(),
@@ -91,7 +128,7 @@ impl Publisher {
             publisher.channel().await?;
             Ok(Publisher::Amqp(Box::new(publisher)))
         } else {
-            Err(PublishError::Url(url.to_string()))
+            Err(PublishError::Url(redact::url(url)))
         }
     }
 
@@ -564,6 +601,42 @@ fn amqp_value(v: &Value) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_urls_checked_without_their_password() {
+        for ok in [
+            "redis://:pw@127.0.0.1:6379/0",
+            "rediss://u:pw@redis:6380/1",
+            "amqp://guest:guest@127.0.0.1:5672//",
+            "amqps://u:pw@mq:5671/prod",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for (bad, shown) in [
+            (
+                "ftp://u:s3cr3t@127.0.0.1/",
+                "unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): ftp://u:***@127.0.0.1/",
+            ),
+            (
+                "guest:s3cr3t@127.0.0.1",
+                "unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): <unparseable URL: no //host>",
+            ),
+            (
+                "redis://:s3cr3t@127.0.0.1/zero",
+                "invalid broker URL redis://:***@127.0.0.1/zero: ",
+            ),
+            (
+                "amqp://u:s3cr3t@127.0.0.1/%2F?heartbeat=x",
+                "invalid broker URL amqp://u:***@127.0.0.1/%2F?heartbeat=x: ",
+            ),
+        ] {
+            // Our words exactly; the library's reason after them, whatever it says, without the
+            // password.
+            let e = check_url(bad).expect_err(bad).to_string();
+            assert!(e.starts_with(shown), "{bad}: {e}");
+            assert!(!e.contains("s3cr3t"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn amqp_uris() {

@@ -38,6 +38,11 @@ pub(crate) use {last_run_sql, visible_run_sql};
 pub enum StoreError {
     #[error("connecting to Postgres: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("invalid database URL {url}: {reason}")]
+    InvalidUrl {
+        url: crate::redact::RedactedUrl,
+        reason: String,
+    },
     #[error("Postgres query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -73,6 +78,17 @@ pub fn dedicated(url: &str, connections: u32) -> Result<PgPool, StoreError> {
     Ok(pool_options(connections)
         .min_connections(connections)
         .connect_lazy_with(connect_options(url)?))
+}
+
+/// Parse a connection URL without connecting: a URL that cannot work is an error at start, not
+/// a connection retried forever. sqlx's parse errors are fixed phrases, never the URL.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    connect_options(url)
+        .map(drop)
+        .map_err(|e| StoreError::InvalidUrl {
+            url: crate::redact::url(url),
+            reason: e.to_string(),
+        })
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

@@ -8,21 +8,25 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use super::decode::{self, Meta};
+use crate::redact::{self, RedactedUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(
         "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): {0}"
     )]
-    Url(String),
+    Url(RedactedUrl),
+    #[error("invalid result backend {url}: {reason}")]
+    InvalidUrl { url: RedactedUrl, reason: String },
     #[error("redis result backend: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("database result backend: {0}")]
     Db(#[from] sqlx::Error),
 }
 
-/// Where Celery stores results, as named by a Celery `result_backend` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Celery stores results, as named by a Celery `result_backend` URL. Its `Debug` shows the
+/// URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum BackendUrl {
     /// No backend: states stop at DISPATCHED.
     None,
@@ -31,13 +35,31 @@ pub enum BackendUrl {
     Postgres(String),
 }
 
+impl std::fmt::Debug for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendUrl::None => f.write_str("None"),
+            BackendUrl::Redis(u) => f.debug_tuple("Redis").field(&redact::url(u)).finish(),
+            BackendUrl::Postgres(u) => f.debug_tuple("Postgres").field(&redact::url(u)).finish(),
+        }
+    }
+}
+
 impl BackendUrl {
+    /// Parsed as the client libraries will, without connecting: a URL that cannot work is an
+    /// error at start, not a connection retried forever.
     pub fn parse(url: Option<&str>) -> Result<BackendUrl, BackendError> {
         let url = url.map(str::trim).unwrap_or("");
         if url.is_empty() || url == "none" {
             return Ok(BackendUrl::None);
         }
+        // The libraries' parse errors are fixed phrases ("invalid port number"), never the URL.
+        let invalid = |reason: String| BackendError::InvalidUrl {
+            url: redact::url(url),
+            reason,
+        };
         if url.starts_with("redis://") || url.starts_with("rediss://") {
+            redis::Client::open(url).map_err(|e| invalid(e.to_string()))?;
             return Ok(BackendUrl::Redis(url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("db+")
@@ -46,10 +68,13 @@ impl BackendUrl {
             // SQLAlchemy spells the driver into the scheme: postgresql+psycopg2://
             let dialect = scheme.split('+').next().unwrap_or(scheme);
             if dialect == "postgresql" || dialect == "postgres" {
-                return Ok(BackendUrl::Postgres(format!("postgresql://{tail}")));
+                let pg = format!("postgresql://{tail}");
+                <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&pg)
+                    .map_err(|e| invalid(e.to_string()))?;
+                return Ok(BackendUrl::Postgres(pg));
             }
         }
-        Err(BackendError::Url(url.to_string()))
+        Err(BackendError::Url(redact::url(url)))
     }
 }
 
@@ -182,5 +207,34 @@ mod tests {
         );
         assert!(BackendUrl::parse(Some("db+mysql://h/db")).is_err());
         assert!(BackendUrl::parse(Some("rpc://")).is_err());
+    }
+
+    #[test]
+    fn backend_urls_shown_without_their_password() {
+        for (bad, shown) in [
+            (
+                "rpc://u:s3cr3t@127.0.0.1/",
+                "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): rpc://u:***@127.0.0.1/",
+            ),
+            (
+                "db+mysql://u:s3cr3t@127.0.0.1/db",
+                "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): db+mysql://u:***@127.0.0.1/db",
+            ),
+            (
+                "db+postgresql://u:s3cr3t/x@127.0.0.1/db",
+                "invalid result backend <unparseable URL: invalid port number>: ",
+            ),
+            (
+                "redis://:s3cr3t@127.0.0.1/zero",
+                "invalid result backend redis://:***@127.0.0.1/zero: ",
+            ),
+        ] {
+            // Our words exactly; the library's reason after them without the password.
+            let e = BackendUrl::parse(Some(bad)).expect_err(bad).to_string();
+            assert!(e.starts_with(shown), "{bad}: {e}");
+            assert!(!e.contains("s3cr3t"), "{bad}: {e}");
+        }
+        let ok = BackendUrl::parse(Some("redis://:s3cr3t@127.0.0.1/1")).unwrap();
+        assert_eq!(format!("{ok:?}"), r#"Redis("redis://:***@127.0.0.1/1")"#);
     }
 }
