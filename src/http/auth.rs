@@ -451,4 +451,138 @@ mod tests {
             .expect("infallible");
         assert_eq!((c.token, c.peer), (None, None));
     }
+
+    /// A kube Client whose "apiserver" answers TokenReviews: `good` is the one valid token (user
+    /// alice, audience `kube-beat`); every review is counted.
+    fn fake_apiserver() -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let counted = reviews.clone();
+        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = req.into_body().collect_bytes().await?;
+                let review: TokenReview = serde_json::from_slice(&body)?;
+                let good = review.spec.token == "good";
+                let answer = TokenReview {
+                    spec: review.spec,
+                    status: Some(if good {
+                        status(true, Some(&["kube-beat"]))
+                    } else {
+                        TokenReviewStatus {
+                            authenticated: Some(false),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                };
+                let mut json = serde_json::to_value(&answer)?;
+                json["apiVersion"] = "authentication.k8s.io/v1".into();
+                json["kind"] = "TokenReview".into();
+                let resp = axum::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&json)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+            }
+        });
+        (Client::new(svc, "default"), reviews)
+    }
+
+    fn creds(token: &str, peer: &str) -> Credentials {
+        Credentials {
+            token: Some(token.to_string()),
+            peer: Some(peer.parse().expect("ip")),
+        }
+    }
+
+    #[tokio::test]
+    async fn rejected_tokens_are_cached_and_a_failing_source_gets_429_without_reviews() {
+        use std::sync::atomic::Ordering;
+        let (client, reviews) = fake_apiserver();
+        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![]);
+        let n = || reviews.load(Ordering::SeqCst);
+        // A valid token: one review, then cached.
+        for _ in 0..3 {
+            let c = auth.authenticate(&creds("good", "10.0.0.1")).await;
+            assert!(
+                matches!(c, Ok(Caller::User(ref u)) if u.name == "alice"),
+                "{c:?}"
+            );
+        }
+        assert_eq!(n(), 1);
+        // The same bad token again and again: one review (then the negative cache), but each
+        // is a failure of its source.
+        for i in 0..MAX_FAILURES {
+            let e = auth.authenticate(&creds("bad", "10.0.0.2")).await;
+            assert!(
+                matches!(e, Err(AuthError::Unauthenticated(_))),
+                "{i}: {e:?}"
+            );
+        }
+        assert_eq!(n(), 2);
+        // Over the limit: 429 for unknown tokens, with no review.
+        for t in ["bad", "other-bad", "good-but-unseen"] {
+            let e = auth.authenticate(&creds(t, "10.0.0.2")).await;
+            match e {
+                Err(AuthError::TooManyFailures(wait)) => assert!(
+                    wait <= FAILURE_WINDOW && wait > FAILURE_WINDOW / 2,
+                    "{wait:?}"
+                ),
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert_eq!(n(), 2);
+        // A token already known valid still works from there (it costs nothing); other sources
+        // are not affected.
+        assert!(auth.authenticate(&creds("good", "10.0.0.2")).await.is_ok());
+        let e = auth.authenticate(&creds("fresh-bad", "10.0.0.3")).await;
+        assert!(matches!(e, Err(AuthError::Unauthenticated(_))), "{e:?}");
+        assert_eq!(n(), 3);
+        // The caches hold hashes, never the token.
+        let rejected = lock(&auth.rejected);
+        let key: TokenKey = Sha256::digest(b"bad").into();
+        assert!(rejected.get(&key, Instant::now()).is_some());
+    }
+
+    #[tokio::test]
+    async fn distinct_garbage_tokens_cost_at_most_the_limit_in_reviews() {
+        use std::sync::atomic::Ordering;
+        let (client, reviews) = fake_apiserver();
+        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![]);
+        let mut codes = Vec::new();
+        for i in 0..100 {
+            match auth
+                .authenticate(&creds(&format!("junk-{i}"), "192.0.2.7"))
+                .await
+            {
+                Err(AuthError::Unauthenticated(_)) => codes.push(401),
+                Err(AuthError::TooManyFailures(_)) => codes.push(429),
+                other => panic!("{other:?}"),
+            }
+        }
+        let limit = MAX_FAILURES as usize;
+        assert_eq!(reviews.load(Ordering::SeqCst), limit);
+        assert!(codes[..limit].iter().all(|c| *c == 401));
+        assert!(codes[limit..].iter().all(|c| *c == 429));
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_for_another_audience_is_refused_and_counted() {
+        use std::sync::atomic::Ordering;
+        let (client, reviews) = fake_apiserver();
+        // The fake says the token is for `kube-beat`; this installation wants `backup`.
+        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![" backup ".into()]);
+        let e = auth.authenticate(&creds("good", "10.0.0.1")).await;
+        assert!(
+            matches!(e, Err(AuthError::Unauthenticated(ref m)) if m.contains("audiences (backup)")),
+            "{e:?}"
+        );
+        let e = auth.authenticate(&creds("good", "10.0.0.1")).await;
+        assert!(matches!(e, Err(AuthError::Unauthenticated(_))), "{e:?}");
+        assert_eq!(reviews.load(Ordering::SeqCst), 1, "the refusal is cached");
+        let (client, _) = fake_apiserver();
+        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec!["kube-beat".into()]);
+        assert!(auth.authenticate(&creds("good", "10.0.0.1")).await.is_ok());
+    }
 }
