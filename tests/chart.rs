@@ -144,7 +144,10 @@ fn values_schema_rejects_bad_values() {
         ),
         ("typo=1", "typo"),
         ("api.auth=basic", "auth"),
-        ("api.audiences={kube beat}", "audiences"),
+        (
+            "api.audiences={kube beat}",
+            "audiences.0: Does not match pattern",
+        ),
     ] {
         let out = helm_template("kb", "default", &["--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
