@@ -505,14 +505,12 @@ subjects: [{kind: ServiceAccount, name: dashboard}]
     let path = format!("/api/v1/jobs?namespace={}", f.ns);
     let (code, body) = call(&addr, "GET", &path, Some(&for_kube_beat));
     assert_eq!(code, 200, "{body}");
+    // A token for the apiserver: the apiserver itself says no to the review (service-account
+    // tokens are audience-aware), so this is "not accepted"; kube-beat's own check of the
+    // returned audiences (unit-tested) covers authenticators that answer otherwise.
     let (code, body) = call(&addr, "GET", &path, Some(&for_apiserver));
     assert_eq!(code, 401, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("audiences (kube-beat)")),
-        "{body}"
-    );
+    assert_eq!(body["error"], "the token was not accepted", "{body}");
     // Static tokens are valid for the apiserver's audiences only: refused here.
     let (code, body) = call(&addr, "GET", &path, Some(ADMIN));
     assert_eq!(code, 401, "{body}");

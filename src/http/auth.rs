@@ -78,10 +78,20 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 
 /// What a request presents: its bearer token and the peer address it came from (the TCP peer:
 /// forwarding headers are not trusted, since any client can set them).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub token: Option<String>,
     pub peer: Option<IpAddr>,
+}
+
+/// Never the token itself, so a stray `{:?}` cannot log one.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
@@ -441,6 +451,11 @@ mod tests {
             .expect("infallible");
         assert_eq!(c.token.as_deref(), Some("abc"));
         assert_eq!(c.peer, Some(peer.ip()));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("abc") && shown.contains("10.1.2.3"),
+            "{shown}"
+        );
         let (mut parts, ()) = axum::http::Request::builder()
             .header("authorization", "Basic abc")
             .body(())
