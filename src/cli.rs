@@ -176,6 +176,11 @@ pub struct RunArgs {
     /// on scheduledjobs) or `none` (anyone may read and trigger: local use only).
     #[arg(long, env = "API_AUTH", value_enum, default_value_t = crate::http::auth::AuthMode::Kubernetes)]
     pub api_auth: crate::http::auth::AuthMode,
+    /// Audiences API tokens must be valid for (comma-separated), sent in each TokenReview; e.g.
+    /// `kube-beat`, with clients using projected ServiceAccount tokens for that audience. Default
+    /// none: the apiserver's own audiences (any token the apiserver itself accepts).
+    #[arg(long, env = "API_AUDIENCES", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
     /// Apply pending migrations at start (under an advisory lock). Turn off for installs that
     /// migrate in a separate step (`kube-beat migrate up`).
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]

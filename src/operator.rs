@@ -270,7 +270,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let api = crate::http::api::routes(Arc::new(crate::http::api::ApiState {
         pool: pool.clone(),
         client: api_client,
-        auth: crate::http::auth::Authenticator::new(args.api_auth, auth_client),
+        auth: crate::http::auth::Authenticator::new(
+            args.api_auth,
+            auth_client,
+            args.api_audiences.clone(),
+        ),
         identity: api_identity,
         lease_name: args.lease_name.clone(),
         lease_namespace: args.lease_namespace.clone(),

@@ -93,7 +93,8 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
             "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,networkPolicy.enabled=true,\
              resultBackend.enabled=true,migrations.mode=start,operator.dispatchMode=shadow,\
              operator.watchNamespace=team-a,operator.taskFunctionSelector=team=a,crds.keep=false,\
-             serviceAccount.name=custom-sa,grafanaDashboard.enabled=true",
+             serviceAccount.name=custom-sa,grafanaDashboard.enabled=true,\
+             api.audiences={kube-beat,backup}",
         ],
     ));
     let applied = ok(&kubectl_stdin(
@@ -115,6 +116,11 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
         "no hook Job when migrating at start"
     );
     assert!(everything.contains("--migrate=true") && everything.contains("RESULT_BACKEND"));
+    assert!(
+        everything.contains("- name: API_AUDIENCES\n              value: \"kube-beat,backup\""),
+        "{everything}"
+    );
+    assert!(!defaults.contains("API_AUDIENCES"));
     let no_crds = ok(&helm_template("kb", &ns, &["--set", "crds.enabled=false"]));
     assert!(!no_crds.contains("CustomResourceDefinition"));
     let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
@@ -138,6 +144,10 @@ fn values_schema_rejects_bad_values() {
         ),
         ("typo=1", "typo"),
         ("api.auth=basic", "auth"),
+        (
+            "api.audiences={kube beat}",
+            "audiences.0: Does not match pattern",
+        ),
     ] {
         let out = helm_template("kb", "default", &["--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);

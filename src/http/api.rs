@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::auth::{AuthError, Authenticator, Caller};
+use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
     leader::Role,
@@ -33,8 +33,11 @@ use crate::{
 const DEFAULT_PER_PAGE: i64 = 50;
 const MAX_PER_PAGE: i64 = 500;
 const MAX_PAGE: i64 = 10_000;
-/// Namespaces checked one by one for a caller without cluster-wide access.
+/// Namespaces (those that have jobs) checked one by one for a caller without cluster-wide access.
 const MAX_NAMESPACES: i64 = 200;
+/// SubjectAccessReviews one request may send for those checks; decisions are cached, so the
+/// next requests go on where this one stopped.
+const MAX_REVIEWS_PER_REQUEST: usize = 50;
 
 pub struct ApiState {
     pub pool: PgPool,
@@ -59,31 +62,62 @@ pub fn routes(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// An API error: a status and a clear message, as JSON.
+/// An API error: a status and a clear message, as JSON (and when to come back, for 429).
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    code: StatusCode,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, message: String) -> ApiError {
+        ApiError {
+            code,
+            message,
+            retry_after_secs: None,
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        let body = Json(json!({"error": self.message}));
+        match self.retry_after_secs {
+            Some(secs) => (
+                self.code,
+                [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                body,
+            )
+                .into_response(),
+            None => (self.code, body).into_response(),
+        }
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
-        let code = match e {
-            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AuthError::Review(_) => StatusCode::BAD_GATEWAY,
+        let (code, retry_after_secs) = match e {
+            AuthError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, None),
+            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
+            AuthError::TooManyFailures(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(super::auth::retry_after_secs(wait)),
+            ),
+            AuthError::Review(_) => (StatusCode::BAD_GATEWAY, None),
         };
-        ApiError(code, e.to_string())
+        ApiError {
+            code,
+            message: e.to_string(),
+            retry_after_secs,
+        }
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         tracing::warn!(error = %e, "API query failed");
-        ApiError(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the database query failed".into(),
         )
@@ -91,7 +125,7 @@ impl From<sqlx::Error> for ApiError {
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    ApiError::new(StatusCode::BAD_REQUEST, msg.into())
 }
 
 /// `page` (from 1) and `per_page` (1..=500), validated.
@@ -133,14 +167,23 @@ async fn readable(
     .bind(MAX_NAMESPACES)
     .fetch_all(&s.pool)
     .await?;
-    let mut allowed = Vec::new();
-    for ns in candidates {
-        if s.auth.allowed(caller, "list", &ns, "").await? {
-            allowed.push(ns);
-        }
+    let (allowed, unchecked) = visible_namespaces(
+        candidates,
+        MAX_REVIEWS_PER_REQUEST,
+        |ns| s.auth.cached(caller, "list", ns, ""),
+        |ns| async move { s.auth.allowed(caller, "list", &ns, "").await },
+    )
+    .await?;
+    if unchecked > 0 {
+        // Not a refusal: the next requests check them (what was checked is cached).
+        tracing::debug!(
+            caller = caller.name(),
+            unchecked,
+            "namespaces left unchecked this request (review budget spent): not shown"
+        );
     }
-    if allowed.is_empty() {
-        return Err(ApiError(
+    if allowed.is_empty() && unchecked == 0 {
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "{} may not list scheduledjobs in any namespace",
@@ -149,6 +192,39 @@ async fn readable(
         ));
     }
     Ok(Some(allowed))
+}
+
+/// The `candidates` a check allows, asking `cached` first and `review` (which costs a
+/// SubjectAccessReview) for at most `budget` of them; the rest are left out this time and
+/// counted (the second value).
+async fn visible_namespaces<E, F, Fut>(
+    candidates: Vec<String>,
+    budget: usize,
+    cached: impl Fn(&str) -> Option<bool>,
+    review: F,
+) -> Result<(Vec<String>, usize), E>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+{
+    let (mut allowed, mut reviews, mut unchecked) = (Vec::new(), 0usize, 0usize);
+    for ns in candidates {
+        let ok = match cached(&ns) {
+            Some(ok) => ok,
+            None if reviews < budget => {
+                reviews = reviews.saturating_add(1);
+                review(ns.clone()).await?
+            }
+            None => {
+                unchecked = unchecked.saturating_add(1);
+                false
+            }
+        };
+        if ok {
+            allowed.push(ns);
+        }
+    }
+    Ok((allowed, unchecked))
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -215,9 +291,9 @@ const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name
 
 async fn status(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     let namespaces = readable(&s, &caller, None).await?;
     let leader_instance = Api::<Lease>::namespaced(s.client.clone(), &s.lease_namespace)
         .get_opt(&s.lease_name)
@@ -281,10 +357,10 @@ async fn status(
 
 async fn jobs(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     let (page, per_page) = paging(&q)?;
     let namespaces = readable(&s, &caller, q.get("namespace").map(String::as_str)).await?;
     let sql = format!(
@@ -312,10 +388,10 @@ async fn jobs(
 
 async fn job(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     s.auth.require(&caller, "get", &namespace, &name).await?;
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
@@ -327,7 +403,7 @@ async fn job(
         .fetch_optional(&s.pool)
         .await?;
     let row = row.ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no scheduledjob {namespace}/{name}"),
         )
@@ -348,10 +424,10 @@ async fn job(
 
 async fn executions(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     let (page, per_page) = paging(&q)?;
     let job_id = match q.get("job_id") {
         None => None,
@@ -419,9 +495,9 @@ async fn executions(
 
 async fn job_types(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     readable(&s, &caller, None).await?;
     let rows: Vec<(i16, String, String)> =
         sqlx::query_as("SELECT id, name, description FROM scheduler_job_types ORDER BY id")
@@ -434,12 +510,17 @@ async fn job_types(
     Ok(Json(json!({"job_types": types})))
 }
 
+/// TaskFunctions are cluster-scoped but say which namespaces may use them, so a caller sees
+/// what concerns the namespaces it may read: one with cluster-wide list on scheduledjobs sees
+/// every TaskFunction as stored; any other caller sees only those usable from one of its
+/// namespaces (`allowedNamespaces` empty, i.e. every namespace, or naming one of them), with
+/// `allowedNamespaces` cut down to its namespaces and `jobCount` counting only their jobs.
 async fn task_functions(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
-    readable(&s, &caller, None).await?;
+    let caller = s.auth.authenticate(&creds).await?;
+    let namespaces = readable(&s, &caller, None).await?;
     #[derive(Serialize, sqlx::FromRow)]
     #[serde(rename_all = "camelCase")]
     struct Tf {
@@ -453,12 +534,20 @@ async fn task_functions(
         job_count: i64,
     }
     let rows: Vec<Tf> = sqlx::query_as(
-        "SELECT f.name, f.task, f.queue, f.priority, f.expires_seconds, f.allowed_namespaces,
+        "SELECT f.name, f.task, f.queue, f.priority, f.expires_seconds,
+                CASE WHEN $1::text[] IS NULL THEN f.allowed_namespaces
+                     ELSE ARRAY(SELECT n FROM unnest(f.allowed_namespaces) n WHERE n = ANY($1))
+                END AS allowed_namespaces,
                 f.description,
                 (SELECT count(*) FROM scheduled_jobs j
-                 WHERE j.task_function = f.name AND j.deleted_at IS NULL) AS job_count
-         FROM task_functions f ORDER BY f.name LIMIT 1000",
+                 WHERE j.task_function = f.name AND j.deleted_at IS NULL
+                   AND ($1::text[] IS NULL OR j.namespace = ANY($1))) AS job_count
+         FROM task_functions f
+         WHERE $1::text[] IS NULL OR cardinality(f.allowed_namespaces) = 0
+               OR f.allowed_namespaces && $1
+         ORDER BY f.name LIMIT 1000",
     )
+    .bind(&namespaces)
     .fetch_all(&s.pool)
     .await?;
     Ok(Json(json!({"task_functions": rows})))
@@ -468,10 +557,10 @@ async fn task_functions(
 /// claimed exactly once by the leader's reconciler and recorded as `trigger=manual`).
 async fn trigger(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    creds: Credentials,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.auth.authenticate(&headers).await?;
+    let caller = s.auth.authenticate(&creds).await?;
     s.auth.require(&caller, "patch", &namespace, &name).await?;
     let value = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: value}}});
@@ -486,13 +575,61 @@ async fn trigger(
                 Json(json!({"namespace": namespace, "name": name, "trigger": value})),
             ))
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(ApiError(
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no scheduledjob {namespace}/{name}"),
         )),
-        Err(e) => Err(ApiError(
+        Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("setting the trigger annotation failed: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("ns-{i:03}")).collect()
+    }
+
+    #[tokio::test]
+    async fn namespace_checks_stop_at_the_review_budget_and_use_the_cache() {
+        // Even namespaces are allowed; 0..10 are already decided (cached).
+        let reviewed = Mutex::new(Vec::new());
+        let decide = |ns: &str| ns.trim_start_matches("ns-").parse::<usize>().unwrap_or(1) % 2 == 0;
+        let (allowed, unchecked) = visible_namespaces(
+            names(200),
+            50,
+            |ns| {
+                let i: usize = ns.trim_start_matches("ns-").parse().unwrap_or(999);
+                (i < 10).then(|| decide(ns))
+            },
+            |ns| {
+                reviewed.lock().expect("lock").push(ns.clone());
+                let ok = decide(&ns);
+                async move { Ok::<_, ()>(ok) }
+            },
+        )
+        .await
+        .expect("no review error");
+        let reviewed = reviewed.into_inner().expect("lock");
+        assert_eq!(reviewed.len(), 50, "at most the budget is reviewed");
+        assert_eq!(reviewed.first().map(String::as_str), Some("ns-010"));
+        assert_eq!(reviewed.last().map(String::as_str), Some("ns-059"));
+        assert_eq!(unchecked, 140);
+        // 10 cached + 50 reviewed, half of them allowed; none past the budget.
+        assert_eq!(allowed.len(), 30);
+        assert!(allowed.iter().all(|ns| decide(ns)));
+        assert_eq!(allowed.last().map(String::as_str), Some("ns-058"));
+    }
+
+    #[tokio::test]
+    async fn a_review_error_fails_the_request() {
+        let r =
+            visible_namespaces(names(3), 50, |_| None, |_| async { Err::<bool, _>("down") }).await;
+        assert_eq!(r, Err("down"));
     }
 }

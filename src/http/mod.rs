@@ -10,6 +10,7 @@ use std::{
 
 pub mod api;
 pub mod auth;
+pub mod limits;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::sync::watch;
@@ -85,10 +86,15 @@ pub async fn serve(
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(HttpError::Serve)
+    // With the peer address in each request's extensions: the API counts authentication
+    // failures per source.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(HttpError::Serve)
 }
