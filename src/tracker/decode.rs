@@ -762,6 +762,138 @@ mod tests {
         assert_eq!(lists[49][999], 999);
     }
 
+    /// A valid pickle (as serde-pickle reads it) built by `choices`: each picks one of the
+    /// opcodes valid on the current stack — nesting, memo references, copies, marks.
+    fn valid_pickle(choices: &[u32], style: u8) -> Vec<u8> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum K {
+            List,
+            Dict,
+            Other,
+            Mark,
+        }
+        // An outer MARK, closed at the end with every other open one: the result holds all
+        // that is left on the stack.
+        let mut p = vec![0x80, 0x04, b'('];
+        let mut stack: Vec<K> = vec![K::Mark];
+        let mut memo: Vec<K> = Vec::new();
+        for &c in choices {
+            let top = stack.last().copied();
+            let value = |k: Option<K>| k.is_some_and(|k| k != K::Mark);
+            let below = |n: usize| stack.len().checked_sub(n + 1).map(|i| stack[i]);
+            let mark = stack.iter().rposition(|&k| k == K::Mark);
+            let mut valid: Vec<(&[u8], u8)> = vec![
+                (b"N", 0),
+                (b"K\x07", 0),
+                (b"\x8c\x01x", 0),
+                (b"]", 1),
+                (b"}", 2),
+                (b")", 0),
+                (b"(", 3),
+            ];
+            if value(top) {
+                valid.extend([(&b"\x94"[..], 4), (b"2", 5), (b"\x85", 6), (b"0", 7)]);
+                if below(1) == Some(K::List) {
+                    valid.push((b"a", 8));
+                }
+                if value(below(1)) {
+                    valid.push((b"\x86", 9));
+                    if below(2) == Some(K::Dict) {
+                        valid.push((b"s", 10));
+                    }
+                }
+            }
+            if let Some(m) = mark {
+                valid.extend([(&b"l"[..], 11), (b"t", 12)]);
+                if m > 0 && stack[m - 1] == K::List {
+                    valid.push((b"e", 13));
+                }
+            }
+            if !memo.is_empty() {
+                valid.push((b"h", 14));
+            }
+            // Mostly an opcode of the case's style, to reach the limits: nesting (63 times in
+            // 64), copying, sharing through the memo, or all of these (3 times in 4).
+            let growing: Vec<(&[u8], u8)> = valid
+                .iter()
+                .copied()
+                .filter(|&(_, w)| match style % 4 {
+                    0 => w == 6,
+                    1 => matches!(w, 5 | 8),
+                    2 => matches!(w, 1 | 4 | 8 | 14),
+                    _ => matches!(w, 1 | 4 | 5 | 6 | 8 | 13 | 14),
+                })
+                .collect();
+            let bias = if style.is_multiple_of(4) { c >> 26 } else { c >> 30 };
+            let pool = if bias != 0 && !growing.is_empty() {
+                &growing
+            } else {
+                &valid
+            };
+            let (op, what) = pool[c as usize % pool.len()];
+            p.extend_from_slice(op);
+            match what {
+                0 => stack.push(K::Other),
+                1 => stack.push(K::List),
+                2 => stack.push(K::Dict),
+                3 => stack.push(K::Mark),
+                4 => memo.push(top.unwrap_or(K::Other)),
+                5 => stack.push(top.unwrap_or(K::Other)),
+                6 => {
+                    stack.pop();
+                    stack.push(K::Other);
+                }
+                7 | 8 => {
+                    stack.pop();
+                }
+                9 => {
+                    stack.truncate(stack.len() - 2);
+                    stack.push(K::Other);
+                }
+                10 => {
+                    stack.truncate(stack.len() - 2);
+                }
+                11 | 12 => {
+                    stack.truncate(mark.unwrap_or(0));
+                    stack.push(if what == 11 { K::List } else { K::Other });
+                }
+                13 => stack.truncate(mark.unwrap_or(0)),
+                _ => {
+                    let id = (c as usize / 16) % memo.len().min(256);
+                    p.push(id as u8);
+                    stack.push(memo[id]);
+                }
+            }
+        }
+        let open = stack.iter().filter(|&&k| k == K::Mark).count();
+        p.extend(std::iter::repeat_n(b'l', open));
+        if open == 0 && stack.is_empty() {
+            p.push(b'N');
+        }
+        p.push(b'.');
+        p
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Random valid pickles of nesting, memo references and copies: decoded within the
+        /// budget or refused for it, never a crash (a miscounted depth or size would overflow
+        /// the stack or exhaust memory here), and never taken for malformed.
+        #[test]
+        fn random_valid_pickles_are_decoded_or_refused_by_the_budget(
+            choices in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..4000),
+            style in 0u8..4,
+        ) {
+            let p = valid_pickle(&choices, style);
+            let v = db_result(&p);
+            if v.get("encoding").is_some() {
+                let reason = v["reason"].as_str().unwrap_or_default();
+                proptest::prop_assert!(!reason.contains("not a pickle"), "{reason}");
+            }
+            proptest::prop_assert!(truncate_result(&v).to_string().len() <= RESULT_MAX_BYTES);
+        }
+    }
+
     /// `[[[...]]]` as EMPTY_LIST then `n` times TUPLE1 (2 bytes a level).
     fn nested_tuples(n: usize) -> Vec<u8> {
         let mut p = vec![0x80, 0x04, b']'];
