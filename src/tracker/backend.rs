@@ -1,5 +1,7 @@
 //! Reading Celery's result backend: Redis (`celery-task-meta-<id>` keys) or the database
-//! backend in Postgres (`celery_taskmeta`). Batched: one round trip per batch of task ids.
+//! backend in Postgres (`celery_taskmeta`). Batched: one round trip per batch of task ids (and
+//! more only for the rare records larger than [`FIRST_READ_BYTES`]), every record size-capped
+//! before it is decoded.
 
 use std::collections::HashMap;
 
@@ -22,6 +24,8 @@ pub enum BackendError {
     Redis(#[from] redis::RedisError),
     #[error("database result backend: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("redis result backend: unexpected reply: {0}")]
+    Reply(String),
 }
 
 /// Where Celery stores results, as named by a Celery `result_backend` URL. Its `Debug` shows the
@@ -111,7 +115,10 @@ impl Backend {
     }
 
     /// The records of these task ids; ids without one (PENDING, or unknown) are absent.
-    /// A record that cannot be read is logged and treated as absent.
+    /// A record that cannot be read is logged and treated as absent. Records are size-capped
+    /// before they are decoded: one round trip reads every record's length and its first
+    /// [`FIRST_READ_BYTES`]; the few larger ones within [`decode::RECORD_MAX_BYTES`] are read
+    /// in further round trips of at most [`READ_BUDGET_BYTES`]; larger ones are never read whole.
     pub async fn fetch(&self, task_ids: &[String]) -> Result<HashMap<String, Meta>, BackendError> {
         let mut found = HashMap::new();
         if task_ids.is_empty() {
@@ -120,38 +127,52 @@ impl Backend {
         match self {
             Backend::None => {}
             Backend::Redis(conn) => {
+                let mut conn = conn.clone();
                 let keys: Vec<String> = task_ids
                     .iter()
                     .map(|id| format!("celery-task-meta-{id}"))
                     .collect();
-                let mut conn = conn.clone();
-                let values: Vec<Option<Vec<u8>>> =
-                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-                for (id, value) in task_ids.iter().zip(values) {
-                    let Some(bytes) = value else { continue };
-                    match decode::redis_meta(&bytes) {
-                        Ok(meta) => {
-                            found.insert(id.clone(), meta);
-                        }
-                        Err(e) => {
-                            tracing::warn!(task_id = %id, error = %e, "unreadable result record")
+                let first: Vec<(&str, usize)> = keys
+                    .iter()
+                    .map(|k| (k.as_str(), FIRST_READ_BYTES))
+                    .collect();
+                let mut larger = Vec::new();
+                for (i, read) in read_redis(&mut conn, &first).await?.into_iter().enumerate() {
+                    if let Some(len) = keep_redis(&mut found, &task_ids[i], read) {
+                        larger.push((i, len));
+                    }
+                }
+                for group in budget_groups(&larger, READ_BUDGET_BYTES) {
+                    let reads: Vec<(&str, usize)> = group
+                        .iter()
+                        .map(|&(i, len)| (keys[i].as_str(), len))
+                        .collect();
+                    let got = read_redis(&mut conn, &reads).await?;
+                    for (&(i, _), read) in group.iter().zip(got) {
+                        if keep_redis(&mut found, &task_ids[i], read).is_some() {
+                            // Rewritten between the two reads (e.g. STARTED, then SUCCESS): the
+                            // next pass reads it again.
+                            tracing::debug!(task_id = %task_ids[i], "result record changed while read");
                         }
                     }
                 }
             }
             Backend::Postgres(pool) => {
-                type Row = (
-                    String,
-                    Option<String>,
-                    Option<Vec<u8>>,
-                    Option<String>,
-                    Option<chrono::NaiveDateTime>,
-                );
-                let rows: Vec<Row> = match sqlx::query_as(
-                    "SELECT task_id, status, result, traceback, date_done
+                // The result and traceback only when small; the lengths always. A date_done
+                // outside 1970-9999 (or 'infinity') is not read: chrono cannot hold all of
+                // Postgres' range and sqlx would panic decoding it.
+                let rows: Vec<FirstRow> = match sqlx::query_as(
+                    "SELECT task_id, status,
+                            octet_length(result) AS result_bytes,
+                            CASE WHEN octet_length(result) <= $2 THEN result END AS result,
+                            octet_length(traceback) AS traceback_bytes,
+                            CASE WHEN octet_length(traceback) <= $2 THEN traceback END AS traceback,
+                            CASE WHEN date_done >= '1970-01-01' AND date_done < '10000-01-01'
+                                 THEN date_done END AS date_done
                      FROM celery_taskmeta WHERE task_id = ANY($1)",
                 )
                 .bind(task_ids)
+                .bind(FIRST_READ_BYTES as i32)
                 .fetch_all(pool)
                 .await
                 {
@@ -162,27 +183,198 @@ impl Backend {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                for (task_id, status, result, traceback, date_done) in rows {
+                let mut larger = Vec::new();
+                for (task_id, status, result_bytes, result, traceback_bytes, traceback, done) in
+                    rows
+                {
                     let Some(status) = status else { continue };
-                    found.insert(
-                        task_id,
-                        Meta {
-                            status,
-                            result: result
-                                .as_deref()
-                                .map(decode::db_result)
-                                .filter(|v| !v.is_null()),
-                            traceback,
-                            // Naive UTC in this table.
-                            date_done: date_done
-                                .map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
-                        },
+                    let rb = result_bytes.and_then(|n| usize::try_from(n).ok());
+                    let tb = traceback_bytes.and_then(|n| usize::try_from(n).ok());
+                    let result_later =
+                        rb.is_some_and(|n| n > FIRST_READ_BYTES && n <= decode::RECORD_MAX_BYTES);
+                    let traceback_later = tb.is_some_and(|n| n > FIRST_READ_BYTES);
+                    if result_later || traceback_later {
+                        // A traceback is read as its last characters: up to 4 bytes each.
+                        let cost = if result_later { rb.unwrap_or(0) } else { 0 }
+                            + if traceback_later {
+                                4 * TRACEBACK_READ_CHARS
+                            } else {
+                                0
+                            };
+                        larger.push((task_id, rb, cost));
+                        continue;
+                    }
+                    let meta = decode::db_meta(
+                        status,
+                        rb,
+                        result.as_deref(),
+                        traceback.as_deref(),
+                        done.map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
                     );
+                    found.insert(task_id, meta);
+                }
+                let costs: Vec<(usize, usize)> =
+                    larger.iter().enumerate().map(|(i, l)| (i, l.2)).collect();
+                for group in budget_groups(&costs, READ_BUDGET_BYTES) {
+                    let ids: Vec<&str> = group.iter().map(|&(i, _)| larger[i].0.as_str()).collect();
+                    // Each result no larger than it was in the first read (if it grew, it is
+                    // read on the next pass), so a round trip stays within its budget.
+                    let max: Vec<i32> = group
+                        .iter()
+                        .map(|&(i, _)| {
+                            larger[i]
+                                .1
+                                .filter(|&n| n <= decode::RECORD_MAX_BYTES)
+                                .and_then(|n| i32::try_from(n).ok())
+                                .unwrap_or(0)
+                        })
+                        .collect();
+                    let rows: Vec<FirstRow> = sqlx::query_as(
+                        "SELECT m.task_id, m.status,
+                                octet_length(m.result) AS result_bytes,
+                                CASE WHEN octet_length(m.result) <= w.max_bytes THEN m.result END
+                                    AS result,
+                                octet_length(m.traceback) AS traceback_bytes,
+                                right(m.traceback, $3) AS traceback,
+                                CASE WHEN m.date_done >= '1970-01-01' AND m.date_done < '10000-01-01'
+                                     THEN m.date_done END AS date_done
+                         FROM celery_taskmeta m
+                         JOIN UNNEST($1::text[], $2::int[]) AS w(task_id, max_bytes)
+                           ON m.task_id = w.task_id",
+                    )
+                    .bind(&ids)
+                    .bind(&max)
+                    .bind(TRACEBACK_READ_CHARS as i32)
+                    .fetch_all(pool)
+                    .await?;
+                    for (task_id, status, result_bytes, result, _, traceback, done) in rows {
+                        let Some(status) = status else { continue };
+                        let rb = result_bytes.and_then(|n| usize::try_from(n).ok());
+                        if result.is_none() && rb.is_some_and(|n| n <= decode::RECORD_MAX_BYTES) {
+                            tracing::debug!(task_id = %task_id, "result record changed while read");
+                            continue;
+                        }
+                        let meta = decode::db_meta(
+                            status,
+                            rb,
+                            result.as_deref(),
+                            traceback.as_deref(),
+                            done.map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
+                        );
+                        found.insert(task_id, meta);
+                    }
                 }
             }
         }
         Ok(found)
     }
+}
+
+/// Bytes of each Redis meta (and of each database result and traceback) read in a batch's
+/// first round trip. Nearly every Celery record is smaller, so one round trip reads them all,
+/// and a batch of 1,000 holds at most 16 MiB of them however large the values are.
+pub const FIRST_READ_BYTES: usize = 16 * 1024;
+/// Records larger than [`FIRST_READ_BYTES`] (up to [`decode::RECORD_MAX_BYTES`]) are read in
+/// further round trips of at most this many bytes together.
+pub const READ_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+/// A long database traceback is read as its last this-many characters (its end names the
+/// error; one more than is kept, so the stored text says it was cut).
+const TRACEBACK_READ_CHARS: usize = decode::TRACEBACK_MAX_BYTES + 1;
+
+/// A `celery_taskmeta` row: task_id, status, result length, result (if read), traceback length,
+/// traceback (if read), date_done (naive UTC in this table).
+type FirstRow = (
+    String,
+    Option<String>,
+    Option<i32>,
+    Option<Vec<u8>>,
+    Option<i32>,
+    Option<String>,
+    Option<chrono::NaiveDateTime>,
+);
+
+/// For each `(key, n)`: its STRLEN and GETRANGE 0 n-1, in one transaction (so the length and the
+/// bytes are of the same value) and one round trip. A key that cannot be read (not a string)
+/// gives its error alone.
+async fn read_redis(
+    conn: &mut ConnectionManager,
+    reads: &[(&str, usize)],
+) -> Result<Vec<Result<(usize, Vec<u8>), String>>, BackendError> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    for &(key, n) in reads {
+        let end = n.max(1) - 1;
+        pipe.cmd("STRLEN")
+            .arg(key)
+            .cmd("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(end);
+    }
+    let values: Vec<redis::Value> = pipe.query_async(conn).await?;
+    if values.len() != reads.len() * 2 {
+        return Err(BackendError::Reply(format!(
+            "{} replies to {} reads",
+            values.len(),
+            reads.len()
+        )));
+    }
+    Ok(values
+        .chunks_exact(2)
+        .map(|pair| {
+            let len = redis::from_redis_value_ref::<usize>(&pair[0]).map_err(|e| e.to_string())?;
+            let bytes =
+                redis::from_redis_value_ref::<Vec<u8>>(&pair[1]).map_err(|e| e.to_string())?;
+            Ok((len, bytes))
+        })
+        .collect())
+}
+
+/// Decode one Redis read into `found`; returns the length to read when only a prefix was read.
+fn keep_redis(
+    found: &mut HashMap<String, Meta>,
+    task_id: &str,
+    read: Result<(usize, Vec<u8>), String>,
+) -> Option<usize> {
+    let (len, bytes) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(task_id = %task_id, error = %e, "unreadable result record");
+            return None;
+        }
+    };
+    match decode::redis_read(len, &bytes) {
+        decode::RedisRead::Absent => None,
+        decode::RedisRead::Record(Ok(meta)) => {
+            found.insert(task_id.to_string(), meta);
+            None
+        }
+        decode::RedisRead::Record(Err(e)) => {
+            tracing::warn!(task_id = %task_id, error = %e, "unreadable result record");
+            None
+        }
+        decode::RedisRead::Partial { len } => Some(len),
+    }
+}
+
+/// Split `(index, cost)` items, in order, into groups whose costs add up to at most `budget`
+/// (an item costlier than the budget alone in its group).
+fn budget_groups(items: &[(usize, usize)], budget: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut groups: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut sum = 0usize;
+    for &item in items {
+        match groups.last_mut() {
+            Some(g) if !g.is_empty() && sum.saturating_add(item.1) <= budget => {
+                sum = sum.saturating_add(item.1);
+                g.push(item);
+            }
+            _ => {
+                sum = item.1;
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -236,5 +428,21 @@ mod tests {
         }
         let ok = BackendUrl::parse(Some("redis://:s3cr3t@127.0.0.1/1")).unwrap();
         assert_eq!(format!("{ok:?}"), r#"Redis("redis://:***@127.0.0.1/1")"#);
+    }
+
+    #[test]
+    fn larger_reads_are_grouped_within_the_budget() {
+        let items = [(0, 6), (1, 5), (2, 20), (3, 1), (4, 9), (5, 1)];
+        let groups = budget_groups(&items, 10);
+        let ids: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| g.iter().map(|&(i, _)| i).collect())
+            .collect();
+        // In order; one over the budget alone; none over it otherwise.
+        assert_eq!(ids, vec![vec![0], vec![1], vec![2], vec![3, 4], vec![5]]);
+        for g in &groups {
+            assert!(g.len() == 1 || g.iter().map(|&(_, c)| c).sum::<usize>() <= 10);
+        }
+        assert!(budget_groups(&[], 10).is_empty());
     }
 }

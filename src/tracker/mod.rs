@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod decode;
+pub mod pickle;
 
 use std::time::Duration;
 
@@ -223,9 +224,10 @@ async fn apply(
         state.push(tr.state.as_str().to_string());
         started.push(tr.started_at);
         finished.push(tr.finished_at);
-        result.push(tr.result.as_ref().map(|v| pg_safe(&v.to_string())));
-        error.push(tr.error.as_deref().map(pg_safe));
-        traceback.push(tr.traceback.as_deref().map(pg_safe));
+        let row = decode::stored(tr);
+        result.push(row.result);
+        error.push(row.error);
+        traceback.push(row.traceback);
     }
     let mut tx = pool.begin().await?;
     check_epoch(&mut tx, epoch).await?;
@@ -270,19 +272,4 @@ async fn apply(
     .await?;
     tx.commit().await?;
     Ok(changed)
-}
-
-/// Postgres text and jsonb cannot hold NUL; a task's output may. Replace it, keep the rest.
-fn pg_safe(s: &str) -> String {
-    s.replace('\0', "\u{fffd}").replace("\\u0000", "\\ufffd")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn nul_never_reaches_postgres() {
-        assert_eq!(super::pg_safe("a\0b"), "a\u{fffd}b");
-        let json = serde_json::json!({"s": "x\u{0}y"}).to_string();
-        assert!(!super::pg_safe(&json).contains("\\u0000"));
-    }
 }
