@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, Worker, eventually, fixture, kubectl_stdin};
+use common::{Fixture, Worker, create_unvalidated, eventually, fixture};
 use serde_json::{Value, json};
 
 /// The task name `tests/celery_app/kb_worker.py` registers as `HOSTILE_TASK`.
@@ -39,18 +39,6 @@ async fn row_exists(f: &Fixture, job: &str) -> bool {
         .await
         .unwrap_or(0)
         > 0
-}
-
-/// `kubectl create --validate=false`: only the apiserver's own schema stands in the way.
-fn create_unvalidated(ns: &str, manifest: &Value) -> (bool, String) {
-    let out = kubectl_stdin(
-        &["create", "--validate=false", "-n", ns, "-f", "-"],
-        &manifest.to_string(),
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn manifest(name: &str, spec: Value) -> Value {

@@ -824,7 +824,11 @@ mod tests {
                     _ => matches!(w, 1 | 4 | 5 | 6 | 8 | 13 | 14),
                 })
                 .collect();
-            let bias = if style.is_multiple_of(4) { c >> 26 } else { c >> 30 };
+            let bias = if style.is_multiple_of(4) {
+                c >> 26
+            } else {
+                c >> 30
+            };
             let pool = if bias != 0 && !growing.is_empty() {
                 &growing
             } else {

@@ -104,6 +104,19 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl create --validate=false`: only the apiserver's own schema stands in the way.
+/// Whether it was created, and kubectl's stderr.
+pub fn create_unvalidated(ns: &str, manifest: &serde_json::Value) -> (bool, String) {
+    let out = kubectl_stdin(
+        &["create", "--validate=false", "-n", ns, "-f", "-"],
+        &manifest.to_string(),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Make sure the CRDs from `crds/` are installed and served. `make test` installs them once
 /// before the suite; re-applying a CRD while another test uses it makes discovery flap on 1.20.
 pub fn install_crds() {
