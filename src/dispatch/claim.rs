@@ -169,6 +169,17 @@ pub async fn claim_due(
                         category: "unreadable_schedule",
                     })
                     .inc();
+                stats.events.push(JobEvent {
+                    job: JobRef {
+                        namespace: row.namespace.clone(),
+                        name: row.name.clone(),
+                        uid: row.uid.clone(),
+                    },
+                    reason: Reason::DispatchFailed,
+                    message: format!(
+                        "not scheduled: its stored schedule cannot be read ({e}); re-apply the job"
+                    ),
+                });
                 u_id.push(row.id);
                 u_next_run.push(None);
                 u_next_slot.push(None);

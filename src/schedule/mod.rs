@@ -285,7 +285,9 @@ fn offset_secs(tz: Tz, t: DateTime<Utc>) -> i32 {
 
 /// The next cron instant strictly after `after`, with the DST rules in the module docs.
 fn cron_next(f: &CronFields, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let local_after = after.with_timezone(&tz).naive_local();
+    // Checked: `naive_local` panics past the end of chrono's range in a zone ahead of UTC.
+    let offset = tz.offset_from_utc_datetime(&after.naive_utc()).fix();
+    let local_after = after.naive_utc().checked_add_offset(offset)?;
     // Near a DST change a slot whose wall-clock time is before `after`'s can still lie after it;
     // far from one (the common case) we can start at `after`'s own wall-clock minute.
     let o = offset_secs(tz, after);

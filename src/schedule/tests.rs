@@ -537,3 +537,46 @@ fn jitter_is_deterministic_and_bounded() {
         distinct.len()
     );
 }
+
+#[test]
+fn the_ends_of_time_have_no_next_slot_and_no_panic() {
+    // Every kind of schedule asked for the slot after the last and before the first instant
+    // chrono can represent: `None` or a slot, never an overflow.
+    let anchor = t("2026-01-01T00:00:00Z");
+    let specs = [
+        Schedule {
+            cron: Some("* * * * *".into()),
+            ..Default::default()
+        },
+        Schedule {
+            cron: Some("0 3 29 2 *".into()),
+            ..Default::default()
+        },
+        Schedule {
+            interval: Some(IntervalSchedule {
+                hours: 876_000,
+                minutes: 0,
+                seconds: 0,
+            }),
+            ..Default::default()
+        },
+    ];
+    for spec in &specs {
+        for tz in [None, Some("Europe/Berlin"), Some("Pacific/Kiritimati")] {
+            let s = JobSchedule::from_spec(spec, tz, None, anchor).expect("valid");
+            assert_eq!(
+                s.next_after(DateTime::<Utc>::MAX_UTC),
+                None,
+                "{spec:?} {tz:?}"
+            );
+            let _ = s.next_after(DateTime::<Utc>::MIN_UTC);
+        }
+    }
+    let late_start = JobSchedule::from_spec(&specs[0], None, Some("9999-12-31T23:59:00Z"), anchor)
+        .expect("valid");
+    assert_eq!(
+        late_start.next_after(anchor),
+        Some(t("9999-12-31T23:59:00Z")),
+        "the last representable RFC 3339 minute is still a slot"
+    );
+}
