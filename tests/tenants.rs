@@ -342,6 +342,25 @@ async fn attack(broker: String, redis: bool) {
         create_in(&f, &ns_b, name, spec.clone(), annotations.clone()).await;
     }
 
+    // Another installation's function (outside this operator's selector) and a job using it:
+    // that installation judges it; this one leaves it alone (no row, no status).
+    let other_install = format!("{}-other-install", f.id);
+    ok(&kubectl_stdin(
+        &["create", "-f", "-"],
+        &json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+                "metadata": {"name": other_install, "labels": {"kubebeat.io/test": "another-installation"}},
+                "spec": {"task": "kb.echo", "queue": queue_b}})
+        .to_string(),
+    ));
+    create_in(
+        &f,
+        &ns_b,
+        "other-installation",
+        json!({"taskFunction": other_install, "schedule": every_second}),
+        json!({}),
+    )
+    .await;
+
     // 3. Within every bound, at the limits: valid, and run.
     let long_name = format!(
         "{}.{}.{}.{}",
@@ -471,6 +490,23 @@ async fn attack(broker: String, redis: bool) {
     }
     let (status, reason, message) = ready(&f, &ns_b, &long_name).await;
     assert_eq!(status, "True", "a job at every limit: {reason}: {message}");
+    // By now every object of B has been judged; the other installation's job was not.
+    let other = Api::<ScheduledJob>::namespaced(f.client.clone(), &ns_b)
+        .get("other-installation")
+        .await
+        .expect("the other installation's job");
+    assert!(
+        other.status.is_none_or(|s| s.conditions.is_empty()),
+        "another installation's job was judged by this one"
+    );
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduled_jobs WHERE namespace = $1 AND name = 'other-installation'",
+    )
+    .bind(&ns_b)
+    .fetch_one(&f.pool)
+    .await
+    .expect("count");
+    assert_eq!(rows, 0, "another installation's job has no row here");
 
     // The oversized and deeply nested results end as SUCCESS (the state is kept, the value
     // is not decoded); the process is still there.

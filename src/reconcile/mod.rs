@@ -154,6 +154,14 @@ impl Context {
             .filter(|tf| self.selector.matches(tf.labels()))
     }
 
+    /// Whether TaskFunction `name` exists but is another installation's (outside our
+    /// `--task-function-selector`): its jobs are that installation's to judge, not ours.
+    fn belongs_elsewhere(&self, name: &str) -> bool {
+        self.functions
+            .get(&ObjectRef::<Guarded<TaskFunction>>::new(name))
+            .is_some_and(|tf| !self.selector.matches(tf.labels()))
+    }
+
     /// Wait until both caches have listed once: before that, a missing TaskFunction may only be
     /// one we have not seen yet. Polls flags rather than `Store::wait_until_ready`: that future
     /// wakes only its most recent poller, so waiting on it beside the controller's own runner

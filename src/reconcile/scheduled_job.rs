@@ -65,6 +65,16 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
         Err(why) => Verdict::Invalid(schema_mismatch("ScheduledJob", &why)),
         Ok(spec) => {
             let tf = ctx.task_function(&spec.task_function).await;
+            if tf.is_none() && ctx.belongs_elsewhere(&spec.task_function) {
+                // Another installation's job (its TaskFunction is outside our selector): no
+                // row, no status. Judging it "UnknownTaskFunction" here would fight that
+                // installation's operator over the job's status. A job that moved away stops
+                // here.
+                store::mark_job_deleted(&ctx.pool, &uid).await?;
+                debug!(job = %key, task_function = %spec.task_function, "another installation's job");
+                ctx.succeeded(&key);
+                return Ok(());
+            }
             let created = obj
                 .creation_timestamp()
                 .map(|t| to_chrono(t.0))
