@@ -25,6 +25,7 @@ run_dir=$(mktemp -d "${TMPDIR:-/tmp}/kube-beat-test.XXXXXX")
 cleanup() {
   local rc=$?
   hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
+  hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
   # Databases and broker queues made by this run's tests (they use the kbt prefix).
   psql -h 127.0.0.1 -U postgres -d postgres -Atc "select datname from pg_database where datname like 'kbt\_%'" 2>/dev/null \
     | while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
@@ -63,4 +64,16 @@ if [ "$mode" = chaos ]; then
   exit 0
 fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
-cargo test --locked --all-targets -- --include-ignored
+cargo test --locked --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another
+
+# The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
+# on the shared one it would also have to judge the thousands of objects the suites before it
+# left behind, and its timing criterion (no gap over 2 s in the healthy job) measures kube-beat,
+# not that backlog.
+log "tenant-attack suite (its own control plane)"
+hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
+hack/control-plane.sh up "$run_dir/cp-tenants"
+source "$run_dir/cp-tenants/env"
+"$KUBECTL" apply -f crds/ >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+cargo test --locked --test tenants -- --include-ignored
