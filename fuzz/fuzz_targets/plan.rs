@@ -1,11 +1,11 @@
-//! Dispatch planning with extreme specs: any schedule the spec parser accepts (or a stored one),
-//! any slot, deadline, jitter, expiry and clock, planned and encoded without a panic. A panic
+//! Dispatch planning with extreme specs: interval, cron (in zones with odd offsets) and one-shot
+//! schedules, any slot, deadline, jitter, expiry and clock, planned without a panic. A panic
 //! here is a crash loop of every leader that reads the same row.
 #![no_main]
 
 use chrono::{DateTime, Utc};
 use kube_beat::{
-    api::{ConcurrencyPolicy, Schedule},
+    api::{ConcurrencyPolicy, IntervalSchedule, Schedule},
     dispatch::{
         expiry,
         plan::{DueJob, plan},
@@ -25,8 +25,24 @@ fn instant(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms as i64).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Schedules of every kind the parser accepts, so that every input exercises planning.
+const CRONS: &[&str] = &[
+    "* * * * *",
+    "0 3 * * *",
+    "30 2 29 2 *",
+    "*/7 1-5 * * MON-FRI",
+    "@every 1s",
+    "@yearly",
+];
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/Berlin",
+    "Pacific/Kiritimati",
+    "America/St_Johns",
+];
+
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 40 {
+    if data.len() < 50 {
         return;
     }
     let word = |i: usize| {
@@ -34,12 +50,30 @@ fuzz_target!(|data: &[u8]| {
         b.copy_from_slice(&data[i * 8..i * 8 + 8]);
         i64::from_le_bytes(b)
     };
-    let (slot, now, deadline, jitter, expires) = (word(0), word(1), word(2), word(3), word(4));
-    let Ok(spec) = serde_json::from_slice::<Schedule>(&data[40..]) else {
-        return;
+    let (slot, now, deadline, jitter, expires, extra) =
+        (word(0), word(1), word(2), word(3), word(4), word(5));
+    let pick = usize::from(data[49]);
+    let spec = match data[48] % 3 {
+        0 => Schedule {
+            interval: Some(IntervalSchedule {
+                hours: 0,
+                minutes: 0,
+                seconds: extra.rem_euclid(3_153_600_000) + 1,
+            }),
+            ..Default::default()
+        },
+        1 => Schedule {
+            cron: Some(CRONS[pick % CRONS.len()].to_string()),
+            ..Default::default()
+        },
+        _ => Schedule {
+            at: Some(instant(extra).to_rfc3339()),
+            ..Default::default()
+        },
     };
     let anchor = instant(now.rotate_left(17));
-    let Ok(schedule) = JobSchedule::from_spec(&spec, None, None, anchor) else {
+    let zone = Some(ZONES[pick % ZONES.len()]);
+    let Ok(schedule) = JobSchedule::from_spec(&spec, zone, None, anchor) else {
         return;
     };
     let job = DueJob {
