@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
+pub use crate::options::{DispatchMode, LogFormat, RunArgs};
 use crate::{api, schedule, store};
 
 #[derive(Parser, Debug)]
@@ -96,117 +97,6 @@ pub enum MigrateAction {
     },
     /// List migrations and whether each is applied.
     Status,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    // `hide_env_values` on every URL: they carry passwords, and `--help` would print them.
-    /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Celery broker URL: redis://, rediss://, amqp:// or amqps://.
-    #[arg(long, env = "BROKER_URL", hide_env_values = true)]
-    pub broker_url: Option<String>,
-    /// Celery result backend: redis://..., db+postgresql://... or `none`.
-    #[arg(
-        long,
-        env = "RESULT_BACKEND",
-        default_value = "none",
-        hide_env_values = true
-    )]
-    pub result_backend: String,
-    /// Namespace to watch (default: all).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Label selector limiting which TaskFunctions this installation manages (e.g.
-    /// `kubebeat.io/installation=team-a`); default all.
-    #[arg(long, env = "TASK_FUNCTION_SELECTOR")]
-    pub task_function_selector: Option<String>,
-    /// Name of the leader-election Lease.
-    #[arg(long, env = "LEASE_NAME", default_value = "kube-beat-leader")]
-    pub lease_name: String,
-    /// Namespace of the Lease (default: POD_NAMESPACE, else `default`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-    /// Lease duration: how long a silent leader keeps the lease before others may take it.
-    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
-    pub lease_duration_seconds: u64,
-    /// A leader that could not renew for this long stops acting (must be < lease duration).
-    #[arg(long, env = "RENEW_DEADLINE_SECONDS", default_value_t = 10)]
-    pub renew_deadline_seconds: u64,
-    /// How often the lease is renewed or tried.
-    #[arg(long, env = "RETRY_PERIOD_SECONDS", default_value_t = 2)]
-    pub retry_period_seconds: u64,
-    /// How long a claimed execution may keep failing to publish before it is DISPATCH_FAILED.
-    #[arg(long, env = "PUBLISH_GIVE_UP_SECONDS", default_value_t = 300)]
-    pub publish_give_up_seconds: i64,
-    /// Runs per publish in a burst (the next chunk is encoded while one is published). Hidden:
-    /// tuned by the benchmark; tests set it small to exercise many chunks.
-    #[arg(long, hide = true, default_value_t = crate::dispatch::PUBLISH_CHUNK)]
-    pub publish_chunk: usize,
-    /// Status writes per second at most (all jobs together); 0 turns status writing off.
-    #[arg(long, env = "STATUS_QPS", default_value_t = 20)]
-    pub status_qps: u32,
-    /// At most one status write per job per this many seconds (changes in between coalesce).
-    #[arg(long, env = "STATUS_INTERVAL_SECONDS", default_value_t = 1.0)]
-    pub status_interval_seconds: f64,
-    /// Status notices buffered between the dispatcher/tracker and the writer; when full,
-    /// notices are dropped (counted) and the writer re-reads every job.
-    #[arg(long, env = "STATUS_QUEUE_CAPACITY", default_value_t = 10_000)]
-    pub status_queue_capacity: usize,
-    /// Kubernetes Events per second at most (all jobs together); 0 turns Events off.
-    #[arg(long, env = "EVENT_QPS", default_value_t = 5)]
-    pub event_qps: u32,
-    /// At most one Event per job and reason per this many seconds (the rest fold in).
-    #[arg(long, env = "EVENT_INTERVAL_SECONDS", default_value_t = 60)]
-    pub event_interval_seconds: u64,
-    /// How often unfinished executions are looked up in the result backend, in milliseconds.
-    #[arg(long, env = "RESULT_POLL_MS", default_value_t = 1000)]
-    pub result_poll_ms: u64,
-    /// How often executions beyond each job's `historyLimit` are pruned, in seconds.
-    #[arg(long, env = "HISTORY_PRUNE_SECONDS", default_value_t = 60)]
-    pub history_prune_seconds: u64,
-    /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
-    #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
-    pub dispatch_mode: DispatchMode,
-    /// Address of the HTTP server (health, metrics, API).
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: String,
-    /// API authentication: `kubernetes` (bearer token → TokenReview, access → SubjectAccessReview
-    /// on scheduledjobs) or `none` (anyone may read and trigger: local use only).
-    #[arg(long, env = "API_AUTH", value_enum, default_value_t = crate::http::auth::AuthMode::Kubernetes)]
-    pub api_auth: crate::http::auth::AuthMode,
-    /// Audiences API tokens must be valid for (comma-separated), sent in each TokenReview; e.g.
-    /// `kube-beat`, with clients using projected ServiceAccount tokens for that audience. Default
-    /// none: the apiserver's own audiences (any token the apiserver itself accepts).
-    #[arg(long, env = "API_AUDIENCES", value_delimiter = ',')]
-    pub api_audiences: Vec<String>,
-    /// Apply pending migrations at start (under an advisory lock). Turn off for installs that
-    /// migrate in a separate step (`kube-beat migrate up`).
-    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate: bool,
-    /// Maximum Postgres connections for reconciles, status, result tracking and the API (the
-    /// dispatcher keeps 3 more of its own).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub database_max_connections: u32,
-    /// How long the executions of deleted ScheduledJobs are kept, in hours.
-    #[arg(long, env = "DELETED_JOB_RETENTION_HOURS", default_value_t = 168)]
-    pub deleted_job_retention_hours: u32,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DispatchMode {
-    Live,
-    Shadow,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Set up logging once, for the whole process.

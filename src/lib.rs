@@ -15,6 +15,7 @@ pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod options;
 pub mod reconcile;
 pub mod redact;
 pub mod schedule;

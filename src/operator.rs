@@ -13,9 +13,10 @@ use std::sync::Arc;
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
     celery::Publisher,
-    cli::{DispatchMode, RunArgs},
     dispatch::Dispatcher,
-    leader, reconcile, store,
+    leader,
+    options::{DispatchMode, RunArgs},
+    reconcile, store,
     supervise::supervise,
 };
 
