@@ -151,7 +151,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::operator::run(*args).await
         }
         Command::Trigger { name, namespace } => {
-            let value = crate::operator::trigger(&name, namespace.as_deref()).await?;
+            let value = crate::trigger::trigger(&name, namespace.as_deref()).await?;
             println!(
                 "scheduledjob {name} triggered ({} = {value})",
                 api::TRIGGER_ANNOTATION

@@ -23,3 +23,4 @@ pub mod status;
 pub mod store;
 pub mod supervise;
 pub mod tracker;
+pub mod trigger;

@@ -1,4 +1,5 @@
-//! What to do with one due job: a pure function of (job, now). No clock reads.
+//! What to do with due jobs: [`plan`] for one job, a pure function of (job, now), and
+//! [`plan_batch`] for a claim batch (what its transaction writes). No clock reads, no I/O.
 //!
 //! Every sum of a time and a duration here is checked: a stored row may carry values written
 //! before today's bounds existed, and a panic in the claim loop would take down every leader
@@ -7,7 +8,12 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::{api::ConcurrencyPolicy, schedule::JobSchedule};
+use crate::{
+    api::ConcurrencyPolicy,
+    schedule::{JobSchedule, rfc3339},
+    status::{JobEvent, JobRef, Reason},
+    store::claims::{DueRow, JobAdvance, NewExecution},
+};
 
 /// Slots coalesced in one pass at most (the rest are skipped arithmetically).
 const MAX_COALESCE_STEPS: usize = 100_000;
@@ -102,166 +108,173 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::arithmetic_side_effects)]
-mod tests {
-    use super::*;
-    use crate::api::{IntervalSchedule, Schedule};
+/// What one claim batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClaimStats {
+    pub jobs: usize,
+    pub runs: usize,
+    pub missed: usize,
+    pub skipped: usize,
+    /// Jobs parked because their stored schedule cannot be read.
+    pub unreadable: usize,
+    /// Celery task ids replaced under `concurrencyPolicy: Replace`, to revoke.
+    pub revoked: Vec<String>,
+    /// Jobs whose status changed.
+    pub job_ids: Vec<i64>,
+    /// Runs (or MISSED/SKIPPED slots) already due; the rest were claimed ahead of their time.
+    pub due_now: usize,
+    /// MISSED and SKIPPED slots, and parked jobs, for Events.
+    pub events: Vec<JobEvent>,
+}
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("time")
-            .with_timezone(&Utc)
-    }
+/// What a claim transaction writes for a batch of due jobs, planned without Postgres.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// One row per job: its run, or its MISSED / SKIPPED slot (none for a parked job).
+    pub executions: Vec<NewExecution>,
+    /// How each job moves on (a parked job: no next run).
+    pub advances: Vec<JobAdvance>,
+    /// Jobs under `concurrencyPolicy: Replace` whose unfinished runs this batch's runs replace.
+    pub replace: Vec<i64>,
+    pub stats: ClaimStats,
+}
 
-    fn every(seconds: i64) -> JobSchedule {
-        let s = Schedule {
-            interval: Some(IntervalSchedule {
-                hours: 0,
-                minutes: 0,
-                seconds,
-            }),
-            ..Default::default()
+/// Plan a claim batch: each due row becomes an execution row and a job update. `shadow` records
+/// runs as SHADOW instead of PENDING; `task_id` names each new execution (a random UUID in
+/// production). A row whose stored schedule cannot be read parks its job with an Event rather
+/// than failing the batch (it cannot happen for rows the reconciler wrote).
+pub fn plan_batch(
+    rows: Vec<DueRow>,
+    now: DateTime<Utc>,
+    shadow: bool,
+    mut task_id: impl FnMut() -> String,
+) -> BatchPlan {
+    let mut out = BatchPlan::default();
+    out.stats.jobs = rows.len();
+    for row in rows {
+        let job = JobRef {
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+            uid: row.uid.clone(),
         };
-        JobSchedule::from_spec(&s, None, None, t("2026-01-01T00:00:00Z")).expect("valid")
-    }
-
-    fn job(seconds: i64, slot: &str) -> DueJob {
-        DueJob {
-            uid: "u".into(),
-            schedule: every(seconds),
-            slot: t(slot),
-            starting_deadline_seconds: None,
-            jitter_seconds: 0,
-            policy: ConcurrencyPolicy::Allow,
-            active: false,
-        }
-    }
-
-    #[test]
-    fn on_time_run() {
-        let p = plan(
-            &job(10, "2026-01-01T00:00:10Z"),
-            t("2026-01-01T00:00:10.050Z"),
-        );
-        assert_eq!(p.outcome, Outcome::Run);
-        assert_eq!(
-            (p.slot, p.coalesced, p.trigger()),
-            (t("2026-01-01T00:00:10Z"), 1, "schedule")
-        );
-        assert_eq!(p.next_slot, Some(t("2026-01-01T00:00:20Z")));
-        assert_eq!(p.next_run, p.next_slot);
-    }
-
-    #[test]
-    fn downtime_coalesces_into_one_run() {
-        // Down from 00:00:10 to 00:01:05: six slots due, one run for the latest.
-        let p = plan(&job(10, "2026-01-01T00:00:10Z"), t("2026-01-01T00:01:05Z"));
-        assert_eq!(p.outcome, Outcome::Run);
-        assert_eq!(
-            (p.slot, p.coalesced, p.trigger()),
-            (t("2026-01-01T00:01:00Z"), 6, "catchup")
-        );
-        assert_eq!(p.next_slot, Some(t("2026-01-01T00:01:10Z")));
-    }
-
-    #[test]
-    fn deadline_misses() {
-        let mut j = job(60, "2026-01-01T00:01:00Z");
-        j.starting_deadline_seconds = Some(5);
-        assert_eq!(plan(&j, t("2026-01-01T00:01:04Z")).outcome, Outcome::Run);
-        let p = plan(&j, t("2026-01-01T00:01:06Z"));
-        assert_eq!(p.outcome, Outcome::Missed);
-        assert_eq!(p.next_slot, Some(t("2026-01-01T00:02:00Z")));
-        // After a long outage the latest slot decides: still within its deadline, it runs.
-        let p = plan(&j, t("2026-01-01T00:10:03Z"));
-        assert_eq!(
-            (p.outcome, p.coalesced, p.slot),
-            (Outcome::Run, 10, t("2026-01-01T00:10:00Z"))
-        );
-    }
-
-    #[test]
-    fn forbid_skips_while_active() {
-        let mut j = job(10, "2026-01-01T00:00:10Z");
-        j.policy = ConcurrencyPolicy::Forbid;
-        j.active = true;
-        assert_eq!(
-            plan(&j, t("2026-01-01T00:00:10Z")).outcome,
-            Outcome::Skipped
-        );
-        j.active = false;
-        assert_eq!(plan(&j, t("2026-01-01T00:00:10Z")).outcome, Outcome::Run);
-        j.policy = ConcurrencyPolicy::Allow;
-        j.active = true;
-        assert_eq!(plan(&j, t("2026-01-01T00:00:10Z")).outcome, Outcome::Run);
-    }
-
-    #[test]
-    fn jitter_delays_the_next_run_only() {
-        let mut j = job(60, "2026-01-01T00:01:00Z");
-        j.jitter_seconds = 30;
-        let p = plan(&j, t("2026-01-01T00:01:40Z"));
-        let next_slot = p.next_slot.expect("next");
-        let delay = p.next_run.expect("run") - next_slot;
-        assert!(
-            delay >= TimeDelta::zero() && delay < TimeDelta::seconds(30),
-            "{delay:?}"
-        );
-        assert_eq!(
-            delay,
-            crate::schedule::jitter("u", next_slot, 30),
-            "deterministic"
-        );
-    }
-
-    #[test]
-    fn extreme_values_plan_without_panicking() {
-        // Values no longer accepted by validation, but possibly in rows stored before it.
-        for deadline in [i64::MAX, i64::MIN, 0] {
-            let mut j = job(1, "2026-01-01T00:00:10Z");
-            j.starting_deadline_seconds = Some(deadline);
-            let p = plan(&j, t("2026-01-01T00:00:12.500Z"));
-            assert!(p.next_run.is_some(), "deadline {deadline}");
-            let late = deadline == 0 || deadline == i64::MIN;
-            assert_eq!(p.outcome == Outcome::Missed, late, "deadline {deadline}");
-        }
-        // A jitter of i64::MAX seconds: the run lands somewhere (or nowhere), never a panic.
-        let mut j = job(1, "2026-01-01T00:00:10Z");
-        j.jitter_seconds = i64::MAX;
-        j.starting_deadline_seconds = Some(i64::MAX);
-        let p = plan(&j, t("2026-01-01T00:00:12Z"));
-        assert!(p.due_at >= p.slot);
-        // A one-shot slot at the very end of chrono's range, with a day of jitter.
-        let end = DateTime::<Utc>::MAX_UTC;
-        let j = DueJob {
-            jitter_seconds: 86_400,
-            starting_deadline_seconds: Some(i64::MAX),
-            slot: end,
-            ..job(1, "2026-01-01T00:00:10Z")
+        let schedule = match JobSchedule::from_stored(
+            &row.schedule_config,
+            &row.time_zone,
+            row.start_time,
+            row.anchor_time,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                out.stats.unreadable = out.stats.unreadable.saturating_add(1);
+                out.stats.events.push(JobEvent {
+                    job,
+                    reason: Reason::DispatchFailed,
+                    message: format!(
+                        "not scheduled: its stored schedule cannot be read ({e}); re-apply the job"
+                    ),
+                });
+                out.advances.push(JobAdvance {
+                    job_id: row.id,
+                    ..Default::default()
+                });
+                continue;
+            }
         };
-        let p = plan(&j, end);
-        assert_eq!(
-            p.due_at, end,
-            "an overflowing jitter leaves the slot as it is"
-        );
-        assert_eq!(p.next_run, None);
-    }
-
-    #[test]
-    fn one_shot_ends() {
-        let s = Schedule {
-            at: Some("2026-06-01T00:00:00Z".into()),
-            ..Default::default()
-        };
-        let schedule =
-            JobSchedule::from_spec(&s, None, None, t("2026-01-01T00:00:00Z")).expect("valid");
-        let j = DueJob {
+        let due = DueJob {
+            uid: row.uid,
             schedule,
-            ..job(1, "2026-06-01T00:00:00Z")
+            slot: row.next_slot_at.unwrap_or(row.next_run_at),
+            starting_deadline_seconds: row.starting_deadline_seconds,
+            jitter_seconds: row.jitter_seconds,
+            policy: match row.concurrency_policy.as_str() {
+                "Forbid" => ConcurrencyPolicy::Forbid,
+                "Replace" => ConcurrencyPolicy::Replace,
+                _ => ConcurrencyPolicy::Allow,
+            },
+            active: row.active,
         };
-        let p = plan(&j, t("2026-06-01T00:00:00.200Z"));
-        assert_eq!(p.outcome, Outcome::Run);
-        assert_eq!((p.next_slot, p.next_run), (None, None));
+        // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
+        let p = plan(&due, now.max(row.next_run_at));
+        if p.due_at <= now {
+            out.stats.due_now = out.stats.due_now.saturating_add(1);
+        }
+        let run_state = if shadow { "SHADOW" } else { "PENDING" };
+        out.add(row.id, job, &due, &p, run_state, task_id());
+    }
+    out
+}
+
+impl BatchPlan {
+    /// Record one planned job; `run_state` is what a run is recorded as (PENDING or SHADOW).
+    fn add(
+        &mut self,
+        job_id: i64,
+        job: JobRef,
+        due: &DueJob,
+        p: &Plan,
+        run_state: &'static str,
+        task_id: String,
+    ) {
+        let stats = &mut self.stats;
+        stats.job_ids.push(job_id);
+        let (state, runs, missed, skipped) = match p.outcome {
+            Outcome::Run => (run_state, 1, p.coalesced.saturating_sub(1), 0),
+            Outcome::Missed => ("MISSED", 0, p.coalesced, 0),
+            Outcome::Skipped => ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1),
+        };
+        match p.outcome {
+            Outcome::Missed => stats.events.push(JobEvent {
+                job,
+                reason: Reason::Missed,
+                message: format!(
+                    "run {} not dispatched: later than startingDeadlineSeconds ({} slot(s))",
+                    rfc3339(p.slot),
+                    p.coalesced
+                ),
+            }),
+            Outcome::Skipped => stats.events.push(JobEvent {
+                job,
+                reason: Reason::Skipped,
+                message: format!(
+                    "run {} skipped: the previous run is unfinished (concurrencyPolicy: Forbid)",
+                    rfc3339(p.slot)
+                ),
+            }),
+            Outcome::Run if due.active && due.policy == ConcurrencyPolicy::Replace => {
+                self.replace.push(job_id)
+            }
+            Outcome::Run => {}
+        }
+        stats.runs = stats.runs.saturating_add(usize::from(runs == 1));
+        stats.missed = stats
+            .missed
+            .saturating_add(usize::try_from(missed).unwrap_or(0));
+        stats.skipped = stats
+            .skipped
+            .saturating_add(usize::try_from(skipped).unwrap_or(0));
+        self.executions.push(NewExecution {
+            job_id,
+            slot_key: rfc3339(p.slot),
+            task_id,
+            scheduled_for: p.slot,
+            trigger: p.trigger().to_string(),
+            state,
+            coalesced: i32::try_from(p.coalesced).unwrap_or(i32::MAX),
+            publish_after: p.due_at,
+        });
+        self.advances.push(JobAdvance {
+            job_id,
+            next_run: p.next_run,
+            next_slot: p.next_slot,
+            last_run: Some(p.slot),
+            runs,
+            missed,
+            skipped,
+            claimed_until: Some(p.due_at),
+        });
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

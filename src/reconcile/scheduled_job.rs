@@ -210,7 +210,7 @@ async fn manual_trigger(
     let Some(epoch) = ctx.epoch() else {
         return Ok(None);
     };
-    match crate::dispatch::claim::claim_manual(&ctx.pool, epoch, uid, value, Utc::now(), ctx.shadow)
+    match crate::store::claims::claim_manual(&ctx.pool, epoch, uid, value, Utc::now(), ctx.shadow)
         .await
     {
         Ok(claimed) => {
@@ -234,8 +234,8 @@ async fn manual_trigger(
             }
             Ok(Some(value.to_string()))
         }
-        Err(crate::dispatch::claim::ClaimError::Fenced { .. }) => Ok(None),
-        Err(crate::dispatch::claim::ClaimError::Db(e)) => {
+        Err(crate::store::claims::ClaimError::Fenced { .. }) => Ok(None),
+        Err(crate::store::claims::ClaimError::Db(e)) => {
             Err(Error::Store(store::StoreError::Query(e)))
         }
     }

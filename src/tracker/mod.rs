@@ -18,9 +18,9 @@ use backend::Backend;
 use decode::{State, Tracked, Transition};
 
 use crate::{
-    dispatch::claim::{ClaimError, check_epoch},
     leader::Role,
     status::{Feed, JobEvent, JobRef, Reason},
+    store::claims::{ClaimError, check_epoch},
 };
 
 /// Executions read per batch.

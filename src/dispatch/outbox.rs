@@ -1,0 +1,255 @@
+//! The outbox in memory: PENDING runs read from Postgres and held until they are due, the
+//! earliest read and encoded ahead (see `publisher`).
+
+use chrono::{DateTime, Utc};
+
+use super::encode::Encoder;
+use crate::{celery::Prepared, store::outbox::OutboxRow};
+
+/// A run held for its time: its row or message once read (the earliest chunks), else only
+/// its id and time.
+pub(super) struct HeldRun {
+    pub(super) id: i64,
+    pub(super) due: DateTime<Utc>,
+    pub(super) loaded: Option<Box<Loaded>>,
+}
+
+/// A run once read: its row until it is encoded, then only its message.
+pub(super) enum Loaded {
+    /// Boxed: a row is ~380 bytes inline, and a run's box keeps the size of the largest
+    /// variant once it is encoded (~100 bytes).
+    Row(Box<OutboxRow>),
+    Encoded {
+        id: i64,
+        due: DateTime<Utc>,
+        message: Prepared,
+    },
+}
+
+/// Runs read from the outbox, held until they are due, earliest first.
+pub(super) struct Held {
+    runs: std::collections::VecDeque<HeldRun>,
+    /// The highest execution id read so far: later reads ask only for newer ones.
+    max_id: i64,
+    /// Ids held, so a run read again is not held (and published) twice.
+    ids: std::collections::HashSet<i64>,
+}
+
+impl Held {
+    pub(super) fn new(batch: Vec<(i64, DateTime<Utc>)>) -> Self {
+        let mut held = Held {
+            runs: std::collections::VecDeque::new(),
+            max_id: 0,
+            ids: std::collections::HashSet::new(),
+        };
+        held.add(batch);
+        held
+    }
+
+    /// Merge newly read runs (they may be due before some held ones).
+    pub(super) fn add(&mut self, batch: Vec<(i64, DateTime<Utc>)>) {
+        for (id, due) in batch {
+            self.max_id = self.max_id.max(id);
+            if !self.ids.insert(id) {
+                continue;
+            }
+            self.runs.push_back(HeldRun {
+                id,
+                due,
+                loaded: None,
+            });
+        }
+        self.runs.make_contiguous().sort_by_key(|r| (r.due, r.id));
+    }
+
+    /// The ids among the first `n` runs whose rows are not read yet.
+    pub(super) fn unloaded(&self, n: usize) -> Vec<i64> {
+        self.runs
+            .iter()
+            .take(n)
+            .filter(|r| r.loaded.is_none())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Attach the rows read for `asked`; an asked run that did not come back is no longer
+    /// PENDING and is let go.
+    pub(super) fn attach(&mut self, asked: &[i64], rows: Vec<OutboxRow>) {
+        let mut rows: std::collections::HashMap<i64, OutboxRow> =
+            rows.into_iter().map(|p| (p.id, p)).collect();
+        let gone: std::collections::HashSet<i64> = asked
+            .iter()
+            .filter(|id| !rows.contains_key(id))
+            .copied()
+            .collect();
+        for r in self.runs.iter_mut() {
+            if let Some(p) = rows.remove(&r.id) {
+                r.loaded = Some(Box::new(Loaded::Row(Box::new(p))));
+            }
+        }
+        if !gone.is_empty() {
+            self.runs.retain(|r| !gone.contains(&r.id));
+            self.ids.retain(|id| !gone.contains(id));
+        }
+    }
+
+    /// Encode the first `n` runs that are read and not encoded yet: a burst's first chunks then
+    /// go out as soon as they are due. Only the first `n`, since an envelope is ~1 KB.
+    pub(super) fn encode_ahead(&mut self, n: usize, encoder: &Encoder) {
+        for r in self.runs.iter_mut().take(n) {
+            if !matches!(r.loaded.as_deref(), Some(Loaded::Row(_))) {
+                continue;
+            }
+            if let Some(loaded) = r.loaded.take()
+                && let Loaded::Row(p) = *loaded
+            {
+                r.loaded = Some(Box::new(Loaded::Encoded {
+                    id: r.id,
+                    due: r.due,
+                    message: encoder.encode(*p),
+                }));
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub(super) fn max_id(&self) -> i64 {
+        self.max_id
+    }
+
+    pub(super) fn first_due(&self) -> Option<chrono::DateTime<Utc>> {
+        self.runs.front().map(|r| r.due)
+    }
+
+    /// Remove and return the runs due by `now`.
+    pub(super) fn take_due(&mut self, now: chrono::DateTime<Utc>) -> Vec<HeldRun> {
+        let n = self.runs.partition_point(|r| r.due <= now);
+        let due: Vec<_> = self.runs.drain(..n).collect();
+        for r in &due {
+            self.ids.remove(&r.id);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{
+        RunAt,
+        encode::{
+            ChunkEncoder,
+            tests::{encoder, run},
+        },
+    };
+    use chrono::TimeDelta;
+
+    fn ids(due: &[HeldRun]) -> Vec<i64> {
+        due.iter().map(|r| r.id).collect()
+    }
+
+    fn ids_of(sent: &[RunAt]) -> Vec<i64> {
+        sent.iter().map(|(id, _)| *id).collect()
+    }
+
+    fn times(runs: &[OutboxRow]) -> Vec<(i64, DateTime<Utc>)> {
+        runs.iter().map(|p| (p.id, p.due)).collect()
+    }
+
+    #[test]
+    fn held_runs_come_out_by_time_once_each() {
+        let t0 = Utc::now();
+        let s = TimeDelta::seconds;
+        let mut held = Held::new(times(&[run(1, t0 + s(2)), run(2, t0 + s(4))]));
+        assert_eq!(held.max_id(), 2);
+        // A newer claim due sooner, a late-committed lower id due now, and a run already held.
+        held.add(times(&[run(5, t0 + s(1)), run(0, t0), run(2, t0 + s(4))]));
+        assert_eq!(held.len(), 4, "the run read twice is held once");
+        assert_eq!(held.max_id(), 5);
+        assert_eq!(held.first_due(), Some(t0));
+        assert_eq!(ids(&held.take_due(t0 + s(1))), vec![0, 5]);
+        assert!(held.take_due(t0 + s(1)).is_empty(), "nothing twice");
+        assert_eq!(ids(&held.take_due(t0 + s(3))), vec![1]);
+        // Only what is held counts (a published run is no longer PENDING, so never read again).
+        held.add(times(&[run(1, t0 + s(2))]));
+        assert_eq!(ids(&held.take_due(t0 + s(10))), vec![1, 2]);
+        assert_eq!(held.first_due(), None);
+    }
+
+    #[test]
+    fn only_the_earliest_held_runs_are_encoded_ahead_and_the_rest_when_published() {
+        let t0 = Utc::now();
+        let s = TimeDelta::seconds;
+        let rows: Vec<OutboxRow> = (1..=5).map(|i| run(i, t0 + s(i))).collect();
+        let mut held = Held::new(times(&rows));
+        // Read ahead: the rows of the first two (only those are asked for), run 2 no longer
+        // PENDING (it did not come back), so it is let go.
+        assert_eq!(held.unloaded(2), [1, 2]);
+        held.attach(&[1, 2], vec![rows[0].clone()]);
+        assert_eq!(held.len(), 4);
+        assert_eq!(held.unloaded(2), [3]);
+        held.attach(&[3], vec![rows[2].clone()]);
+        held.encode_ahead(2, &encoder());
+        let state = |held: &Held| -> Vec<(bool, bool)> {
+            held.runs
+                .iter()
+                .map(|r| {
+                    (
+                        r.loaded.is_some(),
+                        r.loaded
+                            .as_ref()
+                            .is_some_and(|l| matches!(**l, Loaded::Encoded { .. })),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            state(&held),
+            [(true, true), (true, true), (false, false), (false, false)]
+        );
+        // A run read later and due sooner is read and encoded next; the rest stay ids.
+        held.add(vec![(9, t0)]);
+        assert_eq!(held.unloaded(4), [9, 4]);
+        held.attach(&[9], vec![run(9, t0)]);
+        held.encode_ahead(2, &encoder());
+        assert_eq!(
+            state(&held),
+            [
+                (true, true),
+                (true, true),
+                (true, true),
+                (false, false),
+                (false, false)
+            ]
+        );
+        let due = held.take_due(t0 + s(10));
+        assert_eq!(ids(&due), [9, 1, 3, 4, 5]);
+        // What a chunk's publish does with them: read the rest (here, as the query would
+        // return them), then encode what is not encoded.
+        let read: Vec<OutboxRow> = due
+            .iter()
+            .filter(|r| r.loaded.is_none())
+            .map(|r| rows[r.id as usize - 1].clone())
+            .collect();
+        let encoder = encoder();
+        let (mut encoding, to_read) = ChunkEncoder::new(&encoder, due);
+        assert_eq!(to_read, [4, 5], "only what was not read ahead");
+        for p in read {
+            encoding.row(p);
+        }
+        let (runs, prepared) = encoding.finish();
+        assert_eq!(runs.len(), 5);
+        assert_eq!(ids_of(&runs), [9, 1, 3, 4, 5], "in time order");
+        for ((run_id, due), m) in runs.iter().zip(&prepared) {
+            let Prepared::Redis { id, envelope, .. } = m else {
+                panic!("encoded for Redis")
+            };
+            assert_eq!(id, &format!("t{run_id}"), "each run keeps its own message");
+            assert!(envelope.contains(&format!("\"kubebeat_job\":\"ns/j{run_id}\"")));
+            assert_eq!(*due, if *run_id == 9 { t0 } else { t0 + s(*run_id) });
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The operator's long-running parts that are not a module of their own: connecting to a
+//! dependency that may start after us, the replica heartbeat, the queue-depth sampler and the
+//! leader's housekeeping.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    celery::Publisher,
+    dispatch::Dispatcher,
+    leader::Role,
+    metrics::METRICS,
+    status::Feed,
+    store,
+    tracker::backend::{Backend, BackendUrl},
+};
+
+/// Queues whose depth is sampled at most: a bounded label set.
+const SAMPLED_QUEUES: i64 = 50;
+
+/// Call `connect` until it succeeds (backing off up to 30 s: a dependency may start after us);
+/// `None` if asked to stop first.
+pub(super) async fn retrying<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    what: &str,
+    connect: impl Fn() -> F,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match connect().await {
+            Ok(v) => return Some(v),
+            Err(e) => warn!(error = %e, retry_in = ?delay, "connecting to {what} failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Connect to the broker (retrying: it may start after us), then dispatch while leader.
+pub(super) async fn run_dispatcher(
+    broker_url: Option<String>,
+    dedupe_window: Duration,
+    ledger: String,
+    dispatcher: impl FnOnce(Option<Publisher>) -> Dispatcher,
+    mut stop: watch::Receiver<bool>,
+) {
+    let publisher = match broker_url {
+        None => None,
+        // Re-publishes happen until an execution is given up: remember sent ids a while longer.
+        Some(url) => match retrying(
+            "the broker",
+            || Publisher::connect(&url, dedupe_window, &ledger),
+            &mut stop,
+        )
+        .await
+        {
+            Some(p) => Some(p),
+            None => return, // stopping
+        },
+    };
+    dispatcher(publisher).run(stop).await;
+}
+
+/// Connect to the result backend (retrying: it may be down at start), then track results.
+pub(super) async fn run_tracker(
+    pool: sqlx::PgPool,
+    url: BackendUrl,
+    role: watch::Receiver<Role>,
+    feed: Feed,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let connect = || Backend::connect(&url);
+    let Some(backend) = retrying("the result backend", connect, &mut stop).await else {
+        return; // stopping
+    };
+    crate::tracker::Tracker {
+        pool,
+        backend,
+        role,
+        feed,
+        poll,
+    }
+    .run(stop)
+    .await;
+}
+
+/// Every 10 s this replica records that it is alive (`scheduler_replicas`, shown by the API and
+/// the dashboard); it removes itself when it stops.
+pub(super) async fn heartbeat(
+    pool: sqlx::PgPool,
+    identity: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) =
+            store::replicas::heartbeat(&pool, &identity, env!("CARGO_PKG_VERSION")).await
+        {
+            debug!(error = %e, "replica heartbeat failed");
+        }
+        if let Err(e) = store::replicas::forget_stale(&pool).await {
+            debug!(error = %e, "forgetting replicas not seen for a day failed");
+        }
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if let Err(e) = store::replicas::remove(&pool, &identity).await {
+                debug!(error = %e, "removing this replica's heartbeat failed");
+            }
+            return;
+        }
+    }
+}
+
+/// Every 15 s, the depth of each Celery queue the jobs use (for `kube_beat_celery_queue_depth`),
+/// over a connection of its own. At most [`SAMPLED_QUEUES`] queues.
+pub(super) async fn sample_queue_depths(
+    pool: sqlx::PgPool,
+    broker_url: Option<String>,
+    ledger: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(url) = broker_url else { return };
+    let Some(publisher) = retrying(
+        "the broker (queue depths)",
+        || Publisher::connect(&url, Duration::from_secs(60), &ledger),
+        &mut stop,
+    )
+    .await
+    else {
+        return;
+    };
+    loop {
+        let queues = match store::queues::job_queues(&pool, SAMPLED_QUEUES).await {
+            Ok(q) => q,
+            Err(e) => {
+                debug!(error = %e, "listing the jobs' queues failed");
+                Vec::new()
+            }
+        };
+        let mut depths = Vec::with_capacity(queues.len());
+        for q in queues {
+            match publisher.queue_depth(&q).await {
+                Ok(d) => depths.push((q, d)),
+                Err(e) => debug!(queue = %q, error = %e, "sampling queue depth failed"),
+            }
+        }
+        *METRICS
+            .sampled
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = depths;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Retention, on the leader only: executions beyond each job's `historyLimit` every
+/// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes.
+pub(super) async fn housekeeping(
+    pool: sqlx::PgPool,
+    retention: chrono::Duration,
+    history_every: Duration,
+    role: watch::Receiver<Role>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let deleted_every = Duration::from_secs(600);
+    let mut last_deleted: Option<Instant> = None;
+    let mut last_history: Option<Instant> = None;
+    loop {
+        let leading = role.borrow().epoch().is_some();
+        if leading && last_deleted.is_none_or(|t| t.elapsed() >= deleted_every) {
+            last_deleted = Some(Instant::now());
+            match store::prune_deleted_jobs(&pool, chrono::Utc::now() - retention, 500).await {
+                Ok(0) => {}
+                Ok(n) => info!(jobs = n, "pruned deleted jobs past retention"),
+                Err(e) => warn!(error = %e, "pruning deleted jobs failed"),
+            }
+        }
+        if leading && last_history.is_none_or(|t| t.elapsed() >= history_every) {
+            last_history = Some(Instant::now());
+            match store::prune_history(&pool, 500).await {
+                Ok(0) => {}
+                Ok(n) => debug!(
+                    executions = n,
+                    "pruned execution history beyond historyLimit"
+                ),
+                Err(e) => warn!(error = %e, "pruning execution history failed"),
+            }
+        }
+        if !leading {
+            last_deleted = None;
+            last_history = None;
+        }
+        let tick = history_every.min(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
