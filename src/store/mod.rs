@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod jobs;
+pub mod leader;
 pub mod migrate;
 pub mod outbox;
 pub mod queues;
