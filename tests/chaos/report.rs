@@ -89,3 +89,65 @@ pub(crate) fn write_report(path: &str, kind: BrokerKind, table: &str, plan: Plan
     };
     std::fs::write(path, text).expect("writing the report");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            scenario: "Broker restarted".to_string(),
+            iterations: 2,
+            recoveries: vec![Duration::from_millis(1500), Duration::from_millis(250)],
+            restarts: 1,
+            notes: vec!["scenario note".to_string()],
+            audit: Tally {
+                runs: 40,
+                duplicates: 1,
+                redelivered: 2,
+                consumer_dropped: 3,
+                coalesced: 4,
+                missed: 5,
+                skipped: 6,
+                dispatch_failed: 7,
+                unexplained: vec!["a".to_string(), "b".to_string()],
+                notes: vec!["audit note".to_string()],
+            },
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn a_row_shows_the_scenario_and_its_tally() {
+        let t = table(BrokerKind::Redis, &[row()]);
+        let line = t.lines().nth(2).unwrap();
+        assert_eq!(
+            line,
+            "| Redis | Broker restarted (scenario note; audit note) | 2 | 40 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 2 | 1.50 s | 1 | 0 |"
+        );
+    }
+
+    #[test]
+    fn the_report_replaces_only_its_brokers_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reliability.md");
+        let old = "intro\n<!-- chaos:Redis -->\nold table\n<!-- /chaos:Redis -->\n\
+                   <!-- chaos:RabbitMQ -->\nrabbit\n<!-- /chaos:RabbitMQ -->\n";
+        std::fs::write(&path, old).unwrap();
+        let plan = Plan {
+            full: false,
+            jobs: 100,
+            kills: 3,
+            outage: Duration::from_secs(8),
+            slow_worker: Duration::from_secs(20),
+        };
+        let path = path.to_str().unwrap();
+        write_report(path, BrokerKind::Redis, "new table\n", plan);
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.starts_with("intro\n<!-- chaos:Redis -->\n_Short run, "));
+        assert!(text.contains("100 jobs, 3 leader deaths, 8 s outages"));
+        assert!(text.contains("new table\n<!-- /chaos:Redis -->"));
+        assert!(!text.contains("old table"));
+        assert!(text.ends_with("<!-- chaos:RabbitMQ -->\nrabbit\n<!-- /chaos:RabbitMQ -->\n"));
+    }
+}
