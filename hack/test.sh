@@ -2,7 +2,7 @@
 # `make test`: install what is missing, start what the tests need, lint, run every test tier,
 # tear down what was started.
 # `hack/test.sh chaos` (`make chaos`): the same set-up, then only the full fault-injection matrix
-# (tests/chaos.rs with KB_CHAOS=full), which rewrites the results table in docs/reliability.md;
+# (tests/chaos/ with KB_CHAOS=full), which rewrites the results table in docs/reliability.md;
 # `hack/test.sh chaos fault_matrix_rabbitmq` runs one broker's matrix.
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
