@@ -2,6 +2,8 @@
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
 pub mod migrate;
+pub mod tracking;
+pub mod views;
 
 use std::time::Duration;
 
