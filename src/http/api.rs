@@ -12,13 +12,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -27,7 +26,10 @@ use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
     api::{ScheduledJob, TRIGGER_ANNOTATION},
     leader::Role,
-    store::{last_run_sql, visible_run_sql},
+    store::{
+        StoreError,
+        views::{self, ExecutionFilter},
+    },
 };
 
 const DEFAULT_PER_PAGE: i64 = 50;
@@ -114,8 +116,8 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> ApiError {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
         tracing::warn!(error = %e, "API query failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -161,12 +163,7 @@ async fn readable(
     if s.auth.allowed(caller, "list", "", "").await? {
         return Ok(None);
     }
-    let candidates: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT namespace FROM scheduled_jobs WHERE deleted_at IS NULL ORDER BY 1 LIMIT $1",
-    )
-    .bind(MAX_NAMESPACES)
-    .fetch_all(&s.pool)
-    .await?;
+    let candidates = views::job_namespaces(&s.pool, MAX_NAMESPACES).await?;
     let (allowed, unchecked) = visible_namespaces(
         candidates,
         MAX_REVIEWS_PER_REQUEST,
@@ -227,68 +224,6 @@ where
     Ok((allowed, unchecked))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct JobRow {
-    id: i64,
-    namespace: String,
-    name: String,
-    task_function: String,
-    task: String,
-    queue: String,
-    job_type: String,
-    schedule: String,
-    time_zone: String,
-    enabled: bool,
-    suspended: bool,
-    valid: bool,
-    invalid_reason: Option<String>,
-    invalid_message: Option<String>,
-    next_run_time: Option<DateTime<Utc>>,
-    last_run_time: Option<DateTime<Utc>>,
-    last_success_time: Option<DateTime<Utc>>,
-    last_status: Option<String>,
-    total_runs: i64,
-    succeeded: i64,
-    failed: i64,
-    missed: i64,
-    skipped: i64,
-    description: Option<String>,
-}
-
-const JOB_COLUMNS: &str = concat!(
-    "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
-    t.name AS job_type, j.schedule_summary AS schedule, j.time_zone, j.enabled, j.suspended, j.valid,
-    j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time, ",
-    last_run_sql!(),
-    " AS last_run_time, j.last_success_at AS last_success_time,
-    (SELECT e.state FROM job_executions e WHERE e.job_id = j.id AND ",
-    visible_run_sql!(),
-    " ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
-    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description"
-);
-
-#[derive(Serialize, sqlx::FromRow)]
-struct ExecutionRow {
-    id: i64,
-    job_id: i64,
-    namespace: String,
-    job_name: String,
-    task_id: String,
-    scheduled_for: DateTime<Utc>,
-    trigger: String,
-    status: String,
-    dispatched_at: Option<DateTime<Utc>>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    error: Option<String>,
-    result: Option<Value>,
-}
-
-const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
-    e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
-    e.error, e.result";
-
 async fn status(
     State(s): State<Arc<ApiState>>,
     creds: Credentials,
@@ -303,42 +238,21 @@ async fn status(
         .and_then(|l| l.spec)
         .and_then(|spec| spec.holder_identity)
         .filter(|h| !h.is_empty());
-    let (total, enabled, suspended, invalid): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE enabled), count(*) FILTER (WHERE suspended),
-                count(*) FILTER (WHERE NOT valid)
-         FROM scheduled_jobs WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
-    )
-    .bind(&namespaces)
-    .fetch_one(&s.pool)
-    .await?;
-    let by_state: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT e.state, count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE e.claimed_at > now() - interval '24 hours'
-           AND ($1::text[] IS NULL OR j.namespace = ANY($1))
-         GROUP BY 1 ORDER BY 1",
-    )
-    .bind(&namespaces)
-    .fetch_all(&s.pool)
-    .await?;
-    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM scheduler_leader WHERE id = 1")
-        .fetch_one(&s.pool)
-        .await?;
+    let counts = views::job_counts(&s.pool, namespaces.as_deref()).await?;
+    let by_state = views::executions_by_state_24h(&s.pool, namespaces.as_deref()).await?;
+    let epoch = views::leader_epoch(&s.pool).await?;
     let is_leader = s.role.borrow().epoch().is_some();
-    let replicas: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT identity, version, started_at, last_seen FROM scheduler_replicas
-         WHERE last_seen > now() - interval '30 seconds' ORDER BY identity LIMIT 100",
-    )
-    .fetch_all(&s.pool)
-    .await?;
-    let replicas: Vec<Value> = replicas
+    let replicas: Vec<Value> = views::live_replicas(&s.pool)
+        .await?
         .into_iter()
-        .map(|(identity, version, started, seen)| {
+        .map(|r| {
+            let is_leader = leader_instance.as_deref() == Some(r.identity.as_str());
             json!({
-                "identity": identity,
-                "version": version,
-                "startedAt": started,
-                "lastSeen": seen,
-                "isLeader": leader_instance.as_deref() == Some(identity.as_str()),
+                "identity": r.identity,
+                "version": r.version,
+                "startedAt": r.started_at,
+                "lastSeen": r.last_seen,
+                "isLeader": is_leader,
             })
         })
         .collect();
@@ -350,7 +264,12 @@ async fn status(
         "epoch": epoch,
         "dispatchMode": s.dispatch_mode,
         "version": env!("CARGO_PKG_VERSION"),
-        "jobs": {"total": total, "enabled": enabled, "suspended": suspended, "invalid": invalid},
+        "jobs": {
+            "total": counts.total,
+            "enabled": counts.enabled,
+            "suspended": counts.suspended,
+            "invalid": counts.invalid,
+        },
         "executionsLast24h": by_state.into_iter().collect::<HashMap<_, _>>(),
     })))
 }
@@ -363,24 +282,14 @@ async fn jobs(
     let caller = s.auth.authenticate(&creds).await?;
     let (page, per_page) = paging(&q)?;
     let namespaces = readable(&s, &caller, q.get("namespace").map(String::as_str)).await?;
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
-         WHERE j.deleted_at IS NULL AND ($1::text[] IS NULL OR j.namespace = ANY($1))
-         ORDER BY j.namespace, j.name LIMIT $2 OFFSET $3"
-    );
-    let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(&namespaces)
-        .bind(per_page)
-        .bind((page - 1) * per_page)
-        .fetch_all(&s.pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM scheduled_jobs
-         WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
+    let rows = views::jobs(
+        &s.pool,
+        namespaces.as_deref(),
+        per_page,
+        (page - 1) * per_page,
     )
-    .bind(&namespaces)
-    .fetch_one(&s.pool)
     .await?;
+    let total = views::count_jobs(&s.pool, namespaces.as_deref()).await?;
     Ok(Json(
         json!({"jobs": rows, "page": page, "per_page": per_page, "total": total}),
     ))
@@ -393,29 +302,14 @@ async fn job(
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.auth.authenticate(&creds).await?;
     s.auth.require(&caller, "get", &namespace, &name).await?;
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
-         WHERE j.deleted_at IS NULL AND j.namespace = $1 AND j.name = $2"
-    );
-    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(&namespace)
-        .bind(&name)
-        .fetch_optional(&s.pool)
-        .await?;
+    let row = views::job(&s.pool, &namespace, &name).await?;
     let row = row.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no scheduledjob {namespace}/{name}"),
         )
     })?;
-    let sql = format!(
-        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE e.job_id = $1 ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 50"
-    );
-    let recent: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(row.id)
-        .fetch_all(&s.pool)
-        .await?;
+    let recent = views::recent_executions(&s.pool, row.id).await?;
     let can_trigger = s.auth.allowed(&caller, "patch", &namespace, &name).await?;
     Ok(Json(
         json!({"job": row, "executions": recent, "canTrigger": can_trigger}),
@@ -461,35 +355,18 @@ async fn executions(
         }
     };
     let namespaces = readable(&s, &caller, q.get("namespace").map(String::as_str)).await?;
-    let filter =
-        "($1::text[] IS NULL OR j.namespace = ANY($1)) AND ($2::bigint IS NULL OR e.job_id = $2)
-                  AND ($3::text IS NULL OR e.state = $3)";
-    let sql = format!(
-        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE {filter} ORDER BY e.id DESC LIMIT $4 OFFSET $5"
-    );
-    let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(&namespaces)
-        .bind(job_id)
-        .bind(&state)
-        .bind(per_page)
-        .bind((page - 1) * per_page)
-        .fetch_all(&s.pool)
-        .await?;
+    let filter = ExecutionFilter {
+        namespaces: namespaces.as_deref(),
+        job_id,
+        state: state.as_deref(),
+    };
+    let rows = views::executions(&s.pool, filter, per_page, (page - 1) * per_page).await?;
     // Counting is bounded too: "more than 10000" is an answer.
-    let sql = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE {filter} LIMIT 10001) c"
-    );
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(&namespaces)
-        .bind(job_id)
-        .bind(&state)
-        .fetch_one(&s.pool)
-        .await?;
+    let total = views::count_executions(&s.pool, filter).await?;
+    let cap = views::EXECUTION_COUNT_CAP;
     Ok(Json(json!({
         "executions": rows, "page": page, "per_page": per_page,
-        "total": total.min(10_000), "total_is_lower_bound": total > 10_000,
+        "total": total.min(cap), "total_is_lower_bound": total > cap,
     })))
 }
 
@@ -499,14 +376,7 @@ async fn job_types(
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.auth.authenticate(&creds).await?;
     readable(&s, &caller, None).await?;
-    let rows: Vec<(i16, String, String)> =
-        sqlx::query_as("SELECT id, name, description FROM scheduler_job_types ORDER BY id")
-            .fetch_all(&s.pool)
-            .await?;
-    let types: Vec<Value> = rows
-        .into_iter()
-        .map(|(id, name, description)| json!({"id": id, "name": name, "description": description}))
-        .collect();
+    let types = views::job_types(&s.pool).await?;
     Ok(Json(json!({"job_types": types})))
 }
 
@@ -521,35 +391,7 @@ async fn task_functions(
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.auth.authenticate(&creds).await?;
     let namespaces = readable(&s, &caller, None).await?;
-    #[derive(Serialize, sqlx::FromRow)]
-    #[serde(rename_all = "camelCase")]
-    struct Tf {
-        name: String,
-        task: String,
-        queue: String,
-        priority: Option<i16>,
-        expires_seconds: Option<i64>,
-        allowed_namespaces: Vec<String>,
-        description: Option<String>,
-        job_count: i64,
-    }
-    let rows: Vec<Tf> = sqlx::query_as(
-        "SELECT f.name, f.task, f.queue, f.priority, f.expires_seconds,
-                CASE WHEN $1::text[] IS NULL THEN f.allowed_namespaces
-                     ELSE ARRAY(SELECT n FROM unnest(f.allowed_namespaces) n WHERE n = ANY($1))
-                END AS allowed_namespaces,
-                f.description,
-                (SELECT count(*) FROM scheduled_jobs j
-                 WHERE j.task_function = f.name AND j.deleted_at IS NULL
-                   AND ($1::text[] IS NULL OR j.namespace = ANY($1))) AS job_count
-         FROM task_functions f
-         WHERE $1::text[] IS NULL OR cardinality(f.allowed_namespaces) = 0
-               OR f.allowed_namespaces && $1
-         ORDER BY f.name LIMIT 1000",
-    )
-    .bind(&namespaces)
-    .fetch_all(&s.pool)
-    .await?;
+    let rows = views::task_functions(&s.pool, namespaces.as_deref()).await?;
     Ok(Json(json!({"task_functions": rows})))
 }
 

@@ -16,7 +16,7 @@ pub enum ClaimError {
 
 /// Lock the leader row for the transaction and check the epoch is ours. A new leader's bump
 /// waits for this transaction, so everything committed here happened before it.
-pub(crate) async fn check_epoch(
+async fn check_epoch(
     tx: &mut Transaction<'_, Postgres>,
     ours: i64,
 ) -> Result<(), ClaimError> {
@@ -28,6 +28,17 @@ pub(crate) async fn check_epoch(
         return Err(ClaimError::Fenced { ours, current });
     }
     Ok(())
+}
+
+/// Begin a transaction as the leader of `epoch` (the fencing row locked for it):
+/// [`ClaimError::Fenced`] if a newer leader exists. For writes only the leader may make.
+pub async fn begin_fenced(
+    pool: &PgPool,
+    epoch: i64,
+) -> Result<Transaction<'static, Postgres>, ClaimError> {
+    let mut tx = pool.begin().await?;
+    check_epoch(&mut tx, epoch).await?;
+    Ok(tx)
 }
 
 /// A due job, as the claim query returns it (the stored schedule still to be read).
@@ -87,8 +98,7 @@ pub struct ClaimTx {
 impl ClaimTx {
     /// Begin a claim as the leader of `epoch`; [`ClaimError::Fenced`] if a newer leader exists.
     pub async fn begin(pool: &PgPool, epoch: i64) -> Result<ClaimTx, ClaimError> {
-        let mut tx = pool.begin().await?;
-        check_epoch(&mut tx, epoch).await?;
+        let tx = begin_fenced(pool, epoch).await?;
         Ok(ClaimTx { tx, epoch })
     }
 

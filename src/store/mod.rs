@@ -10,6 +10,8 @@ pub mod queues;
 pub mod replicas;
 pub mod retention;
 pub mod task_functions;
+pub mod tracking;
+pub mod views;
 
 use std::time::Duration;
 

@@ -10,7 +10,13 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use super::decode::{self, Meta};
-use crate::redact::{self, RedactedUrl};
+use crate::{
+    redact::{self, RedactedUrl},
+    store::{
+        StoreError,
+        tracking::{self, TaskMetaRow},
+    },
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -24,6 +30,8 @@ pub enum BackendError {
     Redis(#[from] redis::RedisError),
     #[error("database result backend: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database result backend: {0}")]
+    Query(#[from] StoreError),
     #[error("redis result backend: unexpected reply: {0}")]
     Reply(String),
 }
@@ -126,148 +134,126 @@ impl Backend {
         }
         match self {
             Backend::None => {}
-            Backend::Redis(conn) => {
-                let mut conn = conn.clone();
-                let keys: Vec<String> = task_ids
-                    .iter()
-                    .map(|id| format!("celery-task-meta-{id}"))
-                    .collect();
-                let first: Vec<(&str, usize)> = keys
-                    .iter()
-                    .map(|k| (k.as_str(), FIRST_READ_BYTES))
-                    .collect();
-                let mut larger = Vec::new();
-                for (i, read) in read_redis(&mut conn, &first).await?.into_iter().enumerate() {
-                    if let Some(len) = keep_redis(&mut found, &task_ids[i], read) {
-                        larger.push((i, len));
-                    }
-                }
-                for group in budget_groups(&larger, READ_BUDGET_BYTES) {
-                    let reads: Vec<(&str, usize)> = group
-                        .iter()
-                        .map(|&(i, len)| (keys[i].as_str(), len))
-                        .collect();
-                    let got = read_redis(&mut conn, &reads).await?;
-                    for (&(i, _), read) in group.iter().zip(got) {
-                        if keep_redis(&mut found, &task_ids[i], read).is_some() {
-                            // Rewritten between the two reads (e.g. STARTED, then SUCCESS): the
-                            // next pass reads it again.
-                            tracing::debug!(task_id = %task_ids[i], "result record changed while read");
-                        }
-                    }
-                }
-            }
-            Backend::Postgres(pool) => {
-                // The result and traceback only when small; the lengths always. A date_done
-                // outside 1970-9999 (or 'infinity') is not read: chrono cannot hold all of
-                // Postgres' range and sqlx would panic decoding it.
-                let rows: Vec<FirstRow> = match sqlx::query_as(
-                    "SELECT task_id, status,
-                            octet_length(result) AS result_bytes,
-                            CASE WHEN octet_length(result) <= $2 THEN result END AS result,
-                            octet_length(traceback) AS traceback_bytes,
-                            CASE WHEN octet_length(traceback) <= $2 THEN traceback END AS traceback,
-                            CASE WHEN date_done >= '1970-01-01' AND date_done < '10000-01-01'
-                                 THEN date_done END AS date_done
-                     FROM celery_taskmeta WHERE task_id = ANY($1)",
-                )
-                .bind(task_ids)
-                .bind(FIRST_READ_BYTES as i32)
-                .fetch_all(pool)
-                .await
-                {
-                    Ok(rows) => rows,
-                    // Celery creates its tables on first use: until then everything is pending.
-                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-                        Vec::new()
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let mut larger = Vec::new();
-                for (task_id, status, result_bytes, result, traceback_bytes, traceback, done) in
-                    rows
-                {
-                    let Some(status) = status else { continue };
-                    let rb = result_bytes.and_then(|n| usize::try_from(n).ok());
-                    let tb = traceback_bytes.and_then(|n| usize::try_from(n).ok());
-                    let result_later =
-                        rb.is_some_and(|n| n > FIRST_READ_BYTES && n <= decode::RECORD_MAX_BYTES);
-                    let traceback_later = tb.is_some_and(|n| n > FIRST_READ_BYTES);
-                    if result_later || traceback_later {
-                        // A traceback is read as its last characters: up to 4 bytes each.
-                        let cost = if result_later { rb.unwrap_or(0) } else { 0 }
-                            + if traceback_later {
-                                4 * TRACEBACK_READ_CHARS
-                            } else {
-                                0
-                            };
-                        larger.push((task_id, rb, cost));
-                        continue;
-                    }
-                    let meta = decode::db_meta(
-                        status,
-                        rb,
-                        result.as_deref(),
-                        traceback.as_deref(),
-                        done.map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
-                    );
-                    found.insert(task_id, meta);
-                }
-                let costs: Vec<(usize, usize)> =
-                    larger.iter().enumerate().map(|(i, l)| (i, l.2)).collect();
-                for group in budget_groups(&costs, READ_BUDGET_BYTES) {
-                    let ids: Vec<&str> = group.iter().map(|&(i, _)| larger[i].0.as_str()).collect();
-                    // Each result no larger than it was in the first read (if it grew, it is
-                    // read on the next pass), so a round trip stays within its budget.
-                    let max: Vec<i32> = group
-                        .iter()
-                        .map(|&(i, _)| {
-                            larger[i]
-                                .1
-                                .filter(|&n| n <= decode::RECORD_MAX_BYTES)
-                                .and_then(|n| i32::try_from(n).ok())
-                                .unwrap_or(0)
-                        })
-                        .collect();
-                    let rows: Vec<FirstRow> = sqlx::query_as(
-                        "SELECT m.task_id, m.status,
-                                octet_length(m.result) AS result_bytes,
-                                CASE WHEN octet_length(m.result) <= w.max_bytes THEN m.result END
-                                    AS result,
-                                octet_length(m.traceback) AS traceback_bytes,
-                                right(m.traceback, $3) AS traceback,
-                                CASE WHEN m.date_done >= '1970-01-01' AND m.date_done < '10000-01-01'
-                                     THEN m.date_done END AS date_done
-                         FROM celery_taskmeta m
-                         JOIN UNNEST($1::text[], $2::int[]) AS w(task_id, max_bytes)
-                           ON m.task_id = w.task_id",
-                    )
-                    .bind(&ids)
-                    .bind(&max)
-                    .bind(TRACEBACK_READ_CHARS as i32)
-                    .fetch_all(pool)
-                    .await?;
-                    for (task_id, status, result_bytes, result, _, traceback, done) in rows {
-                        let Some(status) = status else { continue };
-                        let rb = result_bytes.and_then(|n| usize::try_from(n).ok());
-                        if result.is_none() && rb.is_some_and(|n| n <= decode::RECORD_MAX_BYTES) {
-                            tracing::debug!(task_id = %task_id, "result record changed while read");
-                            continue;
-                        }
-                        let meta = decode::db_meta(
-                            status,
-                            rb,
-                            result.as_deref(),
-                            traceback.as_deref(),
-                            done.map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
-                        );
-                        found.insert(task_id, meta);
-                    }
-                }
-            }
+            Backend::Redis(conn) => fetch_redis(&mut conn.clone(), task_ids, &mut found).await?,
+            Backend::Postgres(pool) => fetch_postgres(pool, task_ids, &mut found).await?,
         }
         Ok(found)
     }
+}
+
+/// [`Backend::fetch`] from Redis: `celery-task-meta-<id>` keys.
+async fn fetch_redis(
+    conn: &mut ConnectionManager,
+    task_ids: &[String],
+    found: &mut HashMap<String, Meta>,
+) -> Result<(), BackendError> {
+    let keys: Vec<String> = task_ids
+        .iter()
+        .map(|id| format!("celery-task-meta-{id}"))
+        .collect();
+    let first: Vec<(&str, usize)> = keys
+        .iter()
+        .map(|k| (k.as_str(), FIRST_READ_BYTES))
+        .collect();
+    let mut larger = Vec::new();
+    for (i, read) in read_redis(conn, &first).await?.into_iter().enumerate() {
+        if let Some(len) = keep_redis(found, &task_ids[i], read) {
+            larger.push((i, len));
+        }
+    }
+    for group in budget_groups(&larger, READ_BUDGET_BYTES) {
+        let reads: Vec<(&str, usize)> = group
+            .iter()
+            .map(|&(i, len)| (keys[i].as_str(), len))
+            .collect();
+        let got = read_redis(conn, &reads).await?;
+        for (&(i, _), read) in group.iter().zip(got) {
+            if keep_redis(found, &task_ids[i], read).is_some() {
+                // Rewritten between the two reads (e.g. STARTED, then SUCCESS): the next pass
+                // reads it again.
+                tracing::debug!(task_id = %task_ids[i], "result record changed while read");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`Backend::fetch`] from Celery's database backend: the result and traceback only when small,
+/// the lengths always; the few larger records in further round trips within the budget.
+async fn fetch_postgres(
+    pool: &PgPool,
+    task_ids: &[String],
+    found: &mut HashMap<String, Meta>,
+) -> Result<(), BackendError> {
+    let rows = tracking::taskmeta_first(pool, task_ids, FIRST_READ_BYTES as i32).await?;
+    // (task id, result length, bytes this record costs to read again)
+    let mut larger: Vec<(String, Option<usize>, usize)> = Vec::new();
+    for row in rows {
+        let rb = byte_len(row.result_bytes);
+        let tb = byte_len(row.traceback_bytes);
+        let result_later =
+            rb.is_some_and(|n| n > FIRST_READ_BYTES && n <= decode::RECORD_MAX_BYTES);
+        let traceback_later = tb.is_some_and(|n| n > FIRST_READ_BYTES);
+        if row.status.is_some() && (result_later || traceback_later) {
+            // A traceback is read as its last characters: up to 4 bytes each.
+            let cost = if result_later { rb.unwrap_or(0) } else { 0 }
+                + if traceback_later {
+                    4 * TRACEBACK_READ_CHARS
+                } else {
+                    0
+                };
+            larger.push((row.task_id, rb, cost));
+            continue;
+        }
+        keep_db(found, row);
+    }
+    let costs: Vec<(usize, usize)> = larger.iter().enumerate().map(|(i, l)| (i, l.2)).collect();
+    for group in budget_groups(&costs, READ_BUDGET_BYTES) {
+        let ids: Vec<&str> = group.iter().map(|&(i, _)| larger[i].0.as_str()).collect();
+        // Each result no larger than it was in the first read (if it grew, it is read on the
+        // next pass), so a round trip stays within its budget.
+        let max: Vec<i32> = group
+            .iter()
+            .map(|&(i, _)| {
+                larger[i]
+                    .1
+                    .filter(|&n| n <= decode::RECORD_MAX_BYTES)
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let rows = tracking::taskmeta_rest(pool, &ids, &max, TRACEBACK_READ_CHARS as i32).await?;
+        for row in rows {
+            let rb = byte_len(row.result_bytes);
+            if row.status.is_some()
+                && row.result.is_none()
+                && rb.is_some_and(|n| n <= decode::RECORD_MAX_BYTES)
+            {
+                tracing::debug!(task_id = %row.task_id, "result record changed while read");
+                continue;
+            }
+            keep_db(found, row);
+        }
+    }
+    Ok(())
+}
+
+fn byte_len(n: Option<i32>) -> Option<usize> {
+    n.and_then(|n| usize::try_from(n).ok())
+}
+
+/// Decode one `celery_taskmeta` row into `found`; a row without a status is no record yet.
+fn keep_db(found: &mut HashMap<String, Meta>, row: TaskMetaRow) {
+    let Some(status) = row.status else { return };
+    let meta = decode::db_meta(
+        status,
+        byte_len(row.result_bytes),
+        row.result.as_deref(),
+        row.traceback.as_deref(),
+        row.date_done
+            .map(|d| DateTime::<Utc>::from_naive_utc_and_offset(d, Utc)),
+    );
+    found.insert(row.task_id, meta);
 }
 
 /// Bytes of each Redis meta (and of each database result and traceback) read in a batch's
@@ -280,18 +266,6 @@ pub const READ_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// A long database traceback is read as its last this-many characters (its end names the
 /// error; one more than is kept, so the stored text says it was cut).
 const TRACEBACK_READ_CHARS: usize = decode::TRACEBACK_MAX_BYTES + 1;
-
-/// A `celery_taskmeta` row: task_id, status, result length, result (if read), traceback length,
-/// traceback (if read), date_done (naive UTC in this table).
-type FirstRow = (
-    String,
-    Option<String>,
-    Option<i32>,
-    Option<Vec<u8>>,
-    Option<i32>,
-    Option<String>,
-    Option<chrono::NaiveDateTime>,
-);
 
 /// For each `(key, n)`: its STRLEN and GETRANGE 0 n-1, in one transaction (so the length and the
 /// bytes are of the same value) and one round trip. A key that cannot be read (not a string)

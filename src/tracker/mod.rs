@@ -9,7 +9,7 @@ pub mod pickle;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -20,27 +20,15 @@ use decode::{State, Tracked, Transition};
 use crate::{
     leader::Role,
     status::{Feed, JobEvent, JobRef, Reason},
-    store::claims::{ClaimError, check_epoch},
+    store::claims::{ClaimError, begin_fenced},
+    store::{
+        StoreError,
+        tracking::{self, TransitionWrite, Unfinished},
+    },
 };
 
 /// Executions read per batch.
 const BATCH: i64 = 1000;
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct Unfinished {
-    id: i64,
-    job_id: i64,
-    task_id: String,
-    state: String,
-    since: DateTime<Utc>,
-    execution_timeout_seconds: i64,
-    namespace: String,
-    name: String,
-    uid: String,
-    task_name: String,
-    scheduled_for: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-}
 
 pub struct Tracker {
     pub pool: PgPool,
@@ -91,19 +79,7 @@ impl Tracker {
         let mut after = 0i64;
         let mut updated = 0;
         loop {
-            let batch: Vec<Unfinished> = sqlx::query_as(
-                "SELECT e.id, e.job_id, e.task_id, e.state,
-                        COALESCE(e.dispatched_at, e.claimed_at) AS since,
-                        j.execution_timeout_seconds, j.namespace, j.name, j.uid, j.task_name,
-                        e.scheduled_for, e.started_at
-                 FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-                 WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
-                 ORDER BY e.id LIMIT $2",
-            )
-            .bind(after)
-            .bind(BATCH)
-            .fetch_all(&self.pool)
-            .await?;
+            let batch = tracking::unfinished_after(&self.pool, after, BATCH).await?;
             let Some(last) = batch.last() else {
                 return Ok(updated);
             };
@@ -197,6 +173,8 @@ pub enum TrackError {
     #[error("Postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
     Claim(#[from] ClaimError),
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
@@ -210,66 +188,24 @@ async fn apply(
     epoch: i64,
     changes: &[(&Unfinished, Transition)],
 ) -> Result<Vec<i64>, TrackError> {
-    let mut ids = Vec::with_capacity(changes.len());
-    let mut old = Vec::with_capacity(changes.len());
-    let mut state = Vec::with_capacity(changes.len());
-    let mut started = Vec::with_capacity(changes.len());
-    let mut finished = Vec::with_capacity(changes.len());
-    let mut result = Vec::with_capacity(changes.len());
-    let mut error = Vec::with_capacity(changes.len());
-    let mut traceback = Vec::with_capacity(changes.len());
-    for (u, tr) in changes {
-        ids.push(u.id);
-        old.push(u.state.clone());
-        state.push(tr.state.as_str().to_string());
-        started.push(tr.started_at);
-        finished.push(tr.finished_at);
-        let row = decode::stored(tr);
-        result.push(row.result);
-        error.push(row.error);
-        traceback.push(row.traceback);
-    }
-    let mut tx = pool.begin().await?;
-    check_epoch(&mut tx, epoch).await?;
-    let changed: Vec<i64> = sqlx::query_scalar(
-        "WITH u AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
-                                  $5::timestamptz[], $6::text[], $7::text[], $8::text[])
-                 AS u(id, old_state, state, started_at, finished_at, result, error, traceback)
-         ), changed AS (
-             UPDATE job_executions e SET
-                 state = u.state,
-                 started_at = COALESCE(e.started_at, u.started_at),
-                 finished_at = COALESCE(u.finished_at, e.finished_at),
-                 result = COALESCE(u.result::jsonb, e.result),
-                 error = COALESCE(u.error, e.error),
-                 traceback = COALESCE(u.traceback, e.traceback)
-             FROM u WHERE e.id = u.id AND e.state = u.old_state
-             RETURNING e.id, e.job_id, e.state, e.scheduled_for
-         ), counted AS (
-             UPDATE scheduled_jobs j SET
-                 succeeded = j.succeeded + c.ok,
-                 failed = j.failed + c.bad,
-                 last_success_at = GREATEST(j.last_success_at, c.last_ok)
-             FROM (SELECT job_id,
-                          count(*) FILTER (WHERE state = 'SUCCESS') AS ok,
-                          count(*) FILTER (WHERE state IN ('FAILURE', 'LOST', 'REVOKED')) AS bad,
-                          max(scheduled_for) FILTER (WHERE state = 'SUCCESS') AS last_ok
-                   FROM changed GROUP BY job_id) c
-             WHERE j.id = c.job_id
-         )
-         SELECT id FROM changed",
-    )
-    .bind(&ids)
-    .bind(&old)
-    .bind(&state)
-    .bind(&started)
-    .bind(&finished)
-    .bind(&result)
-    .bind(&error)
-    .bind(&traceback)
-    .fetch_all(&mut *tx)
-    .await?;
+    let writes: Vec<TransitionWrite> = changes
+        .iter()
+        .map(|(u, tr)| {
+            let row = decode::stored(tr);
+            TransitionWrite {
+                id: u.id,
+                old_state: u.state.clone(),
+                state: tr.state.as_str().to_string(),
+                started_at: tr.started_at,
+                finished_at: tr.finished_at,
+                result: row.result,
+                error: row.error,
+                traceback: row.traceback,
+            }
+        })
+        .collect();
+    let mut tx = begin_fenced(pool, epoch).await?;
+    let changed = tracking::record_transitions(&mut tx, &writes).await?;
     tx.commit().await?;
     Ok(changed)
 }

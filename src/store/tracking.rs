@@ -1,0 +1,202 @@
+//! The result tracker's queries: the unfinished executions it follows, the transitions it
+//! writes, and its reads of Celery's database result backend (`celery_taskmeta`, in whatever
+//! Postgres Celery writes to; the pool passed is that database's).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::StoreError;
+
+/// An execution the tracker follows (DISPATCHED, STARTED or RETRY), with its job.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unfinished {
+    pub id: i64,
+    pub job_id: i64,
+    pub task_id: String,
+    pub state: String,
+    /// When it was published (or claimed, if never marked dispatched).
+    pub since: DateTime<Utc>,
+    pub execution_timeout_seconds: i64,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub task_name: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page).
+pub async fn unfinished_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Unfinished>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT e.id, e.job_id, e.task_id, e.state,
+                COALESCE(e.dispatched_at, e.claimed_at) AS since,
+                j.execution_timeout_seconds, j.namespace, j.name, j.uid, j.task_name,
+                e.scheduled_for, e.started_at
+         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
+         ORDER BY e.id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One execution's change as written: its new state and times, and the text columns already
+/// made safe for Postgres (see `tracker::decode::stored`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionWrite {
+    pub id: i64,
+    /// The state it was read in: the write applies only if it is still in it.
+    pub old_state: String,
+    pub state: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+}
+
+/// Write `writes` in one statement, each only if its row is still in `old_state` (a Replace
+/// revocation may have ended it meanwhile), and count final outcomes (SUCCESS; FAILURE, LOST,
+/// REVOKED) and the latest success on their jobs. Run inside the caller's transaction, after
+/// its fencing check. Returns the execution ids changed.
+pub async fn record_transitions(
+    conn: &mut PgConnection,
+    writes: &[TransitionWrite],
+) -> Result<Vec<i64>, StoreError> {
+    let n = writes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut old = Vec::with_capacity(n);
+    let mut state = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut result = Vec::with_capacity(n);
+    let mut error = Vec::with_capacity(n);
+    let mut traceback = Vec::with_capacity(n);
+    for w in writes {
+        ids.push(w.id);
+        old.push(w.old_state.as_str());
+        state.push(w.state.as_str());
+        started.push(w.started_at);
+        finished.push(w.finished_at);
+        result.push(w.result.as_deref());
+        error.push(w.error.as_deref());
+        traceback.push(w.traceback.as_deref());
+    }
+    Ok(sqlx::query_scalar(
+        "WITH u AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
+                                  $5::timestamptz[], $6::text[], $7::text[], $8::text[])
+                 AS u(id, old_state, state, started_at, finished_at, result, error, traceback)
+         ), changed AS (
+             UPDATE job_executions e SET
+                 state = u.state,
+                 started_at = COALESCE(e.started_at, u.started_at),
+                 finished_at = COALESCE(u.finished_at, e.finished_at),
+                 result = COALESCE(u.result::jsonb, e.result),
+                 error = COALESCE(u.error, e.error),
+                 traceback = COALESCE(u.traceback, e.traceback)
+             FROM u WHERE e.id = u.id AND e.state = u.old_state
+             RETURNING e.id, e.job_id, e.state, e.scheduled_for
+         ), counted AS (
+             UPDATE scheduled_jobs j SET
+                 succeeded = j.succeeded + c.ok,
+                 failed = j.failed + c.bad,
+                 last_success_at = GREATEST(j.last_success_at, c.last_ok)
+             FROM (SELECT job_id,
+                          count(*) FILTER (WHERE state = 'SUCCESS') AS ok,
+                          count(*) FILTER (WHERE state IN ('FAILURE', 'LOST', 'REVOKED')) AS bad,
+                          max(scheduled_for) FILTER (WHERE state = 'SUCCESS') AS last_ok
+                   FROM changed GROUP BY job_id) c
+             WHERE j.id = c.job_id
+         )
+         SELECT id FROM changed",
+    )
+    .bind(&ids)
+    .bind(&old)
+    .bind(&state)
+    .bind(&started)
+    .bind(&finished)
+    .bind(&result)
+    .bind(&error)
+    .bind(&traceback)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A `celery_taskmeta` row as the tracker reads it: the lengths always, the values only when
+/// they were within what was asked for.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TaskMetaRow {
+    pub task_id: String,
+    pub status: Option<String>,
+    pub result_bytes: Option<i32>,
+    pub result: Option<Vec<u8>>,
+    pub traceback_bytes: Option<i32>,
+    pub traceback: Option<String>,
+    /// Naive UTC in this table; `None` outside 1970-9999 (or 'infinity'): chrono cannot hold
+    /// all of Postgres' range and sqlx would panic decoding it.
+    pub date_done: Option<NaiveDateTime>,
+}
+
+/// The records of `task_ids`, each result and traceback only when at most `max_bytes` long.
+/// Celery creates its tables on first use: until then there are no records (an empty list).
+pub async fn taskmeta_first(
+    pool: &PgPool,
+    task_ids: &[String],
+    max_bytes: i32,
+) -> Result<Vec<TaskMetaRow>, StoreError> {
+    let read = sqlx::query_as(
+        "SELECT task_id, status,
+                octet_length(result) AS result_bytes,
+                CASE WHEN octet_length(result) <= $2 THEN result END AS result,
+                octet_length(traceback) AS traceback_bytes,
+                CASE WHEN octet_length(traceback) <= $2 THEN traceback END AS traceback,
+                CASE WHEN date_done >= '1970-01-01' AND date_done < '10000-01-01'
+                     THEN date_done END AS date_done
+         FROM celery_taskmeta WHERE task_id = ANY($1)",
+    )
+    .bind(task_ids)
+    .bind(max_bytes)
+    .fetch_all(pool)
+    .await;
+    match read {
+        Ok(rows) => Ok(rows),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The records of `task_ids` again, each result only when at most its `max_bytes` (same order)
+/// long and each traceback as its last `traceback_chars` characters.
+pub async fn taskmeta_rest(
+    pool: &PgPool,
+    task_ids: &[&str],
+    max_bytes: &[i32],
+    traceback_chars: i32,
+) -> Result<Vec<TaskMetaRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT m.task_id, m.status,
+                octet_length(m.result) AS result_bytes,
+                CASE WHEN octet_length(m.result) <= w.max_bytes THEN m.result END
+                    AS result,
+                octet_length(m.traceback) AS traceback_bytes,
+                right(m.traceback, $3) AS traceback,
+                CASE WHEN m.date_done >= '1970-01-01' AND m.date_done < '10000-01-01'
+                     THEN m.date_done END AS date_done
+         FROM celery_taskmeta m
+         JOIN UNNEST($1::text[], $2::int[]) AS w(task_id, max_bytes)
+           ON m.task_id = w.task_id",
+    )
+    .bind(task_ids)
+    .bind(max_bytes)
+    .bind(traceback_chars)
+    .fetch_all(pool)
+    .await?)
+}

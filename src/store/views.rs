@@ -1,0 +1,327 @@
+//! The management API's reads (`/api/v1/...`): every query behind it, each returning typed rows
+//! that serialize as the API's JSON. `namespaces` is `None` for a caller who may read every
+//! namespace, else the namespaces it may read (an empty list reads none). Every list is bounded.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::{StoreError, last_run_sql, visible_run_sql};
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub task_function: String,
+    pub task: String,
+    pub queue: String,
+    pub job_type: String,
+    pub schedule: String,
+    pub time_zone: String,
+    pub enabled: bool,
+    pub suspended: bool,
+    pub valid: bool,
+    pub invalid_reason: Option<String>,
+    pub invalid_message: Option<String>,
+    pub next_run_time: Option<DateTime<Utc>>,
+    pub last_run_time: Option<DateTime<Utc>>,
+    pub last_success_time: Option<DateTime<Utc>>,
+    pub last_status: Option<String>,
+    pub total_runs: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub missed: i64,
+    pub skipped: i64,
+    pub description: Option<String>,
+}
+
+const JOB_COLUMNS: &str = concat!(
+    "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
+    t.name AS job_type, j.schedule_summary AS schedule, j.time_zone, j.enabled, j.suspended, j.valid,
+    j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time, ",
+    last_run_sql!(),
+    " AS last_run_time, j.last_success_at AS last_success_time,
+    (SELECT e.state FROM job_executions e WHERE e.job_id = j.id AND ",
+    visible_run_sql!(),
+    " ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
+    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description"
+);
+
+/// An execution as the API shows it (snake_case, as the migration plan's commands read it).
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ExecutionView {
+    pub id: i64,
+    pub job_id: i64,
+    pub namespace: String,
+    pub job_name: String,
+    pub task_id: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: String,
+    pub status: String,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub result: Option<Value>,
+}
+
+const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
+    e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
+    e.error, e.result";
+
+/// The filter of [`executions`] and [`count_executions`]: $1 namespaces, $2 job id, $3 state.
+const EXECUTION_FILTER: &str =
+    "($1::text[] IS NULL OR j.namespace = ANY($1)) AND ($2::bigint IS NULL OR e.job_id = $2)
+                  AND ($3::text IS NULL OR e.state = $3)";
+
+/// The namespaces that have live jobs, in order, at most `limit` of them.
+pub async fn job_namespaces(pool: &PgPool, limit: i64) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT namespace FROM scheduled_jobs WHERE deleted_at IS NULL ORDER BY 1 LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Live jobs in `namespaces`: how many, enabled, suspended and invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct JobCounts {
+    pub total: i64,
+    pub enabled: i64,
+    pub suspended: i64,
+    pub invalid: i64,
+}
+
+pub async fn job_counts(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+) -> Result<JobCounts, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled,
+                count(*) FILTER (WHERE suspended) AS suspended,
+                count(*) FILTER (WHERE NOT valid) AS invalid
+         FROM scheduled_jobs WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
+    )
+    .bind(namespaces)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Executions claimed in the last 24 hours in `namespaces`, counted by state (in state order).
+pub async fn executions_by_state_24h(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT e.state, count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.claimed_at > now() - interval '24 hours'
+           AND ($1::text[] IS NULL OR j.namespace = ANY($1))
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(namespaces)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The fencing epoch: how many times leadership was taken.
+pub async fn leader_epoch(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT epoch FROM scheduler_leader WHERE id = 1")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// A replica that reported itself in the last 30 seconds.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReplicaView {
+    pub identity: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The live replicas (seen in the last 30 seconds), by identity, at most 100.
+pub async fn live_replicas(pool: &PgPool) -> Result<Vec<ReplicaView>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT identity, version, started_at, last_seen FROM scheduler_replicas
+         WHERE last_seen > now() - interval '30 seconds' ORDER BY identity LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One page of live jobs in `namespaces`, by namespace and name.
+pub async fn jobs(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<JobView>, StoreError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
+         WHERE j.deleted_at IS NULL AND ($1::text[] IS NULL OR j.namespace = ANY($1))
+         ORDER BY j.namespace, j.name LIMIT $2 OFFSET $3"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(namespaces)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// How many live jobs `namespaces` hold.
+pub async fn count_jobs(pool: &PgPool, namespaces: Option<&[String]>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM scheduled_jobs
+         WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
+    )
+    .bind(namespaces)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The live job `namespace/name`, if there is one.
+pub async fn job(
+    pool: &PgPool,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<JobView>, StoreError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
+         WHERE j.deleted_at IS NULL AND j.namespace = $1 AND j.name = $2"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A job's 50 latest executions, latest slot first.
+pub async fn recent_executions(
+    pool: &PgPool,
+    job_id: i64,
+) -> Result<Vec<ExecutionView>, StoreError> {
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE e.job_id = $1 ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 50"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Which executions to list: each `None` does not narrow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecutionFilter<'a> {
+    pub namespaces: Option<&'a [String]>,
+    pub job_id: Option<i64>,
+    pub state: Option<&'a str>,
+}
+
+/// One page of the executions `filter` selects, newest first.
+pub async fn executions(
+    pool: &PgPool,
+    filter: ExecutionFilter<'_>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<ExecutionView>, StoreError> {
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS} FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE {EXECUTION_FILTER} ORDER BY e.id DESC LIMIT $4 OFFSET $5"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(filter.namespaces)
+        .bind(filter.job_id)
+        .bind(filter.state)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Counting executions stops past this many: "more than 10000" is an answer.
+pub const EXECUTION_COUNT_CAP: i64 = 10_000;
+
+/// How many executions `filter` selects, counted up to [`EXECUTION_COUNT_CAP`] + 1 (so the
+/// count stays bounded and says whether there are more).
+pub async fn count_executions(
+    pool: &PgPool,
+    filter: ExecutionFilter<'_>,
+) -> Result<i64, StoreError> {
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE {EXECUTION_FILTER} LIMIT 10001) c"
+    );
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(filter.namespaces)
+        .bind(filter.job_id)
+        .bind(filter.state)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// A job type (interval, crontab, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct JobTypeView {
+    pub id: i16,
+    pub name: String,
+    pub description: String,
+}
+
+/// Every job type, by id.
+pub async fn job_types(pool: &PgPool) -> Result<Vec<JobTypeView>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT id, name, description FROM scheduler_job_types ORDER BY id")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// A TaskFunction as a caller reading `namespaces` sees it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFunctionView {
+    pub name: String,
+    pub task: String,
+    pub queue: String,
+    pub priority: Option<i16>,
+    pub expires_seconds: Option<i64>,
+    pub allowed_namespaces: Vec<String>,
+    pub description: Option<String>,
+    pub job_count: i64,
+}
+
+/// The TaskFunctions usable from `namespaces` (`allowedNamespaces` empty, i.e. every namespace,
+/// or naming one of them), by name, at most 1000: `allowedNamespaces` cut down to `namespaces`
+/// and `jobCount` counting only their live jobs. `None` reads every one as stored.
+pub async fn task_functions(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+) -> Result<Vec<TaskFunctionView>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT f.name, f.task, f.queue, f.priority, f.expires_seconds,
+                CASE WHEN $1::text[] IS NULL THEN f.allowed_namespaces
+                     ELSE ARRAY(SELECT n FROM unnest(f.allowed_namespaces) n WHERE n = ANY($1))
+                END AS allowed_namespaces,
+                f.description,
+                (SELECT count(*) FROM scheduled_jobs j
+                 WHERE j.task_function = f.name AND j.deleted_at IS NULL
+                   AND ($1::text[] IS NULL OR j.namespace = ANY($1))) AS job_count
+         FROM task_functions f
+         WHERE $1::text[] IS NULL OR cardinality(f.allowed_namespaces) = 0
+               OR f.allowed_namespaces && $1
+         ORDER BY f.name LIMIT 1000",
+    )
+    .bind(namespaces)
+    .fetch_all(pool)
+    .await?)
+}
