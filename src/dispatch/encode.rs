@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::{RunAt, outbox::HeldRun, outbox::Loaded};
+use super::RunAt;
 use crate::{
     celery::{Encoding, Prepared, TaskMessage},
     store::outbox::{self, OutboxRow},
@@ -71,19 +71,9 @@ pub(super) struct ChunkEncoder<'a> {
 }
 
 impl<'a> ChunkEncoder<'a> {
-    /// Encode what was read ahead; returns the ids still to read.
-    pub(super) fn new(encoder: &'a Encoder, chunk: Vec<HeldRun>) -> (ChunkEncoder<'a>, Vec<i64>) {
-        let mut to_read = Vec::new();
-        // Sized for what was read ahead, not the whole burst (100,000 slots of ~100 bytes).
-        let mut runs = Vec::with_capacity(chunk.iter().filter(|r| r.loaded.is_some()).count());
-        for r in chunk {
-            match r.loaded.map(|b| *b) {
-                None => to_read.push(r.id),
-                Some(Loaded::Row(p)) => runs.push(((p.id, p.due), encoder.encode(*p))),
-                Some(Loaded::Encoded { id, due, message }) => runs.push(((id, due), message)),
-            }
-        }
-        (ChunkEncoder { encoder, runs }, to_read)
+    /// A chunk starting with the runs read ahead (see `outbox::read_ahead`).
+    pub(super) fn new(encoder: &'a Encoder, runs: Vec<(RunAt, Prepared)>) -> ChunkEncoder<'a> {
+        ChunkEncoder { encoder, runs }
     }
 
     fn empty(encoder: &'a Encoder, size: usize) -> ChunkEncoder<'a> {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::encode::Encoder;
+use super::{RunAt, encode::Encoder};
 use crate::{celery::Prepared, store::outbox::OutboxRow};
 
 /// A run held for its time: its row or message once read (the earliest chunks), else only
@@ -135,6 +135,25 @@ impl Held {
     }
 }
 
+/// Of runs taken out to publish, those read ahead as messages (a row read but not encoded yet
+/// is encoded now), and the ids of the rest, still to read.
+pub(super) fn read_ahead(
+    due: Vec<HeldRun>,
+    encoder: &Encoder,
+) -> (Vec<(RunAt, Prepared)>, Vec<i64>) {
+    let mut to_read = Vec::new();
+    // Sized for what was read ahead, not the whole burst (100,000 slots of ~100 bytes).
+    let mut runs = Vec::with_capacity(due.iter().filter(|r| r.loaded.is_some()).count());
+    for r in due {
+        match r.loaded.map(|b| *b) {
+            None => to_read.push(r.id),
+            Some(Loaded::Row(p)) => runs.push(((p.id, p.due), encoder.encode(*p))),
+            Some(Loaded::Encoded { id, due, message }) => runs.push(((id, due), message)),
+        }
+    }
+    (runs, to_read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +254,8 @@ mod tests {
             .map(|r| rows[r.id as usize - 1].clone())
             .collect();
         let encoder = encoder();
-        let (mut encoding, to_read) = ChunkEncoder::new(&encoder, due);
+        let (ahead, to_read) = read_ahead(due, &encoder);
+        let mut encoding = ChunkEncoder::new(&encoder, ahead);
         assert_eq!(to_read, [4, 5], "only what was not read ahead");
         for p in read {
             encoding.row(p);

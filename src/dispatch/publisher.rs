@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::{
     Dispatcher, MAX_CLAIM_AHEAD, MAX_IDLE, PUBLISH_TIMEOUT, RunAt, Term,
     encode::{ChunkEncoder, Encoder, read_and_encode},
-    outbox::{Held, HeldRun},
+    outbox::{Held, HeldRun, read_ahead},
     recorder::{Recorder, mark_published},
 };
 use crate::{
@@ -250,8 +250,8 @@ impl Publishing<'_> {
     /// The rows come in Postgres's order, not by due time: everything in a burst is due already.
     async fn publish_stream(&mut self, due: Vec<HeldRun>) -> bool {
         let size = self.dispatcher.publish_chunk.max(1);
-        let (ahead, to_read) = ChunkEncoder::new(&self.encoder, due);
-        let (ahead_runs, ahead_prepared) = ahead.finish();
+        let (ahead, to_read) = read_ahead(due, &self.encoder);
+        let (ahead_runs, ahead_prepared) = ChunkEncoder::new(&self.encoder, ahead).finish();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let reader = {
             let (pool, encoder) = (self.dispatcher.pool.clone(), self.encoder.clone());

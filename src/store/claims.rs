@@ -16,10 +16,7 @@ pub enum ClaimError {
 
 /// Lock the leader row for the transaction and check the epoch is ours. A new leader's bump
 /// waits for this transaction, so everything committed here happened before it.
-async fn check_epoch(
-    tx: &mut Transaction<'_, Postgres>,
-    ours: i64,
-) -> Result<(), ClaimError> {
+async fn check_epoch(tx: &mut Transaction<'_, Postgres>, ours: i64) -> Result<(), ClaimError> {
     let current: i64 =
         sqlx::query_scalar("SELECT epoch FROM scheduler_leader WHERE id = 1 FOR SHARE")
             .fetch_one(&mut **tx)
