@@ -44,6 +44,9 @@ impl Tracker {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         if !self.backend.tracks() {
             info!("result backend none: executions stop at DISPATCHED");
+            // Nothing to track, but the tracker is one of the operator's parts: it ends with
+            // the process (a part that ends early stops the process, see `operator`).
+            let _ = stop.wait_for(|s| *s).await;
             return;
         }
         loop {
