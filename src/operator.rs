@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let setup = crate::status::WriterSetup {
             client: client.clone(),
             pool: pool.clone(),
-            cache: controllers.jobs(),
+            cache: Arc::new(controllers.jobs()),
             cfg: crate::status::WriterConfig {
                 qps: args.status_qps,
                 per_job_interval: std::time::Duration::from_secs_f64(
@@ -238,7 +238,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     {
         let sampled = &crate::metrics::METRICS.sampled;
         *sampled.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool.clone());
-        *sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed_stats.clone());
+        crate::metrics::METRICS.sample_feed(feed_stats.clone());
     }
     let heartbeat = heartbeat(pool.clone(), api_identity.clone(), stop_rx.clone());
     let queue_sampler = sample_queue_depths(

@@ -2,6 +2,7 @@
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
 pub mod migrate;
+pub mod status;
 
 use std::time::Duration;
 
