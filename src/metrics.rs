@@ -6,6 +6,9 @@
 //! tracker, the leader and the reconcilers count into it without threading a handle through every
 //! constructor. Values sampled from elsewhere (the status feed, the Postgres pool, Celery queue
 //! depths) are read at scrape time by a collector.
+//!
+//! A leaf: it imports no other kube-beat module. Parts that keep their own numbers hand it a
+//! [`Sampler`] instead of being read from here.
 
 use std::sync::{
     Arc, LazyLock, Mutex,
@@ -24,8 +27,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-
-use crate::status::FeedStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -85,10 +86,33 @@ pub struct Metrics {
     registry: Registry,
 }
 
+/// Whether a sampled value only grows (a counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    Counter,
+    Gauge,
+}
+
+/// One value read at scrape time from a part that keeps its own numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The metric's name, without the `kube_beat_` prefix.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: SampleKind,
+    pub value: u64,
+}
+
+/// A part whose numbers are read at scrape time (the status feed: see `status::FeedStats`).
+pub trait Sampler: Send + Sync + std::fmt::Debug {
+    fn samples(&self) -> Vec<Sample>;
+}
+
 /// Values the collector reads at scrape time.
 #[derive(Debug, Default)]
 pub struct Sampled {
-    pub feed: Mutex<Option<Arc<FeedStats>>>,
+    /// The status feed's counters (set once the operator has built the feed).
+    pub feed: Mutex<Option<Arc<dyn Sampler>>>,
     pub pool: Mutex<Option<sqlx::PgPool>>,
     /// (queue, depth) as last sampled.
     pub queues: Mutex<Vec<(String, u64)>>,
@@ -222,6 +246,11 @@ impl Metrics {
         which.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Report the status feed's numbers (read at every scrape).
+    pub fn sample_feed(&self, feed: Arc<dyn Sampler>) {
+        *self.sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed);
+    }
+
     pub fn set_leader(&self, leading: bool) {
         let was = self.leader.set(i64::from(leading)) == 1;
         if was != leading {
@@ -256,50 +285,19 @@ fn counter(
 impl Collector for SampledCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        if let Some(feed) = s.feed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            gauge(
-                &mut encoder,
-                "status_queue_depth",
-                "Jobs waiting for a status write",
-                load(&feed.status_queue) as i64,
-            )?;
-            counter(
-                &mut encoder,
-                "status_writes",
-                "Status patches written",
-                load(&feed.status_writes),
-            )?;
-            counter(
-                &mut encoder,
-                "status_write_errors",
-                "Status patches that failed (retried)",
-                load(&feed.status_write_errors),
-            )?;
-            counter(
-                &mut encoder,
-                "status_notices_dropped",
-                "Status notices dropped because the queue was full (a full resync follows)",
-                load(&feed.status_dropped),
-            )?;
-            counter(
-                &mut encoder,
-                "events_published",
-                "Kubernetes Events published",
-                load(&feed.events_published),
-            )?;
-            counter(
-                &mut encoder,
-                "events_folded",
-                "Events folded into a later one (per job and reason interval)",
-                load(&feed.events_folded),
-            )?;
-            counter(
-                &mut encoder,
-                "events_dropped",
-                "Events dropped (queue full or the apiserver refused them)",
-                load(&feed.events_dropped),
-            )?;
+        let feed = s.feed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for sample in feed.iter().flat_map(|f| f.samples()) {
+            match sample.kind {
+                SampleKind::Gauge => gauge(
+                    &mut encoder,
+                    sample.name,
+                    sample.help,
+                    i64::try_from(sample.value).unwrap_or(i64::MAX),
+                )?,
+                SampleKind::Counter => {
+                    counter(&mut encoder, sample.name, sample.help, sample.value)?
+                }
+            }
         }
         if let Some(pool) = s.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let idle = pool.num_idle() as i64;

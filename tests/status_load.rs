@@ -17,7 +17,8 @@ use serde_json::json;
 const JOBS: usize = 500;
 const QPS: u32 = 100;
 
-/// Status PATCHes on scheduledjobs the apiserver has served, from its own metrics.
+/// Status writes on scheduledjobs the apiserver has served, from its own metrics: server-side
+/// applies (the verb `APPLY`) and any other patch.
 fn status_patches_served() -> f64 {
     let out = common::kubectl(&["get", "--raw", "/metrics"]);
     let text = common::ok(&out);
@@ -26,7 +27,7 @@ fn status_patches_served() -> f64 {
             l.starts_with("apiserver_request_total{")
                 && l.contains("resource=\"scheduledjobs\"")
                 && l.contains("subresource=\"status\"")
-                && l.contains("verb=\"PATCH\"")
+                && (l.contains("verb=\"APPLY\"") || l.contains("verb=\"PATCH\""))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

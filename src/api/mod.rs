@@ -2,6 +2,7 @@
 
 pub mod scheduled_job;
 mod schema;
+pub mod status_digest;
 pub mod task_function;
 
 pub use scheduled_job::{
@@ -17,6 +18,16 @@ use kube::CustomResourceExt;
 pub const TRIGGER_ANNOTATION: &str = "kubebeat.io/trigger";
 /// Finalizer that lets kube-beat stop a job's scheduling before the object disappears.
 pub const FINALIZER: &str = "kubebeat.io/cleanup";
+/// The field manager of kube-beat's server-side applies of the spec-derived status
+/// (`observedGeneration`, the `Ready` condition, `schedule`, `lastTrigger`; TaskFunctions'
+/// `jobCount`). Conditions are a list-map keyed by `type`, so other controllers' conditions are
+/// theirs and stay untouched.
+pub const FIELD_MANAGER: &str = "kube-beat";
+/// The field manager of the status writer's applies of the run fields
+/// ([`status_digest::RUN_STATUS_FIELDS`]). A manager of its own because each apply must carry
+/// every field its manager owns: one shared manager would make the reconciler's apply drop the
+/// run fields and the writer's drop the conditions.
+pub const RUN_STATUS_FIELD_MANAGER: &str = "kube-beat-runs";
 
 /// Rendering the CRDs failed (only possible through a serializer bug).
 #[derive(Debug, thiserror::Error)]

@@ -94,7 +94,7 @@ pub(super) fn build(
     {
         let sampled = &crate::metrics::METRICS.sampled;
         *sampled.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.pool.clone());
-        *sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.feed.stats.clone());
+        crate::metrics::METRICS.sample_feed(s.feed.stats.clone());
     }
     let ledger = format!("kubebeat.sent.{}.{}", args.lease_namespace, args.lease_name);
     let health = crate::http::Health::default();
@@ -135,14 +135,14 @@ fn status_parts(
     args: &RunArgs,
     s: &Shared,
     feed_rx: FeedReceivers,
-    cache: reconcile::cache::JobCache,
+    cache: reconcile::job_cache::JobCache,
 ) -> [Part; 2] {
     let jobs_rx = Arc::new(tokio::sync::Mutex::new(feed_rx.jobs));
     let events_rx = Arc::new(tokio::sync::Mutex::new(feed_rx.events));
     let setup = crate::status::WriterSetup {
         client: s.client.clone(),
         pool: s.pool.clone(),
-        cache,
+        cache: Arc::new(cache),
         cfg: crate::status::WriterConfig {
             qps: args.status_qps,
             per_job_interval: Duration::from_secs_f64(

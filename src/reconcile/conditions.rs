@@ -15,37 +15,31 @@ pub fn k8s_time(t: DateTime<Utc>) -> Time {
     )
 }
 
-/// The new conditions list: `Ready` replaced, other types kept. `lastTransitionTime` moves only
-/// when the status flips, so a resync writes nothing new.
-pub fn set_ready(
+/// kube-beat's `Ready` condition, the only condition it applies (conditions are a list-map keyed
+/// by `type`: the server keeps other controllers' conditions). `lastTransitionTime` moves only
+/// when the status flips, so a resync writes nothing new; of `previous`, only `Ready` is read.
+pub fn ready_condition(
     previous: &[Condition],
     ready: bool,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     now: DateTime<Utc>,
-) -> Vec<Condition> {
+) -> Condition {
     let status = if ready { "True" } else { "False" };
     let old = previous.iter().find(|c| c.type_ == READY);
     let last_transition_time = match old {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => k8s_time(now),
     };
-    let ready = Condition {
+    Condition {
         type_: READY.to_string(),
         status: status.to_string(),
         reason: reason.to_string(),
         message: message.to_string(),
         observed_generation: generation,
         last_transition_time,
-    };
-    let mut out: Vec<Condition> = previous
-        .iter()
-        .filter(|c| c.type_ != READY)
-        .cloned()
-        .collect();
-    out.push(ready);
-    out
+    }
 }
 
 #[cfg(test)]
@@ -60,7 +54,7 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_flips() {
-        let a = set_ready(
+        let a = ready_condition(
             &[],
             true,
             "Stored",
@@ -68,20 +62,23 @@ mod tests {
             Some(1),
             t("2026-01-01T00:00:00Z"),
         );
-        assert_eq!(a.len(), 1);
-        assert_eq!(
-            a[0].last_transition_time,
-            k8s_time(t("2026-01-01T00:00:00Z"))
+        assert_eq!(a.last_transition_time, k8s_time(t("2026-01-01T00:00:00Z")));
+        let b = ready_condition(
+            std::slice::from_ref(&a),
+            true,
+            "Stored",
+            "ok",
+            Some(2),
+            t("2026-01-02T00:00:00Z"),
         );
-        let b = set_ready(&a, true, "Stored", "ok", Some(2), t("2026-01-02T00:00:00Z"));
         assert_eq!(
-            b[0].last_transition_time,
+            b.last_transition_time,
             k8s_time(t("2026-01-01T00:00:00Z")),
             "no flip"
         );
-        assert_eq!(b[0].observed_generation, Some(2));
-        let c = set_ready(
-            &b,
+        assert_eq!(b.observed_generation, Some(2));
+        let c = ready_condition(
+            std::slice::from_ref(&b),
             false,
             "InvalidSchedule",
             "bad",
@@ -89,27 +86,28 @@ mod tests {
             t("2026-01-03T00:00:00Z"),
         );
         assert_eq!(
-            c[0].last_transition_time,
+            c.last_transition_time,
             k8s_time(t("2026-01-03T00:00:00Z")),
             "flip"
         );
         assert_eq!(
-            (c[0].status.as_str(), c[0].reason.as_str()),
+            (c.status.as_str(), c.reason.as_str()),
             ("False", "InvalidSchedule")
         );
     }
 
     #[test]
-    fn other_conditions_are_kept() {
+    fn only_ready_is_read_and_returned() {
         let other = Condition {
             type_: "Degraded".into(),
-            status: "False".into(),
+            status: "True".into(),
             reason: "Fine".into(),
             message: String::new(),
             observed_generation: None,
             last_transition_time: k8s_time(t("2026-01-01T00:00:00Z")),
         };
-        let out = set_ready(
+        // A True condition of another type is not a previous Ready: the flip time is now.
+        let out = ready_condition(
             std::slice::from_ref(&other),
             true,
             "Stored",
@@ -117,7 +115,10 @@ mod tests {
             None,
             t("2026-01-02T00:00:00Z"),
         );
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0], other);
+        assert_eq!(out.type_, READY);
+        assert_eq!(
+            out.last_transition_time,
+            k8s_time(t("2026-01-02T00:00:00Z"))
+        );
     }
 }

@@ -9,9 +9,9 @@
 //! TaskFunctions (few) go through kube's `Controller`; ScheduledJobs (up to 100,000s) through
 //! our own compact cache ([`cache`]) and work queue ([`queue`]).
 
-pub mod cache;
-pub mod cached;
+pub mod cached_job;
 pub mod conditions;
+pub mod job_cache;
 pub mod queue;
 pub mod scheduled_job;
 pub mod sweep;
@@ -45,8 +45,8 @@ use crate::{
     api::{FINALIZER, TaskFunction},
     store::StoreError,
 };
-use cache::JobCache;
-use cached::{CachedJob, Uid, WatchedJob};
+use cached_job::{CachedJob, Uid, WatchedJob};
+use job_cache::JobCache;
 
 /// Errors worth retrying. Invalid input is not an error here: it becomes a condition.
 #[derive(Debug, thiserror::Error)]
@@ -652,9 +652,9 @@ pub fn controllers(
     // every run causes).
     let jobs = JobCache::default();
     let (recount_tx, recount_rx) = futures::channel::mpsc::unbounded();
-    let job_changes = cache::follow(
+    let job_changes = job_cache::follow(
         watcher(jobs_api, watcher::Config::default()).backoff(WatchBackoff::default()),
-        cache::Follower::new(jobs.clone(), jobs_listed.clone()),
+        job_cache::Follower::new(jobs.clone(), jobs_listed.clone()),
         move |tf: String| {
             let _ = recount_tx.unbounded_send(ObjectRef::<Guarded<TaskFunction>>::new(&tf));
         },

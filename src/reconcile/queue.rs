@@ -2,7 +2,7 @@
 //! and a bounded number in all, with retries after a delay.
 //!
 //! Written here because kube's `Controller` looks objects up in its reflector `Store`, which the
-//! job cache no longer is (see [`super::cache`]). It keeps kube's semantics: a job asked for
+//! job cache no longer is (see [`super::job_cache`]). It keeps kube's semantics: a job asked for
 //! while queued is queued once; asked for while its reconcile runs, it runs again afterwards; a
 //! retry waits its delay unless the job is asked for sooner; shutdown lets reconciles in flight
 //! finish.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::json;
@@ -12,12 +12,11 @@ use tracing::{debug, info};
 
 use super::{
     Context, Error, Finalizing, Guarded,
-    cached::{CachedJob, WatchedJob, reconciled_digest},
+    cached_job::{CachedJob, WatchedJob, reconciled_digest},
     conditions, finalizer_stage, schema_mismatch, validate,
 };
 use crate::{
     api::{Condition, ScheduledJob, ScheduledJobSpec, TaskFunction},
-    schedule::rfc3339,
     store,
 };
 
@@ -90,9 +89,10 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             judge(&meta, &spec, tf.as_deref(), now)
         }
     };
-    let previous = previous_conditions(&ctx, &obj, &ns, &name).await?;
+    // Only `Ready` is read: other conditions are other controllers', left alone by the apply.
+    let previous = obj.previous_conditions();
 
-    let (conds, summary, next, last_trigger) = match verdict {
+    let (ready, summary, last_trigger) = match verdict {
         Verdict::Valid(row) => {
             let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
             let Some(stored) = stored else {
@@ -117,14 +117,15 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 "valid and stored"
             };
             debug!(job = %key, next = ?stored.next_run_at, "stored");
-            let conds =
-                conditions::set_ready(&previous, true, "Stored", message, Some(generation), now);
-            (
-                conds,
-                Some(row.schedule_summary.clone()),
-                stored.next_run_at,
-                last_trigger,
-            )
+            let ready = conditions::ready_condition(
+                &previous,
+                true,
+                "Stored",
+                message,
+                Some(generation),
+                now,
+            );
+            (ready, Some(row.schedule_summary.clone()), last_trigger)
         }
         Verdict::Invalid(invalid) => {
             // Stop it: an invalid job must not keep running an outdated schedule silently.
@@ -137,7 +138,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             )
             .await?;
             info!(job = %key, reason = %invalid.reason, message = %invalid.message, "ScheduledJob not ready");
-            let conds = conditions::set_ready(
+            let ready = conditions::ready_condition(
                 &previous,
                 false,
                 invalid.reason.as_str(),
@@ -146,8 +147,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 now,
             );
             (
-                conds,
-                None,
+                ready,
                 None,
                 obj.status.last_trigger.as_deref().map(String::from),
             )
@@ -155,12 +155,17 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
     };
     let owned = OwnedStatus {
         observed_generation: generation,
-        conditions: conds,
+        ready,
         schedule: summary,
-        next_schedule_time: next.map(rfc3339),
         last_trigger,
     };
-    write_status(&api, &name, &obj, owned).await?;
+    if write_status(&api, &name, &obj, owned).await? {
+        // `nextScheduleTime` is the status writer's field (one owner, so that it disappears when
+        // there is no next run): ask it to show what was just stored.
+        if let Some(job_id) = store::status::job_id(&ctx.pool, &uid).await? {
+            ctx.feed.touch(job_id);
+        }
+    }
     ctx.succeeded(&key);
     // No periodic requeue: the drift check is the safety net (see `drift_checks`).
     Ok(())
@@ -274,71 +279,61 @@ async fn stored_spec(
     Ok(serde_json::from_value(json).map_err(|e| e.to_string()))
 }
 
-/// The conditions the object shows, for `set_ready` to keep what it should. The cache keeps
-/// only `Ready`; conditions of other types (someone else's) are read from the object.
-async fn previous_conditions(
-    ctx: &Context,
-    obj: &CachedJob,
-    ns: &str,
-    name: &str,
-) -> Result<Vec<Condition>, Error> {
-    if let Some(conditions) = obj.previous_conditions() {
-        return Ok(conditions);
-    }
-    // Untyped: the conditions are wanted even if the spec does not match the schema.
-    let job = untyped(ctx, ns).get_status(name).await?;
-    Ok(job
-        .data
-        .pointer("/status/conditions")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default())
-}
-
-/// The status fields the reconciler owns (the status writer owns the execution fields).
+/// The status fields the reconciler owns (the status writer owns the run fields, including
+/// `nextScheduleTime`).
 struct OwnedStatus {
     observed_generation: i64,
-    conditions: Vec<crate::api::Condition>,
+    ready: Condition,
     schedule: Option<String>,
-    next_schedule_time: Option<String>,
     last_trigger: Option<String>,
 }
 
-/// Patch the fields this stage owns, only when they differ (a resync writes nothing).
+/// Apply the fields this stage owns, only when they differ (a resync writes nothing); whether
+/// it wrote.
 ///
-/// `nextScheduleTime` alone is no reason to patch: it moves with every run, and the status
-/// writer keeps it current within its rate limit. Comparing it made a new leader's re-reconcile
-/// of every job send one status patch per job at once, 64 in flight (in a rolling update that
-/// saturated the apiserver, and the leader being replaced next needed 0.9 s to release its
-/// Lease). It is written here whenever something else is (a new spec, a trigger).
+/// Server-side apply under [`crate::api::FIELD_MANAGER`], with every field the reconciler owns
+/// in each apply: a field it owned and leaves out is removed (no `schedule` for an invalid job).
+/// The conditions list is a list-map keyed by `type`, so the apply carries `Ready` only and
+/// other controllers' conditions stay as they are, without reading them first.
 async fn write_status(
     api: &Api<WatchedJob>,
     name: &str,
     obj: &CachedJob,
     new: OwnedStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let shown = &obj.status;
+    let conditions = std::slice::from_ref(&new.ready);
     if !shown.unreadable
         && shown.reconciled
             == reconciled_digest(
                 Some(new.observed_generation),
-                &new.conditions,
+                conditions,
                 new.schedule.as_deref(),
                 new.last_trigger.as_deref(),
             )
     {
-        return Ok(());
+        return Ok(false);
     }
-    // JSON merge patch: `null` removes a field (no next run while suspended or invalid).
-    let patch = json!({"status": {
+    let mut status = json!({
         "observedGeneration": new.observed_generation,
-        "conditions": new.conditions,
-        "schedule": new.schedule,
-        "nextScheduleTime": new.next_schedule_time,
-        "lastTrigger": new.last_trigger,
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        "conditions": conditions,
+    });
+    if let Some(schedule) = new.schedule {
+        status["schedule"] = json!(schedule);
+    }
+    if let Some(last_trigger) = new.last_trigger {
+        status["lastTrigger"] = json!(last_trigger);
+    }
+    let apply = json!({
+        "apiVersion": ScheduledJob::api_version(&()),
+        "kind": ScheduledJob::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    let params = PatchParams::apply(crate::api::FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&apply))
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// A Kubernetes timestamp as chrono.

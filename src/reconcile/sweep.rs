@@ -17,8 +17,8 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
-    cache::JobCache,
-    cached::{CachedJob, Uid},
+    cached_job::{CachedJob, Uid},
+    job_cache::JobCache,
 };
 
 /// Jobs handed to the queue and not yet started: twice its concurrency keeps it busy.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
@@ -59,10 +59,10 @@ pub async fn reconcile(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let now = Utc::now();
-    let conds = match &verdict {
+    let ready = match &verdict {
         Ok(valid) => {
             store::upsert_task_function(&ctx.pool, valid, &uid, generation).await?;
-            conditions::set_ready(
+            conditions::ready_condition(
                 &previous,
                 true,
                 "Stored",
@@ -73,7 +73,7 @@ pub async fn reconcile(
         }
         Err(invalid) => {
             info!(task_function = %name, reason = %invalid.reason, message = %invalid.message, "TaskFunction not ready");
-            conditions::set_ready(
+            conditions::ready_condition(
                 &previous,
                 false,
                 invalid.reason.as_str(),
@@ -87,18 +87,27 @@ pub async fn reconcile(
     let job_count =
         ctx.jobs
             .count(|j| j.task_function() == Some(name.as_str()) && !j.deleting()) as i64;
+    // Only `Ready` is kube-beat's: another controller's conditions are no reason to write.
     let unchanged = tf.and_then(|t| t.status.as_ref()).is_some_and(|s| {
         s.observed_generation == Some(generation)
-            && s.conditions == conds
+            && s.conditions.iter().find(|c| c.type_ == conditions::READY) == Some(&ready)
             && s.job_count == job_count
     });
     if !unchanged {
-        let patch = json!({"status": {
-            "observedGeneration": generation,
-            "conditions": conds,
-            "jobCount": job_count,
-        }});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        // Server-side apply of every field kube-beat owns here; the list-map of conditions keeps
+        // other controllers' conditions without reading them.
+        let apply = json!({
+            "apiVersion": TaskFunction::api_version(&()),
+            "kind": TaskFunction::kind(&()),
+            "metadata": {"name": name},
+            "status": {
+                "observedGeneration": generation,
+                "conditions": [ready],
+                "jobCount": job_count,
+            },
+        });
+        let params = PatchParams::apply(crate::api::FIELD_MANAGER).force();
+        api.patch_status(&name, &params, &Patch::Apply(&apply))
             .await?;
     }
     ctx.succeeded(&name);

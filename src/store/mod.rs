@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod queues;
 pub mod replicas;
 pub mod retention;
+pub mod status;
 pub mod task_functions;
 pub mod tracking;
 pub mod views;

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kube::runtime::watcher;
 use tracing::warn;
 
-use super::cached::{CachedJob, Uid, WatchedJob};
+use super::cached_job::{CachedJob, Uid, WatchedJob};
 
 /// The jobs as last seen by the watch. Cheap to clone (shared).
 #[derive(Clone, Default)]
@@ -68,6 +68,14 @@ impl JobCache {
             .cloned()
             .collect();
         gone.iter().filter_map(|k| jobs.remove(k)).collect()
+    }
+}
+
+/// The status writer skips writing what a job already shows (e.g. right after a failover).
+impl crate::status::ShownStatus for JobCache {
+    fn shows(&self, uid: &str, digest: u64) -> bool {
+        self.get(&Uid::parse(uid))
+            .is_some_and(|job| !job.status.unreadable && job.status.written == digest)
     }
 }
 

@@ -11,7 +11,7 @@
 //! A [`CachedJob`] has no `ObjectMeta`: kube's informer store needs one inline per object (344
 //! bytes, nearly all empty fields) and keys each entry by an `ObjectRef` with its own copies of
 //! name, namespace and resourceVersion; with those, the cache of 100,000 jobs was ~100 MB (see
-//! [`super::cache`] for what replaced it). [`WatchedJob`] is the form the watch decodes (a
+//! [`super::job_cache`] for what replaced it). [`WatchedJob`] is the form the watch decodes (a
 //! `Resource`, as kube's watcher needs), alive only while one event is handled.
 
 use std::{
@@ -127,13 +127,11 @@ pub struct WatchedJob {
 pub struct SeenStatus {
     /// [`reconciled_digest`] of the fields the reconciler writes.
     pub reconciled: u64,
-    /// [`crate::status::written_digest`] of the fields the status writer writes.
+    /// [`crate::api::status_digest::written_digest`] of the fields the status writer writes.
     pub written: u64,
-    /// The `Ready` condition's status (`True`) and when it last flipped.
+    /// The `Ready` condition's status (`True`) and when it last flipped. Conditions of other
+    /// types are other controllers' (kube-beat applies only `Ready`), so none are kept.
     pub ready: Option<(bool, Time)>,
-    /// Conditions of other types exist (someone else wrote them): the reconciler reads the
-    /// object to keep them.
-    pub other_conditions: bool,
     pub last_trigger: Option<Box<str>>,
     /// The status did not deserialize (only a schema change could do that).
     pub unreadable: bool,
@@ -229,27 +227,22 @@ impl CachedJob {
         self.task_function.as_deref()
     }
 
-    /// The `Ready` condition as last written, for [`crate::reconcile::conditions::set_ready`]
-    /// (which reads only its status and transition time). `None` when other conditions exist:
-    /// the caller reads the object to keep them.
-    pub fn previous_conditions(&self) -> Option<Vec<Condition>> {
-        if self.status.other_conditions {
-            return None;
-        }
-        Some(
-            self.status
-                .ready
-                .iter()
-                .map(|(ready, since)| Condition {
-                    type_: super::conditions::READY.to_string(),
-                    status: if *ready { "True" } else { "False" }.to_string(),
-                    last_transition_time: since.clone(),
-                    reason: String::new(),
-                    message: String::new(),
-                    observed_generation: None,
-                })
-                .collect(),
-        )
+    /// The `Ready` condition as last written, for
+    /// [`crate::reconcile::conditions::ready_condition`] (which reads only its status and
+    /// transition time). Other types are not kube-beat's: its apply leaves them as they are.
+    pub fn previous_conditions(&self) -> Vec<Condition> {
+        self.status
+            .ready
+            .iter()
+            .map(|(ready, since)| Condition {
+                type_: super::conditions::READY.to_string(),
+                status: if *ready { "True" } else { "False" }.to_string(),
+                last_transition_time: since.clone(),
+                reason: String::new(),
+                message: String::new(),
+                observed_generation: None,
+            })
+            .collect()
     }
 
     pub(crate) fn from_value(mut value: Value) -> CachedJob {
@@ -337,21 +330,25 @@ fn seen(status: &ScheduledJobStatus) -> SeenStatus {
         .iter()
         .find(|c| c.type_ == super::conditions::READY)
         .map(|c| (c.status == "True", c.last_transition_time.clone()));
+    // Only kube-beat's own condition counts: another controller's conditions changing is no
+    // reason for the reconciler to write.
+    let ours: Vec<Condition> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == super::conditions::READY)
+        .cloned()
+        .collect();
     SeenStatus {
         reconciled: reconciled_digest(
             status.observed_generation,
-            &status.conditions,
+            &ours,
             status.schedule.as_deref(),
             status.last_trigger.as_deref(),
         ),
         written: serde_json::to_value(status)
-            .map(|v| crate::status::written_digest(&v))
+            .map(|v| crate::api::status_digest::written_digest(&v))
             .unwrap_or_default(),
         ready,
-        other_conditions: status
-            .conditions
-            .iter()
-            .any(|c| c.type_ != super::conditions::READY),
         last_trigger: status.last_trigger.as_deref().map(Box::from),
         unreadable: false,
     }
@@ -500,10 +497,10 @@ mod tests {
         );
         assert_eq!(
             job.status.written,
-            crate::status::written_digest(&serde_json::to_value(&typed).expect("json"))
+            crate::api::status_digest::written_digest(&serde_json::to_value(&typed).expect("json"))
         );
         assert_eq!(job.status.last_trigger.as_deref(), Some("before"));
-        let previous = job.previous_conditions().expect("only Ready");
+        let previous = job.previous_conditions();
         assert_eq!(previous.len(), 1);
         assert_eq!(
             (
@@ -582,20 +579,26 @@ mod tests {
     }
 
     #[test]
-    fn conditions_of_other_types_are_read_from_the_object() {
+    fn conditions_of_other_types_are_neither_kept_nor_compared() {
         let other = json!({"type": "Degraded", "status": "False", "reason": "Fine",
             "message": "", "lastTransitionTime": "2026-11-01T00:00:00Z"});
+        let spec = json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}});
+        let alone = CachedJob::from_value(object(
+            spec.clone(),
+            json!({"conditions": [ready("False", "2026-11-01T00:00:05Z")]}),
+        ));
         let job = CachedJob::from_value(object(
-            json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
+            spec.clone(),
             json!({"conditions": [ready("False", "2026-11-01T00:00:05Z"), other]}),
         ));
-        assert!(job.status.other_conditions);
-        assert_eq!(job.previous_conditions(), None);
+        let previous = job.previous_conditions();
+        assert_eq!(previous.len(), 1);
+        assert_eq!(previous[0].type_, "Ready");
+        assert_eq!(previous[0].status, "False");
+        // Another controller's condition does not make the reconciler's fields look changed.
+        assert_eq!(job.status.reconciled, alone.status.reconciled);
 
-        let none = CachedJob::from_value(object(
-            json!({"taskFunction": "t", "schedule": {"cron": "* * * * *"}}),
-            Value::Null,
-        ));
-        assert_eq!(none.previous_conditions(), Some(Vec::new()));
+        let none = CachedJob::from_value(object(spec, Value::Null));
+        assert_eq!(none.previous_conditions(), Vec::new());
     }
 }
