@@ -40,8 +40,15 @@ trap cleanup EXIT
 if [ "$mode" = all ]; then
   log "lint: cargo fmt --check, cargo clippy"
   cargo fmt --all -- --check
+  # Both builds: the release one (no crash points) and the tests' one (with them).
   cargo clippy --all-targets --locked -- -D warnings
+  cargo clippy --all-targets --locked --features failpoints -- -D warnings
 fi
+
+# The tests build kube-beat with its crash points (KUBE_BEAT_CRASH_AT, src/failpoint.rs): the
+# fault suite (tests/chaos.rs) kills leaders with them. Every cargo test below uses the same
+# features, so the binary is built once.
+features=(--features failpoints)
 
 # The Helm chart's ServiceAccount as a static-token user: tests/chart.rs runs the operator with
 # exactly the chart's RBAC.
@@ -60,11 +67,11 @@ hack/cron-oracle.sh --check
 if [ "$mode" = chaos ]; then
   log "fault matrix (full): results into docs/reliability.md"
   KB_CHAOS=full KB_CHAOS_REPORT="$PWD/docs/reliability.md" \
-    cargo test --locked --test chaos -- --include-ignored --nocapture --test-threads 1 "${@:2}"
+    cargo test --locked "${features[@]}" --test chaos -- --include-ignored --nocapture --test-threads 1 "${@:2}"
   exit 0
 fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
-cargo test --locked --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another
+cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another
 
 # The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
 # on the shared one it would also have to judge the thousands of objects the suites before it
@@ -76,4 +83,4 @@ hack/control-plane.sh up "$run_dir/cp-tenants"
 source "$run_dir/cp-tenants/env"
 "$KUBECTL" apply -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
-cargo test --locked --test tenants -- --include-ignored
+cargo test --locked "${features[@]}" --test tenants -- --include-ignored

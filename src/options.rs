@@ -25,7 +25,7 @@ pub struct RunArgs {
     pub namespace: Option<String>,
     /// Label selector limiting which TaskFunctions this installation manages (e.g.
     /// `kubebeat.io/installation=team-a`); default all.
-    #[arg(long, env = "TASK_FUNCTION_SELECTOR")]
+    #[arg(long, env = "TASK_FUNCTION_SELECTOR", value_parser = crate::reconcile::selector::checked)]
     pub task_function_selector: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "kube-beat-leader")]

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use moka::sync::Cache;
+
 use axum::{
     extract::{ConnectInfo, FromRequestParts},
     http::request::Parts,
@@ -26,7 +28,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 use sha2::{Digest, Sha256};
 
-use super::limits::{FailureLimiter, Source, TtlCache};
+use super::limits::{FailureLimiter, Source};
 
 /// How long a valid token's identity is reused (a revoked token keeps working this long at most).
 const TOKEN_TTL: Duration = Duration::from_secs(10);
@@ -35,7 +37,7 @@ const REJECTED_TTL: Duration = Duration::from_secs(30);
 /// How long an access decision is reused (an RBAC change applies within this).
 const DECISION_TTL: Duration = Duration::from_secs(30);
 /// Entries per cache at most (tokens, rejected tokens, decisions): a few MiB at worst.
-const CACHE_CAP: usize = 10_000;
+const CACHE_CAP: u64 = 10_000;
 /// Unknown tokens that may fail from one source address per window before it gets 429.
 pub const MAX_FAILURES: u32 = 10;
 /// The failure-counting window.
@@ -147,14 +149,47 @@ pub struct Authenticator {
     client: Client,
     /// Sent in every TokenReview; a token must be valid for one of them. Empty: the apiserver's.
     audiences: Vec<String>,
-    tokens: Mutex<TtlCache<TokenKey, User>>,
-    rejected: Mutex<TtlCache<TokenKey, String>>,
-    decisions: Mutex<TtlCache<DecisionKey, bool>>,
+    tokens: Cache<TokenKey, User>,
+    rejected: Cache<TokenKey, String>,
+    decisions: Cache<DecisionKey, bool>,
     failures: Mutex<FailureLimiter>,
 }
 
+/// A cache whose entries live `ttl` after they are written, holding about `cap` of them (moka
+/// evicts the least useful past the cap, and bounds memory, not an exact count).
+fn ttl_cache<K, V>(ttl: Duration, cap: u64) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder().time_to_live(ttl).max_capacity(cap).build()
+}
+
+/// How long each cache keeps an entry.
+#[derive(Debug, Clone, Copy)]
+struct Ttls {
+    token: Duration,
+    rejected: Duration,
+    decision: Duration,
+}
+
+const TTLS: Ttls = Ttls {
+    token: TOKEN_TTL,
+    rejected: REJECTED_TTL,
+    decision: DECISION_TTL,
+};
+
 impl Authenticator {
     pub fn new(mode: AuthMode, client: Client, audiences: Vec<String>) -> Authenticator {
+        Authenticator::with_ttls(mode, client, audiences, TTLS)
+    }
+
+    fn with_ttls(
+        mode: AuthMode,
+        client: Client,
+        audiences: Vec<String>,
+        ttls: Ttls,
+    ) -> Authenticator {
         Authenticator {
             mode,
             client,
@@ -164,9 +199,9 @@ impl Authenticator {
                 .filter(|a| !a.is_empty())
                 .map(str::to_string)
                 .collect(),
-            tokens: Mutex::new(TtlCache::new(TOKEN_TTL, CACHE_CAP)),
-            rejected: Mutex::new(TtlCache::new(REJECTED_TTL, CACHE_CAP)),
-            decisions: Mutex::new(TtlCache::new(DECISION_TTL, CACHE_CAP)),
+            tokens: ttl_cache(ttls.token, CACHE_CAP),
+            rejected: ttl_cache(ttls.rejected, CACHE_CAP),
+            decisions: ttl_cache(ttls.decision, CACHE_CAP),
             failures: Mutex::new(FailureLimiter::new(
                 MAX_FAILURES,
                 FAILURE_WINDOW,
@@ -193,16 +228,16 @@ impl Authenticator {
         }
         let key: TokenKey = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        if let Some(user) = lock(&self.tokens).get(&key, now) {
-            return Ok(Caller::User(user.clone()));
+        if let Some(user) = self.tokens.get(&key) {
+            return Ok(Caller::User(user));
         }
         // Counted before the review, so concurrent requests cannot all pass the limit before
         // the first failure is known; given back if the token is valid.
         let permit = lock(&self.failures)
             .try_acquire(Source::of(creds.peer), now)
             .map_err(AuthError::TooManyFailures)?;
-        if let Some(why) = lock(&self.rejected).get(&key, now) {
-            return Err(AuthError::Unauthenticated(why.clone()));
+        if let Some(why) = self.rejected.get(&key) {
+            return Err(AuthError::Unauthenticated(why));
         }
         let done = match Api::<TokenReview>::all(self.client.clone())
             .create(
@@ -221,12 +256,12 @@ impl Authenticator {
         match accepted(done.status.unwrap_or_default(), &self.audiences) {
             Ok(user) => {
                 lock(&self.failures).refund(permit);
-                lock(&self.tokens).insert(key, user.clone(), Instant::now());
+                self.tokens.insert(key, user.clone());
                 Ok(Caller::User(user))
             }
             Err(why) => {
                 tracing::debug!(peer = ?creds.peer, reason = %why, "API token rejected");
-                lock(&self.rejected).insert(key, why.clone(), Instant::now());
+                self.rejected.insert(key, why.clone());
                 Err(AuthError::Unauthenticated(why))
             }
         }
@@ -244,7 +279,7 @@ impl Authenticator {
             return Some(true);
         };
         let key = (user.clone(), verb, namespace.to_string(), name.to_string());
-        lock(&self.decisions).get(&key, Instant::now()).copied()
+        self.decisions.get(&key)
     }
 
     /// May `caller` do `verb` on scheduledjobs in `namespace` (`""`: all namespaces), optionally
@@ -260,8 +295,8 @@ impl Authenticator {
             return Ok(true);
         };
         let key = (user.clone(), verb, namespace.to_string(), name.to_string());
-        if let Some(ok) = lock(&self.decisions).get(&key, Instant::now()) {
-            return Ok(*ok);
+        if let Some(ok) = self.decisions.get(&key) {
+            return Ok(ok);
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -284,7 +319,7 @@ impl Authenticator {
             .create(&PostParams::default(), &review)
             .await?;
         let ok = done.status.is_some_and(|s| s.allowed);
-        lock(&self.decisions).insert(key, ok, Instant::now());
+        self.decisions.insert(key, ok);
         Ok(ok)
     }
 }
@@ -358,246 +393,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::authentication::v1::UserInfo;
-
-    fn status(authenticated: bool, audiences: Option<&[&str]>) -> TokenReviewStatus {
-        TokenReviewStatus {
-            authenticated: Some(authenticated),
-            audiences: audiences.map(|a| a.iter().map(|s| s.to_string()).collect()),
-            user: Some(UserInfo {
-                username: Some("alice".into()),
-                uid: Some("u1".into()),
-                groups: Some(vec!["team-a".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn auds(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn the_review_asks_for_the_configured_audiences_only_when_there_are_some() {
-        let r = token_review("t0k", &auds(&["kube-beat", "other"]));
-        assert_eq!(r.spec.token, "t0k");
-        assert_eq!(r.spec.audiences, Some(auds(&["kube-beat", "other"])));
-        let json = serde_json::to_value(&r).expect("json");
-        assert_eq!(json["spec"]["audiences"][0], "kube-beat");
-        // None configured: no audiences field, so the apiserver uses its own.
-        let r = token_review("t0k", &[]);
-        assert_eq!(r.spec.audiences, None);
-        let json = serde_json::to_value(&r).expect("json");
-        assert!(json["spec"].get("audiences").is_none(), "{json}");
-    }
-
-    #[test]
-    fn a_token_must_be_valid_for_one_of_the_audiences() {
-        let wanted = auds(&["kube-beat", "backup"]);
-        let user = accepted(status(true, Some(&["backup"])), &wanted).expect("intersects");
-        assert_eq!(
-            user,
-            User {
-                name: "alice".into(),
-                uid: Some("u1".into()),
-                groups: vec!["team-a".into()],
-            }
-        );
-        for theirs in [
-            None,
-            Some(&[][..]),
-            Some(&["https://kubernetes.default.svc"][..]),
-        ] {
-            let err = accepted(status(true, theirs), &wanted).expect_err("no intersection");
-            assert!(err.contains("audiences (kube-beat, backup)"), "{err}");
-        }
-        // No audiences configured: whatever the apiserver returned is fine.
-        assert!(accepted(status(true, None), &[]).is_ok());
-        assert!(accepted(status(true, Some(&["x"])), &[]).is_ok());
-    }
-
-    #[test]
-    fn unauthenticated_or_nameless_tokens_are_refused() {
-        assert!(accepted(status(false, Some(&["kube-beat"])), &auds(&["kube-beat"])).is_err());
-        assert!(accepted(TokenReviewStatus::default(), &[]).is_err());
-        let mut nameless = status(true, None);
-        if let Some(u) = nameless.user.as_mut() {
-            u.username = None;
-        }
-        assert!(accepted(nameless, &[]).is_err());
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        assert_eq!(retry_after_secs(Duration::from_secs(50)), 50);
-        assert_eq!(retry_after_secs(Duration::from_millis(49_001)), 50);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-    }
-
-    #[tokio::test]
-    async fn credentials_take_the_bearer_token_and_the_peer_address() {
-        let peer: SocketAddr = "10.1.2.3:4567".parse().expect("addr");
-        let (mut parts, ()) = axum::http::Request::builder()
-            .header("authorization", "Bearer  abc ")
-            .extension(ConnectInfo(peer))
-            .body(())
-            .expect("request")
-            .into_parts();
-        let c = Credentials::from_request_parts(&mut parts, &())
-            .await
-            .expect("infallible");
-        assert_eq!(c.token.as_deref(), Some("abc"));
-        assert_eq!(c.peer, Some(peer.ip()));
-        let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("abc") && shown.contains("10.1.2.3"),
-            "{shown}"
-        );
-        let (mut parts, ()) = axum::http::Request::builder()
-            .header("authorization", "Basic abc")
-            .body(())
-            .expect("request")
-            .into_parts();
-        let c = Credentials::from_request_parts(&mut parts, &())
-            .await
-            .expect("infallible");
-        assert_eq!((c.token, c.peer), (None, None));
-    }
-
-    /// A kube Client whose "apiserver" answers TokenReviews: `good` is the one valid token (user
-    /// alice, audience `kube-beat`); every review is counted.
-    fn fake_apiserver() -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
-        let reviews = Arc::new(AtomicUsize::new(0));
-        let counted = reviews.clone();
-        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
-            let counted = counted.clone();
-            async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let body = req.into_body().collect_bytes().await?;
-                let review: TokenReview = serde_json::from_slice(&body)?;
-                let good = review.spec.token == "good";
-                let answer = TokenReview {
-                    spec: review.spec,
-                    status: Some(if good {
-                        status(true, Some(&["kube-beat"]))
-                    } else {
-                        TokenReviewStatus {
-                            authenticated: Some(false),
-                            ..Default::default()
-                        }
-                    }),
-                    ..Default::default()
-                };
-                let mut json = serde_json::to_value(&answer)?;
-                json["apiVersion"] = "authentication.k8s.io/v1".into();
-                json["kind"] = "TokenReview".into();
-                let resp = axum::http::Response::builder()
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(serde_json::to_vec(&json)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
-            }
-        });
-        (Client::new(svc, "default"), reviews)
-    }
-
-    fn creds(token: &str, peer: &str) -> Credentials {
-        Credentials {
-            token: Some(token.to_string()),
-            peer: Some(peer.parse().expect("ip")),
-        }
-    }
-
-    #[tokio::test]
-    async fn rejected_tokens_are_cached_and_a_failing_source_gets_429_without_reviews() {
-        use std::sync::atomic::Ordering;
-        let (client, reviews) = fake_apiserver();
-        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![]);
-        let n = || reviews.load(Ordering::SeqCst);
-        // A valid token: one review, then cached.
-        for _ in 0..3 {
-            let c = auth.authenticate(&creds("good", "10.0.0.1")).await;
-            assert!(
-                matches!(c, Ok(Caller::User(ref u)) if u.name == "alice"),
-                "{c:?}"
-            );
-        }
-        assert_eq!(n(), 1);
-        // The same bad token again and again: one review (then the negative cache), but each
-        // is a failure of its source.
-        for i in 0..MAX_FAILURES {
-            let e = auth.authenticate(&creds("bad", "10.0.0.2")).await;
-            assert!(
-                matches!(e, Err(AuthError::Unauthenticated(_))),
-                "{i}: {e:?}"
-            );
-        }
-        assert_eq!(n(), 2);
-        // Over the limit: 429 for unknown tokens, with no review.
-        for t in ["bad", "other-bad", "good-but-unseen"] {
-            let e = auth.authenticate(&creds(t, "10.0.0.2")).await;
-            match e {
-                Err(AuthError::TooManyFailures(wait)) => assert!(
-                    wait <= FAILURE_WINDOW && wait > FAILURE_WINDOW / 2,
-                    "{wait:?}"
-                ),
-                other => panic!("{t}: {other:?}"),
-            }
-        }
-        assert_eq!(n(), 2);
-        // A token already known valid still works from there (it costs nothing); other sources
-        // are not affected.
-        assert!(auth.authenticate(&creds("good", "10.0.0.2")).await.is_ok());
-        let e = auth.authenticate(&creds("fresh-bad", "10.0.0.3")).await;
-        assert!(matches!(e, Err(AuthError::Unauthenticated(_))), "{e:?}");
-        assert_eq!(n(), 3);
-        // The caches hold hashes, never the token.
-        let rejected = lock(&auth.rejected);
-        let key: TokenKey = Sha256::digest(b"bad").into();
-        assert!(rejected.get(&key, Instant::now()).is_some());
-    }
-
-    #[tokio::test]
-    async fn distinct_garbage_tokens_cost_at_most_the_limit_in_reviews() {
-        use std::sync::atomic::Ordering;
-        let (client, reviews) = fake_apiserver();
-        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![]);
-        let mut codes = Vec::new();
-        for i in 0..100 {
-            match auth
-                .authenticate(&creds(&format!("junk-{i}"), "192.0.2.7"))
-                .await
-            {
-                Err(AuthError::Unauthenticated(_)) => codes.push(401),
-                Err(AuthError::TooManyFailures(_)) => codes.push(429),
-                other => panic!("{other:?}"),
-            }
-        }
-        let limit = MAX_FAILURES as usize;
-        assert_eq!(reviews.load(Ordering::SeqCst), limit);
-        assert!(codes[..limit].iter().all(|c| *c == 401));
-        assert!(codes[limit..].iter().all(|c| *c == 429));
-    }
-
-    #[tokio::test]
-    async fn a_valid_token_for_another_audience_is_refused_and_counted() {
-        use std::sync::atomic::Ordering;
-        let (client, reviews) = fake_apiserver();
-        // The fake says the token is for `kube-beat`; this installation wants `backup`.
-        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec![" backup ".into()]);
-        let e = auth.authenticate(&creds("good", "10.0.0.1")).await;
-        assert!(
-            matches!(e, Err(AuthError::Unauthenticated(ref m)) if m.contains("audiences (backup)")),
-            "{e:?}"
-        );
-        let e = auth.authenticate(&creds("good", "10.0.0.1")).await;
-        assert!(matches!(e, Err(AuthError::Unauthenticated(_))), "{e:?}");
-        assert_eq!(reviews.load(Ordering::SeqCst), 1, "the refusal is cached");
-        let (client, _) = fake_apiserver();
-        let auth = Authenticator::new(AuthMode::Kubernetes, client, vec!["kube-beat".into()]);
-        assert!(auth.authenticate(&creds("good", "10.0.0.1")).await.is_ok());
-    }
-}
+mod tests;

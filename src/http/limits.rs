@@ -1,92 +1,17 @@
-//! The API authenticator's bounded memory: a TTL cache with a hard size cap, and a counter of
-//! authentication failures per source address. Both take the current instant from the caller, so
-//! their tests move a clock forward instead of sleeping.
+//! The API authenticator's limit on failed authentications per source address. It takes the
+//! current instant from the caller, so its tests move a clock forward instead of sleeping.
 //!
-//! Hand-written rather than taken from a crate, for reasons specific to these two uses:
-//! - Every entry of a [`TtlCache`] lives for the same TTL, so insertion order *is* expiry order: a
-//!   queue beside the map gives exact, O(1) amortized expiry and oldest-first eviction at a hard
-//!   cap. `moka` (already in the dependency tree) bounds its size only approximately, evicts by
-//!   frequency, and reads its own clock, which would make these tests sleep.
-//! - [`FailureLimiter`] counts *failures* only and must be checked before the apiserver is asked
-//!   (without spending anything) and refunded when the token turns out valid. `governor`'s keyed
-//!   limiter spends a cell on every check, has no peek or refund, and its keyed store has no size
-//!   cap (only a manual `retain_recent`).
+//! Hand-written rather than taken from a crate: [`FailureLimiter`] counts *failures* only and
+//! must be checked before the apiserver is asked (without spending anything) and refunded when
+//! the token turns out valid. `governor`'s keyed limiter spends a cell on every check, has no
+//! peek or refund, and its keyed store has no size cap (only a manual `retain_recent`). (The
+//! authenticator's TTL caches are `moka`'s.)
 
 use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
-
-/// A map whose entries expire `ttl` after insertion, holding at most `cap` of them (the oldest is
-/// evicted first).
-#[derive(Debug)]
-pub struct TtlCache<K, V> {
-    ttl: Duration,
-    cap: usize,
-    entries: HashMap<K, (V, Instant)>,
-    /// Keys in insertion order, with their insertion instant; exactly one per entry.
-    order: VecDeque<(K, Instant)>,
-}
-
-impl<K: Hash + Eq + Clone, V> TtlCache<K, V> {
-    pub fn new(ttl: Duration, cap: usize) -> TtlCache<K, V> {
-        TtlCache {
-            ttl,
-            cap: cap.max(1),
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// The value for `key`, if inserted less than the TTL before `now`.
-    pub fn get(&self, key: &K, now: Instant) -> Option<&V> {
-        self.entries
-            .get(key)
-            .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
-            .map(|(v, _)| v)
-    }
-
-    /// Insert or replace. A replaced entry keeps its insertion instant (so it expires no later
-    /// than first planned, and the queue stays one element per entry).
-    pub fn insert(&mut self, key: K, value: V, now: Instant) {
-        self.expire(now);
-        if let Some(slot) = self.entries.get_mut(&key) {
-            slot.0 = value;
-            return;
-        }
-        while self.entries.len() >= self.cap {
-            match self.order.pop_front() {
-                Some((old, _)) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.entries.insert(key.clone(), (value, now));
-        self.order.push_back((key, now));
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Drop the entries older than the TTL (they are at the front of the queue).
-    fn expire(&mut self, now: Instant) {
-        while let Some((key, at)) = self.order.front() {
-            if now.saturating_duration_since(*at) < self.ttl {
-                break;
-            }
-            self.entries.remove(key);
-            self.order.pop_front();
-        }
-    }
-}
 
 /// Where failures are counted: one address (an IPv6 address by its /64, which one host usually
 /// owns whole), or the shared overflow bucket for callers whose address is unknown or that
@@ -218,54 +143,6 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    #[test]
-    fn cache_entries_expire_after_the_ttl() {
-        let t0 = Instant::now();
-        let mut c = TtlCache::new(30 * S, 10);
-        c.insert("a", 1, t0);
-        assert_eq!(c.get(&"a", t0 + 29 * S), Some(&1));
-        assert_eq!(c.get(&"a", t0 + 30 * S), None);
-        assert_eq!(c.get(&"b", t0), None);
-        // Expired entries are dropped on the next insert.
-        c.insert("b", 2, t0 + 31 * S);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c.get(&"b", t0 + 31 * S), Some(&2));
-    }
-
-    #[test]
-    fn cache_is_bounded_and_evicts_the_oldest() {
-        let t0 = Instant::now();
-        let mut c = TtlCache::new(30 * S, 3);
-        for (i, k) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-            c.insert(k, i, t0 + Duration::from_millis(i as u64));
-        }
-        assert_eq!(c.len(), 3);
-        let now = t0 + S;
-        assert_eq!(c.get(&"a", now), None);
-        assert_eq!(c.get(&"b", now), None);
-        assert_eq!(
-            (c.get(&"c", now), c.get(&"d", now), c.get(&"e", now)),
-            (Some(&2), Some(&3), Some(&4))
-        );
-    }
-
-    #[test]
-    fn replacing_keeps_the_first_insertion_instant_and_one_slot() {
-        let t0 = Instant::now();
-        let mut c = TtlCache::new(10 * S, 2);
-        c.insert("a", 1, t0);
-        c.insert("a", 2, t0 + 5 * S);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c.get(&"a", t0 + 9 * S), Some(&2));
-        assert_eq!(c.get(&"a", t0 + 10 * S), None);
-        // Still one slot: two more keys fit, a third evicts the oldest.
-        c.insert("b", 3, t0 + 6 * S);
-        assert_eq!(c.len(), 2);
-        c.insert("c", 4, t0 + 7 * S);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.get(&"a", t0 + 7 * S), None);
-    }
-
     fn ip(last: u8) -> Source {
         Source::of(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))))
     }
@@ -293,8 +170,8 @@ mod tests {
             l.refund(p);
         }
         // Failures (permits kept) count.
-        let _ = l.try_acquire(ip(1), t0);
-        let _ = l.try_acquire(ip(1), t0);
+        assert!(l.try_acquire(ip(1), t0).is_ok());
+        assert!(l.try_acquire(ip(1), t0).is_ok());
         assert!(l.try_acquire(ip(1), t0).is_err());
         // A refund from an earlier window does not lower the new one's count.
         let mut l = FailureLimiter::new(1, 60 * S, 100);

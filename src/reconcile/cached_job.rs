@@ -247,9 +247,10 @@ impl CachedJob {
 
     pub(crate) fn from_value(mut value: Value) -> CachedJob {
         let take = |v: &mut Value, key: &str| v.get_mut(key).map(Value::take);
-        let meta: ObjectMeta = take(&mut value, "metadata")
-            .and_then(|m| serde_json::from_value(m).ok())
-            .unwrap_or_default();
+        let meta = match take(&mut value, "metadata") {
+            None => ObjectMeta::default(),
+            Some(m) => ObjectMeta::deserialize(&m).unwrap_or_else(|e| salvaged_meta(&m, &e)),
+        };
         let generation = meta.generation;
         let (status, stored) = match take(&mut value, "status") {
             None | Some(Value::Null) => (seen(&ScheduledJobStatus::default()), false),
@@ -296,6 +297,22 @@ impl CachedJob {
             status,
         }
     }
+}
+
+/// Metadata that does not deserialize (no apiserver sends it): what identifies the object, read
+/// field by field, so such jobs keep keys of their own instead of all becoming the one job `/`.
+fn salvaged_meta(raw: &Value, error: &serde_json::Error) -> ObjectMeta {
+    let text = |key: &str| raw.get(key).and_then(Value::as_str).map(str::to_string);
+    let meta = ObjectMeta {
+        name: text("name"),
+        namespace: text("namespace"),
+        uid: text("uid"),
+        resource_version: text("resourceVersion"),
+        ..Default::default()
+    };
+    tracing::warn!(namespace = ?meta.namespace, name = ?meta.name, %error,
+                   "a ScheduledJob's metadata does not deserialize");
+    meta
 }
 
 impl WatchedJob {
@@ -409,6 +426,18 @@ mod tests {
     use super::*;
     use kube::ResourceExt;
     use serde_json::json;
+
+    #[test]
+    fn jobs_with_unreadable_metadata_keep_keys_of_their_own() {
+        let odd = |uid: &str, name: &str| {
+            CachedJob::from_value(json!({"metadata": {
+                "uid": uid, "name": name, "namespace": "ns", "labels": "not a map"}}))
+        };
+        let (a, b) = (odd("u-a", "a"), odd("u-b", "b"));
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key(), Uid::parse("u-a"));
+        assert_eq!(b.key_text(), "ns/b");
+    }
 
     fn object(spec: Value, status: Value) -> Value {
         json!({

@@ -89,7 +89,7 @@ pub trait JobChanges {
 
 /// Applies watch events to the cache, and tells what changed (comparing each job with its
 /// cached entry: no map of its own).
-pub struct Follower {
+pub struct CacheFiller {
     cache: JobCache,
     /// Jobs seen by the list in progress (after a watch restart), to drop the rest at its end.
     listing: Option<HashSet<Uid>>,
@@ -97,9 +97,9 @@ pub struct Follower {
     listed: Arc<AtomicBool>,
 }
 
-impl Follower {
-    pub fn new(cache: JobCache, listed: Arc<AtomicBool>) -> Follower {
-        Follower {
+impl CacheFiller {
+    pub fn new(cache: JobCache, listed: Arc<AtomicBool>) -> CacheFiller {
+        CacheFiller {
             cache,
             listing: None,
             listed,
@@ -207,7 +207,7 @@ impl JobChanges for Gathered {
 /// retries with backoff).
 pub fn follow<S>(
     events: S,
-    mut follower: Follower,
+    mut follower: CacheFiller,
     recount: impl Fn(String) + Send + 'static,
 ) -> impl futures::Stream<Item = Uid> + Send + 'static
 where
@@ -269,7 +269,7 @@ mod tests {
     fn the_first_list_fills_the_cache_and_reconciles_nothing_later_changes_do() {
         let cache = JobCache::default();
         let listed = Arc::new(AtomicBool::new(false));
-        let mut f = Follower::new(cache.clone(), listed.clone());
+        let mut f = CacheFiller::new(cache.clone(), listed.clone());
         let mut g = Gathered::default();
         f.follow(watcher::Event::Init, &mut g);
         f.follow(watcher::Event::InitApply(watched("a", "one", 1)), &mut g);
@@ -308,7 +308,7 @@ mod tests {
     fn a_new_list_drops_jobs_it_no_longer_shows_and_passes_what_changed() {
         let cache = JobCache::default();
         let listed = Arc::new(AtomicBool::new(false));
-        let mut f = Follower::new(cache.clone(), listed);
+        let mut f = CacheFiller::new(cache.clone(), listed);
         let mut g = Gathered::default();
         for e in [
             watcher::Event::Init,

@@ -97,7 +97,18 @@ impl Sweeps {
             if let Some(sweep) = self.state().queued.pop_front() {
                 return sweep;
             }
-            let _ = tokio::time::timeout(RECHECK, self.changed.notified()).await;
+            self.wait_for_change().await;
+        }
+    }
+
+    /// Until the state changes, or [`RECHECK`] at most. Running out of time is not an error:
+    /// it is the recheck that covers a missed wake-up.
+    async fn wait_for_change(&self) {
+        if tokio::time::timeout(RECHECK, self.changed.notified())
+            .await
+            .is_err()
+        {
+            tracing::trace!("sweeps: periodic recheck");
         }
     }
 
@@ -115,7 +126,7 @@ impl Sweeps {
                     return;
                 }
             }
-            let _ = tokio::time::timeout(RECHECK, self.changed.notified()).await;
+            self.wait_for_change().await;
         }
     }
 

@@ -202,7 +202,9 @@ pub struct JobMeta<'a> {
     pub trigger: Option<&'a str>,
 }
 
-/// Validate a ScheduledJob and build its row.
+/// Validate a ScheduledJob and build its row. The checks run in a fixed order (the schedule,
+/// the job's own fields, then what depends on the TaskFunction), so a job with several mistakes
+/// always reports the same one first.
 pub fn scheduled_job(
     meta: &JobMeta<'_>,
     spec: &ScheduledJobSpec,
@@ -210,127 +212,15 @@ pub fn scheduled_job(
     now: DateTime<Utc>,
 ) -> Result<JobRow, Invalid> {
     let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
-    if let Some(tz) = &spec.time_zone
-        && tz.len() > MAX_TIME_ZONE_LEN
-    {
-        return Err(invalid(
-            Reason::InvalidSchedule,
-            format!("timeZone is longer than {MAX_TIME_ZONE_LEN} bytes"),
-        ));
-    }
-    // The schedule first: it is the most common mistake and needs no other object.
-    let schedule = JobSchedule::from_spec(
-        &spec.schedule,
-        spec.time_zone.as_deref(),
-        spec.start_time.as_deref(),
-        meta.created,
-    )
-    .map_err(|e| invalid(Reason::InvalidSchedule, e.0))?;
-    // A one-shot job created after its instant would silently never run.
-    if let Some(at) = schedule.once_at()
-        && at <= meta.created
-    {
-        return Err(invalid(
-            Reason::InvalidSchedule,
-            format!(
-                "at {} is in the past (the job was created at {})",
-                crate::schedule::rfc3339(at),
-                crate::schedule::rfc3339(meta.created)
-            ),
-        ));
-    }
-
-    let args = spec
-        .args
-        .as_ref()
-        .map(|v| as_array("args", Some(v)))
-        .transpose()
-        .map_err(spec_err)?;
-    let kwargs = as_object("kwargs", spec.kwargs.as_ref()).map_err(spec_err)?;
-    if let Some(q) = &spec.queue {
-        check_queue("queue", q).map_err(spec_err)?;
-    }
-    let priority = check_priority(spec.priority).map_err(spec_err)?;
-    let expires_seconds =
-        check_duration("expiresSeconds", spec.expires_seconds, 1, None).map_err(spec_err)?;
-    let starting_deadline_seconds = check_duration(
-        "startingDeadlineSeconds",
-        spec.starting_deadline_seconds,
-        0,
-        None,
-    )
-    .map_err(spec_err)?;
-    let jitter_seconds = check_duration(
-        "jitterSeconds",
-        spec.jitter_seconds,
-        0,
-        Some(MAX_JITTER_SECONDS),
-    )
-    .map_err(spec_err)?;
-    let execution_timeout_seconds = check_duration(
-        "executionTimeoutSeconds",
-        spec.execution_timeout_seconds,
-        1,
-        None,
-    )
-    .map_err(spec_err)?;
-    let history_limit = check_non_negative("historyLimit", spec.history_limit).map_err(spec_err)?;
-    let history_limit = i32::try_from(history_limit.unwrap_or(100))
-        .ok()
-        .filter(|h| i64::from(*h) <= MAX_HISTORY_LIMIT)
-        .ok_or_else(|| spec_err(format!("historyLimit must be at most {MAX_HISTORY_LIMIT}")))?;
-    check_description(spec.description.as_deref()).map_err(spec_err)?;
-    if let Some(t) = meta.trigger {
-        check_trigger(t).map_err(spec_err)?;
-    }
-
-    let tf = match tf {
-        TaskFunctionRef::Missing => {
-            return Err(invalid(
-                Reason::UnknownTaskFunction,
-                format!("TaskFunction {:?} does not exist", spec.task_function),
-            ));
-        }
-        TaskFunctionRef::Invalid(e) => {
-            return Err(invalid(
-                Reason::TaskFunctionNotReady,
-                format!(
-                    "TaskFunction {:?} is not valid: {}",
-                    spec.task_function, e.message
-                ),
-            ));
-        }
-        TaskFunctionRef::Valid(tf) => tf,
-    };
-    if !tf.allowed_namespaces.is_empty()
-        && !tf.allowed_namespaces.iter().any(|n| n == meta.namespace)
-    {
-        return Err(invalid(
-            Reason::NamespaceNotAllowed,
-            format!(
-                "TaskFunction {:?} may be used only from namespaces [{}]",
-                tf.name,
-                tf.allowed_namespaces.join(", ")
-            ),
-        ));
-    }
-
-    let queue = spec.queue.clone().unwrap_or_else(|| tf.queue.clone());
-    if !tf.allowed_queues.contains(&queue) {
-        return Err(invalid(
-            Reason::QueueNotAllowed,
-            format!(
-                "queue {queue:?} is not allowed by TaskFunction {:?} (allowedQueues: [{}])",
-                tf.name,
-                tf.allowed_queues.join(", ")
-            ),
-        ));
-    }
+    let schedule = checked_schedule(meta, spec)?;
+    let fields = JobFields::checked(meta, spec).map_err(spec_err)?;
+    let tf = resolved(spec, tf)?;
+    let queue = allowed_queue(meta, spec, tf)?;
 
     // args replace the defaults; kwargs are merged over them.
-    let args = args.unwrap_or_else(|| tf.default_args.clone());
+    let args = fields.args.unwrap_or_else(|| tf.default_args.clone());
     let mut merged = tf.default_kwargs.clone();
-    merged.extend(kwargs);
+    merged.extend(fields.kwargs);
     check_size(&args, &merged).map_err(spec_err)?;
 
     let schedule_config =
@@ -340,7 +230,7 @@ pub fn scheduled_job(
     } else {
         schedule.next_after(now)
     };
-    let jitter_secs = jitter_seconds.unwrap_or(0);
+    let jitter_secs = fields.jitter_seconds.unwrap_or(0);
     // Checked: a slot near the end of chrono's range plus jitter has no next run.
     let next_run_at = next_slot_at.and_then(|slot| {
         slot.checked_add_signed(crate::schedule::jitter(meta.uid, slot, jitter_secs))
@@ -361,190 +251,175 @@ pub fn scheduled_job(
         args: Value::Array(args),
         kwargs: Value::Object(merged),
         queue,
-        priority: priority.or(tf.priority),
-        expires_seconds: expires_seconds.or(tf.expires_seconds),
+        priority: fields.priority.or(tf.priority),
+        expires_seconds: fields.expires_seconds.or(tf.expires_seconds),
         suspended: spec.suspend,
         concurrency_policy: spec.concurrency_policy,
-        starting_deadline_seconds,
-        jitter_seconds: jitter_seconds.unwrap_or(0),
-        execution_timeout_seconds: execution_timeout_seconds.unwrap_or(3600),
-        history_limit,
+        starting_deadline_seconds: fields.starting_deadline_seconds,
+        jitter_seconds: jitter_secs,
+        execution_timeout_seconds: fields.execution_timeout_seconds.unwrap_or(3600),
+        history_limit: fields.history_limit,
         description: spec.description.clone(),
         next_slot_at,
         next_run_at,
     })
 }
 
-fn check_name(field: &str, v: &str) -> Result<(), String> {
-    if v.trim().is_empty() {
-        return Err(format!("{field} must not be empty"));
-    }
-    if v.len() > MAX_NAME_LEN {
-        return Err(format!("{field} is longer than {MAX_NAME_LEN} bytes"));
-    }
-    if v.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "{field} must not contain control characters (newlines, NUL, ...)"
-        ));
-    }
-    Ok(())
-}
-
-/// A queue name: a valid name, not one of the reserved prefixes.
-fn check_queue(field: &str, v: &str) -> Result<(), String> {
-    check_name(field, v)?;
-    let lower = v.to_ascii_lowercase();
-    if let Some(p) = RESERVED_QUEUE_PREFIXES
-        .iter()
-        .find(|p| lower.starts_with(*p))
+/// The schedule first: it is the most common mistake and needs no other object.
+fn checked_schedule(meta: &JobMeta<'_>, spec: &ScheduledJobSpec) -> Result<JobSchedule, Invalid> {
+    if let Some(tz) = &spec.time_zone
+        && tz.len() > MAX_TIME_ZONE_LEN
     {
-        return Err(format!(
-            "{field}: {v:?} is reserved (names starting with {p:?} belong to kube-beat, the broker or Celery)"
+        return Err(invalid(
+            Reason::InvalidSchedule,
+            format!("timeZone is longer than {MAX_TIME_ZONE_LEN} bytes"),
         ));
     }
-    Ok(())
+    let schedule = JobSchedule::from_spec(
+        &spec.schedule,
+        spec.time_zone.as_deref(),
+        spec.start_time.as_deref(),
+        meta.created,
+    )
+    .map_err(|e| invalid(Reason::InvalidSchedule, e.0))?;
+    // A one-shot job created after its instant would silently never run.
+    if let Some(at) = schedule.once_at()
+        && at <= meta.created
+    {
+        return Err(invalid(
+            Reason::InvalidSchedule,
+            format!(
+                "at {} is in the past (the job was created at {})",
+                crate::schedule::rfc3339(at),
+                crate::schedule::rfc3339(meta.created)
+            ),
+        ));
+    }
+    Ok(schedule)
 }
 
-/// A duration in seconds: at least `min`, at most `max` (default [`MAX_DURATION_SECONDS`]).
-fn check_duration(
-    field: &str,
-    v: Option<i64>,
-    min: i64,
-    max: Option<i64>,
-) -> Result<Option<i64>, String> {
-    let max = max.unwrap_or(MAX_DURATION_SECONDS);
-    match v {
-        Some(x) if x < min => Err(format!("{field} must be at least {min}, got {x}")),
-        Some(x) if x > max => Err(format!("{field} must be at most {max}, got {x}")),
-        _ => Ok(v),
+/// A job's own fields, checked (none depends on the TaskFunction).
+struct JobFields {
+    args: Option<Vec<Value>>,
+    kwargs: Map<String, Value>,
+    priority: Option<i16>,
+    expires_seconds: Option<i64>,
+    starting_deadline_seconds: Option<i64>,
+    jitter_seconds: Option<i64>,
+    execution_timeout_seconds: Option<i64>,
+    history_limit: i32,
+}
+
+impl JobFields {
+    fn checked(meta: &JobMeta<'_>, spec: &ScheduledJobSpec) -> Result<JobFields, String> {
+        let args = spec
+            .args
+            .as_ref()
+            .map(|v| as_array("args", Some(v)))
+            .transpose()?;
+        let kwargs = as_object("kwargs", spec.kwargs.as_ref())?;
+        if let Some(q) = &spec.queue {
+            check_queue("queue", q)?;
+        }
+        let priority = check_priority(spec.priority)?;
+        let expires_seconds = check_duration("expiresSeconds", spec.expires_seconds, 1, None)?;
+        let starting_deadline_seconds = check_duration(
+            "startingDeadlineSeconds",
+            spec.starting_deadline_seconds,
+            0,
+            None,
+        )?;
+        let jitter_seconds = check_duration(
+            "jitterSeconds",
+            spec.jitter_seconds,
+            0,
+            Some(MAX_JITTER_SECONDS),
+        )?;
+        let execution_timeout_seconds = check_duration(
+            "executionTimeoutSeconds",
+            spec.execution_timeout_seconds,
+            1,
+            None,
+        )?;
+        let history_limit = check_non_negative("historyLimit", spec.history_limit)?;
+        let history_limit = i32::try_from(history_limit.unwrap_or(100))
+            .ok()
+            .filter(|h| i64::from(*h) <= MAX_HISTORY_LIMIT)
+            .ok_or_else(|| format!("historyLimit must be at most {MAX_HISTORY_LIMIT}"))?;
+        check_description(spec.description.as_deref())?;
+        if let Some(t) = meta.trigger {
+            check_trigger(t)?;
+        }
+        Ok(JobFields {
+            args,
+            kwargs,
+            priority,
+            expires_seconds,
+            starting_deadline_seconds,
+            jitter_seconds,
+            execution_timeout_seconds,
+            history_limit,
+        })
     }
 }
 
-fn check_description(d: Option<&str>) -> Result<(), String> {
-    match d {
-        Some(d) if d.chars().count() > MAX_DESCRIPTION_CHARS => Err(format!(
-            "description is {} characters; the limit is {MAX_DESCRIPTION_CHARS}",
-            d.chars().count()
+/// The job's TaskFunction, if it exists and is valid.
+fn resolved<'a>(
+    spec: &ScheduledJobSpec,
+    tf: TaskFunctionRef<'a>,
+) -> Result<&'a ValidTaskFunction, Invalid> {
+    match tf {
+        TaskFunctionRef::Missing => Err(invalid(
+            Reason::UnknownTaskFunction,
+            format!("TaskFunction {:?} does not exist", spec.task_function),
         )),
-        _ => Ok(()),
-    }
-}
-
-/// The trigger value becomes a slot key (a unique index entry) and an Event message.
-pub fn check_trigger(t: &str) -> Result<(), String> {
-    let n = t.chars().count();
-    let a = crate::api::TRIGGER_ANNOTATION;
-    if n > MAX_TRIGGER_CHARS {
-        return Err(format!(
-            "the {a} annotation is {n} characters; the limit is {MAX_TRIGGER_CHARS}"
-        ));
-    }
-    if t.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "the {a} annotation must not contain control characters"
-        ));
-    }
-    Ok(())
-}
-
-fn check_list_len(field: &str, n: usize) -> Result<(), String> {
-    if n > MAX_LIST_ITEMS {
-        return Err(format!(
-            "{field} has {n} entries; the limit is {MAX_LIST_ITEMS}"
-        ));
-    }
-    Ok(())
-}
-
-fn check_priority(p: Option<i32>) -> Result<Option<i16>, String> {
-    match p {
-        None => Ok(None),
-        Some(p @ 0..=9) => Ok(Some(p as i16)),
-        Some(p) => Err(format!("priority must be between 0 and 9, got {p}")),
-    }
-}
-
-fn check_non_negative(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
-    match v {
-        Some(x) if x < 0 => Err(format!("{field} must not be negative, got {x}")),
-        _ => Ok(v),
-    }
-}
-
-fn as_array(field: &str, v: Option<&Value>) -> Result<Vec<Value>, String> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => Ok(a.clone()),
-        Some(other) => Err(format!(
-            "{field} must be an array, got {}",
-            json_type(other)
+        TaskFunctionRef::Invalid(e) => Err(invalid(
+            Reason::TaskFunctionNotReady,
+            format!(
+                "TaskFunction {:?} is not valid: {}",
+                spec.task_function, e.message
+            ),
         )),
+        TaskFunctionRef::Valid(tf) => Ok(tf),
     }
 }
 
-fn as_object(field: &str, v: Option<&Value>) -> Result<Map<String, Value>, String> {
-    match v {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(o)) => Ok(o.clone()),
-        Some(other) => Err(format!(
-            "{field} must be an object, got {}",
-            json_type(other)
-        )),
-    }
-}
-
-fn check_size(args: &[Value], kwargs: &Map<String, Value>) -> Result<(), String> {
-    // Postgres `jsonb` (and `text`) cannot hold U+0000: refuse it here with a reason instead of
-    // failing every write of the row.
-    let has_nul = |v: &Value| contains_nul(v);
-    if args.iter().any(has_nul) || kwargs.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
-        return Err(
-            "args and kwargs must not contain NUL characters (\\u0000): Postgres cannot store them"
-                .to_string(),
-        );
-    }
-    let size = serde_json::to_vec(args)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
-        + serde_json::to_vec(kwargs)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-    if size > MAX_ARGUMENTS_BYTES {
-        return Err(format!(
-            "args and kwargs together are {size} bytes of JSON; the limit is {MAX_ARGUMENTS_BYTES}"
+/// The job's queue, if the TaskFunction allows it and the job's namespace.
+fn allowed_queue(
+    meta: &JobMeta<'_>,
+    spec: &ScheduledJobSpec,
+    tf: &ValidTaskFunction,
+) -> Result<String, Invalid> {
+    if !tf.allowed_namespaces.is_empty()
+        && !tf.allowed_namespaces.iter().any(|n| n == meta.namespace)
+    {
+        return Err(invalid(
+            Reason::NamespaceNotAllowed,
+            format!(
+                "TaskFunction {:?} may be used only from namespaces [{}]",
+                tf.name,
+                tf.allowed_namespaces.join(", ")
+            ),
         ));
     }
-    Ok(())
-}
-
-fn contains_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(contains_nul),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        _ => false,
+    let queue = spec.queue.clone().unwrap_or_else(|| tf.queue.clone());
+    if !tf.allowed_queues.contains(&queue) {
+        return Err(invalid(
+            Reason::QueueNotAllowed,
+            format!(
+                "queue {queue:?} is not allowed by TaskFunction {:?} (allowedQueues: [{}])",
+                tf.name,
+                tf.allowed_queues.join(", ")
+            ),
+        ));
     }
+    Ok(queue)
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+mod checks;
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+pub use checks::check_trigger;
+use checks::*;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,96 @@
+//! The finalizer stage both controllers share: our finalizer on every object we manage, and a
+//! cleanup before a managed object may go.
+
+use std::future::Future;
+
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+};
+
+use super::{cached_job::CachedJob, error::Error};
+use crate::api::FINALIZER;
+
+/// What the finalizer stage reads of an object.
+pub struct Finalizing<'a> {
+    name: &'a str,
+    resource_version: Option<&'a str>,
+    deleting: bool,
+    finalizers: Vec<String>,
+}
+
+impl<'a> Finalizing<'a> {
+    pub fn of(meta: &'a kube::api::ObjectMeta) -> Finalizing<'a> {
+        Finalizing {
+            name: meta.name.as_deref().unwrap_or_default(),
+            resource_version: meta.resource_version.as_deref(),
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn of_job(job: &'a CachedJob) -> Finalizing<'a> {
+        Finalizing {
+            name: job.name(),
+            resource_version: job.resource_version(),
+            deleting: job.deleting(),
+            finalizers: job.finalizers(),
+        }
+    }
+}
+
+/// Being deleted: run `cleanup` once, then let the object go. Otherwise make sure our finalizer
+/// is on it. `true` ends this pass (the patch produces a new event; the next pass continues
+/// from there).
+pub async fn finalizer_stage<K>(
+    api: &Api<K>,
+    obj: Finalizing<'_>,
+    cleanup: impl Future<Output = Result<(), Error>>,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let ours = obj.finalizers.iter().any(|f| f == FINALIZER);
+    if obj.deleting {
+        if ours {
+            cleanup.await?;
+            let rest: Vec<String> = obj
+                .finalizers
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            match patch_finalizers(api, &obj, rest).await {
+                // Already gone: nothing left to clean.
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
+                other => other?,
+            }
+        }
+        return Ok(true);
+    }
+    if !ours {
+        let mut all = obj.finalizers.clone();
+        all.push(FINALIZER.to_string());
+        patch_finalizers(api, &obj, all).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Replace the finalizer list, guarded by resourceVersion so a concurrent writer is not undone.
+async fn patch_finalizers<K>(
+    api: &Api<K>,
+    obj: &Finalizing<'_>,
+    finalizers: Vec<String>,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let rv = obj
+        .resource_version
+        .ok_or(Error::MissingMetadata("resourceVersion"))?;
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
+    api.patch(obj.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}

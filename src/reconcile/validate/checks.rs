@@ -1,0 +1,180 @@
+//! Field checks for [`super::scheduled_job`] and [`super::task_function`]: each returns what is
+//! wrong with one field, as the message the condition shows.
+
+use serde_json::{Map, Value};
+
+use super::{
+    MAX_ARGUMENTS_BYTES, MAX_DESCRIPTION_CHARS, MAX_DURATION_SECONDS, MAX_LIST_ITEMS, MAX_NAME_LEN,
+    MAX_TRIGGER_CHARS, RESERVED_QUEUE_PREFIXES,
+};
+
+pub(super) fn check_name(field: &str, v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if v.len() > MAX_NAME_LEN {
+        return Err(format!("{field} is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if v.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "{field} must not contain control characters (newlines, NUL, ...)"
+        ));
+    }
+    Ok(())
+}
+
+/// A queue name: a valid name, not one of the reserved prefixes.
+pub(super) fn check_queue(field: &str, v: &str) -> Result<(), String> {
+    check_name(field, v)?;
+    let lower = v.to_ascii_lowercase();
+    if let Some(p) = RESERVED_QUEUE_PREFIXES
+        .iter()
+        .find(|p| lower.starts_with(*p))
+    {
+        return Err(format!(
+            "{field}: {v:?} is reserved (names starting with {p:?} belong to kube-beat, the broker or Celery)"
+        ));
+    }
+    Ok(())
+}
+
+/// A duration in seconds: at least `min`, at most `max` (default [`MAX_DURATION_SECONDS`]).
+pub(super) fn check_duration(
+    field: &str,
+    v: Option<i64>,
+    min: i64,
+    max: Option<i64>,
+) -> Result<Option<i64>, String> {
+    let max = max.unwrap_or(MAX_DURATION_SECONDS);
+    match v {
+        Some(x) if x < min => Err(format!("{field} must be at least {min}, got {x}")),
+        Some(x) if x > max => Err(format!("{field} must be at most {max}, got {x}")),
+        _ => Ok(v),
+    }
+}
+
+pub(super) fn check_description(d: Option<&str>) -> Result<(), String> {
+    match d {
+        Some(d) if d.chars().count() > MAX_DESCRIPTION_CHARS => Err(format!(
+            "description is {} characters; the limit is {MAX_DESCRIPTION_CHARS}",
+            d.chars().count()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The trigger value becomes a slot key (a unique index entry) and an Event message.
+pub fn check_trigger(t: &str) -> Result<(), String> {
+    let n = t.chars().count();
+    let a = crate::api::TRIGGER_ANNOTATION;
+    if n > MAX_TRIGGER_CHARS {
+        return Err(format!(
+            "the {a} annotation is {n} characters; the limit is {MAX_TRIGGER_CHARS}"
+        ));
+    }
+    if t.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "the {a} annotation must not contain control characters"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_list_len(field: &str, n: usize) -> Result<(), String> {
+    if n > MAX_LIST_ITEMS {
+        return Err(format!(
+            "{field} has {n} entries; the limit is {MAX_LIST_ITEMS}"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_priority(p: Option<i32>) -> Result<Option<i16>, String> {
+    match p {
+        None => Ok(None),
+        Some(p @ 0..=9) => Ok(Some(p as i16)),
+        Some(p) => Err(format!("priority must be between 0 and 9, got {p}")),
+    }
+}
+
+pub(super) fn check_non_negative(field: &str, v: Option<i64>) -> Result<Option<i64>, String> {
+    match v {
+        Some(x) if x < 0 => Err(format!("{field} must not be negative, got {x}")),
+        _ => Ok(v),
+    }
+}
+
+pub(super) fn as_array(field: &str, v: Option<&Value>) -> Result<Vec<Value>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.clone()),
+        Some(other) => Err(format!(
+            "{field} must be an array, got {}",
+            json_type(other)
+        )),
+    }
+}
+
+pub(super) fn as_object(field: &str, v: Option<&Value>) -> Result<Map<String, Value>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(o)) => Ok(o.clone()),
+        Some(other) => Err(format!(
+            "{field} must be an object, got {}",
+            json_type(other)
+        )),
+    }
+}
+
+pub(super) fn check_size(args: &[Value], kwargs: &Map<String, Value>) -> Result<(), String> {
+    // Postgres `jsonb` (and `text`) cannot hold U+0000: refuse it here with a reason instead of
+    // failing every write of the row.
+    let has_nul = |v: &Value| contains_nul(v);
+    if args.iter().any(has_nul) || kwargs.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(
+            "args and kwargs must not contain NUL characters (\\u0000): Postgres cannot store them"
+                .to_string(),
+        );
+    }
+    let size = serde_json::to_vec(args)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+        + serde_json::to_vec(kwargs)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+    if size > MAX_ARGUMENTS_BYTES {
+        return Err(format!(
+            "args and kwargs together are {size} bytes of JSON; the limit is {MAX_ARGUMENTS_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+pub(super) fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub(super) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
