@@ -46,7 +46,7 @@ if [ "$mode" = all ]; then
 fi
 
 # The tests build kube-beat with its crash points (KUBE_BEAT_CRASH_AT, src/failpoint.rs): the
-# fault suite (tests/chaos.rs) kills leaders with them. Every cargo test below uses the same
+# fault suite (tests/chaos/) kills leaders with them. Every cargo test below uses the same
 # features, so the binary is built once.
 features=(--features failpoints)
 
