@@ -123,6 +123,7 @@ pub struct Sampled {
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
+    // The registration of every metric, one after another: long, but a list.
     fn new() -> Metrics {
         let mut m = Metrics {
             dispatches: Family::default(),

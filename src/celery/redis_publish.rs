@@ -113,6 +113,8 @@ impl RedisPublisher {
     /// Publish `messages` in one transaction. A message whose list cannot take it (the key
     /// holds a string, a hash, ...: a queue named after some other key) is left out and
     /// returned as rejected, so one job's bad queue never fails the rest of the batch.
+    // Long (~150 lines) on purpose: WATCH, the TYPE checks, MULTI, the record and EXEC are one
+    // Redis transaction whose steps must stay in this order on one connection.
     async fn publish_on(
         &self,
         conn: &mut MultiplexedConnection,

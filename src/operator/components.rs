@@ -39,6 +39,8 @@ struct Shared {
     shadow: bool,
 }
 
+// The wiring, in the order the parts depend on each other; each part is built by a function
+// of its own below, what is left here is the shared state they are built from.
 pub(super) fn build(
     args: &RunArgs,
     url: &str,

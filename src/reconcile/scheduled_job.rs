@@ -26,6 +26,8 @@ enum Verdict {
     Invalid(validate::Invalid),
 }
 
+// The stages of one reconcile, in order (finalizer → verdict → store → status); ~140 lines.
+// To be split into a function per stage when the next stage (job health) lands here.
 pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Error> {
     if !ctx.may_write().await? {
         return Ok(());

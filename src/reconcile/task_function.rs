@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{api::TaskFunction, store};
 
+// The same stages as `scheduled_job::reconcile` (finalizer → verdict → store → status).
 pub async fn reconcile(
     obj: Arc<Guarded<TaskFunction>>,
     ctx: Arc<Context>,

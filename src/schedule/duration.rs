@@ -3,6 +3,8 @@
 //! grammar with Go's error messages (`humantime` accepts different syntax).
 
 /// Nanoseconds, possibly negative, or Go's error message.
+// A transcription of Go's `time.ParseDuration`, kept in Go's shape so the two can be
+// compared line by line.
 pub fn parse_go_duration(orig: &str) -> Result<i128, String> {
     let invalid = || format!("time: invalid duration {}", go_quote(orig));
     let mut s = orig;

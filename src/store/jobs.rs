@@ -19,6 +19,7 @@ pub struct StoredJob {
 /// replaced only when the schedule itself changed or the job is (re)enabled — resuming never
 /// replays the suspended period. Returns `None` if the job was already deleted.
 /// `spec` is the ScheduledJob spec the row was built from (see [`stored_spec`]).
+// Long because its SQL is: one upsert statement of every column, then one read-back.
 pub async fn upsert_job(
     pool: &PgPool,
     row: &JobRow,
