@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A real, local Kubernetes control plane: etcd + kube-apiserver v1.20.2 built from Debian's source
-# package (no kubelet, no controller-manager). See docs/development.md.
+# package (no kubelet; kube-controller-manager from the same source, started only by `up` with
+# KB_CONTROLLERS=1, for the tests that need the Job, Deployment, garbage-collection and
+# ClusterRole-aggregation controllers). See docs/development.md.
 #
 #   hack/control-plane.sh build            build/cache kube-apiserver and kubectl (once per machine)
 #   hack/control-plane.sh up [DIR]         start etcd + apiserver, write DIR/kubeconfig and DIR/env
@@ -17,14 +19,16 @@ source "$(dirname "$0")/lib.sh"
 cmd=${1:-}
 dir=${2:-$KB_STATE/cp}
 
+have_all() { [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kube-controller-manager" ] && [ -x "$K8S_BIN/kubectl" ]; }
+
 build() {
-  if [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kubectl" ]; then return 0; fi
+  if have_all; then return 0; fi
   # The lock lives in a subshell so daemons started later never inherit (and hold) it.
   ( flock 9; build_locked ) 9>"$KB_CACHE/.k8s-build.lock"
 }
 
 build_locked() {
-  if [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kubectl" ]; then return 0; fi
+  if have_all; then return 0; fi
   apt_install golang-go etcd-server rsync dpkg-dev golang-github-modern-go-reflect2-dev openssl curl
   mkdir -p "$K8S_BIN"
   local work="$KB_CACHE/build-k8s"
@@ -36,7 +40,7 @@ build_locked() {
     dpkg -x "$work"/kubernetes-client_*.deb "$work/kc"
     install -m 0755 "$work/kc/usr/bin/kubectl" "$K8S_BIN/kubectl"
   fi
-  if [ ! -x "$K8S_BIN/kube-apiserver" ]; then
+  if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manager" ]; then
     enable_deb_src
     as_root apt-get update -qq
     log "fetching the kubernetes $K8S_DEB_VERSION source package"
@@ -50,13 +54,14 @@ build_locked() {
     rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
     mkdir -p "$src/.go/src/k8s.io" "$work/home"
     ln -sfn ../../.. "$src/.go/src/k8s.io/kubernetes"
-    log "building kube-apiserver (a few minutes, once per machine)"
-    (cd "$src" && GOPATH="$src/.go" CGO_ENABLED=0 HOME="$work/home" make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1) \
-      || { tail -30 "$work/build.log"; die "kube-apiserver build failed (log: $work/build.log)"; }
+    log "building kube-apiserver and kube-controller-manager (a few minutes, once per machine)"
+    (cd "$src" && GOPATH="$src/.go" CGO_ENABLED=0 HOME="$work/home" make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/build.log" 2>&1) \
+      || { tail -30 "$work/build.log"; die "kubernetes build failed (log: $work/build.log)"; }
     install -m 0755 "$src/_output/bin/kube-apiserver" "$K8S_BIN/kube-apiserver"
+    install -m 0755 "$src/_output/bin/kube-controller-manager" "$K8S_BIN/kube-controller-manager"
   fi
   rm -rf "$work"
-  log "kube-apiserver and kubectl $K8S_VERSION cached in $K8S_BIN"
+  log "kube-apiserver, kube-controller-manager and kubectl $K8S_VERSION cached in $K8S_BIN"
 }
 
 enable_deb_src() {
