@@ -81,8 +81,7 @@ pub async fn checks(opts: &CheckOptions) -> Result<Vec<CheckLine>, CheckError> {
     let base = Base::parse(&opts.url)?;
     let token = opts.token_file.as_deref().map(read_token).transpose()?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
-    let mut lines = Vec::with_capacity(2);
-    lines.push(base.expect_ok("/readyz", None, deadline, opts.timeout).await);
+    let ready = base.expect_ok("/readyz", None, deadline, opts.timeout).await;
     let who = if token.is_some() {
         "with the ServiceAccount token"
     } else {
@@ -92,8 +91,7 @@ pub async fn checks(opts: &CheckOptions) -> Result<Vec<CheckLine>, CheckError> {
         .expect_ok("/api/v1/jobs", token.as_ref(), deadline, opts.timeout)
         .await;
     api.text = format!("{} ({who})", api.text);
-    lines.push(api);
-    Ok(lines)
+    Ok(vec![ready, api])
 }
 
 /// The token as an `Authorization` header value, marked sensitive (hyper keeps it out of `Debug`).

@@ -55,7 +55,9 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
             .to_str()
             .expect("path"),
     ]));
-    let defaults = ok(&helm_template("kb", &ns, &[]));
+    // Without the `helm test` pod: admission refuses a Pod whose ServiceAccount does not exist
+    // yet (a dry run creates none); every_new_value_renders_where_it_should_and_applies checks it.
+    let defaults = ok(&helm_template("kb", &ns, &["--skip-tests"]));
     assert!(
         !defaults.contains("postgres://") && !defaults.contains("redis://"),
         "no connection strings in rendered manifests"
@@ -89,6 +91,7 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
         &[
             "--kube-version",
             "1.20.2",
+            "--skip-tests",
             "--set",
             "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,networkPolicy.enabled=true,\
              resultBackend.enabled=true,migrations.mode=start,operator.dispatchMode=shadow,\
@@ -891,4 +894,71 @@ async fn helm_test_check_passes_with_the_charts_service_account_and_fails_clearl
     assert!(took < Duration::from_secs(5), "{took:?}");
     drop(listener);
     f.finish().await;
+}
+
+/// `helm install --dry-run=server`: Helm renders against the cluster (its `lookup` sees it).
+fn helm_install_dry_run(ns: &str, set: &str) -> Output {
+    Command::new(helm())
+        .args(["install", "kb"])
+        .arg(chart())
+        .args(["--namespace", ns, "--dry-run=server", "--set"])
+        .arg(format!("crds.enabled=false,{set}"))
+        .output()
+        .expect("helm install --dry-run=server")
+}
+
+#[test]
+#[ignore = "needs the local control plane (make test)"]
+fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it() {
+    let ns = common::namespace("kbt-preflight");
+    let refused = |set: &str, wanted: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = helm_install_dry_run(&ns, set);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "--set {set} was installed");
+        for w in wanted {
+            assert!(err.contains(w), "--set {set}: {w:?} in\n{err}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+    };
+    refused(
+        "resultBackend.enabled=true",
+        &[
+            "The database Secret \"kube-beat\" does not exist in namespace",
+            &format!("kubectl -n {ns} create secret generic kube-beat --from-literal=database-url=..."),
+            "preflight.checkSecrets=false",
+        ],
+    );
+    ok(&kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "kube-beat",
+        "--from-literal=database-url=postgres://u:sekret@db/x",
+        "--from-literal=broker-url=redis://r",
+    ]));
+    refused(
+        "resultBackend.enabled=true",
+        &[
+            &format!("The Secret \"kube-beat\" in namespace \"{ns}\" has no key \"result-backend\""),
+            &format!("kubectl -n {ns} patch secret kube-beat"),
+        ],
+    );
+    refused(
+        "broker.existingSecret=celery",
+        &["The broker Secret \"celery\" does not exist"],
+    );
+    // No value of a Secret ever appears in the message.
+    let out = helm_install_dry_run(&ns, "resultBackend.enabled=true");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sekret"));
+    // Complete: the install goes on. Turned off: not checked. `helm template`: no cluster, no check.
+    ok(&helm_install_dry_run(&ns, "resultBackend.enabled=false"));
+    ok(&helm_install_dry_run(
+        &ns,
+        "preflight.checkSecrets=false,broker.existingSecret=celery",
+    ));
+    ok(&helm_template("kb", &ns, &["--set", "broker.existingSecret=celery"]));
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
