@@ -271,7 +271,7 @@ mod tests {
         std::fs::write(&f, "  \n").expect("write");
         assert!(matches!(read_token(&f), Err(CheckError::TokenInvalid(_))));
         std::fs::write(&f, "bad\ntoken-with-newline-inside").expect("write");
-        let e = read_token(&f).err().expect("refused");
+        let e = read_token(&f).expect_err("refused");
         assert!(!e.to_string().contains("token-with"), "{e}");
         std::fs::write(&f, vec![b'a'; 70 * 1024]).expect("write");
         assert!(matches!(read_token(&f), Err(CheckError::TokenInvalid(_))));
