@@ -190,3 +190,95 @@ pub async fn run(
     }
     server.await.map_err(WebhookError::Serve)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        // An apiserver nobody listens on: the reviews below never need one.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        router(Arc::new(admission::Reviewer {
+            client,
+            selector: LabelSelector::parse("").expect("selector"),
+            namespace: None,
+        }))
+    }
+
+    async fn post(body: Vec<u8>) -> (u16, Value) {
+        let request = Request::post("/validate")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let response = app().oneshot(request).await.expect("response");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn review(object: Value) -> Vec<u8> {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "kubebeat.io", "version": "v1alpha1", "kind": object["kind"]},
+                "resource": {"group": "kubebeat.io", "version": "v1alpha1", "resource": "x"},
+                "name": "n", "operation": "CREATE", "userInfo": {"username": "u"},
+                "object": object, "oldObject": null, "dryRun": false,
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_bad_request_never_a_panic() {
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        for body in [
+            b"".to_vec(),
+            b"not json".to_vec(),
+            b"{\"request\": 1}".to_vec(),
+            b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\"}".to_vec(),
+            vec![0xff, 0xfe, 0x00],
+        ] {
+            let (status, _) = post(body).await;
+            assert_eq!(status, 400);
+        }
+        assert_eq!(post(big).await.0, 413, "bounded body");
+    }
+
+    #[tokio::test]
+    async fn a_bad_task_function_is_refused_with_its_message_and_counted() {
+        let tf = json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+            "metadata": {"name": "t"}, "spec": {"task": "t", "queue": "amq.x"},
+        });
+        let (status, body) = post(review(tf)).await;
+        assert_eq!(status, 200);
+        let response = &body["response"];
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["allowed"], false);
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("queue: \"amq.x\" is reserved"), "{message}");
+
+        let ok = json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+            "metadata": {"name": "t"}, "spec": {"task": "t"},
+        });
+        assert_eq!(post(review(ok)).await.1["response"]["allowed"], true);
+        let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        assert_eq!(post(review(other)).await.1["response"]["allowed"], true);
+
+        let metrics = crate::metrics::METRICS.render();
+        assert!(
+            metrics.contains("kube_beat_admission_reviews_total{kind=\"TaskFunction\",result=\"refused\"}"),
+            "{metrics}"
+        );
+    }
+}
