@@ -7,7 +7,9 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{Operator, TestDb, eventually, install_crds, kubectl, kubectl_stdin, namespace, ok, unique};
+use common::{
+    Operator, TestDb, eventually, install_crds, kubectl, kubectl_stdin, namespace, ok, unique,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -74,7 +76,12 @@ struct Configuration(String);
 
 impl Drop for Configuration {
     fn drop(&mut self) {
-        let _ = kubectl(&["delete", "validatingwebhookconfiguration", &self.0, "--wait=false"]);
+        let _ = kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.0,
+            "--wait=false",
+        ]);
     }
 }
 
@@ -102,7 +109,10 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     let mut args = vec!["--dispatch-mode", "shadow"];
     args.extend_from_slice(&webhook_args);
     let op = Operator::start(&db.url, &ns, &id, &args);
-    let addr = eventually("the webhook listening", WAIT, || async { webhook_addr(&op) }).await;
+    let addr = eventually("the webhook listening", WAIT, || async {
+        webhook_addr(&op)
+    })
+    .await;
 
     // The reference: what the reconcile says of the same objects, created before the webhook
     // is registered.
@@ -130,13 +140,21 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert_eq!(status, "False", "{cron_message}");
     let (status, missing_message) = ready("scheduledjob", "ref-missing", &ns).await;
     assert_eq!(status, "False");
-    assert_eq!(missing_message, format!("TaskFunction {missing:?} does not exist"));
+    assert_eq!(
+        missing_message,
+        format!("TaskFunction {missing:?} does not exist")
+    );
     let (status, queue_message) = ready("taskfunction", &format!("{id}-ref-queue"), "").await;
     assert_eq!(status, "False");
     assert!(queue_message.contains("reserved"), "{queue_message}");
 
     // The webhook, for this test's namespace and TaskFunctions only (Ignore: the default).
-    ok(&kubectl(&["label", "namespace", &ns, &format!("kubebeat.io/webhook-test={id}")]));
+    ok(&kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("kubebeat.io/webhook-test={id}"),
+    ]));
     let configuration = |url: &str| {
         let hook = |name: &str, resource: &str| {
             json!({
@@ -166,7 +184,15 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     ));
     // The operator sets the caBundle of both webhooks to the CA in the Secret.
     let ca = eventually("the CA Secret", WAIT, || async {
-        let out = kubectl(&["get", "secret", secret, "-n", &ns, "-o", "jsonpath={.data.ca\\.crt}"]);
+        let out = kubectl(&[
+            "get",
+            "secret",
+            secret,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]);
         Some(String::from_utf8_lossy(&out.stdout).to_string()).filter(|s| !s.is_empty())
     })
     .await;
@@ -183,7 +209,11 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     .await;
     // The apiserver picks the configuration up a moment later: probe with a dry run.
     eventually("the apiserver calling the webhook", WAIT, || async {
-        let (applied, _) = apply(&ns, &job("probe", &echo, bad_cron.clone()), &["--dry-run=server"]);
+        let (applied, _) = apply(
+            &ns,
+            &job("probe", &echo, bad_cron.clone()),
+            &["--dry-run=server"],
+        );
         (!applied).then_some(())
     })
     .await;
@@ -191,9 +221,16 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     // A bad cron: refused, with the condition's message; nothing created.
     let (applied, stderr) = apply(&ns, &job("bad-cron", &echo, bad_cron.clone()), &[]);
     assert!(!applied, "a bad cron was accepted");
-    assert!(stderr.contains(&cron_message), "{stderr}\nexpected: {cron_message}");
+    assert!(
+        stderr.contains(&cron_message),
+        "{stderr}\nexpected: {cron_message}"
+    );
     assert!(stderr.contains("denied the request"), "{stderr}");
-    assert!(!kubectl(&["get", "scheduledjob", "bad-cron", "-n", &ns]).status.success());
+    assert!(
+        !kubectl(&["get", "scheduledjob", "bad-cron", "-n", &ns])
+            .status
+            .success()
+    );
     // A valid job applies; a bad change to it is refused (UPDATE), and it stays as it was.
     let (applied, stderr) = apply(&ns, &job("good", &echo, json!({"cron": "@hourly"})), &[]);
     assert!(applied, "{stderr}");
@@ -202,7 +239,11 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     let (status, _) = ready("scheduledjob", "good", &ns).await;
     assert_eq!(status, "True");
     // A missing TaskFunction, and a TaskFunction with a reserved queue: refused likewise.
-    let (applied, stderr) = apply(&ns, &job("orphan", &missing, json!({"cron": "@daily"})), &[]);
+    let (applied, stderr) = apply(
+        &ns,
+        &job("orphan", &missing, json!({"cron": "@daily"})),
+        &[],
+    );
     assert!(!applied && stderr.contains(&missing_message), "{stderr}");
     let (applied, stderr) = apply(
         "default",
@@ -212,7 +253,15 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert!(!applied && stderr.contains(&queue_message), "{stderr}");
     // kube-beat's own writes to objects created while the webhook was away (their finalizer,
     // their status) still go through: ref-cron has its finalizer and a status.
-    let out = ok(&kubectl(&["get", "scheduledjob", "ref-cron", "-n", &ns, "-o", "json"]));
+    let out = ok(&kubectl(&[
+        "get",
+        "scheduledjob",
+        "ref-cron",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]));
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["metadata"]["finalizers"][0], "kubebeat.io/cleanup", "{v}");
 
@@ -226,14 +275,24 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
         {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": format!("https://{addr2}/validate")},
     ])
     .to_string();
-    ok(&kubectl(&["patch", "validatingwebhookconfiguration", &vwc.0, "--type=json", "-p", &patch]));
+    ok(&kubectl(&[
+        "patch",
+        "validatingwebhookconfiguration",
+        &vwc.0,
+        "--type=json",
+        "-p",
+        &patch,
+    ]));
     drop(op);
     eventually("the second replica refusing", WAIT, || async {
         let (applied, stderr) = apply(&ns, &job("bad-cron", &echo, bad_cron.clone()), &[]);
         (!applied && stderr.contains(&cron_message)).then_some(())
     })
     .await;
-    assert!(!op2.log_text().contains("webhook CA created"), "one CA, created once");
+    assert!(
+        !op2.log_text().contains("webhook CA created"),
+        "one CA, created once"
+    );
 
     // The webhook down (failurePolicy Ignore): the apply goes through; the reconcile's
     // condition is the backstop.
@@ -242,7 +301,10 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert!(applied, "a down webhook blocked the apply: {stderr}");
     let _op3 = Operator::start(&db.url, &ns, &id, &["--dispatch-mode", "shadow"]);
     let (status, message) = ready("scheduledjob", "while-down", &ns).await;
-    assert_eq!((status.as_str(), message.as_str()), ("False", cron_message.as_str()));
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        ("False", cron_message.as_str())
+    );
 
     drop(vwc);
     for tf in [echo, format!("{id}-ref-queue")] {
@@ -323,7 +385,10 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
         "apiVersion: kubebeat.io/v1alpha1\nkind: ScheduledJob\nmetadata: {name: late}\n\
          spec: {taskFunction: echo, schedule: {at: \"2001-01-01T00:00:00Z\"}, priority: 12}\n",
     );
-    write(&dir.path().join("notes.txt"), "kind: ScheduledJob\nthis is not read");
+    write(
+        &dir.path().join("notes.txt"),
+        "kind: ScheduledJob\nthis is not read",
+    );
 
     let (code, stdout, stderr) = validate(&["-f", dir.path().to_str().expect("path")]);
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -339,14 +404,24 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
     ];
     assert_eq!(lines.len(), expected_prefixes.len(), "{stdout}");
     for (line, prefix) in lines.iter().zip(&expected_prefixes) {
-        assert!(line.starts_with(prefix.as_str()), "{line:?} should start with {prefix:?}");
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line:?} should start with {prefix:?}"
+        );
     }
-    assert!(lines[0].len() > expected_prefixes[0].len(), "the cron error has a message");
     assert!(
-        stderr.contains("unknown-tf") && stderr.contains("\"not-in-files\" is not in the given files"),
+        lines[0].len() > expected_prefixes[0].len(),
+        "the cron error has a message"
+    );
+    assert!(
+        stderr.contains("unknown-tf")
+            && stderr.contains("\"not-in-files\" is not in the given files"),
         "a note, not an error: {stderr}"
     );
-    assert!(stderr.contains("4 error(s); 7 object(s) checked"), "{stderr}");
+    assert!(
+        stderr.contains("4 error(s); 7 object(s) checked"),
+        "{stderr}"
+    );
 
     // Only the valid file: exit 0. One file given by name is read whatever its extension.
     let good = dir.path().join("good.txt");
@@ -370,7 +445,10 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
         "/nonexistent/kb.yaml",
     ]);
     assert_eq!(code, 1);
-    assert!(stdout.contains(&format!("{}[#1]: not YAML", broken.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}[#1]: not YAML", broken.display())),
+        "{stdout}"
+    );
     assert!(stdout.contains("/nonexistent/kb.yaml: "), "{stdout}");
     // No -f at all: a usage error.
     assert_eq!(validate(&[]).0, 2);

@@ -159,7 +159,10 @@ impl Reviewer {
                     Some(name) => self.task_function(&name).await?,
                     None => None,
                 };
-                if tf.as_ref().is_some_and(|tf| !self.selector.matches(tf.labels())) {
+                if tf
+                    .as_ref()
+                    .is_some_and(|tf| !self.selector.matches(tf.labels()))
+                {
                     return skip;
                 }
                 verdict::scheduled_job(&object, namespace, tf.as_ref(), now)
@@ -173,7 +176,10 @@ impl Reviewer {
 
     /// The TaskFunction from the apiserver, not a cache: a TaskFunction applied a moment before
     /// its jobs (one `kubectl apply -f dir`) must be found.
-    async fn task_function(&self, name: &str) -> Result<Option<Guarded<TaskFunction>>, ReviewError> {
+    async fn task_function(
+        &self,
+        name: &str,
+    ) -> Result<Option<Guarded<TaskFunction>>, ReviewError> {
         let api: Api<Guarded<TaskFunction>> = Api::all(self.client.clone());
         let failed = |error: String| ReviewError::Lookup {
             name: name.chars().take(253).collect(),

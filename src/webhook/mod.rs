@@ -144,7 +144,9 @@ pub async fn run(
         match source.refresh().await {
             Ok(Some(config)) => break config,
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "webhook certificate not ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "webhook certificate not ready")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -219,7 +221,10 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     fn review(object: Value) -> Vec<u8> {
@@ -265,7 +270,10 @@ mod tests {
         assert_eq!(response["uid"], "u-1");
         assert_eq!(response["allowed"], false);
         let message = response["status"]["message"].as_str().unwrap_or_default();
-        assert!(message.starts_with("queue: \"amq.x\" is reserved"), "{message}");
+        assert!(
+            message.starts_with("queue: \"amq.x\" is reserved"),
+            "{message}"
+        );
 
         let ok = json!({
             "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
@@ -277,7 +285,9 @@ mod tests {
 
         let metrics = crate::metrics::METRICS.render();
         assert!(
-            metrics.contains("kube_beat_admission_reviews_total{kind=\"TaskFunction\",result=\"refused\"}"),
+            metrics.contains(
+                "kube_beat_admission_reviews_total{kind=\"TaskFunction\",result=\"refused\"}"
+            ),
             "{metrics}"
         );
     }

@@ -134,7 +134,9 @@ fn stand_in(job: &Value, name: &str) -> Guarded<TaskFunction> {
 
 fn kind(v: &Value) -> Option<Kind> {
     Kind::of(
-        v.get("apiVersion").and_then(Value::as_str).unwrap_or_default(),
+        v.get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
         v.get("kind").and_then(Value::as_str).unwrap_or_default(),
     )
 }
@@ -227,7 +229,9 @@ fn read_documents(path: &Path, docs: &mut Vec<Document>, report: &mut Report) {
             match doc {
                 Ok(v) => push(index, v),
                 Err(e) => {
-                    report.errors.push(format!("{file}[#{index}]: not JSON: {e}"));
+                    report
+                        .errors
+                        .push(format!("{file}[#{index}]: not JSON: {e}"));
                     return;
                 }
             }
@@ -239,7 +243,9 @@ fn read_documents(path: &Path, docs: &mut Vec<Document>, report: &mut Report) {
             Ok(v) => push(index, v),
             Err(e) => {
                 // The stream cannot be followed past a broken document.
-                report.errors.push(format!("{file}[#{index}]: not YAML: {e}"));
+                report
+                    .errors
+                    .push(format!("{file}[#{index}]: not YAML: {e}"));
                 return;
             }
         }

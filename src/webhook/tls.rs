@@ -198,7 +198,10 @@ impl SelfSigned {
             type_: Some("Opaque".to_string()),
             data: Some(
                 [
-                    (CA_CERT_KEY.to_string(), ByteString(cert.clone().into_bytes())),
+                    (
+                        CA_CERT_KEY.to_string(),
+                        ByteString(cert.clone().into_bytes()),
+                    ),
                     (CA_KEY_KEY.to_string(), ByteString(key.clone().into_bytes())),
                 ]
                 .into(),

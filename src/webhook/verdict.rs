@@ -178,7 +178,10 @@ mod tests {
                 scheduled_job(&garbage, "default", Some(&echo), now()).is_err(),
                 "{garbage}"
             );
-            assert!(task_function(&read_task_function(&garbage)).is_err(), "{garbage}");
+            assert!(
+                task_function(&read_task_function(&garbage)).is_err(),
+                "{garbage}"
+            );
         }
     }
 }
