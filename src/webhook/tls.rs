@@ -50,7 +50,8 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// Where the serving certificate comes from.
 pub enum Source {
     Dir(DirSource),
-    SelfSigned(SelfSigned),
+    // Boxed: two Api handles; one Source lives per process.
+    SelfSigned(Box<SelfSigned>),
 }
 
 pub struct DirSource {
@@ -91,7 +92,7 @@ impl Source {
         }
         tracing::info!(secret = %fallback.secret, namespace = %fallback.namespace, names = ?fallback.names,
             "webhook certificate: self-signed, from the CA in the Secret");
-        Source::SelfSigned(SelfSigned {
+        Source::SelfSigned(Box::new(SelfSigned {
             secrets: Api::namespaced(client.clone(), &fallback.namespace),
             secret: fallback.secret,
             names: fallback.names,
@@ -99,7 +100,7 @@ impl Source {
             configuration: fallback.configuration,
             signed: None,
             last_problem: None,
-        })
+        }))
     }
 
     /// A new server configuration when the certificate changed since the last call (the first
