@@ -89,6 +89,20 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
         timeout_seconds: u64,
     },
+    /// Check ScheduledJob and TaskFunction manifests offline, as the admission webhook would
+    /// (exit 1 listing every error as `FILE[#DOC_INDEX] KIND NAMESPACE/NAME: message`).
+    Validate {
+        /// A YAML (multi-document) or JSON file, or a directory searched for .yaml, .yml and
+        /// .json files. Repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of documents that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Read TaskFunctions missing from the files from the kubeconfig's cluster.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Print the version.
     Version,
     /// Resolve a host name the way the operator's connections do, and print its addresses (a
@@ -226,6 +240,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Validate {
+            files,
+            namespace,
+            cluster,
+        } => validate(&files, &namespace, cluster).await,
         Command::Import {
             file,
             task_functions,
@@ -267,6 +286,37 @@ pub fn next_instants(
         cur = t;
     }
     Ok(out)
+}
+
+/// `kube-beat validate`: every error on standard output, notes on standard error; an error
+/// (exit 1) when any object is invalid.
+async fn validate(files: &[PathBuf], namespace: &str, cluster: bool) -> Result<()> {
+    use crate::webhook::offline;
+    let lookup = if cluster {
+        offline::Lookup::Cluster(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the cluster (--cluster)")?,
+        )
+    } else {
+        offline::Lookup::None
+    };
+    let report = offline::validate(files, namespace, &lookup).await;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    for error in &report.errors {
+        println!("{error}");
+    }
+    if !report.errors.is_empty() {
+        anyhow::bail!(
+            "{} error(s); {} object(s) checked",
+            report.errors.len(),
+            report.checked
+        );
+    }
+    eprintln!("{} object(s) valid", report.checked);
+    Ok(())
 }
 
 /// `kube-beat import`: nothing is written unless every entry is valid (or `--skip-invalid`).

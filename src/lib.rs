@@ -25,3 +25,4 @@ pub mod store;
 pub mod supervise;
 pub mod tracker;
 pub mod trigger;
+pub mod webhook;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
+    /// Admission webhook decisions, by kind and result.
+    pub admissions: Family<Admission, Counter>,
     /// Sampled from outside: the status feed, the pool, queue depths.
     pub sampled: Arc<Sampled>,
     registry: Registry,
@@ -140,6 +142,7 @@ impl Metrics {
             task_restarts: Family::default(),
             tracker_pass: latency_histogram(),
             tracker_unfinished: Gauge::default(),
+            admissions: Family::default(),
             sampled: Arc::default(),
             registry: Registry::with_prefix("kube_beat"),
         };
@@ -215,6 +218,7 @@ impl Metrics {
             "Unfinished executions seen by the last tracker pass",
             m.tracker_unfinished.clone(),
         );
+        register_admissions(&mut r, &m);
         r.register_collector(Box::new(SampledCollector(m.sampled.clone())));
         m.registry = r;
         m
@@ -258,6 +262,24 @@ impl Metrics {
             self.leader_transitions.inc();
         }
     }
+}
+
+// The admission webhook's metric (`crate::webhook`).
+
+/// An admission decision: `kind` ScheduledJob, TaskFunction or other; `result` allowed,
+/// refused, skipped (not this installation's, or no change to judge) or error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Admission {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+fn register_admissions(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "admission_reviews",
+        "Admission webhook decisions by kind and result (allowed, refused, skipped, error)",
+        m.admissions.clone(),
+    );
 }
 
 #[derive(Debug)]

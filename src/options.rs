@@ -97,6 +97,35 @@ pub struct RunArgs {
     /// How long the executions of deleted ScheduledJobs are kept, in hours.
     #[arg(long, env = "DELETED_JOB_RETENTION_HOURS", default_value_t = 168)]
     pub deleted_job_retention_hours: u32,
+    // The admission webhook (`crate::webhook`).
+    /// Address of the validating admission webhook (HTTPS), e.g. `0.0.0.0:9443`; empty: no
+    /// webhook.
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "")]
+    pub webhook_addr: String,
+    /// Directory holding the webhook's `tls.crt` and `tls.key` (re-read when they change, e.g.
+    /// cert-manager's Secret mounted). Absent or without `tls.crt`: a certificate signed by
+    /// the CA in `--webhook-secret` (the self-signed fallback).
+    #[arg(long, env = "WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<std::path::PathBuf>,
+    /// The webhook's Service name (in the pod's namespace): the self-signed certificate is for
+    /// `NAME.NAMESPACE.svc` and `NAME.NAMESPACE.svc.cluster.local`.
+    #[arg(long, env = "WEBHOOK_SERVICE", default_value = "kube-beat")]
+    pub webhook_service: String,
+    /// More names for the self-signed certificate (DNS names or IP addresses), comma-separated.
+    #[arg(long, env = "WEBHOOK_EXTRA_SAN", value_delimiter = ',')]
+    pub webhook_extra_san: Vec<String>,
+    /// Secret (in the pod's namespace) holding the self-signed fallback's CA: created by the
+    /// first replica, every replica signs its certificate with it.
+    #[arg(long, env = "WEBHOOK_SECRET", default_value = "kube-beat-webhook-ca")]
+    pub webhook_secret: String,
+    /// ValidatingWebhookConfiguration whose every webhook's caBundle the operator keeps set to
+    /// the self-signed fallback's CA; empty: none (cert-manager injects it, or you do).
+    #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = "")]
+    pub webhook_configuration: String,
+    /// Seconds between re-reads of the certificate and checks of the caBundle. Hidden: tests
+    /// set it short.
+    #[arg(long, hide = true, default_value_t = 30)]
+    pub webhook_refresh_seconds: u64,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -128,6 +128,9 @@ pub(super) fn build(
     ));
     parts.push(("readiness", Box::pin(then_wait(readiness, s.stop.clone()))));
     parts.push(http_part(args, &s, health));
+    if let Some(webhook) = webhook_part(args, &s) {
+        parts.push(webhook);
+    }
     Ok(Built { election, parts })
 }
 
@@ -311,6 +314,42 @@ fn http_part(args: &RunArgs, s: &Shared, health: crate::http::Health) -> Part {
         }
     };
     ("HTTP server", Box::pin(http))
+}
+
+/// The admission webhook (`--webhook-addr`), when asked for. It ends only with the process
+/// (or on an error, such as its address taken, which stops the process like any part's end).
+fn webhook_part(args: &RunArgs, s: &Shared) -> Option<Part> {
+    let addr = args.webhook_addr.trim();
+    if addr.is_empty() {
+        return None;
+    }
+    let non_empty = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
+    let opts = crate::webhook::WebhookOptions {
+        addr: addr.to_string(),
+        cert_dir: args.webhook_cert_dir.clone(),
+        service: args.webhook_service.clone(),
+        extra_sans: args.webhook_extra_san.clone(),
+        secret: args.webhook_secret.clone(),
+        namespace: args.lease_namespace.clone(),
+        configuration: non_empty(&args.webhook_configuration),
+        refresh: Duration::from_secs(args.webhook_refresh_seconds.clamp(1, 3600)),
+        selector: reconcile::LabelSelector::parse(
+            args.task_function_selector.as_deref().unwrap_or(""),
+        )
+        .unwrap_or_else(|_| reconcile::LabelSelector::nothing()),
+        watch_namespace: args.namespace.clone(),
+    };
+    let (client, stop) = (s.client.clone(), s.stop.clone());
+    let webhook = async move {
+        if let Err(e) = crate::webhook::run(opts, client, stop.clone()).await {
+            tracing::error!(error = %e, "admission webhook failed");
+            return;
+        }
+        // Stopped: wait like the other parts do (it returns only after the stop).
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    Some(("admission webhook", Box::pin(webhook)))
 }
 
 /// Ready once migrations ran (before this is built) and the caches hold their first list.

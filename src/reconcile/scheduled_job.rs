@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Resource,
     api::{Patch, PatchParams},
 };
 use serde_json::json;
@@ -179,21 +179,8 @@ fn judge(
     tf_obj: Option<&Guarded<TaskFunction>>,
     now: DateTime<Utc>,
 ) -> Verdict {
-    let tf_result = tf_obj.and_then(|g| match &g.0 {
-        // A TaskFunction on its way out counts as gone.
-        Ok(tf) if tf.metadata.deletion_timestamp.is_some() => None,
-        Ok(tf) => Some(validate::task_function(&tf.name_any(), &tf.spec)),
-        Err(e) => Some(Err(validate::Invalid {
-            reason: validate::Reason::InvalidSpec,
-            message: format!("does not match the TaskFunction schema: {}", e.error),
-        })),
-    });
-    let tf_ref = match &tf_result {
-        None => validate::TaskFunctionRef::Missing,
-        Some(Err(e)) => validate::TaskFunctionRef::Invalid(e),
-        Some(Ok(tf)) => validate::TaskFunctionRef::Valid(tf),
-    };
-    match validate::scheduled_job(meta, spec, tf_ref, now) {
+    // Shared with the admission webhook and `kube-beat validate`: one verdict everywhere.
+    match validate::scheduled_job_with(meta, spec, tf_obj, now) {
         Ok(row) => Verdict::Valid(Box::new(row)),
         Err(e) => Verdict::Invalid(e),
     }

@@ -6,8 +6,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use kube::ResourceExt;
+
+use super::Guarded;
 use crate::{
-    api::{ConcurrencyPolicy, ScheduledJobSpec, TaskFunctionSpec},
+    api::{ConcurrencyPolicy, ScheduledJobSpec, TaskFunction, TaskFunctionSpec},
     schedule::{JobSchedule, JobType},
 };
 
@@ -263,6 +266,32 @@ pub fn scheduled_job(
         next_slot_at,
         next_run_at,
     })
+}
+
+/// [`scheduled_job`] against the TaskFunction object as read (from the reconciler's cache, the
+/// apiserver or a file): the one place that turns that object into a [`TaskFunctionRef`], so
+/// the reconcile, the admission webhook and `kube-beat validate` give the same verdict.
+pub fn scheduled_job_with(
+    meta: &JobMeta<'_>,
+    spec: &ScheduledJobSpec,
+    tf_obj: Option<&Guarded<TaskFunction>>,
+    now: DateTime<Utc>,
+) -> Result<JobRow, Invalid> {
+    let tf_result = tf_obj.and_then(|g| match &g.0 {
+        // A TaskFunction on its way out counts as gone.
+        Ok(tf) if tf.metadata.deletion_timestamp.is_some() => None,
+        Ok(tf) => Some(task_function(&tf.name_any(), &tf.spec)),
+        Err(e) => Some(Err(invalid(
+            Reason::InvalidSpec,
+            format!("does not match the TaskFunction schema: {}", e.error),
+        ))),
+    });
+    let tf_ref = match &tf_result {
+        None => TaskFunctionRef::Missing,
+        Some(Err(e)) => TaskFunctionRef::Invalid(e),
+        Some(Ok(tf)) => TaskFunctionRef::Valid(tf),
+    };
+    scheduled_job(meta, spec, tf_ref, now)
 }
 
 /// The schedule first: it is the most common mistake and needs no other object.

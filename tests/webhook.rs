@@ -1,0 +1,455 @@
+//! The admission webhook through the real apiserver (`kubectl apply` of a bad object refused
+//! with the message its Ready=False condition shows; a down webhook with `failurePolicy:
+//! Ignore` lets it through, the condition stays the backstop), and `kube-beat validate` on
+//! files (exit codes, every error with its file and document index).
+
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::{
+    Operator, TestDb, eventually, install_crds, kubectl, kubectl_stdin, namespace, ok, unique,
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The webhook's address, from the operator's log (it listens on port 0).
+fn webhook_addr(op: &Operator) -> Option<String> {
+    op.log_text()
+        .lines()
+        .find(|l| l.contains("webhook listening"))?
+        .split("addr=")
+        .nth(1)
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+}
+
+fn job(name: &str, tf: &str, schedule: Value) -> String {
+    json!({
+        "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+        "metadata": {"name": name},
+        "spec": {"taskFunction": tf, "schedule": schedule},
+    })
+    .to_string()
+}
+
+fn task_function(name: &str, id: &str, spec: Value) -> String {
+    json!({
+        "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+        "metadata": {"name": name, "labels": {"kubebeat.io/test": id}},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+/// The Ready condition's (status, message) once kube-beat wrote it.
+async fn ready(kind: &str, name: &str, ns: &str) -> (String, String) {
+    eventually(&format!("{kind} {name} reconciled"), WAIT, || async {
+        let out = kubectl(&["get", kind, name, "-n", ns, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["message"].as_str()?.to_string(),
+        ))
+    })
+    .await
+}
+
+/// `kubectl apply` of one manifest: (succeeded, stderr).
+fn apply(ns: &str, manifest: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["apply", "-n", ns, "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = kubectl_stdin(&args, manifest);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Deletes the test's cluster-wide ValidatingWebhookConfiguration, even when the test fails.
+struct Configuration(String);
+
+impl Drop for Configuration {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.0,
+            "--wait=false",
+        ]);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane (make test)"]
+async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
+    install_crds();
+    let ns = namespace("kbt-webhook");
+    let id = unique("t");
+    let db = TestDb::create().await;
+    let vwc = Configuration(unique("kbt-webhook"));
+    let secret = "kbt-webhook-ca";
+    let webhook_args = [
+        "--webhook-addr",
+        "127.0.0.1:0",
+        "--webhook-extra-san",
+        "127.0.0.1",
+        "--webhook-secret",
+        secret,
+        "--webhook-configuration",
+        &vwc.0,
+        "--webhook-refresh-seconds",
+        "1",
+    ];
+    let mut args = vec!["--dispatch-mode", "shadow"];
+    args.extend_from_slice(&webhook_args);
+    let op = Operator::start(&db.url, &ns, &id, &args);
+    let addr = eventually("the webhook listening", WAIT, || async {
+        webhook_addr(&op)
+    })
+    .await;
+
+    // The reference: what the reconcile says of the same objects, created before the webhook
+    // is registered.
+    let echo = format!("{id}-echo");
+    let missing = format!("{id}-missing");
+    ok(&kubectl_stdin(
+        &["apply", "-f", "-"],
+        &task_function(&echo, &id, json!({"task": "kb.echo", "queue": "q"})),
+    ));
+    let bad_cron = json!({"cron": "*/5 25 * * *"});
+    ok(&kubectl_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        &job("ref-cron", &echo, bad_cron.clone()),
+    ));
+    ok(&kubectl_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        &job("ref-missing", &missing, json!({"cron": "@daily"})),
+    ));
+    let bad_queue = json!({"task": "kb.echo", "queue": "q", "allowedQueues": ["q", "amq.direct"]});
+    ok(&kubectl_stdin(
+        &["apply", "-f", "-"],
+        &task_function(&format!("{id}-ref-queue"), &id, bad_queue.clone()),
+    ));
+    let (status, cron_message) = ready("scheduledjob", "ref-cron", &ns).await;
+    assert_eq!(status, "False", "{cron_message}");
+    let (status, missing_message) = ready("scheduledjob", "ref-missing", &ns).await;
+    assert_eq!(status, "False");
+    assert_eq!(
+        missing_message,
+        format!("TaskFunction {missing:?} does not exist")
+    );
+    let (status, queue_message) = ready("taskfunction", &format!("{id}-ref-queue"), "").await;
+    assert_eq!(status, "False");
+    assert!(queue_message.contains("reserved"), "{queue_message}");
+
+    // The webhook, for this test's namespace and TaskFunctions only (Ignore: the default).
+    ok(&kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("kubebeat.io/webhook-test={id}"),
+    ]));
+    let configuration = |url: &str| {
+        let hook = |name: &str, resource: &str| {
+            json!({
+                "name": name,
+                "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "failurePolicy": "Ignore", "timeoutSeconds": 5,
+                "clientConfig": {"url": url},
+                "rules": [{"apiGroups": ["kubebeat.io"], "apiVersions": ["*"],
+                           "operations": ["CREATE", "UPDATE"], "resources": [resource]}],
+            })
+        };
+        let mut jobs = hook("scheduledjobs.kubebeat.io", "scheduledjobs");
+        jobs["namespaceSelector"] = json!({"matchLabels": {"kubebeat.io/webhook-test": id}});
+        let mut tfs = hook("taskfunctions.kubebeat.io", "taskfunctions");
+        tfs["objectSelector"] = json!({"matchLabels": {"kubebeat.io/test": id}});
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": vwc.0},
+            "webhooks": [jobs, tfs],
+        })
+        .to_string()
+    };
+    ok(&kubectl_stdin(
+        &["create", "-f", "-"],
+        &configuration(&format!("https://{addr}/validate")),
+    ));
+    // The operator sets the caBundle of both webhooks to the CA in the Secret.
+    let ca = eventually("the CA Secret", WAIT, || async {
+        let out = kubectl(&[
+            "get",
+            "secret",
+            secret,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]);
+        Some(String::from_utf8_lossy(&out.stdout).to_string()).filter(|s| !s.is_empty())
+    })
+    .await;
+    eventually("the caBundle injected", WAIT, || async {
+        let out = kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            &vwc.0,
+            "-o",
+            "jsonpath={.webhooks[*].clientConfig.caBundle}",
+        ]);
+        (String::from_utf8_lossy(&out.stdout) == format!("{ca} {ca}")).then_some(())
+    })
+    .await;
+    // The apiserver picks the configuration up a moment later: probe with a dry run.
+    eventually("the apiserver calling the webhook", WAIT, || async {
+        let (applied, _) = apply(
+            &ns,
+            &job("probe", &echo, bad_cron.clone()),
+            &["--dry-run=server"],
+        );
+        (!applied).then_some(())
+    })
+    .await;
+
+    // A bad cron: refused, with the condition's message; nothing created.
+    let (applied, stderr) = apply(&ns, &job("bad-cron", &echo, bad_cron.clone()), &[]);
+    assert!(!applied, "a bad cron was accepted");
+    assert!(
+        stderr.contains(&cron_message),
+        "{stderr}\nexpected: {cron_message}"
+    );
+    assert!(stderr.contains("denied the request"), "{stderr}");
+    assert!(
+        !kubectl(&["get", "scheduledjob", "bad-cron", "-n", &ns])
+            .status
+            .success()
+    );
+    // A valid job applies; a bad change to it is refused (UPDATE), and it stays as it was.
+    let (applied, stderr) = apply(&ns, &job("good", &echo, json!({"cron": "@hourly"})), &[]);
+    assert!(applied, "{stderr}");
+    let (applied, stderr) = apply(&ns, &job("good", &echo, bad_cron.clone()), &[]);
+    assert!(!applied && stderr.contains(&cron_message), "{stderr}");
+    let (status, _) = ready("scheduledjob", "good", &ns).await;
+    assert_eq!(status, "True");
+    // A missing TaskFunction, and a TaskFunction with a reserved queue: refused likewise.
+    let (applied, stderr) = apply(
+        &ns,
+        &job("orphan", &missing, json!({"cron": "@daily"})),
+        &[],
+    );
+    assert!(!applied && stderr.contains(&missing_message), "{stderr}");
+    let (applied, stderr) = apply(
+        "default",
+        &task_function(&format!("{id}-bad-queue"), &id, bad_queue.clone()),
+        &[],
+    );
+    assert!(!applied && stderr.contains(&queue_message), "{stderr}");
+    // kube-beat's own writes to objects created while the webhook was away (their finalizer,
+    // their status) still go through: ref-cron has its finalizer and a status.
+    let out = ok(&kubectl(&[
+        "get",
+        "scheduledjob",
+        "ref-cron",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["metadata"]["finalizers"][0], "kubebeat.io/cleanup", "{v}");
+
+    // A second replica signs its own certificate from the same CA: the one caBundle trusts it.
+    let mut args2 = vec!["--dispatch-mode", "shadow"];
+    args2.extend_from_slice(&webhook_args);
+    let op2 = Operator::start(&db.url, &ns, &id, &args2);
+    let addr2 = eventually("the second webhook", WAIT, || async { webhook_addr(&op2) }).await;
+    assert_ne!(addr, addr2);
+    let patch = json!([
+        {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": format!("https://{addr2}/validate")},
+    ])
+    .to_string();
+    ok(&kubectl(&[
+        "patch",
+        "validatingwebhookconfiguration",
+        &vwc.0,
+        "--type=json",
+        "-p",
+        &patch,
+    ]));
+    drop(op);
+    eventually("the second replica refusing", WAIT, || async {
+        let (applied, stderr) = apply(&ns, &job("bad-cron", &echo, bad_cron.clone()), &[]);
+        (!applied && stderr.contains(&cron_message)).then_some(())
+    })
+    .await;
+    assert!(
+        !op2.log_text().contains("webhook CA created"),
+        "one CA, created once"
+    );
+
+    // The webhook down (failurePolicy Ignore): the apply goes through; the reconcile's
+    // condition is the backstop.
+    drop(op2);
+    let (applied, stderr) = apply(&ns, &job("while-down", &echo, bad_cron.clone()), &[]);
+    assert!(applied, "a down webhook blocked the apply: {stderr}");
+    let _op3 = Operator::start(&db.url, &ns, &id, &["--dispatch-mode", "shadow"]);
+    let (status, message) = ready("scheduledjob", "while-down", &ns).await;
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        ("False", cron_message.as_str())
+    );
+
+    drop(vwc);
+    for tf in [echo, format!("{id}-ref-queue")] {
+        let _ = kubectl(&["delete", "taskfunction", &tf, "--wait=false"]);
+    }
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    db.drop_db().await;
+}
+
+/// `kube-beat validate` with `args`: (exit code, stdout, stderr).
+fn validate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .arg("validate")
+        .args(args)
+        .output()
+        .expect("kube-beat validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn validate_lists_every_error_with_file_and_document_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.yaml");
+    write(
+        &a,
+        r#"apiVersion: kubebeat.io/v1alpha1
+kind: TaskFunction
+metadata: {name: echo}
+spec: {task: kb.echo, queue: q, allowedNamespaces: [team-a]}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: fine, namespace: team-a}
+spec: {taskFunction: echo, schedule: {cron: "@daily"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: skipped}
+data: {cron: "not even checked"}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: bad-cron, namespace: team-a}
+spec: {taskFunction: echo, schedule: {cron: "*/5 25 * * *"}}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: elsewhere}
+spec: {taskFunction: echo, schedule: {cron: "@daily"}}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: unknown-tf, namespace: team-a}
+spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
+"#,
+    );
+    let b = dir.path().join("sub/b.json");
+    write(
+        &b,
+        &json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+                "metadata": {"name": "reserved"}, "spec": {"task": "t", "queue": "kubebeat.x"}})
+        .to_string(),
+    );
+    let c = dir.path().join("sub/c.yml");
+    write(
+        &c,
+        "apiVersion: kubebeat.io/v1alpha1\nkind: ScheduledJob\nmetadata: {name: late}\n\
+         spec: {taskFunction: echo, schedule: {at: \"2001-01-01T00:00:00Z\"}, priority: 12}\n",
+    );
+    write(
+        &dir.path().join("notes.txt"),
+        "kind: ScheduledJob\nthis is not read",
+    );
+
+    let (code, stdout, stderr) = validate(&["-f", dir.path().to_str().expect("path")]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let (a, b, c) = (a.display(), b.display(), c.display());
+    let expected_prefixes = [
+        format!("{a}[#3] ScheduledJob team-a/bad-cron: "),
+        format!(
+            "{a}[#4] ScheduledJob default/elsewhere: TaskFunction \"echo\" may be used only from namespaces [team-a]"
+        ),
+        format!("{b}[#0] TaskFunction reserved: queue: \"kubebeat.x\" is reserved"),
+        format!("{c}[#0] ScheduledJob default/late: at 2001-01-01T00:00:00Z is in the past"),
+    ];
+    assert_eq!(lines.len(), expected_prefixes.len(), "{stdout}");
+    for (line, prefix) in lines.iter().zip(&expected_prefixes) {
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line:?} should start with {prefix:?}"
+        );
+    }
+    assert!(
+        lines[0].len() > expected_prefixes[0].len(),
+        "the cron error has a message"
+    );
+    assert!(
+        stderr.contains("unknown-tf")
+            && stderr.contains("\"not-in-files\" is not in the given files"),
+        "a note, not an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("4 error(s); 7 object(s) checked"),
+        "{stderr}"
+    );
+
+    // Only the valid file: exit 0. One file given by name is read whatever its extension.
+    let good = dir.path().join("good.txt");
+    write(
+        &good,
+        "apiVersion: kubebeat.io/v1alpha1\nkind: TaskFunction\nmetadata: {name: ok}\nspec: {task: t}\n",
+    );
+    let (code, stdout, stderr) = validate(&["-f", good.to_str().expect("path")]);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    assert!(stderr.contains("1 object(s) valid"), "{stderr}");
+
+    // Repeated -f, a broken YAML document and a missing file: each listed, exit 1.
+    let broken = dir.path().join("broken.yaml");
+    write(&broken, "kind: TaskFunction\n---\n{unclosed: [\n");
+    let (code, stdout, _) = validate(&[
+        "-f",
+        good.to_str().expect("path"),
+        "-f",
+        broken.to_str().expect("path"),
+        "-f",
+        "/nonexistent/kb.yaml",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains(&format!("{}[#1]: not YAML", broken.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/nonexistent/kb.yaml: "), "{stdout}");
+    // No -f at all: a usage error.
+    assert_eq!(validate(&[]).0, 2);
+}
