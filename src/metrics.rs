@@ -216,6 +216,7 @@ impl Metrics {
             m.tracker_unfinished.clone(),
         );
         r.register_collector(Box::new(SampledCollector(m.sampled.clone())));
+        register_build_info(&mut r);
         m.registry = r;
         m
     }
@@ -258,6 +259,26 @@ impl Metrics {
             self.leader_transitions.inc();
         }
     }
+}
+
+// Build info: which kube-beat is running, the usual `_build_info` gauge fixed at 1, so that
+// dashboards and alerts can join on `version` and a mixed-version rollout is visible.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    version: &'static str,
+}
+
+fn register_build_info(r: &mut Registry) {
+    let info: Family<BuildInfo, Gauge> = Family::default();
+    info.get_or_create(&BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    r.register(
+        "build_info",
+        "Always 1; the kube-beat version in the `version` label",
+        info,
+    );
 }
 
 #[derive(Debug)]
