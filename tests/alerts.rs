@@ -131,7 +131,10 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
     let said = String::from_utf8_lossy(&failed.stdout).into_owned()
         + &String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{said}");
-    assert!(said.contains("alertname: KubeBeatDispatchLagHigh"), "{said}");
+    assert!(
+        said.contains("alertname: KubeBeatDispatchLagHigh"),
+        "{said}"
+    );
     assert!(!said.contains("alertname: KubeBeatNoLeader"), "{said}");
 
     // Every alert: a summary, a description, a severity and a runbook section that exists.
@@ -146,7 +149,9 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
                 assert!(a["annotations"][key].as_str().is_some(), "{name}: {key}");
             }
             assert!(a["labels"]["severity"].as_str().is_some(), "{name}");
-            let url = a["annotations"]["runbook_url"].as_str().expect("runbook_url");
+            let url = a["annotations"]["runbook_url"]
+                .as_str()
+                .expect("runbook_url");
             let (base, anchor) = url.split_once('#').expect("an anchor");
             assert!(base.ends_with("/docs/operations.md"), "{url}");
             assert!(sections.contains(anchor), "{name}: no section #{anchor}");
@@ -191,6 +196,27 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
     );
     assert_eq!(all[6]["alert"], "KubeBeatQueueDeep");
 
+    // The values are checked: an unknown key, a duration Prometheus would not parse, a
+    // selector that would break out of the braces.
+    for bad in [
+        "prometheusRule.thresholds=1",
+        "prometheusRule.dispatchLag.for=soon",
+        "prometheusRule.selector=job=\"x\"}) or vector(1",
+    ] {
+        let out = Command::new(helm())
+            .args(["template", "kb"])
+            .arg(repo().join("charts/kube-beat"))
+            .args(["--set", "prometheusRule.enabled=true", "--set", bad])
+            .output()
+            .expect("helm template");
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("values don't meet the specifications"),
+            "{bad}: {err}"
+        );
+    }
+
     // Off by default.
     let off = Command::new(helm())
         .args(["template", "kb"])
@@ -228,7 +254,10 @@ fn rule_metrics(rule: &serde_yaml::Value) -> BTreeSet<String> {
 async fn alert_rules_use_only_metrics_kube_beat_exports() {
     let rule = prometheus_rule(&[]);
     let used = rule_metrics(&rule);
-    assert!(used.contains("kube_beat_leader") && used.len() == 5, "{used:?}");
+    assert!(
+        used.contains("kube_beat_leader") && used.len() == 5,
+        "{used:?}"
+    );
     let env = common::env();
     let f = fixture("kbt-alertmetrics", format!("{}/0", env.redis_url)).await;
     let op = f.operator(&[]);
@@ -237,22 +266,47 @@ async fn alert_rules_use_only_metrics_kube_beat_exports() {
     })
     .await;
     // The status writer's counters appear once the operator has built its feed.
-    let families = eventually("every family exported", Duration::from_secs(30), || async {
+    let scrape = || {
         let out = Command::new("curl")
             .args(["-sSf", &format!("http://{addr}/metrics")])
             .output()
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let families: BTreeSet<String> = text
+        let families = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
             .map(|n| n.strip_suffix("_total").unwrap_or(n).to_string())
-            .collect();
-        used.is_subset(&families).then_some(families)
-    })
+            .collect::<BTreeSet<String>>();
+        (text, families)
+    };
+    let _ = eventually(
+        "the status feed exported",
+        Duration::from_secs(30),
+        || async {
+            scrape()
+                .1
+                .contains("kube_beat_status_write_errors")
+                .then_some(())
+        },
+    )
     .await;
+    let (text, families) = scrape();
+    let missing: Vec<_> = used.difference(&families).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?} (exported: {families:?})"
+    );
     assert!(families.contains("kube_beat_build_info"), "{families:?}");
+    // Before any run failed, the series the failure alerts watch are there at 0: increase()
+    // needs a sample before the first failure to count it.
+    for series in [
+        "kube_beat_dispatches_total{outcome=\"dispatch_failed\"} 0",
+        "kube_beat_executions_total{state=\"LOST\"} 0",
+        "kube_beat_status_write_errors_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
     drop(op);
     f.finish().await;
 }
@@ -326,8 +380,9 @@ fn argo_health(script: &str, obj: &Value) -> (String, String) {
 
 /// The Flux expressions for `kind`, from the file docs/gitops.md tells users to paste.
 fn flux_exprs(kind: &str) -> Value {
-    let text = std::fs::read_to_string(repo().join("charts/kube-beat/health/flux-healthcheckexprs.yaml"))
-        .expect("flux-healthcheckexprs.yaml");
+    let text =
+        std::fs::read_to_string(repo().join("charts/kube-beat/health/flux-healthcheckexprs.yaml"))
+            .expect("flux-healthcheckexprs.yaml");
     let doc: Value = serde_yaml::from_str(&text).expect("yaml");
     doc["healthCheckExprs"]
         .as_array()

@@ -135,7 +135,10 @@ async fn build_info_names_the_running_version() {
         .filter(|x| x.metric == "kube_beat_build_info")
         .collect();
     assert_eq!(info.len(), 1, "one build_info sample: {info:?}");
-    assert_eq!(info[0].labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        info[0].labels.get("version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert!(matches!(
         info[0].value,
         prometheus_parse::Value::Gauge(v) if v == 1.0
