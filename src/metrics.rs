@@ -220,6 +220,8 @@ impl Metrics {
         );
         register_admissions(&mut r, &m);
         r.register_collector(Box::new(SampledCollector(m.sampled.clone())));
+        register_build_info(&mut r);
+        zero_alerted_series(&m);
         m.registry = r;
         m
     }
@@ -280,6 +282,45 @@ fn register_admissions(r: &mut Registry, m: &Metrics) {
         "Admission webhook decisions by kind and result (allowed, refused, skipped, error)",
         m.admissions.clone(),
     );
+}
+
+
+// Build info: which kube-beat is running, the usual `_build_info` gauge fixed at 1, so that
+// dashboards and alerts can join on `version` and a mixed-version rollout is visible.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    version: &'static str,
+}
+
+fn register_build_info(r: &mut Registry) {
+    let info: Family<BuildInfo, Gauge> = Family::default();
+    info.get_or_create(&BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    r.register(
+        "build_info",
+        "Always 1; the kube-beat version in the `version` label",
+        info,
+    );
+}
+
+/// The outcome and state series exist from the start, at 0. The alerts compute `increase()` over
+/// them, and a counter series that first appears at 3 has no earlier sample: `increase()` would
+/// miss the first failures after every restart. (A family only exports the label sets created.)
+fn zero_alerted_series(m: &Metrics) {
+    for outcome in [
+        "published",
+        "missed",
+        "skipped",
+        "dispatch_failed",
+        "replaced",
+    ] {
+        let _ = m.dispatches.get_or_create(&Outcome { outcome });
+    }
+    for state in ["SUCCESS", "FAILURE", "REVOKED", "LOST", "DISPATCH_FAILED"] {
+        let _ = m.executions.get_or_create(&ExecState { state });
+    }
 }
 
 #[derive(Debug)]
@@ -365,5 +406,28 @@ impl Collector for SampledCollector {
             None,
             MetricType::Gauge,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod build_info_tests {
+    use super::METRICS;
+
+    #[test]
+    fn build_info_and_the_alerted_series_are_there_from_the_start() {
+        let text = METRICS.render();
+        assert!(
+            text.contains(&format!(
+                "kube_beat_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        for series in [
+            "kube_beat_dispatches_total{outcome=\"dispatch_failed\"} ",
+            "kube_beat_executions_total{state=\"LOST\"} ",
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
     }
 }

@@ -117,3 +117,32 @@ async fn metrics_parse_and_move_when_jobs_run() {
     drop(op);
     f.finish().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the local control plane and services (make test)"]
+async fn build_info_names_the_running_version() {
+    let env = common::env();
+    let f = fixture("kbt-buildinfo", format!("{}/0", env.redis_url)).await;
+    let op = f.operator(&[]);
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    let s = scrape(&addr);
+    let info: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "kube_beat_build_info")
+        .collect();
+    assert_eq!(info.len(), 1, "one build_info sample: {info:?}");
+    assert_eq!(
+        info[0].labels.get("version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(matches!(
+        info[0].value,
+        prometheus_parse::Value::Gauge(v) if v == 1.0
+    ));
+    drop(op);
+    f.finish().await;
+}
