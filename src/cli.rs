@@ -73,6 +73,22 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Check a running kube-beat the way `helm test` does: `/readyz` and `/api/v1/jobs` (with a
+    /// ServiceAccount token) must answer 200. One line per check; exit 1 if any failed.
+    Check {
+        /// Base URL of the kube-beat Service, e.g. `http://kube-beat.kube-beat.svc:8080`.
+        #[arg(long)]
+        url: String,
+        /// File holding the bearer token sent to the API (never printed).
+        #[arg(long, default_value = crate::check::DEFAULT_TOKEN_FILE)]
+        token_file: PathBuf,
+        /// Call the API without a token (for `api.auth=none`).
+        #[arg(long, conflicts_with = "token_file")]
+        no_token: bool,
+        /// Seconds all checks together may take.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout_seconds: u64,
+    },
     /// Print the version.
     Version,
     /// Resolve a host name the way the operator's connections do, and print its addresses (a
@@ -133,6 +149,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             print!("{}", text.context("rendering the CRDs")?);
             Ok(())
+        }
+        Command::Check {
+            url,
+            token_file,
+            no_token,
+            timeout_seconds,
+        } => {
+            let opts = crate::check::CheckOptions {
+                url,
+                token_file: (!no_token).then_some(token_file),
+                timeout: std::time::Duration::from_secs(timeout_seconds),
+            };
+            Ok(crate::check::run(&opts).await?)
         }
         Command::Version => {
             println!("kube-beat {}", env!("CARGO_PKG_VERSION"));

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod celery;
+pub mod check;
 pub mod cli;
 pub mod dispatch;
 pub mod failpoint;

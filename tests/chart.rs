@@ -55,7 +55,9 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
             .to_str()
             .expect("path"),
     ]));
-    let defaults = ok(&helm_template("kb", &ns, &[]));
+    // Without the `helm test` pod: admission refuses a Pod whose ServiceAccount does not exist
+    // yet (a dry run creates none); every_new_value_renders_where_it_should_and_applies checks it.
+    let defaults = ok(&helm_template("kb", &ns, &["--skip-tests"]));
     assert!(
         !defaults.contains("postgres://") && !defaults.contains("redis://"),
         "no connection strings in rendered manifests"
@@ -89,6 +91,7 @@ fn chart_lints_renders_and_applies_to_the_apiserver() {
         &[
             "--kube-version",
             "1.20.2",
+            "--skip-tests",
             "--set",
             "podDisruptionBudget.enabled=true,serviceMonitor.enabled=true,networkPolicy.enabled=true,\
              resultBackend.enabled=true,migrations.mode=start,operator.dispatchMode=shadow,\
@@ -404,4 +407,558 @@ async fn the_operator_runs_with_exactly_the_charts_rbac() {
     drop(op);
     let _ = std::fs::remove_file(&kubeconfig);
     f.finish().await;
+}
+
+/// The documents of a rendered chart, parsed (empty documents skipped).
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v: Value = serde::Deserialize::deserialize(d).expect("rendered YAML");
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+fn by_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// Every new value, set at once: where each one must show up.
+const EVERY_NEW_VALUE: &str = r#"
+fullnameOverride: sched
+commonLabels: {team: platform, cost-center: "42"}
+podLabels: {tier: ops}
+podAnnotations: {owner: team-a}
+priorityClassName: PRIORITY_CLASS
+image:
+  digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  tag: ignored
+extraEnv: [{name: SSL_CERT_DIR, value: /etc/kube-beat/ca}]
+extraEnvFrom: [{configMapRef: {name: extra-settings}}]
+extraVolumes: [{name: ca, configMap: {name: private-ca}}]
+extraVolumeMounts: [{name: ca, mountPath: /etc/kube-beat/ca, readOnly: true}]
+service: {annotations: {networking.example.com/internal: "true"}}
+migrations:
+  backoffLimit: 2
+  activeDeadlineSeconds: 120
+  ttlSecondsAfterFinished: 600
+  podAnnotations: {migrate: "yes"}
+nodeSelector: {disk: ssd}
+tolerations: [{key: dedicated, operator: Exists}]
+serviceMonitor: {enabled: true}
+podDisruptionBudget: {enabled: true}
+networkPolicy: {enabled: true}
+grafanaDashboard: {enabled: true}
+"#;
+
+/// The pod spec of a Deployment or Job.
+fn pod_spec(obj: &Value) -> &Value {
+    &obj["spec"]["template"]["spec"]
+}
+
+fn assert_pod_gets_the_extras(what: &str, spec: &Value) {
+    assert_eq!(spec["priorityClassName"], "PRIORITY_CLASS", "{what}: {spec}");
+    assert_eq!(spec["nodeSelector"], json!({"disk": "ssd"}), "{what}");
+    assert_eq!(spec["tolerations"][0]["key"], "dedicated", "{what}");
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{what}");
+    assert_eq!(
+        spec["volumes"],
+        json!([{"name": "ca", "configMap": {"name": "private-ca"}}]),
+        "{what}"
+    );
+    let c = &spec["containers"][0];
+    assert_eq!(
+        c["image"],
+        "ghcr.io/kube-beat/kube-beat@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "{what}: the digest form, tag ignored"
+    );
+    assert!(
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e == &json!({"name": "SSL_CERT_DIR", "value": "/etc/kube-beat/ca"})),
+        "{what}: {}",
+        c["env"]
+    );
+    assert_eq!(
+        c["envFrom"],
+        json!([{"configMapRef": {"name": "extra-settings"}}]),
+        "{what}"
+    );
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "ca", "mountPath": "/etc/kube-beat/ca", "readOnly": true}]),
+        "{what}"
+    );
+}
+
+#[test]
+#[ignore = "needs the local control plane (make test)"]
+fn every_new_value_renders_where_it_should_and_applies() {
+    common::install_crds();
+    let ns = common::namespace("kbt-values");
+    ok(&kubectl(&[
+        "apply",
+        "-f",
+        common::env()
+            .repo
+            .join("tests/fixtures/servicemonitor-crd.yaml")
+            .to_str()
+            .expect("path"),
+    ]));
+    // The PriorityClass must exist for the server-side dry run (the Priority admission plugin).
+    let priority_class = common::unique("kbt-prio");
+    ok(&kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": priority_class}, "value": 1000})
+        .to_string(),
+    ));
+    let values = std::env::temp_dir().join(format!("{}.yaml", common::unique("kbt-values")));
+    std::fs::write(
+        &values,
+        EVERY_NEW_VALUE.replace("PRIORITY_CLASS", &priority_class),
+    )
+    .expect("values");
+    let rendered = ok(&helm_template(
+        "kb",
+        &ns,
+        &["--kube-version", "1.20.2", "-f", values.to_str().expect("path")],
+    ));
+    let docs = documents(&rendered.replace(&priority_class, "PRIORITY_CLASS"));
+    assert!(docs.len() >= 12, "{rendered}");
+    for d in &docs {
+        let labels = &d["metadata"]["labels"];
+        assert_eq!(
+            (&labels["team"], &labels["cost-center"]),
+            (&json!("platform"), &json!("42")),
+            "commonLabels on {} {}",
+            d["kind"],
+            d["metadata"]["name"]
+        );
+        let name = d["metadata"]["name"].as_str().expect("name");
+        if d["kind"] != "CustomResourceDefinition" {
+            assert!(
+                name.starts_with("sched"),
+                "fullnameOverride names {} {name}",
+                d["kind"]
+            );
+        }
+    }
+    let deploy = by_kind(&docs, "Deployment")[0];
+    assert_eq!(deploy["metadata"]["name"], "sched");
+    assert_pod_gets_the_extras("Deployment", pod_spec(deploy));
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        (&pod_labels["tier"], &pod_labels["team"]),
+        (&json!("ops"), &json!("platform"))
+    );
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["annotations"],
+        json!({"owner": "team-a"})
+    );
+    // The selector stays what it was: it is immutable.
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "kube-beat", "app.kubernetes.io/instance": "kb"})
+    );
+    let job = by_kind(&docs, "Job")[0];
+    assert_eq!(job["metadata"]["name"], "sched-migrate");
+    assert_pod_gets_the_extras("migrate Job", pod_spec(job));
+    assert_eq!(
+        (
+            &job["spec"]["backoffLimit"],
+            &job["spec"]["activeDeadlineSeconds"],
+            &job["spec"]["ttlSecondsAfterFinished"]
+        ),
+        (&json!(2), &json!(120), &json!(600))
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["annotations"],
+        json!({"owner": "team-a", "migrate": "yes"})
+    );
+    assert_eq!(
+        pod_spec(job)["containers"][0]["terminationMessagePolicy"],
+        "FallbackToLogsOnError"
+    );
+    let svc = by_kind(&docs, "Service")[0];
+    assert_eq!(
+        svc["metadata"]["annotations"],
+        json!({"networking.example.com/internal": "true"})
+    );
+    let test_pod = by_kind(&docs, "Pod")[0];
+    assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(test_pod["spec"]["serviceAccountName"], "sched");
+    assert_eq!(
+        test_pod["spec"]["containers"][0]["securityContext"],
+        pod_spec(deploy)["containers"][0]["securityContext"],
+        "the test pod runs as restricted as the operator"
+    );
+    assert_eq!(
+        test_pod["spec"]["securityContext"],
+        pod_spec(deploy)["securityContext"]
+    );
+
+    // Defaults: the hook Job is bounded; no digest, no extras.
+    let defaults = documents(&ok(&helm_template("kb", &ns, &[])));
+    let job = by_kind(&defaults, "Job")[0];
+    assert_eq!(
+        (
+            &job["spec"]["backoffLimit"],
+            &job["spec"]["activeDeadlineSeconds"]
+        ),
+        (&json!(1), &json!(300))
+    );
+    assert!(job["spec"].get("ttlSecondsAfterFinished").is_none());
+    let deploy = by_kind(&defaults, "Deployment")[0];
+    assert_eq!(
+        pod_spec(deploy)["containers"][0]["image"],
+        format!("ghcr.io/kube-beat/kube-beat:{}", env!("CARGO_PKG_VERSION")),
+        "the default image is the one the release workflow pushes, tagged with appVersion"
+    );
+    assert!(pod_spec(deploy).get("priorityClassName").is_none());
+
+    // Everything above, as the apiserver's admission sees it. The test pod references the
+    // ServiceAccount the same apply creates (not persisted in a dry run): it exists first.
+    ok(&kubectl_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        &ok(&helm_template(
+            "kb",
+            &ns,
+            &[
+                "-f",
+                values.to_str().expect("path"),
+                "--show-only",
+                "templates/serviceaccount.yaml",
+            ],
+        )),
+    ));
+    let applied = ok(&kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        &rendered,
+    ));
+    for what in [
+        "deployment.apps/sched created (server dry run)",
+        "job.batch/sched-migrate created (server dry run)",
+        "pod/sched-api-check created (server dry run)",
+        "service/sched created (server dry run)",
+    ] {
+        assert!(applied.contains(what), "{what} in:\n{applied}");
+    }
+    let _ = std::fs::remove_file(&values);
+    let _ = kubectl(&["delete", "priorityclass", &priority_class]);
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[test]
+#[ignore = "needs Helm (make test)"]
+fn values_schema_allows_global_and_rejects_typos_and_bad_new_values() {
+    ok(&helm_template(
+        "kb",
+        "default",
+        &["--set", "global.foo=bar,global.nested.any=1"],
+    ));
+    for (set, why) in [
+        ("typo=1", "typo"),
+        ("image.typo=1", "typo"),
+        ("migrations.typo=1", "typo"),
+        ("preflight.typo=1", "typo"),
+        ("image.digest=sha256:abc", "digest"),
+        (
+            "image.digest=md5:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "digest",
+        ),
+        ("migrations.backoffLimit=-1", "backoffLimit"),
+        ("migrations.activeDeadlineSeconds=0", "activeDeadlineSeconds"),
+        ("extraEnv[0].value=x", "name"),
+        ("extraVolumeMounts[0].name=x", "mountPath"),
+        ("nameOverride=a-name-that-is-far-too-long-for-a-kubernetes-label-value-really", "nameOverride"),
+    ] {
+        let out = helm_template("kb", "default", &["--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            err.contains("schema") && err.contains(why),
+            "--set {set}: {err}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs Helm (make test)"]
+fn the_chart_composes_as_a_dependency_of_an_umbrella_chart() {
+    let umbrella = tempfile::tempdir().expect("tempdir");
+    let dir = umbrella.path();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: kube-beat\n    \
+             version: \"*\"\n    repository: file://{}\n",
+            chart().display()
+        ),
+    )
+    .expect("Chart.yaml");
+    std::fs::write(
+        dir.join("values.yaml"),
+        "global:\n  foo: bar\n  imageRegistry: registry.example.com\nkube-beat:\n  nameOverride: x\n  \
+         commonLabels: {platform: umbrella}\n  image: {tag: \"9.9.9\"}\n  service: {annotations: {a: \"b\"}}\n",
+    )
+    .expect("values.yaml");
+    // file:// dependencies are packaged locally: no repository, no network.
+    ok(&Command::new(helm())
+        .args(["dependency", "update"])
+        .arg(dir)
+        .output()
+        .expect("helm dependency update"));
+    assert!(dir.join("charts/kube-beat-0.1.0.tgz").exists());
+    ok(&Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(dir)
+        .output()
+        .expect("helm lint"));
+    let rendered = ok(&Command::new(helm())
+        .args(["template", "plat"])
+        .arg(dir)
+        .args(["--namespace", "platform"])
+        .output()
+        .expect("helm template"));
+    let docs = documents(&rendered);
+    let deploy = by_kind(&docs, "Deployment")[0];
+    assert_eq!(deploy["metadata"]["name"], "plat-x", "nameOverride: {rendered}");
+    assert_eq!(deploy["metadata"]["labels"]["app.kubernetes.io/name"], "x");
+    assert_eq!(deploy["metadata"]["labels"]["platform"], "umbrella");
+    assert_eq!(
+        pod_spec(deploy)["containers"][0]["image"],
+        "ghcr.io/kube-beat/kube-beat:9.9.9"
+    );
+    assert_eq!(
+        by_kind(&docs, "Service")[0]["metadata"]["annotations"],
+        json!({"a": "b"})
+    );
+    // The subchart's schema still holds inside the umbrella.
+    let typo = Command::new(helm())
+        .args(["template", "plat"])
+        .arg(dir)
+        .args(["--set", "kube-beat.image.typo=1"])
+        .output()
+        .expect("helm template");
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("typo"));
+}
+
+/// `kube-beat check` exactly as the chart's test pod runs it (its args, read from the render).
+fn check_args_of_the_test_pod(extra: &[&str]) -> Vec<String> {
+    let rendered = ok(&helm_template(
+        "kb",
+        "kbt",
+        &[&["--show-only", "templates/tests/api-check.yaml"], extra].concat(),
+    ));
+    let docs = documents(&rendered);
+    assert_eq!(docs.len(), 1, "{rendered}");
+    let c = &docs[0]["spec"]["containers"][0];
+    assert!(c.get("command").is_none(), "the image's entrypoint runs");
+    c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+fn run_check(args: &[String]) -> (bool, String, Duration) {
+    let start = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args(args)
+        .output()
+        .expect("kube-beat check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text, start.elapsed())
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane and services (make test)"]
+async fn helm_test_check_passes_with_the_charts_service_account_and_fails_clearly_otherwise() {
+    let env = common::env();
+    let args = check_args_of_the_test_pod(&[]);
+    assert_eq!(
+        args,
+        [
+            "check",
+            "--url=http://kb-kube-beat.kbt.svc:8080",
+            "--token-file=/var/run/secrets/kube-beat/token",
+            "--timeout-seconds=10",
+        ]
+    );
+    assert_eq!(
+        check_args_of_the_test_pod(&["--set", "api.auth=none"])[2],
+        "--no-token"
+    );
+    // The chart's RBAC, installed for real, as in the_operator_runs_with_exactly_the_charts_rbac:
+    // the static token below is the chart's ServiceAccount with exactly those permissions.
+    let _ = kubectl(&["create", "namespace", SA_NAMESPACE]);
+    let rbac = ok(&helm_template(
+        "kube-beat",
+        SA_NAMESPACE,
+        &[
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ],
+    ));
+    ok(&kubectl_stdin(
+        &["apply", "-n", SA_NAMESPACE, "-f", "-"],
+        &rbac,
+    ));
+    let f = fixture("kbt-check", format!("{}/0", env.redis_url)).await;
+    let op = f.operator(&["--api-auth", "kubernetes"]);
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{SA_TOKEN}\n")).expect("token");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-a-token-anyone-knows").expect("token");
+    // The pod's args, with the test's address and token file in place of the in-cluster ones.
+    let local = |token_file: &std::path::Path| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                if a.starts_with("--url=") {
+                    format!("--url=http://{addr}")
+                } else if a.starts_with("--token-file=") {
+                    format!("--token-file={}", token_file.display())
+                } else {
+                    a.clone()
+                }
+            })
+            .collect()
+    };
+    let passed = eventually(
+        "kube-beat check passes once the operator is ready",
+        Duration::from_secs(60),
+        || async {
+            let (ok, text, _) = run_check(&local(&token));
+            ok.then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        passed.lines().collect::<Vec<_>>(),
+        [
+            format!("ok   GET http://{addr}/readyz: 200 OK"),
+            format!("ok   GET http://{addr}/api/v1/jobs: 200 OK (with the ServiceAccount token)"),
+        ],
+        "{passed}"
+    );
+
+    let (ok_, text, _) = run_check(&local(&wrong));
+    assert!(!ok_, "{text}");
+    assert!(
+        text.contains(&format!("ok   GET http://{addr}/readyz: 200 OK"))
+            && text.contains(&format!("FAIL GET http://{addr}/api/v1/jobs: 401 Unauthorized"))
+            && text.contains("1 of 2 checks failed"),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-token-anyone-knows"), "{text}");
+    let (ok_, text, _) = run_check(&local(&dir.path().join("missing")));
+    assert!(!ok_ && text.contains("reading the token file"), "{text}");
+
+    // Operator down: refused connections, a clear line each, well within the timeout.
+    drop(op);
+    let (ok_, text, took) = run_check(&local(&token));
+    assert!(!ok_, "{text}");
+    assert!(
+        text.contains(&format!("FAIL GET http://{addr}/readyz: cannot connect"))
+            && text.contains("2 of 2 checks failed"),
+        "{text}"
+    );
+    assert!(!text.contains(SA_TOKEN), "{text}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // An address that never answers: bounded by --timeout-seconds.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = listener.local_addr().expect("addr");
+    let (ok_, text, took) = run_check(&[
+        "check".into(),
+        format!("--url=http://{silent}"),
+        "--no-token".into(),
+        "--timeout-seconds=2".into(),
+    ]);
+    assert!(!ok_ && text.contains("no answer within 2s"), "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(listener);
+    f.finish().await;
+}
+
+/// `helm install --dry-run=server`: Helm renders against the cluster (its `lookup` sees it).
+fn helm_install_dry_run(ns: &str, set: &str) -> Output {
+    Command::new(helm())
+        .args(["install", "kb"])
+        .arg(chart())
+        .args(["--namespace", ns, "--dry-run=server", "--set"])
+        .arg(format!("crds.enabled=false,{set}"))
+        .output()
+        .expect("helm install --dry-run=server")
+}
+
+#[test]
+#[ignore = "needs the local control plane (make test)"]
+fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it() {
+    let ns = common::namespace("kbt-preflight");
+    let refused = |set: &str, wanted: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = helm_install_dry_run(&ns, set);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "--set {set} was installed");
+        for w in wanted {
+            assert!(err.contains(w), "--set {set}: {w:?} in\n{err}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+    };
+    refused(
+        "resultBackend.enabled=true",
+        &[
+            "The database Secret \"kube-beat\" does not exist in namespace",
+            &format!("kubectl -n {ns} create secret generic kube-beat --from-literal=database-url=..."),
+            "preflight.checkSecrets=false",
+        ],
+    );
+    ok(&kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "kube-beat",
+        "--from-literal=database-url=postgres://u:sekret@db/x",
+        "--from-literal=broker-url=redis://r",
+    ]));
+    refused(
+        "resultBackend.enabled=true",
+        &[
+            &format!("The Secret \"kube-beat\" in namespace \"{ns}\" has no key \"result-backend\""),
+            &format!("kubectl -n {ns} patch secret kube-beat"),
+        ],
+    );
+    refused(
+        "broker.existingSecret=celery",
+        &["The broker Secret \"celery\" does not exist"],
+    );
+    // No value of a Secret ever appears in the message.
+    let out = helm_install_dry_run(&ns, "resultBackend.enabled=true");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sekret"));
+    // Complete: the install goes on. Turned off: not checked. `helm template`: no cluster, no check.
+    ok(&helm_install_dry_run(&ns, "resultBackend.enabled=false"));
+    ok(&helm_install_dry_run(
+        &ns,
+        "preflight.checkSecrets=false,broker.existingSecret=celery",
+    ));
+    ok(&helm_template("kb", &ns, &["--set", "broker.existingSecret=celery"]));
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
