@@ -6,6 +6,7 @@
 #
 #   hack/control-plane.sh build            build/cache kube-apiserver and kubectl (once per machine)
 #   hack/control-plane.sh up [DIR]         start etcd + apiserver, write DIR/kubeconfig and DIR/env
+#                                          (KB_CONTROLLERS=1: also kube-controller-manager)
 #   hack/control-plane.sh down [DIR]       stop what `up` started in DIR
 #   hack/control-plane.sh env [DIR]        print the shell exports for DIR
 #   hack/control-plane.sh restart-apiserver [DIR]   stop and start the apiserver (fault suite)
@@ -141,8 +142,37 @@ EOF
   wait_for "kube-apiserver /readyz (log: $dir/apiserver.log)" 90 reachable "$dir/kubeconfig"
   # The bootstrap controller creates `default` shortly after /readyz; wait so callers can use it.
   wait_for "namespace default" 30 "$KUBECTL" --kubeconfig "$dir/kubeconfig" get namespace default
+  if [ "${KB_CONTROLLERS:-0}" = 1 ]; then start_controller_manager; fi
   write_env "$dir/kubeconfig" "$KUBECTL" local
   log "control plane up: https://127.0.0.1:$api_port (state in $dir)"
+}
+
+# The Job, Deployment/ReplicaSet, garbage-collection, namespace, ServiceAccount and
+# ClusterRole-aggregation controllers, for the install tests (tests/install.rs). Without a kubelet
+# and a scheduler, the controllers that manage nodes, volumes, cloud routes and load balancers
+# would only log errors, so they are off.
+start_controller_manager() {
+  local port; port=$(free_port)
+  # Its own copy of the admin kubeconfig: a test that edits $KUBECONFIG cannot cut it off.
+  cp "$dir/kubeconfig" "$dir/controller-manager.kubeconfig"
+  mkdir -p "$dir/controller-manager-certs"
+  "$K8S_BIN/kube-controller-manager" --kubeconfig="$dir/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$dir/controller-manager.kubeconfig" --authentication-skip-lookup \
+    --bind-address=127.0.0.1 --secure-port="$port" --port=0 \
+    --cert-dir="$dir/controller-manager-certs" --leader-elect=false \
+    --service-account-private-key-file="$dir/sa.key" --root-ca-file="$dir/certs/apiserver.crt" \
+    --use-service-account-credentials=false \
+    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-pv-protection,-pvc-protection,-ttl,-csrsigning,-csrapproving,-csrcleaner,-horizontalpodautoscaling' \
+    >"$dir/controller-manager.log" 2>&1 &
+  echo $! >"$dir/controller-manager.pid"
+  wait_for "kube-controller-manager /healthz (log: $dir/controller-manager.log)" 60 \
+    curl -sfk "https://127.0.0.1:$port/healthz"
+  # Up is not enough: the tests need the built-in `edit` role's rules aggregated (empty until the
+  # clusterrole-aggregation controller's first pass).
+  wait_for "the ClusterRole aggregation (log: $dir/controller-manager.log)" 60 \
+    sh -c "'$KUBECTL' --kubeconfig '$dir/kubeconfig' get clusterrole edit -o jsonpath='{.rules[*].resources}' | grep -q deployments"
+  log "kube-controller-manager up (log: $dir/controller-manager.log)"
 }
 
 start_apiserver() {
@@ -173,7 +203,7 @@ EOF
 }
 
 down() {
-  for p in apiserver etcd; do
+  for p in controller-manager apiserver etcd; do
     if [ -f "$dir/$p.pid" ]; then
       local pid; pid=$(cat "$dir/$p.pid")
       kill "$pid" 2>/dev/null || true

@@ -53,7 +53,8 @@ features=(--features failpoints)
 # The Helm chart's ServiceAccount as a static-token user: tests/chart.rs runs the operator with
 # exactly the chart's RBAC.
 # And the API test's users (tests/api.rs): an admin, a namespace reader and a namespace editor.
-export KB_TOKEN_USERS="system:serviceaccount:kube-beat-rbac:kube-beat=system:serviceaccounts|system:serviceaccounts:kube-beat-rbac|system:authenticated kbt-api-admin=system:masters kbt-api-reader=kbt-api-users kbt-api-editor=kbt-api-users"
+# And the install suite's users (tests/install.rs), bound only to the built-in `edit` / `view`.
+export KB_TOKEN_USERS="system:serviceaccount:kube-beat-rbac:kube-beat=system:serviceaccounts|system:serviceaccounts:kube-beat-rbac|system:authenticated kbt-api-admin=system:masters kbt-api-reader=kbt-api-users kbt-api-editor=kbt-api-users kbt-edit= kbt-view="
 hack/control-plane.sh up "$run_dir/cp"
 source "$run_dir/cp/env"
 export KB_PG_BASE="${KB_PG_BASE:-postgres://postgres@127.0.0.1:5432}"

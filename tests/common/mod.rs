@@ -9,6 +9,7 @@
 mod fixture;
 #[allow(unused_imports)]
 pub use fixture::{Fixture, fixture};
+pub mod kubelet;
 
 use std::{
     io::Read,
