@@ -991,6 +991,8 @@ fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it()
         &ns,
         &["--set", "broker.existingSecret=celery"],
     ));
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
 
 #[test]
 #[ignore = "needs the local control plane (make test)"]
