@@ -26,6 +26,7 @@ cleanup() {
   local rc=$?
   hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
   hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
+  hack/control-plane.sh down "$run_dir/cp-upgrade" >/dev/null 2>&1 || true
   # Databases and broker queues made by this run's tests (they use the kbt prefix).
   psql -h 127.0.0.1 -U postgres -d postgres -Atc "select datname from pg_database where datname like 'kbt\_%'" 2>/dev/null \
     | while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
@@ -72,7 +73,8 @@ if [ "$mode" = chaos ]; then
   exit 0
 fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
-cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another
+cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another \
+  --skip helm_upgrade_and_rolling_update_from_the_previous_release
 
 # The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
 # on the shared one it would also have to judge the thousands of objects the suites before it
@@ -85,3 +87,14 @@ source "$run_dir/cp-tenants/env"
 "$KUBECTL" apply -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
 cargo test --locked "${features[@]}" --test tenants -- --include-ignored
+
+# The upgrade test installs the previous release's chart, CRDs included: on an apiserver of its
+# own, so no other suite ever sees CRDs of another version.
+log "upgrade suite (its own control plane)"
+# Built here, not by the test: the test runs inside `cargo test`, which holds the build
+# directory's lock that this build (sharing the directory for its dependencies) needs.
+hack/previous-release.sh >/dev/null
+hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
+hack/control-plane.sh up "$run_dir/cp-upgrade"
+source "$run_dir/cp-upgrade/env"
+cargo test --locked "${features[@]}" --test upgrade -- --include-ignored
