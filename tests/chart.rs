@@ -1099,3 +1099,40 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
     }
     let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
+
+/// The webhook's certificate volume (cert-manager) and the user's extra volumes land in ONE
+/// `volumes` and ONE `volumeMounts` list: two keys of the same name in one mapping would leave
+/// only one of the lists (the parser keeps the last), and the pod would lose the other volumes.
+#[test]
+#[ignore = "needs Helm (make test)"]
+fn webhook_certificate_and_extra_volumes_share_one_list() {
+    let rendered = ok(&helm_template(
+        "kb",
+        "kube-beat",
+        &[
+            "--set",
+            "webhook.certManager.enabled=true",
+            "--set-json",
+            r#"extraVolumes=[{"name":"private-ca","configMap":{"name":"ca"}}]"#,
+            "--set-json",
+            r#"extraVolumeMounts=[{"name":"private-ca","mountPath":"/etc/kube-beat/ca"}]"#,
+        ],
+    ));
+    let deployment = documents(&rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let spec = pod_spec(&deployment);
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v["name"].as_str().expect("name").to_string())
+            .collect()
+    };
+    assert_eq!(names(&spec["volumes"]), ["webhook-cert", "private-ca"]);
+    assert_eq!(
+        names(&spec["containers"][0]["volumeMounts"]),
+        ["webhook-cert", "private-ca"]
+    );
+}
