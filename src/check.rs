@@ -81,7 +81,9 @@ pub async fn checks(opts: &CheckOptions) -> Result<Vec<CheckLine>, CheckError> {
     let base = Base::parse(&opts.url)?;
     let token = opts.token_file.as_deref().map(read_token).transpose()?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
-    let ready = base.expect_ok("/readyz", None, deadline, opts.timeout).await;
+    let ready = base
+        .expect_ok("/readyz", None, deadline, opts.timeout)
+        .await;
     let who = if token.is_some() {
         "with the ServiceAccount token"
     } else {
@@ -136,7 +138,9 @@ impl Base {
             return Err(bad("only http:// is supported"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad("no user info in the URL: the token comes from --token-file"));
+            return Err(bad(
+                "no user info in the URL: the token comes from --token-file",
+            ));
         }
         let host = url
             .host_str()
@@ -277,7 +281,10 @@ mod tests {
 
     #[test]
     fn bodies_become_one_short_line() {
-        assert_eq!(one_line(r#"{"error": "unauthorized:\n bad"}"#), "unauthorized: bad");
+        assert_eq!(
+            one_line(r#"{"error": "unauthorized:\n bad"}"#),
+            "unauthorized: bad"
+        );
         assert_eq!(one_line("x".repeat(500).as_str()).len(), MAX_BODY_SHOWN);
     }
 }

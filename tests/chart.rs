@@ -457,7 +457,10 @@ fn pod_spec(obj: &Value) -> &Value {
 }
 
 fn assert_pod_gets_the_extras(what: &str, spec: &Value) {
-    assert_eq!(spec["priorityClassName"], "PRIORITY_CLASS", "{what}: {spec}");
+    assert_eq!(
+        spec["priorityClassName"], "PRIORITY_CLASS",
+        "{what}: {spec}"
+    );
     assert_eq!(spec["nodeSelector"], json!({"disk": "ssd"}), "{what}");
     assert_eq!(spec["tolerations"][0]["key"], "dedicated", "{what}");
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{what}");
@@ -524,7 +527,12 @@ fn every_new_value_renders_where_it_should_and_applies() {
     let rendered = ok(&helm_template(
         "kb",
         &ns,
-        &["--kube-version", "1.20.2", "-f", values.to_str().expect("path")],
+        &[
+            "--kube-version",
+            "1.20.2",
+            "-f",
+            values.to_str().expect("path"),
+        ],
     ));
     let docs = documents(&rendered.replace(&priority_class, "PRIORITY_CLASS"));
     assert!(docs.len() >= 12, "{rendered}");
@@ -670,10 +678,16 @@ fn values_schema_allows_global_and_rejects_typos_and_bad_new_values() {
             "digest",
         ),
         ("migrations.backoffLimit=-1", "backoffLimit"),
-        ("migrations.activeDeadlineSeconds=0", "activeDeadlineSeconds"),
+        (
+            "migrations.activeDeadlineSeconds=0",
+            "activeDeadlineSeconds",
+        ),
         ("extraEnv[0].value=x", "name"),
         ("extraVolumeMounts[0].name=x", "mountPath"),
-        ("nameOverride=a-name-that-is-far-too-long-for-a-kubernetes-label-value-really", "nameOverride"),
+        (
+            "nameOverride=a-name-that-is-far-too-long-for-a-kubernetes-label-value-really",
+            "nameOverride",
+        ),
     ] {
         let out = helm_template("kb", "default", &["--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -725,7 +739,10 @@ fn the_chart_composes_as_a_dependency_of_an_umbrella_chart() {
         .expect("helm template"));
     let docs = documents(&rendered);
     let deploy = by_kind(&docs, "Deployment")[0];
-    assert_eq!(deploy["metadata"]["name"], "plat-x", "nameOverride: {rendered}");
+    assert_eq!(
+        deploy["metadata"]["name"], "plat-x",
+        "nameOverride: {rendered}"
+    );
     assert_eq!(deploy["metadata"]["labels"]["app.kubernetes.io/name"], "x");
     assert_eq!(deploy["metadata"]["labels"]["platform"], "umbrella");
     assert_eq!(
@@ -862,7 +879,9 @@ async fn helm_test_check_passes_with_the_charts_service_account_and_fails_clearl
     assert!(!ok_, "{text}");
     assert!(
         text.contains(&format!("ok   GET http://{addr}/readyz: 200 OK"))
-            && text.contains(&format!("FAIL GET http://{addr}/api/v1/jobs: 401 Unauthorized"))
+            && text.contains(&format!(
+                "FAIL GET http://{addr}/api/v1/jobs: 401 Unauthorized"
+            ))
             && text.contains("1 of 2 checks failed"),
         "{text}"
     );
@@ -925,7 +944,9 @@ fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it()
         "resultBackend.enabled=true",
         &[
             "The database Secret \"kube-beat\" does not exist in namespace",
-            &format!("kubectl -n {ns} create secret generic kube-beat --from-literal=database-url=..."),
+            &format!(
+                "kubectl -n {ns} create secret generic kube-beat --from-literal=database-url=..."
+            ),
             "preflight.checkSecrets=false",
         ],
     );
@@ -942,7 +963,9 @@ fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it()
     refused(
         "resultBackend.enabled=true",
         &[
-            &format!("The Secret \"kube-beat\" in namespace \"{ns}\" has no key \"result-backend\""),
+            &format!(
+                "The Secret \"kube-beat\" in namespace \"{ns}\" has no key \"result-backend\""
+            ),
             &format!("kubectl -n {ns} patch secret kube-beat"),
         ],
     );
@@ -959,6 +982,10 @@ fn preflight_refuses_a_missing_secret_or_key_at_once_and_says_how_to_create_it()
         &ns,
         "preflight.checkSecrets=false,broker.existingSecret=celery",
     ));
-    ok(&helm_template("kb", &ns, &["--set", "broker.existingSecret=celery"]));
+    ok(&helm_template(
+        "kb",
+        &ns,
+        &["--set", "broker.existingSecret=celery"],
+    ));
     let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }

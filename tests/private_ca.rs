@@ -45,7 +45,10 @@ async fn postgres_tls_trusts_an_extra_ca_from_ssl_cert_file_or_dir() {
         .fetch_one(&pool)
         .await
         .expect("show ssl");
-    assert_eq!(ssl, "on", "the local Postgres serves TLS (Debian's default)");
+    assert_eq!(
+        ssl, "on",
+        "the local Postgres serves TLS (Debian's default)"
+    );
     pool.close().await;
     let bundle = std::fs::read_to_string(SYSTEM_BUNDLE).expect("the system bundle");
     let snakeoil = std::fs::read_to_string(SNAKEOIL).expect("the snakeoil certificate");
@@ -74,7 +77,10 @@ async fn postgres_tls_trusts_an_extra_ca_from_ssl_cert_file_or_dir() {
     // The extra CA as SSL_CERT_FILE.
     let (ok, text) = migrate_status(&url, Some(&ca_file), None);
     assert!(ok, "{text}");
-    assert!(text.contains("pending") || text.contains("applied"), "{text}");
+    assert!(
+        text.contains("pending") || text.contains("applied"),
+        "{text}"
+    );
     // The README's recipe: the system bundle plus a directory with the extra CA (both trusted).
     let (ok, text) = migrate_status(&url, Some(Path::new(SYSTEM_BUNDLE)), Some(&ca_dir));
     assert!(ok, "{text}");
