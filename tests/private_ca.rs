@@ -90,3 +90,84 @@ async fn postgres_tls_trusts_an_extra_ca_from_ssl_cert_file_or_dir() {
     assert!(ok, "the system's own certificate directory is read: {text}");
     db.drop_db().await;
 }
+
+/// A Redis server speaking only TLS, with the snakeoil certificate (killed when dropped).
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let key = "/etc/ssl/private/ssl-cert-snakeoil.key";
+        assert!(
+            std::fs::File::open(key).is_ok(),
+            "{key} is not readable by this user: run as root (make test does)"
+        );
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", SNAKEOIL, "--tls-key-file", key])
+            .args(["--tls-auth-clients", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "redis-server with TLS did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsRedis { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker side: `rediss://` through the publisher the operator uses. The roots are read at
+/// each connection, from the process environment, so this test sets it (the only test in this
+/// binary that touches it; the Postgres test gives its child processes an explicit environment).
+#[tokio::test]
+#[ignore = "needs redis-server (make test)"]
+async fn redis_tls_trusts_an_extra_ca_from_ssl_cert_file() {
+    use kube_beat::celery::Publisher;
+    let redis = TlsRedis::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca_file = tmp.path().join("private-ca.pem");
+    std::fs::copy(SNAKEOIL, &ca_file).expect("copy");
+    // The certificate is for `localhost`: verify-full, as rediss:// always is.
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let connect = |cert_file: &Path| {
+        // SAFETY: std's environment lock serializes this with every read std makes (rustls-native-
+        // certs reads it through std::env), and no other test in this binary changes it.
+        unsafe {
+            std::env::remove_var("SSL_CERT_DIR");
+            std::env::set_var("SSL_CERT_FILE", cert_file);
+        }
+        Publisher::connect(
+            &url,
+            std::time::Duration::from_secs(60),
+            "kubebeat.sent.tls",
+        )
+    };
+    let refused = connect(Path::new(SYSTEM_BUNDLE)).await;
+    let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "refused with a certificate error without the private CA: {err:?}"
+    );
+    connect(&ca_file)
+        .await
+        .expect("connected over TLS with the private CA trusted");
+}
