@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test chaos fuzz bench demo demo-down generate verify lint cluster-up cluster-down services clean image
+.PHONY: all build test chaos fuzz bench demo demo-down generate verify lint cluster-up cluster-down services clean image dist chart
 
 all: build
 
@@ -33,8 +33,17 @@ demo-down:
 	hack/demo.sh down
 
 ## image: OCI image FROM scratch (static binary + CA certificates) with buildah → target/image/
+## (ARCH=arm64 for the other architecture)
 image:
 	hack/image.sh
+
+## dist: static release binaries for linux/amd64 and linux/arm64 + checksums → dist/
+dist:
+	hack/dist.sh
+
+## chart: lint and package the Helm chart → dist/kube-beat-<version>.tgz (+ checksums)
+chart:
+	hack/chart.sh
 
 ## generate: regenerate the CRD YAML (checked for drift by the tests)
 generate:
@@ -49,6 +58,7 @@ verify:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 cluster-up:
 	hack/control-plane.sh up

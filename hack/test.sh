@@ -12,7 +12,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 fi
-apt_install curl openssl chromium chromium-driver
+apt_install curl openssl chromium chromium-driver qemu-user-static
 
 hack/services.sh
 export KB_CELERY_VENV; KB_CELERY_VENV=$(hack/celery-venv.sh)

@@ -393,9 +393,30 @@ impl Operator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Operator {
+        Operator::start_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_kube-beat")),
+            database_url,
+            namespace,
+            lease_namespace,
+            test_id,
+            extra,
+            env,
+        )
+    }
+
+    /// As `start_leased`, with another kube-beat binary (the upgrade test's previous release).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        database_url: &str,
+        namespace: &str,
+        lease_namespace: &str,
+        test_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-operator")));
         let file = std::fs::File::create(&log).expect("creating the operator log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-beat"));
+        let mut cmd = Command::new(binary);
         cmd.arg("run");
         // An empty namespace: every namespace (the tenant suite's two teams).
         if !namespace.is_empty() {
