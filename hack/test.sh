@@ -26,6 +26,8 @@ cleanup() {
   local rc=$?
   hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
   hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
+  hack/control-plane.sh down "$run_dir/cp-install" >/dev/null 2>&1 || true
+
   hack/control-plane.sh down "$run_dir/cp-upgrade" >/dev/null 2>&1 || true
   # Databases and broker queues made by this run's tests (they use the kbt prefix).
   psql -h 127.0.0.1 -U postgres -d postgres -Atc "select datname from pg_database where datname like 'kbt\_%'" 2>/dev/null \
@@ -74,7 +76,7 @@ if [ "$mode" = chaos ]; then
 fi
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
 cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another \
-  --skip helm_upgrade_and_rolling_update_from_the_previous_release
+  --skip with_controllers:: --skip helm_upgrade_and_rolling_update_from_the_previous_release
 
 # The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
 # on the shared one it would also have to judge the thousands of objects the suites before it
@@ -88,13 +90,25 @@ source "$run_dir/cp-tenants/env"
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
 cargo test --locked "${features[@]}" --test tenants -- --include-ignored
 
+# The install suite (tests/install.rs) needs the real controllers: the Job controller runs Helm's
+# hook Job (its Pods run under the test kubelet, tests/common/kubelet.rs), and the
+# clusterrole-aggregation controller folds the chart's roles into the built-in view/edit/admin.
+# Its own control plane, with kube-controller-manager; the tenants' one is done with.
+log "install suite (its own control plane, with kube-controller-manager)"
+hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
+KB_CONTROLLERS=1 hack/control-plane.sh up "$run_dir/cp-install"
+source "$run_dir/cp-install/env"
+"$KUBECTL" apply -f crds/ >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+cargo test --locked "${features[@]}" --test install -- --include-ignored with_controllers::
+
 # The upgrade test installs the previous release's chart, CRDs included: on an apiserver of its
 # own, so no other suite ever sees CRDs of another version.
 log "upgrade suite (its own control plane)"
 # Built here, not by the test: the test runs inside `cargo test`, which holds the build
 # directory's lock that this build (sharing the directory for its dependencies) needs.
 hack/previous-release.sh >/dev/null
-hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
+hack/control-plane.sh down "$run_dir/cp-install" >/dev/null 2>&1 || true
 hack/control-plane.sh up "$run_dir/cp-upgrade"
 source "$run_dir/cp-upgrade/env"
 cargo test --locked "${features[@]}" --test upgrade -- --include-ignored

@@ -42,8 +42,12 @@
 //!   `terminationMessagePolicy` is `FallbackToLogsOnError`, the last 80 lines (at most 2048 bytes)
 //!   of its output as the termination message. With the default policy (`File`) the message stays
 //!   empty, as on a real node (nothing writes the termination-message file).
+//! - **Volumes**: projected `serviceAccountToken` volumes (the chart's test Pod sends such a token
+//!   to kube-beat's API): each token requested the same way, with the volume's audience and
+//!   expiry, written to a directory that stands for the mount path (rewritten as above). Any
+//!   other volume fails the Pod with a message.
 //! - **Not imitated**: restarts (every Pod is treated as `restartPolicy: Never`, which is what the
-//!   chart's Pods say), probes, resources, security contexts, volumes, `envFrom`, `pods/log`
+//!   chart's Pods say), probes, resources, security contexts, other volumes, `envFrom`, `pods/log`
 //!   (`kubectl logs` does not work; [`Kubelet::output`] has each Pod's output instead).
 
 use std::{
@@ -303,10 +307,18 @@ impl PodRun {
     async fn run(self) -> Result<(), String> {
         let name = self.name();
         let container = self.container()?.clone();
+        let mut last_config_error = String::new();
         let prepared = loop {
             match self.prepare(&container).await {
                 Ok(p) => break p,
                 Err(NotStarted::Config(message)) => {
+                    if message != last_config_error {
+                        note(
+                            &self.state,
+                            format!("{name}: CreateContainerConfigError: {message}"),
+                        );
+                        last_config_error = message.clone();
+                    }
                     self.patch_status(json!({
                         "phase": "Pending",
                         "containerStatuses": [self.container_status(&container, false, json!({
@@ -426,13 +438,16 @@ impl PodRun {
                 env.push((var.name.clone(), value));
             }
         }
-        let sa_dir = self.service_account_files(dir.path()).await?;
-        if let Some(sa_dir) = &sa_dir {
+        // (path in the container, where it is here), longest first when rewriting.
+        let mut mounts: Vec<(String, PathBuf)> = self.projected_tokens(c, dir.path()).await?;
+        if let Some(sa_dir) = self.service_account_files(dir.path()).await? {
             env.push((
                 "KUBECONFIG".into(),
                 sa_dir.join("kubeconfig").display().to_string(),
             ));
+            mounts.push((SA_DIR.to_string(), sa_dir));
         }
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let vars: HashMap<String, String> = env.iter().cloned().collect();
         let mut argv: Vec<String> = c
             .command
@@ -461,8 +476,8 @@ impl PodRun {
             for (from, to) in &rewrites {
                 s = s.replace(from, to);
             }
-            if let Some(sa_dir) = &sa_dir {
-                s = s.replace(SA_DIR, &sa_dir.display().to_string());
+            for (path, here) in &mounts {
+                s = s.replace(path.as_str(), &here.display().to_string());
             }
             s
         };
@@ -571,30 +586,9 @@ impl PodRun {
             return Ok(None);
         }
         let ns = &self.settings.namespace;
-        let sa = spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into());
-        // No audiences: the apiserver's own, as for the kubelet's default token volume.
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: self.pod.metadata.name.clone(),
-                    uid: self.pod.metadata.uid.clone(),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token = Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
-            .create_token_request(&sa, &PostParams::default(), &request)
-            .await
-            .map_err(|e| NotStarted::Config(format!("token for serviceaccount {sa:?}: {e}")))?
-            .status
-            .and_then(|s| s.token)
-            .ok_or_else(|| NotStarted::Config("the TokenRequest returned no token".into()))?;
+        let sa = self.service_account();
+        // No audience: the apiserver's own, as for the kubelet's default token volume.
+        let token = self.token(None, 3600).await?;
         let sa_dir = dir.join("serviceaccount");
         let write = |file: &str, text: &str| {
             std::fs::write(sa_dir.join(file), text)
@@ -615,6 +609,91 @@ impl PodRun {
         });
         write("kubeconfig", &kubeconfig.to_string())?;
         Ok(Some(sa_dir))
+    }
+}
+
+impl PodRun {
+    fn service_account(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// A token for the Pod's ServiceAccount, bound to the Pod, as the kubelet requests it.
+    async fn token(&self, audience: Option<&str>, expiration: i64) -> Result<String, NotStarted> {
+        let sa = self.service_account();
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: audience.map(|a| vec![a.to_string()]),
+                expiration_seconds: Some(expiration),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: self.pod.metadata.name.clone(),
+                    uid: self.pod.metadata.uid.clone(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.settings.namespace)
+            .create_token_request(&sa, &PostParams::default(), &request)
+            .await
+            .map_err(|e| NotStarted::Config(format!("token for serviceaccount {sa:?}: {e}")))?
+            .status
+            .and_then(|s| s.token)
+            .ok_or_else(|| NotStarted::Config("the TokenRequest returned no token".into()))
+    }
+
+    /// The container's volume mounts, each of a projected volume made only of
+    /// `serviceAccountToken` sources (what the chart's test Pod uses): the tokens written to a
+    /// directory of their own, which stands for the mount path. Any other volume: unsupported.
+    async fn projected_tokens(
+        &self,
+        c: &Container,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>, NotStarted> {
+        let volumes = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut mounts = Vec::new();
+        for mount in c.volume_mounts.as_deref().unwrap_or_default() {
+            let unsupported = || {
+                NotStarted::Unsupported(format!(
+                    "volume {:?}: only projected serviceAccountToken volumes are supported by the test kubelet",
+                    mount.name
+                ))
+            };
+            let volume = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .ok_or_else(unsupported)?;
+            let sources = volume
+                .projected
+                .as_ref()
+                .and_then(|p| p.sources.clone())
+                .ok_or_else(unsupported)?;
+            let here = dir.join("volumes").join(&mount.name);
+            std::fs::create_dir_all(&here).map_err(|e| NotStarted::Unsupported(e.to_string()))?;
+            for source in &sources {
+                let t = source
+                    .service_account_token
+                    .as_ref()
+                    .ok_or_else(unsupported)?;
+                let token = self
+                    .token(t.audience.as_deref(), t.expiration_seconds.unwrap_or(3600))
+                    .await?;
+                std::fs::write(here.join(&t.path), token)
+                    .map_err(|e| NotStarted::Unsupported(e.to_string()))?;
+            }
+            mounts.push((mount.mount_path.clone(), here));
+        }
+        Ok(mounts)
     }
 }
 
