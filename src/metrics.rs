@@ -284,7 +284,6 @@ fn register_admissions(r: &mut Registry, m: &Metrics) {
     );
 }
 
-
 // Build info: which kube-beat is running, the usual `_build_info` gauge fixed at 1, so that
 // dashboards and alerts can join on `version` and a mixed-version rollout is visible.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

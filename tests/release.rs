@@ -47,7 +47,11 @@ fn elf_machine_and_interp(bytes: &[u8]) -> (u16, bool) {
 }
 
 fn unpack(archive: &Path, into: &Path) -> PathBuf {
-    run(Command::new("tar").arg("-xzf").arg(archive).arg("-C").arg(into));
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into));
     let name = archive
         .file_name()
         .and_then(|n| n.to_str())
@@ -89,7 +93,10 @@ fn make_dist_and_make_chart_build_the_release_artifacts() {
         let (m, interp) = elf_machine_and_interp(&bytes);
         assert_eq!(m, machine, "{arch}: ELF machine");
         assert!(!interp, "{arch}: dynamically linked (has PT_INTERP)");
-        assert!(dir.join("README.md").is_file(), "{arch}: README in the archive");
+        assert!(
+            dir.join("README.md").is_file(),
+            "{arch}: README in the archive"
+        );
         assert!(
             !bytes
                 .windows(b"KUBE_BEAT_CRASH_AT".len())
@@ -105,7 +112,10 @@ fn make_dist_and_make_chart_build_the_release_artifacts() {
             c
         };
         let out = run(cmd.arg("version"));
-        assert!(out.contains(version), "{arch}: `kube-beat version` said {out:?}");
+        assert!(
+            out.contains(version),
+            "{arch}: `kube-beat version` said {out:?}"
+        );
     }
 
     // Checksums cover every archive and verify.
@@ -131,7 +141,11 @@ fn make_dist_and_make_chart_build_the_release_artifacts() {
             .map(|(_, h)| h.clone())
             .expect("amd64 archive in checksums")
     };
-    assert_eq!(sum(&sums), sum(&again), "the amd64 archive is not reproducible");
+    assert_eq!(
+        sum(&sums),
+        sum(&again),
+        "the amd64 archive is not reproducible"
+    );
 
     // `make chart`: the packaged chart, at the chart's version, for the crate's version.
     run(Command::new("make").arg("chart").current_dir(&repo));
@@ -276,7 +290,11 @@ fn the_workflows_use_targets_scripts_and_values_that_exist() {
     let readme = std::fs::read_to_string(repo.join("README.md")).expect("README");
     let range = readme
         .lines()
-        .find_map(|l| l.split("Kubernetes 1.").nth(1).filter(|_| l.contains("supported")))
+        .find_map(|l| {
+            l.split("Kubernetes 1.")
+                .nth(1)
+                .filter(|_| l.contains("supported"))
+        })
         .expect("README states the supported range as `Kubernetes 1.X–1.Y ... supported`");
     let lo: u32 = range
         .split(|c: char| !c.is_ascii_digit())

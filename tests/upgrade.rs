@@ -53,10 +53,9 @@ fn previous_release() -> (PathBuf, PathBuf) {
 }
 
 fn chart_version(dir: &std::path::Path) -> String {
-    let chart: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(dir.join("Chart.yaml")).expect("Chart.yaml"),
-    )
-    .expect("Chart.yaml parses");
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("Chart.yaml parses");
     chart["version"].as_str().expect("version").to_string()
 }
 
@@ -241,7 +240,15 @@ async fn helm_upgrade_and_rolling_update_from_the_previous_release() {
             &format!("{name} reconciled after the upgrade"),
             Duration::from_secs(60),
             || async {
-                let job = ok(&kubectl(&["-n", &f.ns, "get", "scheduledjob", &name, "-o", "json"]));
+                let job = ok(&kubectl(&[
+                    "-n",
+                    &f.ns,
+                    "get",
+                    "scheduledjob",
+                    &name,
+                    "-o",
+                    "json",
+                ]));
                 let job: Value = serde_json::from_str(&job).expect("json");
                 let generation = job["metadata"]["generation"].as_i64();
                 let ready = job["status"]["conditions"]
@@ -296,9 +303,7 @@ async fn helm_upgrade_and_rolling_update_from_the_previous_release() {
     assert_eq!(per_job.len(), JOBS);
     for (name, slots) in &per_job {
         assert!(
-            slots
-                .iter()
-                .any(|(s, _)| *s > upgraded_at.timestamp() + 1),
+            slots.iter().any(|(s, _)| *s > upgraded_at.timestamp() + 1),
             "{name} ran after the upgrade"
         );
         for pair in slots.windows(2) {
