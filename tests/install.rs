@@ -456,7 +456,9 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kbt-view}]
             .output(pod["metadata"]["name"].as_str().expect("pod name"))
             .expect("the migration's output");
         assert!(
-            message.contains("connecting to Postgres") && message.contains("127.0.0.1:1"),
+            message.contains("connecting to Postgres")
+                && message.contains("127.0.0.1:1")
+                && message.contains("Connection refused"),
             "the Pod's status does not carry the migration's error: {terminated}\noutput: {output}"
         );
         for place in [&said, &output, &pod.to_string()] {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::str::FromStr;
 
 use sqlx::{
-    PgPool,
+    ConnectOptions, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -78,10 +78,24 @@ pub enum StoreError {
 /// table: 100,000 jobs reconciled at 47/s after 20,000, 10,000 at 135/s. Planning these short
 /// statements costs well under a millisecond.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    pool_options(max_connections)
-        .connect_with(connect_options(url)?)
+    let options = connect_options(url)?;
+    match pool_options(max_connections)
+        .connect_with(options.clone())
         .await
-        .map_err(StoreError::Connect)
+    {
+        Ok(pool) => Ok(pool),
+        // The pool reports only that no connection came within its acquire timeout. One direct
+        // attempt says why (refused, name not found, TLS, authentication): that is what a failed
+        // migration hook Job shows in its Pod status, and what the operator logs while retrying.
+        // Bounded: a host that drops packets would otherwise hold it for the OS's TCP timeout.
+        Err(sqlx::Error::PoolTimedOut) => Err(StoreError::Connect(
+            match tokio::time::timeout(Duration::from_secs(10), options.connect()).await {
+                Ok(Err(cause)) => cause,
+                Ok(Ok(_)) | Err(_) => sqlx::Error::PoolTimedOut,
+            },
+        )),
+        Err(e) => Err(StoreError::Connect(e)),
+    }
 }
 
 /// A second, small pool that keeps `connections` open (connecting in the background): the
