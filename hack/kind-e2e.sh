@@ -20,7 +20,7 @@ skopeo copy --quiet oci-archive:target/image/kube-beat.oci.tar "docker-archive:t
 kind load image-archive target/image/kube-beat.docker.tar --name "$cluster"
 
 kubectl apply -f hack/kind/dependencies.yaml
-kubectl -n kube-beat-deps rollout status deploy/postgres deploy/redis --timeout=180s
+kubectl -n kube-beat-deps wait --for=condition=Available deploy/postgres deploy/redis --timeout=180s
 kubectl create namespace kube-beat --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n kube-beat create secret generic kube-beat --dry-run=client -o yaml \
   --from-literal=database-url='postgres://postgres:kube-beat-demo@postgres.kube-beat-deps:5432/kube_beat' \

@@ -160,6 +160,35 @@ fn values_schema_rejects_bad_values() {
             "--set {set}: {err}"
         );
     }
+    // Values the schema cannot compare: the template refuses them.
+    let out = helm_template("kb", "default", &["--set", "webhook.port=8080"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("webhook.port and httpPort are both 8080"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key set in commonLabels and podLabels is written once on the pod (podLabels wins).
+    let both = ok(&helm_template(
+        "kb",
+        "default",
+        &["--set", "commonLabels.team=a,podLabels.team=b"],
+    ));
+    let deployment = documents(&both)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["metadata"]["labels"]["team"], "a");
+    assert_eq!(pod_spec_labels(&deployment)["team"], "b");
+    assert_eq!(
+        both.matches("\n        team: ").count(),
+        1,
+        "team written twice in a pod template:\n{both}"
+    );
+}
+
+fn pod_spec_labels(obj: &Value) -> &Value {
+    &obj["spec"]["template"]["metadata"]["labels"]
 }
 
 #[test]
@@ -688,6 +717,14 @@ fn values_schema_allows_global_and_rejects_typos_and_bad_new_values() {
             "nameOverride=a-name-that-is-far-too-long-for-a-kubernetes-label-value-really-it-is",
             "nameOverride",
         ),
+        // The chart's own labels cannot be overridden (or written twice).
+        (
+            "commonLabels.app\\.kubernetes\\.io/component=x",
+            "commonLabels",
+        ),
+        ("podLabels.helm\\.sh/chart=x", "podLabels"),
+        // The webhook certificate's volume name is the chart's.
+        ("extraVolumes[0].name=webhook-cert", "extraVolumes"),
     ] {
         let out = helm_template("kb", "default", &["--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -725,7 +762,14 @@ fn the_chart_composes_as_a_dependency_of_an_umbrella_chart() {
         .arg(dir)
         .output()
         .expect("helm dependency update"));
-    assert!(dir.join("charts/kube-beat-0.1.0.tgz").exists());
+    let version = serde_yaml::from_str::<Value>(
+        &std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses")["version"]
+        .as_str()
+        .expect("version")
+        .to_string();
+    assert!(dir.join(format!("charts/kube-beat-{version}.tgz")).exists());
     ok(&Command::new(helm())
         .args(["lint", "--strict"])
         .arg(dir)

@@ -35,13 +35,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 {{- end -}}
 
-{{/* A pod template's labels: selector labels, commonLabels, podLabels. */}}
+{{/* A pod template's labels: selector labels, then podLabels over commonLabels, as one map so
+a key set in both is written once (podLabels wins). The schema keeps app.kubernetes.io/* and
+helm.sh/* for the chart itself. */}}
 {{- define "kube-beat.podLabels" -}}
 {{ include "kube-beat.selectorLabels" . }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
-{{- with .Values.podLabels }}
+{{- with merge (dict) (.Values.podLabels | default dict) (.Values.commonLabels | default dict) }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
