@@ -36,7 +36,9 @@ pub enum CheckError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the token file {0} is empty, larger than 64 KiB or not a valid header value")]
+    #[error(
+        "the token file {0} is not a regular file, is empty, is larger than 64 KiB or is not a valid header value"
+    )]
     TokenInvalid(PathBuf),
     #[error("{failed} of {total} checks failed")]
     Failed { failed: usize, total: usize },
@@ -97,24 +99,34 @@ pub async fn checks(opts: &CheckOptions) -> Result<Vec<CheckLine>, CheckError> {
 }
 
 /// The token as an `Authorization` header value, marked sensitive (hyper keeps it out of `Debug`).
+/// Only a regular file is opened (a FIFO would block the open until a writer came), and at most
+/// [`MAX_TOKEN_BYTES`] + 1 bytes of it are read, whatever it grows to meanwhile.
 fn read_token(path: &Path) -> Result<HeaderValue, CheckError> {
-    let meta = std::fs::metadata(path).map_err(|source| CheckError::TokenRead {
+    use std::io::Read;
+    let read_error = |source| CheckError::TokenRead {
         path: path.to_path_buf(),
         source,
-    })?;
-    if meta.len() > MAX_TOKEN_BYTES {
-        return Err(CheckError::TokenInvalid(path.to_path_buf()));
+    };
+    let invalid = || CheckError::TokenInvalid(path.to_path_buf());
+    // Follows symbolic links: the kubelet's projected token is one.
+    if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+        return Err(invalid());
     }
-    let text = std::fs::read_to_string(path).map_err(|source| CheckError::TokenRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(MAX_TOKEN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(invalid());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(CheckError::TokenInvalid(path.to_path_buf()));
+        return Err(invalid());
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| CheckError::TokenInvalid(path.to_path_buf()))?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| invalid())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -275,6 +287,18 @@ mod tests {
         assert!(!e.to_string().contains("token-with"), "{e}");
         std::fs::write(&f, vec![b'a'; 70 * 1024]).expect("write");
         assert!(matches!(read_token(&f), Err(CheckError::TokenInvalid(_))));
+        // A directory, and a FIFO nobody writes to: refused at once, never waited on.
+        assert!(matches!(
+            read_token(dir.path()),
+            Err(CheckError::TokenInvalid(_))
+        ));
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        assert!(matches!(read_token(&fifo), Err(CheckError::TokenInvalid(_))));
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub struct RunArgs {
     /// the self-signed fallback's CA; empty: none (cert-manager injects it, or you do).
     #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = "")]
     pub webhook_configuration: String,
+    /// What a ScheduledJob naming a TaskFunction that does not exist (yet) gets: `warn` (allowed
+    /// with a warning; Helm, Argo CD and `kubectl apply -f dir/` create jobs before their
+    /// TaskFunctions) or `deny` (refused).
+    #[arg(long, env = "WEBHOOK_MISSING_TASK_FUNCTION", value_enum, default_value_t = crate::webhook::admission::MissingTaskFunction::Warn)]
+    pub webhook_missing_task_function: crate::webhook::admission::MissingTaskFunction,
     /// Seconds between re-reads of the certificate and checks of the caBundle. Hidden: tests
     /// set it short.
     #[arg(long, hide = true, default_value_t = 30)]

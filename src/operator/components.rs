@@ -338,6 +338,7 @@ fn webhook_part(args: &RunArgs, s: &Shared) -> Option<Part> {
         )
         .unwrap_or_else(|_| reconcile::LabelSelector::nothing()),
         watch_namespace: args.namespace.clone(),
+        missing_task_function: args.webhook_missing_task_function,
     };
     let (client, stop) = (s.client.clone(), s.stop.clone());
     let webhook = async move {

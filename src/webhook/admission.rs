@@ -21,22 +21,45 @@ use serde_json::Value;
 use super::verdict::{self, Kind};
 use crate::{
     api::TaskFunction,
-    reconcile::{Guarded, LabelSelector},
+    reconcile::{Guarded, LabelSelector, validate},
 };
 
 /// How long the TaskFunction lookup may take: well inside the apiserver's `timeoutSeconds`
 /// (the chart's default is 5), so a slow lookup is an error the `failurePolicy` decides on,
 /// not a timeout.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a looked-up TaskFunction (or its absence) is reused: long enough that a flood of
+/// reviews naming one TaskFunction costs the apiserver one GET per name per 5 s, short enough
+/// that a TaskFunction applied just after its jobs is seen on their next apply.
+const LOOKUP_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Names cached at most (each entry one TaskFunction object: bounded by the CRD's size).
+const LOOKUP_CACHE_ENTRIES: u64 = 1024;
+
+/// `--webhook-missing-task-function`: what a ScheduledJob naming a TaskFunction that does not
+/// exist (yet) gets. Helm, Argo CD and `kubectl apply -f dir/` create ScheduledJobs before
+/// their TaskFunctions (kinds alphabetical, file order): refusing them would break every
+/// install that ships both, so the default warns and the reconcile's `Ready=False` stays the
+/// backstop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MissingTaskFunction {
+    /// Allowed, with the reconcile's message as an admission warning.
+    #[default]
+    Warn,
+    /// Refused with the reconcile's message.
+    Deny,
+}
 
 /// What the endpoint needs.
 pub struct Reviewer {
-    pub client: Client,
+    client: Client,
     /// `--task-function-selector`: another installation's TaskFunctions (and their jobs) are
     /// that installation's to judge.
-    pub selector: LabelSelector,
+    selector: LabelSelector,
     /// `--namespace`: jobs elsewhere are not this installation's.
-    pub namespace: Option<String>,
+    namespace: Option<String>,
+    missing_task_function: MissingTaskFunction,
+    /// TaskFunction lookups by name ([`LOOKUP_CACHE_TTL`]); `None`: it does not exist.
+    task_functions: moka::sync::Cache<String, Option<Arc<Guarded<TaskFunction>>>>,
 }
 
 /// What one review decided, for the metric.
@@ -67,7 +90,22 @@ pub enum ReviewError {
 
 /// `POST /validate`.
 pub async fn validate(State(reviewer): State<Arc<Reviewer>>, body: Bytes) -> Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    // One JSON tree per review: the object and the old object are moved out of it (not copied)
+    // before the rest is read as the AdmissionRequest, so a review costs its parsed size once.
+    let mut review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(format!("not an AdmissionReview: {e}")),
+    };
+    drop(body);
+    let mut take = |pointer: &str| {
+        review
+            .pointer_mut(pointer)
+            .map(Value::take)
+            .filter(|v| !v.is_null())
+    };
+    let object = take("/request/object");
+    let old_object = take("/request/oldObject");
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(review) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("not an AdmissionReview: {e}")),
     };
@@ -81,16 +119,26 @@ pub async fn validate(State(reviewer): State<Arc<Reviewer>>, body: Bytes) -> Res
     );
     let label = kind.map(Kind::as_str).unwrap_or("other");
     let response = AdmissionResponse::from(&request);
-    match reviewer.review(kind, &request).await {
-        Ok((decision, refusal)) => {
+    match reviewer
+        .review(kind, &request, object, old_object.as_ref())
+        .await
+    {
+        Ok((decision, outcome)) => {
             count(label, decision.as_str());
-            let response = match refusal {
-                Some(message) => {
+            let response = match outcome {
+                Outcome::Refused(message) => {
                     tracing::info!(kind = label, namespace = ?request.namespace, name = %request.name,
                         message = %message, "admission refused");
                     response.deny(message)
                 }
-                None => response,
+                Outcome::Warned(message) => {
+                    tracing::info!(kind = label, namespace = ?request.namespace, name = %request.name,
+                        message = %message, "admission allowed with a warning");
+                    let mut response = response;
+                    response.warnings = Some(vec![message]);
+                    response
+                }
+                Outcome::None => response,
             };
             Json(response.into_review()).into_response()
         }
@@ -100,6 +148,16 @@ pub async fn validate(State(reviewer): State<Arc<Reviewer>>, body: Bytes) -> Res
             (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
         }
     }
+}
+
+/// What the response carries besides allowed/refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    None,
+    /// Refused with this message.
+    Refused(String),
+    /// Allowed, with this warning (kubectl prints `Warning: ...`).
+    Warned(String),
 }
 
 fn bad_request(message: String) -> Response {
@@ -119,35 +177,54 @@ fn count(kind: &'static str, result: &'static str) {
 }
 
 impl Reviewer {
-    /// The decision on one request, and the refusal message if refused.
+    pub fn new(
+        client: Client,
+        selector: LabelSelector,
+        namespace: Option<String>,
+        missing_task_function: MissingTaskFunction,
+    ) -> Reviewer {
+        Reviewer {
+            client,
+            selector,
+            namespace,
+            missing_task_function,
+            task_functions: moka::sync::Cache::builder()
+                .max_capacity(LOOKUP_CACHE_ENTRIES)
+                .time_to_live(LOOKUP_CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// The decision on one request, and what the response says besides.
     async fn review(
         &self,
         kind: Option<Kind>,
         request: &AdmissionRequest<DynamicObject>,
-    ) -> Result<(Decision, Option<String>), ReviewError> {
-        let skip = Ok((Decision::Skipped, None));
+        object: Option<Value>,
+        old_object: Option<&Value>,
+    ) -> Result<(Decision, Outcome), ReviewError> {
+        let skip = Ok((Decision::Skipped, Outcome::None));
         let Some(kind) = kind else { return skip };
         if !matches!(request.operation, Operation::Create | Operation::Update)
             || request.sub_resource.is_some()
         {
             return skip;
         }
-        let Some(object) = request.object.as_ref() else {
+        let Some(object) = object else {
             return skip;
         };
-        let Ok(object) = serde_json::to_value(object) else {
-            return skip;
-        };
-        if !changes_what_is_judged(&object, request.old_object.as_ref()) {
+        if !changes_what_is_judged(&object, old_object) {
             return skip;
         }
         let now = chrono::Utc::now();
         let verdict = match kind {
             Kind::TaskFunction => {
-                let tf = verdict::read_task_function(&object);
+                let tf = verdict::read_task_function(object);
                 if !self.selector.matches(tf.labels()) {
                     return skip;
                 }
+                // This replica's next lookup of it sees the change (others within the TTL).
+                self.task_functions.invalidate(&tf.name_any());
                 verdict::task_function(&tf)
             }
             Kind::ScheduledJob => {
@@ -165,31 +242,51 @@ impl Reviewer {
                 {
                     return skip;
                 }
-                verdict::scheduled_job(&object, namespace, tf.as_ref(), now)
+                verdict::scheduled_job(object, namespace, tf.as_deref(), now)
             }
         };
         Ok(match verdict {
-            Ok(()) => (Decision::Allowed, None),
-            Err(invalid) => (Decision::Refused, Some(invalid.message)),
+            Ok(()) => (Decision::Allowed, Outcome::None),
+            // The schedule and the job's own fields are checked before the TaskFunction is
+            // resolved: this reason means nothing else is wrong with the job (yet).
+            Err(invalid)
+                if invalid.reason == validate::Reason::UnknownTaskFunction
+                    && self.missing_task_function == MissingTaskFunction::Warn =>
+            {
+                (Decision::Allowed, Outcome::Warned(invalid.message))
+            }
+            Err(invalid) => (Decision::Refused, Outcome::Refused(invalid.message)),
         })
     }
 
-    /// The TaskFunction from the apiserver, not a cache: a TaskFunction applied a moment before
-    /// its jobs (one `kubectl apply -f dir`) must be found.
+    /// The TaskFunction from the apiserver, through a short-lived cache: repeated reviews of
+    /// one name (a hostile caller's, or one `kubectl apply` of many jobs) cost one GET per
+    /// [`LOOKUP_CACHE_TTL`]. A TaskFunction created a moment before its jobs is found unless
+    /// this replica looked that name up (and cached its absence) within the TTL; a review of
+    /// the TaskFunction itself on this replica drops the entry.
     async fn task_function(
         &self,
         name: &str,
-    ) -> Result<Option<Guarded<TaskFunction>>, ReviewError> {
+    ) -> Result<Option<Arc<Guarded<TaskFunction>>>, ReviewError> {
+        // Not a name an object can have: it does not exist, and it never reaches a URL path.
+        if !verdict::is_object_name(name) {
+            return Ok(None);
+        }
+        if let Some(cached) = self.task_functions.get(name) {
+            return Ok(cached);
+        }
         let api: Api<Guarded<TaskFunction>> = Api::all(self.client.clone());
         let failed = |error: String| ReviewError::Lookup {
-            name: name.chars().take(253).collect(),
+            name: name.to_string(),
             error,
         };
-        match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
-            Ok(Ok(tf)) => Ok(tf),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Err(_) => Err(failed(format!("no answer within {LOOKUP_TIMEOUT:?}"))),
-        }
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+            Ok(Ok(tf)) => tf.map(Arc::new),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed(format!("no answer within {LOOKUP_TIMEOUT:?}"))),
+        };
+        self.task_functions.insert(name.to_string(), found.clone());
+        Ok(found)
     }
 }
 
@@ -197,14 +294,14 @@ impl Reviewer {
 /// trigger annotation alone (kube-beat's own finalizer, labels, another controller's
 /// annotations) or one to an object being deleted is let through: refusing it could leave an
 /// object created while the webhook was away stuck with its finalizer.
-fn changes_what_is_judged(object: &Value, old: Option<&DynamicObject>) -> bool {
+fn changes_what_is_judged(object: &Value, old: Option<&Value>) -> bool {
     if object
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
     {
         return false;
     }
-    let Some(old) = old.and_then(|o| serde_json::to_value(o).ok()) else {
+    let Some(old) = old else {
         return true;
     };
     let trigger = |v: &Value| {
@@ -212,7 +309,7 @@ fn changes_what_is_judged(object: &Value, old: Option<&DynamicObject>) -> bool {
             .and_then(|a| a.get(crate::api::TRIGGER_ANNOTATION))
             .cloned()
     };
-    object.get("spec") != old.get("spec") || trigger(object) != trigger(&old)
+    object.get("spec") != old.get("spec") || trigger(object) != trigger(old)
 }
 
 #[cfg(test)]
@@ -222,11 +319,10 @@ mod tests {
 
     #[test]
     fn only_spec_and_trigger_changes_are_judged() {
-        let old: DynamicObject = serde_json::from_value(json!({
+        let old = json!({
             "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
             "metadata": {"name": "j", "namespace": "a"}, "spec": {"x": 1},
-        }))
-        .expect("object");
+        });
         let same = json!({"metadata": {"name": "j", "finalizers": ["kubebeat.io/cleanup"]}, "spec": {"x": 1}});
         assert!(!changes_what_is_judged(&same, Some(&old)));
         let spec = json!({"metadata": {"name": "j"}, "spec": {"x": 2}});

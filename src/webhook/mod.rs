@@ -19,13 +19,23 @@ use tokio::sync::watch;
 
 use crate::reconcile::LabelSelector;
 
-/// Largest AdmissionReview accepted: an object and its old version, each at most the
-/// apiserver's ~1.5 MiB request limit, with room for the review around them.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest AdmissionReview accepted. The port is reachable by any pod, so this bounds what a
+/// hostile POST can make the operator hold: a legitimate UPDATE review carries the object and
+/// its old version, each a spec whose arguments are bounded to 64 KiB
+/// (`validate::MAX_ARGUMENTS_BYTES`) plus metadata and status of a few KiB: well under 512 KiB.
+/// Parsed, JSON takes up to ~10-20 times its text (a `Value` per tiny token), so one review holds
+/// at most ~10 MiB.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
 /// How long one review may take, body included (the apiserver waits at most 30 s).
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reviews answered at once; more wait for a slot (each may look a TaskFunction up).
-const CONCURRENT_REVIEWS: usize = 64;
+/// Reviews answered at once; more wait for a slot, unread (each may look a TaskFunction up).
+/// 4 x 512 KiB bodies, parsed: a few tens of MiB at worst, whatever the callers send; and at
+/// most 4 TaskFunction GETs in flight on the apiserver. The apiserver's own calls are rare
+/// (one per apply of a ScheduledJob or TaskFunction) and each takes milliseconds.
+const CONCURRENT_REVIEWS: usize = 4;
+/// How long a connection may take to send a request's headers: one that never does (opened
+/// and left idle, or trickling) is closed rather than held forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections get to finish once the process stops.
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -61,6 +71,8 @@ pub struct WebhookOptions {
     pub refresh: Duration,
     pub selector: LabelSelector,
     pub watch_namespace: Option<String>,
+    /// `--webhook-missing-task-function`.
+    pub missing_task_function: admission::MissingTaskFunction,
 }
 
 impl WebhookOptions {
@@ -156,14 +168,19 @@ pub async fn run(
     };
     let config = axum_server::tls_rustls::RustlsConfig::from_config(first);
     let handle = axum_server::Handle::new();
-    let app = router(Arc::new(admission::Reviewer {
+    let app = router(Arc::new(admission::Reviewer::new(
         client,
-        selector: opts.selector.clone(),
-        namespace: opts.watch_namespace.clone(),
-    }));
-    let server = axum_server::bind_rustls(addr, config.clone())
-        .handle(handle.clone())
-        .serve(app.into_make_service());
+        opts.selector.clone(),
+        opts.watch_namespace.clone(),
+        opts.missing_task_function,
+    )));
+    let mut server = axum_server::bind_rustls(addr, config.clone()).handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let server = server.serve(app.into_make_service());
     let refresher = {
         let (handle, mut stop) = (handle.clone(), stop.clone());
         async move {
@@ -200,23 +217,32 @@ mod tests {
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
-    fn app() -> Router {
+    fn app_with(missing: admission::MissingTaskFunction) -> Router {
         // An apiserver nobody listens on: the reviews below never need one.
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
         let client = Client::try_from(config).expect("client");
-        router(Arc::new(admission::Reviewer {
+        router(Arc::new(admission::Reviewer::new(
             client,
-            selector: LabelSelector::parse("").expect("selector"),
-            namespace: None,
-        }))
+            LabelSelector::parse("").expect("selector"),
+            None,
+            missing,
+        )))
+    }
+
+    fn app() -> Router {
+        app_with(admission::MissingTaskFunction::Warn)
     }
 
     async fn post(body: Vec<u8>) -> (u16, Value) {
+        post_to(app(), body).await
+    }
+
+    async fn post_to(app: Router, body: Vec<u8>) -> (u16, Value) {
         let request = Request::post("/validate")
             .header("content-type", "application/json")
             .body(Body::from(body))
             .expect("request");
-        let response = app().oneshot(request).await.expect("response");
+        let response = app.oneshot(request).await.expect("response");
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -234,7 +260,7 @@ mod tests {
                 "uid": "u-1",
                 "kind": {"group": "kubebeat.io", "version": "v1alpha1", "kind": object["kind"]},
                 "resource": {"group": "kubebeat.io", "version": "v1alpha1", "resource": "x"},
-                "name": "n", "operation": "CREATE", "userInfo": {"username": "u"},
+                "name": "n", "namespace": "a", "operation": "CREATE", "userInfo": {"username": "u"},
                 "object": object, "oldObject": null, "dryRun": false,
             }
         })
@@ -290,5 +316,96 @@ mod tests {
             ),
             "{metrics}"
         );
+    }
+
+    /// A reference that is not an object name is a TaskFunction that does not exist, found
+    /// without a lookup (the apiserver here answers nothing: a lookup would be a 503). Under
+    /// `warn` the job is allowed with the reconcile's message as a warning; under `deny` it is
+    /// refused with it; any other mistake is refused either way.
+    #[tokio::test]
+    async fn an_unknown_task_function_warns_or_is_refused_without_a_lookup() {
+        use admission::MissingTaskFunction::{Deny, Warn};
+        let job = |tf: &str, cron: &str| {
+            json!({
+                "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+                "metadata": {"name": "j", "namespace": "a"},
+                "spec": {"taskFunction": tf, "schedule": {"cron": cron}},
+            })
+        };
+        for name in ["echo/status", "?watch=1", "../x", "Echo"] {
+            let message = format!("TaskFunction {name:?} does not exist");
+            let (status, body) = post_to(app_with(Warn), review(job(name, "@daily"))).await;
+            assert_eq!(status, 200, "{body}");
+            let response = &body["response"];
+            assert_eq!(response["allowed"], true, "{body}");
+            assert_eq!(response["warnings"], json!([message]), "{body}");
+
+            let (status, body) = post_to(app_with(Deny), review(job(name, "@daily"))).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["response"]["allowed"], false, "{body}");
+            assert_eq!(body["response"]["status"]["message"], message, "{body}");
+
+            let (_, body) = post_to(app_with(Warn), review(job(name, "61 * * * *"))).await;
+            assert_eq!(body["response"]["allowed"], false, "a bad cron: {body}");
+            assert!(body["response"]["warnings"].is_null(), "{body}");
+        }
+    }
+
+    /// Repeated reviews naming one TaskFunction cost the apiserver one GET (found or not).
+    #[tokio::test]
+    async fn task_function_lookups_are_cached() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gets = Arc::new(AtomicUsize::new(0));
+        let counted = gets.clone();
+        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (code, body) = if req.uri().path().ends_with("/taskfunctions/echo") {
+                    (
+                        200,
+                        json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+                               "metadata": {"name": "echo"}, "spec": {"task": "kb.echo"}}),
+                    )
+                } else {
+                    (
+                        404,
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": "not found"}),
+                    )
+                };
+                let resp = axum::http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+            }
+        });
+        let app = router(Arc::new(admission::Reviewer::new(
+            Client::new(svc, "default"),
+            LabelSelector::parse("").expect("selector"),
+            None,
+            admission::MissingTaskFunction::Deny,
+        )));
+        let job = |tf: &str| {
+            json!({
+                "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+                "metadata": {"name": "j", "namespace": "a"},
+                "spec": {"taskFunction": tf, "schedule": {"cron": "@daily"}},
+            })
+        };
+        for _ in 0..3 {
+            let (_, body) = post_to(app.clone(), review(job("echo"))).await;
+            assert_eq!(body["response"]["allowed"], true, "{body}");
+        }
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "one GET for three reviews");
+        for _ in 0..3 {
+            let (_, body) = post_to(app.clone(), review(job("gone"))).await;
+            assert_eq!(
+                body["response"]["status"]["message"], "TaskFunction \"gone\" does not exist",
+                "{body}"
+            );
+        }
+        assert_eq!(gets.load(Ordering::SeqCst), 2, "its absence is cached too");
     }
 }

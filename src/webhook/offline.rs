@@ -3,7 +3,10 @@
 //! TaskFunction is among the files is judged against it; one whose TaskFunction is not gets a
 //! note and every check that does not need it (or, with `--cluster`, the cluster's).
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -16,11 +19,14 @@ use crate::{api::TaskFunction, reconcile::Guarded};
 pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// Most files read from the directories given.
 pub const MAX_FILES: usize = 100_000;
+/// How long one `--cluster` TaskFunction lookup may take.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One document of one file.
+/// One document of one file (or one item of a `kind: List` document).
 struct Document {
     file: String,
-    index: usize,
+    /// `DOC` or, for an item of a List, `DOC.ITEM`.
+    index: String,
     value: Value,
 }
 
@@ -28,9 +34,9 @@ struct Document {
 #[derive(Debug, Default)]
 pub struct Report {
     /// `FILE[#DOC_INDEX] KIND NAMESPACE/NAME: message`, or `FILE: message` for a file that
-    /// could not be read.
+    /// could not be read. One line each.
     pub errors: Vec<String>,
-    /// Not errors: what could not be checked.
+    /// Not errors: what could not be checked, or is worth knowing. One line each.
     pub notes: Vec<String>,
     /// ScheduledJobs and TaskFunctions judged.
     pub checked: usize,
@@ -44,6 +50,9 @@ pub enum Lookup {
     Cluster(kube::Client),
 }
 
+/// The cluster's answers by name: each name looked up once per run.
+type Looked = HashMap<String, Result<Option<Guarded<TaskFunction>>, String>>;
+
 /// Judge every ScheduledJob and TaskFunction in `paths` (files, or directories searched for
 /// `.yaml`, `.yml` and `.json` files). `namespace` stands in for documents that name none.
 pub async fn validate(paths: &[PathBuf], namespace: &str, lookup: &Lookup) -> Report {
@@ -51,27 +60,39 @@ pub async fn validate(paths: &[PathBuf], namespace: &str, lookup: &Lookup) -> Re
     let mut report = Report::default();
     let mut files = Vec::new();
     for p in paths {
-        collect(p, true, &mut files, &mut report);
+        collect(p, &mut files, &mut report);
     }
     let mut docs = Vec::new();
     for f in &files {
         read_documents(f, &mut docs, &mut report);
     }
-    let functions: std::collections::HashMap<String, Guarded<TaskFunction>> = docs
+    let functions: HashMap<String, Guarded<TaskFunction>> = docs
         .iter()
         .filter(|d| kind(&d.value) == Some(Kind::TaskFunction))
         .filter_map(|d| {
             let name = d.value.pointer("/metadata/name")?.as_str()?.to_string();
-            Some((name, verdict::read_task_function(&d.value)))
+            Some((name, verdict::read_task_function(d.value.clone())))
         })
         .collect();
+    let mut looked = Looked::new();
     for d in &docs {
         let Some(k) = kind(&d.value) else { continue };
         report.checked += 1;
         let result = match k {
-            Kind::TaskFunction => verdict::task_function(&verdict::read_task_function(&d.value)),
+            Kind::TaskFunction => {
+                verdict::task_function(&verdict::read_task_function(d.value.clone()))
+            }
             Kind::ScheduledJob => {
-                judge_job(d, namespace, &functions, lookup, now, &mut report).await
+                judge_job(
+                    d,
+                    namespace,
+                    &functions,
+                    lookup,
+                    &mut looked,
+                    now,
+                    &mut report,
+                )
+                .await
             }
         };
         if let Err(invalid) = result {
@@ -80,33 +101,89 @@ pub async fn validate(paths: &[PathBuf], namespace: &str, lookup: &Lookup) -> Re
                 .push(format!("{}: {}", heading(d, k, namespace), invalid.message));
         }
     }
+    // One line each: a message with a newline (a YAML error, a nested cause) would read as two
+    // entries in CI logs.
+    for line in report.errors.iter_mut().chain(report.notes.iter_mut()) {
+        *line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
     report
 }
 
+/// A job's verdict, a one-shot job whose `at` has passed noted rather than refused: a committed
+/// one-shot job must not turn CI red once its time has come (the cluster's copy was judged when
+/// it was applied).
 async fn judge_job(
     d: &Document,
     namespace: &str,
-    functions: &std::collections::HashMap<String, Guarded<TaskFunction>>,
+    functions: &HashMap<String, Guarded<TaskFunction>>,
     lookup: &Lookup,
+    looked: &mut Looked,
     now: DateTime<Utc>,
     report: &mut Report,
 ) -> Result<(), crate::reconcile::validate::Invalid> {
+    let result = judge_job_at(d, namespace, functions, lookup, looked, now, report).await;
+    let once = d.value.pointer("/spec/schedule/at").is_some();
+    match result {
+        Err(e) if once && e.reason == crate::reconcile::validate::Reason::InvalidSchedule => {
+            // Judged as if applied before its instant (the epoch): if that passes, the only
+            // problem was the time. The lookup is memoised: no second request.
+            let before = DateTime::<Utc>::UNIX_EPOCH;
+            let mut quiet = Report::default();
+            match judge_job_at(d, namespace, functions, lookup, looked, before, &mut quiet).await {
+                Ok(()) => {
+                    report.notes.push(format!(
+                        "{}: {} (a one-shot job whose time has passed: not checked against now)",
+                        heading(d, Kind::ScheduledJob, namespace),
+                        e.message
+                    ));
+                    Ok(())
+                }
+                Err(other) if other.reason != e.reason => Err(other),
+                Err(_) => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn judge_job_at(
+    d: &Document,
+    namespace: &str,
+    functions: &HashMap<String, Guarded<TaskFunction>>,
+    lookup: &Lookup,
+    looked: &mut Looked,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), crate::reconcile::validate::Invalid> {
+    let job = d.value.clone();
     let Some(name) = verdict::job_reference(&d.value) else {
         // No TaskFunction named: the spec does not match the schema, which the verdict says.
-        return verdict::scheduled_job(&d.value, namespace, None, now);
+        return verdict::scheduled_job(job, namespace, None, now);
     };
     if let Some(tf) = functions.get(&name) {
-        return verdict::scheduled_job(&d.value, namespace, Some(tf), now);
+        return verdict::scheduled_job(job, namespace, Some(tf), now);
     }
     match lookup {
+        // Not a name an object can have: it does not exist (and is never put in a URL).
+        Lookup::Cluster(_) if !verdict::is_object_name(&name) => {
+            return verdict::scheduled_job(job, namespace, None, now);
+        }
         Lookup::Cluster(client) => {
-            let api: kube::Api<Guarded<TaskFunction>> = kube::Api::all(client.clone());
-            match api.get_opt(&name).await {
-                Ok(tf) => return verdict::scheduled_job(&d.value, namespace, tf.as_ref(), now),
-                Err(e) => report.notes.push(format!(
-                    "{}: TaskFunction {name:?} could not be read from the cluster ({e}): checked without it",
-                    heading(d, Kind::ScheduledJob, namespace)
-                )),
+            if !looked.contains_key(&name) {
+                let found = cluster_lookup(client, &name).await;
+                looked.insert(name.clone(), found);
+            }
+            match looked.get(&name) {
+                Some(Ok(tf)) => return verdict::scheduled_job(job, namespace, tf.as_ref(), now),
+                Some(Err(e)) => {
+                    return Err(crate::reconcile::validate::Invalid {
+                        reason: crate::reconcile::validate::Reason::UnknownTaskFunction,
+                        message: format!(
+                            "TaskFunction {name:?} could not be read from the cluster: {e}"
+                        ),
+                    });
+                }
+                None => {}
             }
         }
         Lookup::None => report.notes.push(format!(
@@ -115,7 +192,20 @@ async fn judge_job(
         )),
     }
     let stand_in = stand_in(&d.value, &name);
-    verdict::scheduled_job(&d.value, namespace, Some(&stand_in), now)
+    verdict::scheduled_job(job, namespace, Some(&stand_in), now)
+}
+
+/// One TaskFunction from the cluster, bounded in time.
+async fn cluster_lookup(
+    client: &kube::Client,
+    name: &str,
+) -> Result<Option<Guarded<TaskFunction>>, String> {
+    let api: kube::Api<Guarded<TaskFunction>> = kube::Api::all(client.clone());
+    match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+        Ok(Ok(tf)) => Ok(tf),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", LOOKUP_TIMEOUT.as_secs())),
+    }
 }
 
 /// A TaskFunction that allows the job everything a TaskFunction can restrict (its namespace,
@@ -125,7 +215,7 @@ fn stand_in(job: &Value, name: &str) -> Guarded<TaskFunction> {
         .pointer("/spec/queue")
         .and_then(Value::as_str)
         .unwrap_or("celery");
-    verdict::read_task_function(&json!({
+    verdict::read_task_function(json!({
         "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
         "metadata": {"name": name},
         "spec": {"task": "stand-in", "queue": queue},
@@ -170,37 +260,47 @@ fn is_manifest(p: &Path) -> bool {
 }
 
 /// The files under `p`, in name order (a directory's entries filtered by extension; a file
-/// named on the command line is read whatever its name).
-fn collect(p: &Path, named: bool, files: &mut Vec<PathBuf>, report: &mut Report) {
-    if files.len() >= MAX_FILES {
-        return;
-    }
-    let meta = match std::fs::metadata(p) {
-        Ok(m) => m,
-        Err(e) => {
-            report.errors.push(format!("{}: {e}", p.display()));
-            return;
-        }
-    };
-    if meta.is_dir() {
-        let entries = match std::fs::read_dir(p) {
-            Ok(entries) => entries,
-            Err(e) => {
-                report.errors.push(format!("{}: {e}", p.display()));
-                return;
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for child in paths {
-            collect(&child, false, files, report);
-        }
-    } else if named || is_manifest(p) {
-        files.push(p.to_path_buf());
-        if files.len() == MAX_FILES {
+/// named on the command line is read whatever its name). Symbolic links inside a directory are
+/// not followed into directories (a link to `..` or `/` would walk forever or far away); a link
+/// to a file is read.
+fn collect(p: &Path, files: &mut Vec<PathBuf>, report: &mut Report) {
+    let walk = walkdir::WalkDir::new(p)
+        .follow_links(false)
+        .follow_root_links(true)
+        .sort_by_file_name();
+    for entry in walk {
+        if files.len() >= MAX_FILES {
             report
                 .errors
                 .push(format!("more than {MAX_FILES} files: the rest is not read"));
+            return;
+        }
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let at = e.path().unwrap_or(p).display().to_string();
+                let why = e
+                    .io_error()
+                    .map(|io| io.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                report.errors.push(format!("{at}: {why}"));
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            if !entry.file_type().is_dir() {
+                files.push(entry.into_path());
+            }
+            continue;
+        }
+        let is_file = if entry.path_is_symlink() {
+            // A link to a file counts; one to a directory is not walked.
+            std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
+        } else {
+            entry.file_type().is_file()
+        };
+        if is_file && is_manifest(entry.path()) {
+            files.push(entry.into_path());
         }
     }
 }
@@ -214,14 +314,30 @@ fn read_documents(path: &Path, docs: &mut Vec<Document>, report: &mut Report) {
             return;
         }
     };
-    let mut push = |index: usize, value: Value| {
-        if !value.is_null() {
-            docs.push(Document {
-                file: file.clone(),
-                index,
-                value,
-            });
+    let mut push = |index: usize, mut value: Value| {
+        if value.is_null() {
+            return;
         }
+        // `kind: List` (what `kubectl get -o yaml` writes): each item is a document of its own.
+        if value.get("kind").and_then(Value::as_str) == Some("List")
+            && let Some(Value::Array(items)) = value.get_mut("items").map(Value::take)
+        {
+            for (item, value) in items.into_iter().enumerate() {
+                if !value.is_null() {
+                    docs.push(Document {
+                        file: file.clone(),
+                        index: format!("{index}.{item}"),
+                        value,
+                    });
+                }
+            }
+            return;
+        }
+        docs.push(Document {
+            file: file.clone(),
+            index: index.to_string(),
+            value,
+        });
     };
     if path.extension().and_then(|e| e.to_str()) == Some("json") {
         let stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();

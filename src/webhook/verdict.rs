@@ -49,15 +49,29 @@ pub fn job_reference(obj: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether `name` can be an object's name (a DNS-1123 subdomain: at most 253 characters,
+/// dot-separated labels of lowercase letters, digits and '-', each starting and ending with a
+/// letter or digit). A TaskFunction reference that is not cannot name an existing TaskFunction,
+/// and must never reach a URL path (`echo/status`, `../x`, `?watch=1`).
+pub fn is_object_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            label.starts_with(alnum)
+                && label.ends_with(alnum)
+                && label.chars().all(|c| alnum(c) || c == '-')
+        })
+}
+
 /// Judge a ScheduledJob object against its TaskFunction object (`None`: it does not exist).
 /// `default_namespace` stands in for an object that names none (a file for `kubectl apply -n`).
+/// The object is taken, not copied (the webhook's reviews are bounded in memory).
 pub fn scheduled_job(
-    obj: &Value,
+    mut obj: Value,
     default_namespace: &str,
     tf: Option<&Guarded<TaskFunction>>,
     now: DateTime<Utc>,
 ) -> Result<(), validate::Invalid> {
-    let mut obj = obj.clone();
     if let Some(map) = obj.as_object_mut() {
         // Without a status the cached form always keeps the spec (it lets go of the spec of a
         // generation the status shows stored).
@@ -91,10 +105,10 @@ pub fn scheduled_job(
 }
 
 /// A TaskFunction object as the reconcile reads it (undeserializable objects included).
-pub fn read_task_function(obj: &Value) -> Guarded<TaskFunction> {
+pub fn read_task_function(obj: Value) -> Guarded<TaskFunction> {
     // `DeserializeGuard` never fails on an object: a spec that does not match is kept as an
     // error. Something that is not even an object cannot carry metadata: an empty one.
-    serde_json::from_value(obj.clone()).unwrap_or_else(|e| {
+    serde_json::from_value(obj).unwrap_or_else(|e| {
         kube::core::DeserializeGuard(Err(kube::core::error_boundary::InvalidObject {
             error: e.to_string(),
             metadata: Default::default(),
@@ -122,7 +136,7 @@ mod tests {
     }
 
     fn tf(spec: Value) -> Guarded<TaskFunction> {
-        read_task_function(&json!({
+        read_task_function(json!({
             "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
             "metadata": {"name": "echo"}, "spec": spec,
         }))
@@ -139,25 +153,48 @@ mod tests {
     fn a_valid_job_and_the_reconciles_messages() {
         let echo = tf(json!({"task": "kb.echo", "queue": "q"}));
         let ok = job(json!({"taskFunction": "echo", "schedule": {"cron": "*/5 * * * *"}}));
-        assert_eq!(scheduled_job(&ok, "default", Some(&echo), now()), Ok(()));
+        assert_eq!(scheduled_job(ok.clone(), "default", Some(&echo), now()), Ok(()));
 
-        let missing = scheduled_job(&ok, "default", None, now()).expect_err("missing");
+        let missing = scheduled_job(ok.clone(), "default", None, now()).expect_err("missing");
         assert_eq!(missing.reason, validate::Reason::UnknownTaskFunction);
         assert_eq!(missing.message, "TaskFunction \"echo\" does not exist");
 
         let bad = job(json!({"taskFunction": "echo", "schedule": {"cron": "61 * * * *"}}));
-        let e = scheduled_job(&bad, "default", Some(&echo), now()).expect_err("bad cron");
+        let e = scheduled_job(bad, "default", Some(&echo), now()).expect_err("bad cron");
         assert_eq!(e.reason, validate::Reason::InvalidSchedule);
 
         let fenced = tf(json!({"task": "kb.echo", "queue": "q", "allowedNamespaces": ["b"]}));
-        let e = scheduled_job(&ok, "default", Some(&fenced), now()).expect_err("namespace");
+        let e = scheduled_job(ok.clone(), "default", Some(&fenced), now()).expect_err("namespace");
         assert_eq!(e.reason, validate::Reason::NamespaceNotAllowed);
 
         let reserved = tf(json!({"task": "kb.echo", "queue": "amq.direct"}));
         let e = task_function(&reserved).expect_err("reserved queue");
         assert!(e.message.contains("reserved"), "{e}");
-        let e = scheduled_job(&ok, "default", Some(&reserved), now()).expect_err("tf invalid");
+        let e = scheduled_job(ok.clone(), "default", Some(&reserved), now()).expect_err("tf invalid");
         assert_eq!(e.reason, validate::Reason::TaskFunctionNotReady);
+    }
+
+    #[test]
+    fn object_names() {
+        for good in ["echo", "a", "a.b-c", "0x", &"a".repeat(253)] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "echo/status",
+            "?watch=1",
+            "../x",
+            "..",
+            "Echo",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "é",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -175,11 +212,11 @@ mod tests {
             json!({"spec": {"taskFunction": "echo", "schedule": {"at": "9999-99-99"}}}),
         ] {
             assert!(
-                scheduled_job(&garbage, "default", Some(&echo), now()).is_err(),
+                scheduled_job(garbage.clone(), "default", Some(&echo), now()).is_err(),
                 "{garbage}"
             );
             assert!(
-                task_function(&read_task_function(&garbage)).is_err(),
+                task_function(&read_task_function(garbage.clone())).is_err(),
                 "{garbage}"
             );
         }
