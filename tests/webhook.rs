@@ -238,13 +238,22 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert!(!applied && stderr.contains(&cron_message), "{stderr}");
     let (status, _) = ready("scheduledjob", "good", &ns).await;
     assert_eq!(status, "True");
-    // A missing TaskFunction, and a TaskFunction with a reserved queue: refused likewise.
+    // A missing TaskFunction (`warn`, the default): applied, the reconcile's message a warning
+    // (Helm and Argo CD create jobs before their TaskFunctions). A TaskFunction with a
+    // reserved queue: refused like the bad cron.
     let (applied, stderr) = apply(
         &ns,
         &job("orphan", &missing, json!({"cron": "@daily"})),
         &[],
     );
-    assert!(!applied && stderr.contains(&missing_message), "{stderr}");
+    assert!(applied, "{stderr}");
+    assert!(
+        stderr.contains(&format!("Warning: {missing_message}")),
+        "{stderr}"
+    );
+    // Still refused for anything else wrong with it.
+    let (applied, stderr) = apply(&ns, &job("orphan-cron", &missing, bad_cron.clone()), &[]);
+    assert!(!applied && stderr.contains(&cron_message), "{stderr}");
     let (applied, stderr) = apply(
         "default",
         &task_function(&format!("{id}-bad-queue"), &id, bad_queue.clone()),
@@ -266,7 +275,13 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert_eq!(v["metadata"]["finalizers"][0], "kubebeat.io/cleanup", "{v}");
 
     // A second replica signs its own certificate from the same CA: the one caBundle trusts it.
-    let mut args2 = vec!["--dispatch-mode", "shadow"];
+    // It refuses jobs whose TaskFunction does not exist.
+    let mut args2 = vec![
+        "--dispatch-mode",
+        "shadow",
+        "--webhook-missing-task-function",
+        "deny",
+    ];
     args2.extend_from_slice(&webhook_args);
     let op2 = Operator::start(&db.url, &ns, &id, &args2);
     let addr2 = eventually("the second webhook", WAIT, || async { webhook_addr(&op2) }).await;
@@ -292,6 +307,16 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     assert!(
         !op2.log_text().contains("webhook CA created"),
         "one CA, created once"
+    );
+    let (applied, stderr) = apply(
+        &ns,
+        &job("orphan-denied", &missing, json!({"cron": "@daily"})),
+        &[],
+    );
+    assert!(!applied, "deny let a missing TaskFunction through: {stderr}");
+    assert!(
+        stderr.contains(&missing_message) && stderr.contains("denied the request"),
+        "{stderr}"
     );
 
     // The webhook down (failurePolicy Ignore): the apply goes through; the reconcile's
@@ -400,7 +425,7 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
             "{a}[#4] ScheduledJob default/elsewhere: TaskFunction \"echo\" may be used only from namespaces [team-a]"
         ),
         format!("{b}[#0] TaskFunction reserved: queue: \"kubebeat.x\" is reserved"),
-        format!("{c}[#0] ScheduledJob default/late: at 2001-01-01T00:00:00Z is in the past"),
+        format!("{c}[#0] ScheduledJob default/late: priority must be between 0 and 9, got 12"),
     ];
     assert_eq!(lines.len(), expected_prefixes.len(), "{stdout}");
     for (line, prefix) in lines.iter().zip(&expected_prefixes) {
@@ -417,6 +442,14 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
         stderr.contains("unknown-tf")
             && stderr.contains("\"not-in-files\" is not in the given files"),
         "a note, not an error: {stderr}"
+    );
+    // A one-shot job whose time has passed: a note (a committed one must not turn CI red
+    // forever), the rest of it still checked (its priority above).
+    assert!(
+        stderr.contains(&format!(
+            "note: {c}[#0] ScheduledJob default/late: at 2001-01-01T00:00:00Z is in the past"
+        )),
+        "{stderr}"
     );
     assert!(
         stderr.contains("4 error(s); 7 object(s) checked"),
@@ -452,4 +485,131 @@ spec: {taskFunction: not-in-files, schedule: {interval: {seconds: 60}}}
     assert!(stdout.contains("/nonexistent/kb.yaml: "), "{stdout}");
     // No -f at all: a usage error.
     assert_eq!(validate(&[]).0, 2);
+}
+
+/// `kind: List` items judged one by one (`FILE[#DOC.ITEM]`), messages on one line, a past `at`
+/// alone a note (exit 0), symbolic links to directories not followed.
+#[test]
+fn validate_expands_lists_and_does_not_follow_directory_links() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("list.yaml");
+    write(
+        &list,
+        r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: kubebeat.io/v1alpha1
+  kind: TaskFunction
+  metadata: {name: echo}
+  spec: {task: kb.echo}
+- apiVersion: kubebeat.io/v1alpha1
+  kind: ScheduledJob
+  metadata: {name: "two\nlines", namespace: a}
+  spec: {taskFunction: echo, schedule: {cron: "61 * * * *"}}
+- apiVersion: kubebeat.io/v1alpha1
+  kind: ScheduledJob
+  metadata: {name: once, namespace: a}
+  spec: {taskFunction: echo, schedule: {at: "2001-01-01T00:00:00Z"}}
+"#,
+    );
+    // A link back to the directory itself: followed, it would read every file again (and
+    // again); and a link to a file, which is read.
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).expect("symlink");
+    std::os::unix::fs::symlink(&list, dir.path().join("linked.yaml")).expect("symlink");
+
+    let (code, stdout, stderr) = validate(&["-f", dir.path().to_str().expect("path")]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let linked = dir.path().join("linked.yaml");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let prefixes = [
+        format!("{}[#0.1] ScheduledJob a/two lines: ", linked.display()),
+        format!("{}[#0.1] ScheduledJob a/two lines: ", list.display()),
+    ];
+    assert_eq!(lines.len(), 2, "one line each, the loop not followed: {stdout}");
+    for (line, prefix) in lines.iter().zip(&prefixes) {
+        assert!(line.starts_with(prefix.as_str()), "{line:?} vs {prefix:?}");
+    }
+    assert!(
+        stderr.contains(&format!("{}[#0.2] ScheduledJob a/once: at ", list.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 error(s); 6 object(s) checked"), "{stderr}");
+
+    // Only the past one-shot job and its TaskFunction: valid, with the note.
+    let once = dir.path().join("once.yaml");
+    write(
+        &once,
+        "apiVersion: kubebeat.io/v1alpha1\nkind: TaskFunction\nmetadata: {name: echo}\nspec: {task: t}\n---\n\
+         apiVersion: kubebeat.io/v1alpha1\nkind: ScheduledJob\nmetadata: {name: once}\n\
+         spec: {taskFunction: echo, schedule: {at: \"2001-01-01T00:00:00Z\"}}\n",
+    );
+    let (code, stdout, stderr) = validate(&["-f", once.to_str().expect("path")]);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    assert!(stderr.contains("is in the past"), "{stderr}");
+}
+
+/// `--cluster`: a lookup that fails is an error (exit 1), not a note; a reference that is not an
+/// object name is a TaskFunction that does not exist, never looked up.
+#[test]
+fn validate_cluster_lookup_failures_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    // An apiserver nobody listens on.
+    write(
+        &kubeconfig,
+        r#"apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"#,
+    );
+    let jobs = dir.path().join("jobs.yaml");
+    write(
+        &jobs,
+        r#"apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: a}
+spec: {taskFunction: echo, schedule: {cron: "@daily"}}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: b}
+spec: {taskFunction: echo, schedule: {cron: "@hourly"}}
+---
+apiVersion: kubebeat.io/v1alpha1
+kind: ScheduledJob
+metadata: {name: c}
+spec: {taskFunction: "echo/status", schedule: {cron: "@daily"}}
+"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+        .args(["validate", "--cluster", "-f", jobs.to_str().expect("path")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("kube-beat validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (line, name) in lines[..2].iter().zip(["a", "b"]) {
+        assert!(
+            line.starts_with(&format!(
+                "{}[#{}] ScheduledJob default/{name}: TaskFunction \"echo\" could not be read from the cluster: ",
+                jobs.display(),
+                if name == "a" { 0 } else { 1 }
+            )),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        lines[2],
+        format!(
+            "{}[#2] ScheduledJob default/c: TaskFunction \"echo/status\" does not exist",
+            jobs.display()
+        )
+    );
 }

@@ -129,18 +129,22 @@ async fn judge_job(
             // problem was the time. The lookup is memoised: no second request.
             let before = DateTime::<Utc>::UNIX_EPOCH;
             let mut quiet = Report::default();
-            match judge_job_at(d, namespace, functions, lookup, looked, before, &mut quiet).await {
-                Ok(()) => {
-                    report.notes.push(format!(
-                        "{}: {} (a one-shot job whose time has passed: not checked against now)",
-                        heading(d, Kind::ScheduledJob, namespace),
-                        e.message
-                    ));
-                    Ok(())
-                }
-                Err(other) if other.reason != e.reason => Err(other),
-                Err(_) => Err(e),
+            let earlier =
+                judge_job_at(d, namespace, functions, lookup, looked, before, &mut quiet).await;
+            // The schedule passes then: its only problem is the time (noted); whatever else is
+            // wrong with the job is still an error.
+            if earlier
+                .as_ref()
+                .is_err_and(|other| other.reason == e.reason)
+            {
+                return Err(e);
             }
+            report.notes.push(format!(
+                "{}: {} (a one-shot job whose time has passed: not an error)",
+                heading(d, Kind::ScheduledJob, namespace),
+                e.message
+            ));
+            earlier
         }
         other => other,
     }
