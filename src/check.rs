@@ -298,7 +298,10 @@ mod tests {
             .status()
             .expect("mkfifo");
         assert!(made.success());
-        assert!(matches!(read_token(&fifo), Err(CheckError::TokenInvalid(_))));
+        assert!(matches!(
+            read_token(&fifo),
+            Err(CheckError::TokenInvalid(_))
+        ));
     }
 
     #[test]

@@ -1056,6 +1056,7 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         "- --webhook-addr=0.0.0.0:9443",
         "- --webhook-secret=kb-kube-beat-webhook-ca",
         "- --webhook-configuration=kb-kube-beat-webhook",
+        "- --webhook-missing-task-function=warn",
         "- name: webhook\n              containerPort: 9443",
         "- name: webhook\n      port: 9443\n      targetPort: webhook",
         "resourceNames: [\"kb-kube-beat-webhook\"]",
@@ -1082,7 +1083,8 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         &[
             "--set",
             "webhook.certManager.enabled=true,webhook.failurePolicy=Fail,webhook.timeoutSeconds=3,\
-             webhook.namespaceSelector.matchLabels.team=a,webhook.objectSelector.matchLabels.tier=x",
+             webhook.namespaceSelector.matchLabels.team=a,webhook.objectSelector.matchLabels.tier=x,\
+             webhook.missingTaskFunction=Deny",
         ],
     ));
     for what in [
@@ -1091,6 +1093,7 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         "cert-manager.io/inject-ca-from: ",
         "secretName: kb-kube-beat-webhook-tls",
         "- --webhook-cert-dir=/var/run/kube-beat/webhook",
+        "- --webhook-missing-task-function=deny",
         "mountPath: /var/run/kube-beat/webhook",
         "failurePolicy: Fail",
         "timeoutSeconds: 3",
@@ -1134,6 +1137,7 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
     }
     for bad in [
         "webhook.failurePolicy=Sometimes",
+        "webhook.missingTaskFunction=deny",
         "webhook.timeoutSeconds=31",
         "webhook.bogus=1",
         "webhook.certManager.bogus=1",

@@ -114,6 +114,32 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     })
     .await;
 
+    // A connection that completes TLS and then sends nothing is closed after the 5 s header read
+    // timeout, not held open forever (the port is reachable by any pod).
+    let started = std::time::Instant::now();
+    let mut idle = Command::new("openssl")
+        .args(["s_client", "-connect", &addr, "-quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let _silent = idle.stdin.take();
+    let closed_after = loop {
+        if idle.try_wait().expect("openssl").is_some() {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = idle.kill();
+            panic!("an idle connection was still open after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        closed_after >= Duration::from_secs(4) && closed_after < Duration::from_secs(9),
+        "closed after {closed_after:?}"
+    );
+
     // The reference: what the reconcile says of the same objects, created before the webhook
     // is registered.
     let echo = format!("{id}-echo");
@@ -313,7 +339,10 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
         &job("orphan-denied", &missing, json!({"cron": "@daily"})),
         &[],
     );
-    assert!(!applied, "deny let a missing TaskFunction through: {stderr}");
+    assert!(
+        !applied,
+        "deny let a missing TaskFunction through: {stderr}"
+    );
     assert!(
         stderr.contains(&missing_message) && stderr.contains("denied the request"),
         "{stderr}"
@@ -525,15 +554,25 @@ items:
         format!("{}[#0.1] ScheduledJob a/two lines: ", linked.display()),
         format!("{}[#0.1] ScheduledJob a/two lines: ", list.display()),
     ];
-    assert_eq!(lines.len(), 2, "one line each, the loop not followed: {stdout}");
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line each, the loop not followed: {stdout}"
+    );
     for (line, prefix) in lines.iter().zip(&prefixes) {
         assert!(line.starts_with(prefix.as_str()), "{line:?} vs {prefix:?}");
     }
     assert!(
-        stderr.contains(&format!("{}[#0.2] ScheduledJob a/once: at ", list.display())),
+        stderr.contains(&format!(
+            "{}[#0.2] ScheduledJob a/once: at ",
+            list.display()
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains("2 error(s); 6 object(s) checked"), "{stderr}");
+    assert!(
+        stderr.contains("2 error(s); 6 object(s) checked"),
+        "{stderr}"
+    );
 
     // Only the past one-shot job and its TaskFunction: valid, with the note.
     let once = dir.path().join("once.yaml");

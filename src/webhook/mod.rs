@@ -174,7 +174,11 @@ pub async fn run(
         opts.watch_namespace.clone(),
         opts.missing_task_function,
     )));
-    let mut server = axum_server::bind_rustls(addr, config.clone()).handle(handle.clone());
+    // HTTP/1 only: the header read timeout below is HTTP/1's; a server that also speaks HTTP/2
+    // first waits, unbounded, for the bytes that tell which one a connection uses.
+    let mut server = axum_server::bind_rustls(addr, config.clone())
+        .handle(handle.clone())
+        .http1_only();
     server
         .http_builder()
         .http1()

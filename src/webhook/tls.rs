@@ -306,7 +306,10 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| bad("certificate and key", &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only (the apiserver speaks it to webhooks that offer nothing else): its header
+    // read timeout closes a connection that never sends a request; HTTP/2 (and the protocol
+    // sniffing of a server offering both) has no such bound.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

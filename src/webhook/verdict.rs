@@ -153,7 +153,10 @@ mod tests {
     fn a_valid_job_and_the_reconciles_messages() {
         let echo = tf(json!({"task": "kb.echo", "queue": "q"}));
         let ok = job(json!({"taskFunction": "echo", "schedule": {"cron": "*/5 * * * *"}}));
-        assert_eq!(scheduled_job(ok.clone(), "default", Some(&echo), now()), Ok(()));
+        assert_eq!(
+            scheduled_job(ok.clone(), "default", Some(&echo), now()),
+            Ok(())
+        );
 
         let missing = scheduled_job(ok.clone(), "default", None, now()).expect_err("missing");
         assert_eq!(missing.reason, validate::Reason::UnknownTaskFunction);
@@ -170,7 +173,8 @@ mod tests {
         let reserved = tf(json!({"task": "kb.echo", "queue": "amq.direct"}));
         let e = task_function(&reserved).expect_err("reserved queue");
         assert!(e.message.contains("reserved"), "{e}");
-        let e = scheduled_job(ok.clone(), "default", Some(&reserved), now()).expect_err("tf invalid");
+        let e =
+            scheduled_job(ok.clone(), "default", Some(&reserved), now()).expect_err("tf invalid");
         assert_eq!(e.reason, validate::Reason::TaskFunctionNotReady);
     }
 
