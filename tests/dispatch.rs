@@ -3,36 +3,17 @@
 
 mod common;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{Fixture, Invocation, Operator, Worker, eventually, fixture};
+use common::{
+    FAST_LEASE, Fixture, Invocation, Operator, Worker, assert_no_duplicates, eventually, fixture,
+};
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
 use kube_beat::api::ScheduledJob;
 use serde_json::{Value, json};
-
-/// No (job, slot) ran twice, counted from the worker's side.
-fn assert_no_duplicates(record: &[Invocation]) {
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    for inv in record {
-        if inv.headers.get("kubebeat_trigger").and_then(Value::as_str) == Some("manual") {
-            continue;
-        }
-        *seen.entry((inv.job(), inv.slot())).or_default() += 1;
-    }
-    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "duplicate executions: {dups:?}");
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    for inv in record {
-        *ids.entry(inv.task_id.as_str()).or_default() += 1;
-    }
-    assert!(ids.values().all(|n| *n == 1), "a Celery task id ran twice");
-}
 
 async fn runs_on_the_worker(broker: String) {
     let f = fixture("kbt-disp", broker).await;
@@ -165,15 +146,6 @@ async fn jobs_run_on_a_real_worker_over_rabbitmq() {
     runs_on_the_worker(common::env().amqp_url).await;
 }
 
-const FAST_LEASE: [&str; 6] = [
-    "--lease-duration-seconds",
-    "4",
-    "--renew-deadline-seconds",
-    "3",
-    "--retry-period-seconds",
-    "1",
-];
-
 fn leader_of(ops: &[Operator]) -> Option<usize> {
     // The most recent "acquired leader" among live replicas.
     ops.iter()
@@ -185,34 +157,6 @@ fn leader_of(ops: &[Operator]) -> Option<usize> {
             (acquired > lost).then_some(i)
         })
         .next_back()
-}
-
-/// Every slot in the run either ran once or is accounted for by coalescing (catch-up after a
-/// failover); nothing ran twice.
-async fn assert_slots_accounted(f: &Fixture, jobs: usize, period_secs: i64) {
-    let rows: Vec<(String, i64, i32, String)> = sqlx::query_as(
-        "SELECT j.name, extract(epoch FROM e.scheduled_for)::bigint, e.coalesced_slots, e.state
-         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id ORDER BY 1, 2",
-    )
-    .fetch_all(&f.pool)
-    .await
-    .expect("executions");
-    let mut per_job: BTreeMap<String, Vec<(i64, i32)>> = BTreeMap::new();
-    for (name, slot, coalesced, state) in rows {
-        assert_ne!(state, "DISPATCH_FAILED", "{name} @ {slot}");
-        per_job.entry(name).or_default().push((slot, coalesced));
-    }
-    assert_eq!(per_job.len(), jobs);
-    for (name, slots) in per_job {
-        for pair in slots.windows(2) {
-            let ((a, _), (b, coalesced)) = (pair[0], pair[1]);
-            assert_eq!(
-                b - a,
-                i64::from(coalesced) * period_secs,
-                "{name}: slots {a}..{b} covered by {coalesced} coalesced slot(s)"
-            );
-        }
-    }
 }
 
 #[tokio::test]
@@ -276,7 +220,7 @@ async fn leader_killed_repeatedly_no_duplicates_no_losses() {
         record.len()
     );
     assert_no_duplicates(&record);
-    assert_slots_accounted(&f, JOBS, 1).await;
+    f.assert_slots_accounted(JOBS, 1).await;
     let worst = recoveries.iter().max().copied().unwrap_or_default();
     println!(
         "failover: {KILLS} SIGKILLs, recovery times {recoveries:?}, worst {worst:?}, {} runs, 0 duplicates",
@@ -341,7 +285,7 @@ async fn paused_leader_is_fenced() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let record = f.record().await;
     assert_no_duplicates(&record);
-    assert_slots_accounted(&f, 5, 1).await;
+    f.assert_slots_accounted(5, 1).await;
     assert!(
         resumed_log.contains("lost leader") || resumed_log.contains("fencing"),
         "the resumed replica noticed it was deposed:\n{}",
@@ -495,7 +439,7 @@ async fn broker_outage_loses_nothing_and_honours_deadlines() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let record = f.record().await;
     assert_no_duplicates(&record);
-    assert_slots_accounted(&f, 2, 1).await;
+    f.assert_slots_accounted(2, 1).await;
     // "keep" (no deadline): every slot of the outage was published late, none lost.
     let states: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT j.name, e.state, count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
@@ -611,7 +555,7 @@ async fn operator_downtime_is_coalesced_or_missed() {
     drop(op);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_no_duplicates(&f.record().await);
-    assert_slots_accounted(&f, 2, 2).await;
+    f.assert_slots_accounted(2, 2).await;
     f.finish().await;
 }
 

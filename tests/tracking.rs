@@ -307,16 +307,8 @@ async fn a_new_leader_rebuilds_status_from_postgres() {
         )
         .await;
     }
-    let lease = [
-        "--lease-duration-seconds",
-        "4",
-        "--renew-deadline-seconds",
-        "3",
-        "--retry-period-seconds",
-        "1",
-    ];
     let mut args = vec!["--result-backend", backend.as_str(), "--status-qps", "0"];
-    args.extend_from_slice(&lease);
+    args.extend_from_slice(&common::FAST_LEASE);
     let first = f.operator(&args);
     eventually(
         "runs under the first leader",
@@ -340,7 +332,7 @@ async fn a_new_leader_rebuilds_status_from_postgres() {
     }
     first.signal("KILL");
     let mut args = vec!["--result-backend", backend.as_str()];
-    args.extend_from_slice(&lease);
+    args.extend_from_slice(&common::FAST_LEASE);
     let second = f.operator(&args);
     for job in ["a", "b", "c"] {
         eventually(

@@ -12,24 +12,13 @@
 
 mod common;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::{Fixture, Invocation, Operator, eventually, fixture, kubectl, ok};
+use common::{
+    FAST_LEASE, Fixture, Operator, assert_no_duplicates, eventually, fixture, kubectl, ok,
+};
 use serde_json::{Value, json};
 
-const FAST_LEASE: [&str; 6] = [
-    "--lease-duration-seconds",
-    "4",
-    "--renew-deadline-seconds",
-    "3",
-    "--retry-period-seconds",
-    "1",
-];
 const JOBS: usize = 5;
 
 fn helm() -> String {
@@ -85,19 +74,6 @@ async fn ready(addr: &str) -> bool {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     response.starts_with(b"HTTP/1.1 200")
-}
-
-/// No (job, slot) ran twice and no Celery task id ran twice, from the worker's record.
-fn assert_no_duplicates(record: &[Invocation]) {
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    for inv in record {
-        *seen.entry((inv.job(), inv.slot())).or_default() += 1;
-        *ids.entry(inv.task_id.as_str()).or_default() += 1;
-    }
-    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "duplicate executions: {dups:?}");
-    assert!(ids.values().all(|n| *n == 1), "a Celery task id ran twice");
 }
 
 #[tokio::test]
@@ -288,32 +264,12 @@ async fn helm_upgrade_and_rolling_update_from_the_previous_release() {
     // consecutive slots one period apart unless a run says how many slots it coalesced.
     let record = f.record().await;
     assert_no_duplicates(&record);
-    let rows: Vec<(String, i64, i32, String)> = sqlx::query_as(
-        "SELECT j.name, extract(epoch FROM e.scheduled_for)::bigint, e.coalesced_slots, e.state
-         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id ORDER BY 1, 2",
-    )
-    .fetch_all(&f.pool)
-    .await
-    .expect("executions");
-    let mut per_job: BTreeMap<String, Vec<(i64, i32)>> = BTreeMap::new();
-    for (name, slot, coalesced, state) in rows {
-        assert_ne!(state, "DISPATCH_FAILED", "{name} @ {slot}");
-        per_job.entry(name).or_default().push((slot, coalesced));
-    }
-    assert_eq!(per_job.len(), JOBS);
+    let per_job = f.assert_slots_accounted(JOBS, 1).await;
     for (name, slots) in &per_job {
         assert!(
-            slots.iter().any(|(s, _)| *s > upgraded_at.timestamp() + 1),
+            slots.iter().any(|s| *s > upgraded_at.timestamp() + 1),
             "{name} ran after the upgrade"
         );
-        for pair in slots.windows(2) {
-            let ((a, _), (b, coalesced)) = (pair[0], pair[1]);
-            assert_eq!(
-                b - a,
-                i64::from(coalesced),
-                "{name}: slots {a}..{b} covered by {coalesced} coalesced slot(s)"
-            );
-        }
     }
     // Each dispatched slot reached the worker exactly once.
     let on_worker = record.len();

@@ -8,7 +8,7 @@
 
 mod fixture;
 #[allow(unused_imports)]
-pub use fixture::{Fixture, fixture};
+pub use fixture::{FAST_LEASE, Fixture, assert_no_duplicates, fixture};
 pub mod kubelet;
 
 use std::{
