@@ -283,12 +283,11 @@ fn service_account_kubeconfig() -> PathBuf {
     path
 }
 
-#[tokio::test]
-#[ignore = "needs the local control plane and services (make test)"]
-async fn the_operator_runs_with_exactly_the_charts_rbac() {
-    let env = common::env();
+/// The chart's RBAC and ServiceAccount, installed for real in `SA_NAMESPACE` (the static-token
+/// user `system:serviceaccount:kube-beat-rbac:kube-beat` then has exactly these permissions);
+/// returns the rendered manifests.
+fn install_chart_rbac() -> String {
     let _ = kubectl(&["create", "namespace", SA_NAMESPACE]);
-    // The chart's RBAC and ServiceAccount, installed for real.
     let rbac = ok(&helm_template(
         "kube-beat",
         SA_NAMESPACE,
@@ -303,6 +302,14 @@ async fn the_operator_runs_with_exactly_the_charts_rbac() {
         &["apply", "-n", SA_NAMESPACE, "-f", "-"],
         &rbac,
     ));
+    rbac
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane and services (make test)"]
+async fn the_operator_runs_with_exactly_the_charts_rbac() {
+    let env = common::env();
+    let rbac = install_chart_rbac();
     let kubeconfig = service_account_kubeconfig();
     let who = kubectl(&[
         "--kubeconfig",
@@ -861,23 +868,8 @@ async fn helm_test_check_passes_with_the_charts_service_account_and_fails_clearl
         check_args_of_the_test_pod(&["--set", "api.auth=none"])[2],
         "--no-token"
     );
-    // The chart's RBAC, installed for real, as in the_operator_runs_with_exactly_the_charts_rbac:
-    // the static token below is the chart's ServiceAccount with exactly those permissions.
-    let _ = kubectl(&["create", "namespace", SA_NAMESPACE]);
-    let rbac = ok(&helm_template(
-        "kube-beat",
-        SA_NAMESPACE,
-        &[
-            "--show-only",
-            "templates/rbac.yaml",
-            "--show-only",
-            "templates/serviceaccount.yaml",
-        ],
-    ));
-    ok(&kubectl_stdin(
-        &["apply", "-n", SA_NAMESPACE, "-f", "-"],
-        &rbac,
-    ));
+    // The static token below is the chart's ServiceAccount with exactly the chart's permissions.
+    install_chart_rbac();
     let f = fixture("kbt-check", format!("{}/0", env.redis_url)).await;
     let op = f.operator(&["--api-auth", "kubernetes"]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
