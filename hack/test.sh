@@ -16,6 +16,8 @@ apt_install curl openssl chromium chromium-driver prometheus lua5.1 qemu-user-st
 
 hack/services.sh
 export KB_CELERY_VENV; KB_CELERY_VENV=$(hack/celery-venv.sh)
+# The source schedulers' own libraries, for the import fidelity tests (tests/migration.rs).
+export KB_MIGRATION_VENV; KB_MIGRATION_VENV=$(hack/celery-venv.sh tests/migration/requirements.txt)
 # Build into the cache, keyed by the compiler (as hack/image.sh does): a clean clone then
 # compiles kube-beat and its tests, not the ~400 dependencies again. Cargo's fingerprints decide
 # what is rebuilt, so a changed Cargo.lock or source is still compiled.

@@ -51,20 +51,10 @@ pub enum Command {
         #[arg(short = 'n', default_value_t = 5)]
         count: usize,
     },
-    /// Turn a job list in the migration plan's shape into ScheduledJob and TaskFunction YAML.
-    Import {
-        /// JSON or YAML file: a list of jobs, or `{jobs: [...], task_functions: {...}}`.
-        file: PathBuf,
-        /// JSON or YAML map of task function name → `{task, queue}` (merged over the file's).
-        #[arg(long)]
-        task_functions: Option<PathBuf>,
-        /// Write the valid entries even if others are invalid (they are still reported).
-        #[arg(long)]
-        skip_invalid: bool,
-        /// Write here instead of standard output.
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
-    },
+    /// Turn another scheduler's jobs into TaskFunction and ScheduledJob YAML (standard output or
+    /// `-o`); every entry not converted and every semantic difference that applies is reported
+    /// on standard error (and as JSON with `--report`).
+    Import(Box<ImportArgs>),
     /// Ask for one run of a ScheduledJob now (sets the `kubebeat.io/trigger` annotation).
     Trigger {
         /// The ScheduledJob's name.
@@ -113,6 +103,47 @@ pub enum Command {
         #[arg(default_value_t = 5432)]
         port: u16,
     },
+}
+
+/// `kube-beat import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// What to read: the plan's JSON/YAML file (`--from plan`), a module name or Python file
+    /// (`celery-beat`), a Postgres URL (`django-celery-beat`, `apscheduler`) or a Redis URL
+    /// (`redbeat`).
+    pub source: String,
+    /// The scheduler the definitions come from.
+    #[arg(long, value_enum, default_value = "plan")]
+    pub from: crate::import::SourceKind,
+    /// Namespace written into every ScheduledJob (default: none, `kubectl apply -n` decides).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Prepended to every TaskFunction name (TaskFunctions are cluster-scoped).
+    #[arg(long, default_value = "")]
+    pub task_function_prefix: String,
+    /// `--from plan`: JSON or YAML map of task function name → `{task, queue}` (merged over the
+    /// file's).
+    #[arg(long)]
+    pub task_functions: Option<PathBuf>,
+    /// Write the valid entries even if others are invalid (they are still reported).
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Write the YAML here instead of standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Also write the report (converted counts, entries not converted with their reason, the
+    /// semantic differences and the entries they apply to) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// `--from celery-beat`: the Python interpreter with the app's Celery installed.
+    #[arg(long, env = "KUBE_BEAT_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// `--from redbeat`: RedBeat's key prefix (its `redbeat_key_prefix`).
+    #[arg(long, default_value = "redbeat:")]
+    pub redbeat_key_prefix: String,
+    /// `--from apscheduler`: the job store's table name.
+    #[arg(long, default_value = "apscheduler_jobs")]
+    pub apscheduler_table: String,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -245,17 +276,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             namespace,
             cluster,
         } => validate(&files, &namespace, cluster).await,
-        Command::Import {
-            file,
-            task_functions,
-            skip_invalid,
-            output,
-        } => import(
-            &file,
-            task_functions.as_deref(),
-            skip_invalid,
-            output.as_deref(),
-        ),
+        Command::Import(args) => import(&args).await,
     }
 }
 
@@ -319,37 +340,68 @@ async fn validate(files: &[PathBuf], namespace: &str, cluster: bool) -> Result<(
     Ok(())
 }
 
-/// `kube-beat import`: nothing is written unless every entry is valid (or `--skip-invalid`).
-fn import(
-    file: &std::path::Path,
-    task_functions: Option<&std::path::Path>,
-    skip_invalid: bool,
-    output: Option<&std::path::Path>,
-) -> Result<()> {
+/// `kube-beat import`: nothing is written unless every entry converts (or `--skip-invalid`).
+async fn import(args: &ImportArgs) -> Result<()> {
+    use crate::import::{self, SourceKind};
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
-    let input = read(file)?;
-    let map = task_functions.map(read).transpose()?;
-    let result = crate::import::convert(&input, map.as_deref(), chrono::Utc::now());
-    for e in &result.errors {
-        eprintln!("{}: {e}", file.display());
+    let opts = import::Options {
+        namespace: args.namespace.clone(),
+        task_function_prefix: args.task_function_prefix.clone(),
+    };
+    let now = chrono::Utc::now();
+    let result = if args.from == SourceKind::Plan {
+        let input = read(std::path::Path::new(&args.source))?;
+        let map = args.task_functions.as_deref().map(read).transpose()?;
+        import::convert(&input, map.as_deref(), &opts, now)
+    } else {
+        anyhow::ensure!(
+            args.task_functions.is_none(),
+            "--task-functions applies to --from plan only"
+        );
+        let read_opts = import::ReadOptions {
+            python: args.python.clone(),
+            redbeat_key_prefix: args.redbeat_key_prefix.clone(),
+            apscheduler_table: args.apscheduler_table.clone(),
+        };
+        match import::read(args.from, &args.source, &read_opts).await {
+            Ok(entries) => import::render(args.from, entries, &opts, now),
+            Err(e) => import::Imported {
+                errors: vec![e],
+                ..import::Imported::default()
+            },
+        }
+    };
+    eprint!("{}", result.report_text());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&result.report(args.from))?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
-    let file_broken = result.errors.iter().any(|e| e.index.is_none());
-    if file_broken || (!result.errors.is_empty() && !skip_invalid) {
+    let source_broken = result
+        .errors
+        .iter()
+        .any(import::ImportError::is_source_error);
+    if source_broken || (!result.errors.is_empty() && !args.skip_invalid) {
         anyhow::bail!(
-            "{} invalid entr{}: nothing written (fix them, or pass --skip-invalid)",
+            "{} entr{} not converted: nothing written (fix them, or pass --skip-invalid)",
             result.errors.len(),
             if result.errors.len() == 1 { "y" } else { "ies" }
         );
     }
     let yaml = result.yaml().context("rendering YAML")?;
-    match output {
+    match &args.output {
         Some(p) => std::fs::write(p, yaml).with_context(|| format!("writing {}", p.display()))?,
         None => print!("{yaml}"),
     }
-    if !result.errors.is_empty() {
-        eprintln!("skipped {} invalid entries", result.errors.len());
-    }
+    let jobs = result
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "ScheduledJob")
+        .count();
+    eprintln!(
+        "converted {jobs} job(s); {} not converted",
+        result.errors.len()
+    );
     Ok(())
 }

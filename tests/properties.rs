@@ -121,6 +121,6 @@ proptest! {
 
     #[test]
     fn import_never_panics(text in "\\PC{0,300}") {
-        let _ = kube_beat::import::convert(&text, None, t0());
+        let _ = kube_beat::import::convert(&text, None, &kube_beat::import::Options::default(), t0());
     }
 }

@@ -53,6 +53,12 @@ pub fn env() -> TestEnv {
     }
 }
 
+/// The virtualenv with the source schedulers' own libraries (Celery, django-celery-beat,
+/// RedBeat, APScheduler: tests/migration/requirements.txt), for the import fidelity tests.
+pub fn migration_venv() -> PathBuf {
+    PathBuf::from(var("KB_MIGRATION_VENV", None))
+}
+
 /// A short unique name, safe for Kubernetes names, queue names and database names.
 pub fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -1,4 +1,4 @@
-//! `kube-beat import`: turn an existing scheduler's job list (the migration plan's shape:
+//! `kube-beat import FILE` (`--from plan`): the migration plan's own job list (its shape:
 //! `name, description, task_function_name, job_type_name, schedule_config, task_args,
 //! is_enabled`) into ScheduledJob and TaskFunction YAML. Pure: text in, documents or errors out.
 //!
@@ -15,69 +15,26 @@
 //!
 //! `task_args`: a list (args), an object (kwargs), or `{args: [...], kwargs: {...}}`.
 
-use std::collections::{BTreeMap, HashSet};
-
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::{
-    api::{ScheduledJobSpec, TaskFunctionSpec},
-    reconcile::validate::{self, JobMeta, TaskFunctionRef},
-};
-
-/// One entry that cannot be imported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportError {
-    /// Position in the job list (0-based); `None` for problems with the file itself.
-    pub index: Option<usize>,
-    pub name: Option<String>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for ImportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.index, &self.name) {
-            (Some(i), Some(n)) => write!(f, "job #{i} ({n}): {}", self.reason),
-            (Some(i), None) => write!(f, "job #{i}: {}", self.reason),
-            _ => write!(f, "{}", self.reason),
-        }
-    }
-}
-
-/// What an import produced.
-#[derive(Debug, Default)]
-pub struct Imported {
-    /// TaskFunctions (cluster-scoped), then ScheduledJobs, as Kubernetes objects.
-    pub objects: Vec<Value>,
-    pub errors: Vec<ImportError>,
-}
-
-impl Imported {
-    /// The objects as one YAML stream.
-    pub fn yaml(&self) -> Result<String, serde_yaml::Error> {
-        let mut out = String::new();
-        for o in &self.objects {
-            out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(o)?);
-        }
-        Ok(out)
-    }
-}
+use super::{Builder, ImportError, Imported, Options, SourceKind};
 
 fn file_error(reason: impl Into<String>) -> Imported {
     Imported {
-        objects: Vec::new(),
-        errors: vec![ImportError {
-            index: None,
-            name: None,
-            reason: reason.into(),
-        }],
+        errors: vec![ImportError::source(reason)],
+        ..Imported::default()
     }
 }
 
 /// Convert `input` (JSON or YAML) with an optional separate task-function map. Every entry is
 /// validated as the operator would; all errors are reported, each with its index.
-pub fn convert(input: &str, task_functions: Option<&str>, now: DateTime<Utc>) -> Imported {
+pub fn convert(
+    input: &str,
+    task_functions: Option<&str>,
+    opts: &Options,
+    now: DateTime<Utc>,
+) -> Imported {
     let doc: Value = match serde_yaml::from_str(input) {
         Ok(v) => v,
         Err(e) => return file_error(format!("not JSON or YAML: {e}")),
@@ -107,54 +64,30 @@ pub fn convert(input: &str, task_functions: Option<&str>, now: DateTime<Utc>) ->
         }
     }
 
-    let mut out = Imported::default();
-    let mut functions: BTreeMap<String, Value> = BTreeMap::new();
-    let mut names: HashSet<String> = HashSet::new();
-    let mut jobs_out = Vec::new();
+    let mut b = Builder::new(SourceKind::Plan, opts, now);
     for (index, job) in jobs.iter().enumerate() {
         let label = job.get("name").and_then(Value::as_str).map(str::to_string);
-        match convert_job(job, &map, now) {
-            Ok((tf_name, tf, spec)) => {
-                let base = k8s_name(label.as_deref().unwrap_or("job"));
-                let mut name = base.clone();
-                let mut n = 2;
-                while !names.insert(name.clone()) {
-                    name = format!("{}-{n}", base.chars().take(60).collect::<String>());
-                    n += 1;
-                }
-                functions.entry(tf_name.clone()).or_insert(json!({
-                    "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
-                    "metadata": {"name": tf_name}, "spec": tf,
-                }));
-                let mut meta = json!({"name": name});
-                if let Some(original) = &label
-                    && *original != name
-                {
-                    meta["annotations"] = json!({"kubebeat.io/imported-name": original});
-                }
-                jobs_out.push(json!({
-                    "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
-                    "metadata": meta, "spec": spec,
-                }));
+        match convert_job(job, &map) {
+            Ok((name, function, tf, spec)) => {
+                let tf_name = b.task_function_name(&function);
+                b.add_with_function(Some(index), &name, &tf_name, tf, spec, Vec::new());
             }
-            Err(reason) => out.errors.push(ImportError {
+            Err(reason) => b.reject(ImportError {
                 index: Some(index),
                 name: label,
                 reason,
             }),
         }
     }
-    out.objects.extend(functions.into_values());
-    out.objects.extend(jobs_out);
-    out
+    b.finish()
 }
 
-/// One job → (TaskFunction name, its spec, the ScheduledJob spec), validated.
+/// One job → (its name, its task function's name, that function's spec, the ScheduledJob spec
+/// without `taskFunction`); the builder names the function and validates both.
 fn convert_job(
     job: &Value,
     map: &Map<String, Value>,
-    now: DateTime<Utc>,
-) -> Result<(String, Value, Value), String> {
+) -> Result<(String, String, Map<String, Value>, Map<String, Value>), String> {
     let obj = job.as_object().ok_or("an entry must be an object")?;
     let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let name = text("name")
@@ -171,15 +104,11 @@ fn convert_job(
         _ => return Err(format!("task_functions.{function} must be {{task, queue}}")),
     };
     tf.entry("queue").or_insert(json!("celery"));
-    let tf_name = k8s_name(&function);
-    let tf_spec: TaskFunctionSpec = serde_json::from_value(Value::Object(tf.clone()))
-        .map_err(|e| format!("task_functions.{function}: {e}"))?;
-    let valid_tf = validate::task_function(&tf_name, &tf_spec).map_err(|e| e.message)?;
 
     let job_type = text("job_type_name").ok_or("`job_type_name` is required")?;
     let config = obj.get("schedule_config").cloned().unwrap_or(Value::Null);
     let (schedule, time_zone) = schedule(&job_type, &config)?;
-    let mut spec = json!({"taskFunction": tf_name, "schedule": schedule});
+    let mut spec = json!({"schedule": schedule});
     if let Some(tz) = time_zone {
         spec["timeZone"] = json!(tz);
     }
@@ -209,20 +138,10 @@ fn convert_job(
         Some(Value::Bool(false)) => spec["suspend"] = json!(true),
         Some(other) => return Err(format!("`is_enabled` must be true or false, not {other}")),
     }
-    // Validate exactly as the operator will.
-    let parsed: ScheduledJobSpec =
-        serde_json::from_value(spec.clone()).map_err(|e| format!("invalid spec: {e}"))?;
-    let meta = JobMeta {
-        uid: "import",
-        namespace: "import",
-        name: &name,
-        generation: 1,
-        created: now,
-        trigger: None,
+    let Value::Object(spec) = spec else {
+        return Err("internal: the spec is an object".into()); // built as one above
     };
-    validate::scheduled_job(&meta, &parsed, TaskFunctionRef::Valid(&valid_tf), now)
-        .map_err(|e| format!("{}: {}", e.reason.as_str(), e.message))?;
-    Ok((tf_name, Value::Object(tf), spec))
+    Ok((name, function, tf, spec))
 }
 
 fn schedule(job_type: &str, config: &Value) -> Result<(Value, Option<String>), String> {
@@ -304,25 +223,10 @@ fn schedule(job_type: &str, config: &Value) -> Result<(Value, Option<String>), S
     }
 }
 
-/// A valid Kubernetes object name (RFC 1123 label: lowercase alphanumerics and '-', at most 63
-/// characters, alphanumeric at both ends) derived from a free-form job name.
-pub fn k8s_name(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    let out: String = out.trim_matches('-').chars().take(63).collect();
-    let out = out.trim_end_matches('-').to_string();
-    if out.is_empty() { "job".into() } else { out }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::k8s_name;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-27T00:00:00Z")
@@ -351,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_four_default_jobs() {
-        let r = convert(DEFAULTS, None, now());
+        let r = convert(DEFAULTS, None, &Options::default(), now());
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.objects.len(), 8);
         let job = |name: &str| {
@@ -400,7 +304,7 @@ jobs:
   - {name: past, task_function_name: f, job_type_name: date, schedule_config: {run_date: "2020-01-01T00:00:00Z"}}
   - {name: tz, task_function_name: f, job_type_name: cron, schedule_config: {cron: "0 3 * * *", timezone: "Mars/Olympus"}}
 "#;
-        let r = convert(input, None, now());
+        let r = convert(input, None, &Options::default(), now());
         let idx: Vec<Option<usize>> = r.errors.iter().map(|e| e.index).collect();
         assert_eq!(
             idx,
@@ -437,7 +341,12 @@ jobs:
         assert_eq!(k8s_name("***"), "job");
         let input = r#"[{"name": "A", "task_function_name": "f", "job_type_name": "interval", "schedule_config": {"seconds": 5}},
                         {"name": "a", "task_function_name": "f", "job_type_name": "interval", "schedule_config": {"seconds": 5}}]"#;
-        let r = convert(input, Some("f: {task: kb.echo, queue: q}"), now());
+        let r = convert(
+            input,
+            Some("f: {task: kb.echo, queue: q}"),
+            &Options::default(),
+            now(),
+        );
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         let names: Vec<&str> = r
             .objects
@@ -451,12 +360,12 @@ jobs:
     #[test]
     fn broken_files() {
         assert!(
-            convert("{", None, now()).errors[0]
+            convert("{", None, &Options::default(), now()).errors[0]
                 .reason
                 .contains("not JSON or YAML")
         );
         assert!(
-            convert("42", None, now()).errors[0]
+            convert("42", None, &Options::default(), now()).errors[0]
                 .reason
                 .contains("expected a list")
         );
