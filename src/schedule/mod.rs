@@ -17,9 +17,7 @@
 pub mod cron;
 pub mod duration;
 
-use chrono::{
-    DateTime, Duration, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Utc,
-};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::api::Schedule;
