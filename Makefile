@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test chaos fuzz bench demo demo-down generate verify lint cluster-up cluster-down services clean image dist chart
+.PHONY: all build test compat chaos fuzz bench demo demo-down generate verify lint cluster-up cluster-down services clean image dist chart
 
 all: build
 
@@ -12,6 +12,11 @@ build:
 ## test: lint + unit + integration + e2e against a real apiserver, Postgres, Redis, RabbitMQ, Celery
 test:
 	hack/test.sh
+
+## compat: the Celery version matrix, every series (4.4, 5.2, 5.3, 5.4, 5.5, 5.7) on Redis and
+## RabbitMQ; `make test` runs the oldest that can run here and the newest
+compat:
+	hack/compat.sh
 
 ## chaos: the full fault-injection matrix (3 replicas, every fault); rewrites docs/reliability.md
 chaos:

@@ -4,6 +4,8 @@
 # `hack/test.sh chaos` (`make chaos`): the same set-up, then only the full fault-injection matrix
 # (tests/chaos/ with KB_CHAOS=full), which rewrites the results table in docs/reliability.md;
 # `hack/test.sh chaos fault_matrix_rabbitmq` runs one broker's matrix.
+# `hack/test.sh compat` (`make compat`): the same set-up, then the whole Celery version matrix
+# (tests/compat.rs, hack/compat.sh); `make test` runs its short matrix with everything else.
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -70,15 +72,25 @@ export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
 hack/cron-oracle.sh --check
 
+if [ "$mode" = compat ]; then
+  log "Celery version matrix (all series): tests/compat.rs"
+  hack/compat.sh --prepare all
+  cargo test --locked "${features[@]}" --test compat -- --include-ignored "${@:2}"
+  exit 0
+fi
+
 if [ "$mode" = chaos ]; then
   log "fault matrix (full): results into docs/reliability.md"
   KB_CHAOS=full KB_CHAOS_REPORT="$PWD/docs/reliability.md" \
     cargo test --locked "${features[@]}" --test chaos -- --include-ignored --nocapture --test-threads 1 "${@:2}"
   exit 0
 fi
+# The short Celery version matrix: the oldest series that can run here and the newest.
+compat_skips=$(hack/compat.sh --short-skips)
+mapfile -t compat_skips <<<"$compat_skips"
 log "tests: unit, integration and end-to-end (real apiserver, Postgres, brokers, Celery worker)"
 cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip one_tenant_cannot_hurt_another \
-  --skip with_controllers:: --skip helm_upgrade_and_rolling_update_from_the_previous_release
+  --skip with_controllers:: --skip helm_upgrade_and_rolling_update_from_the_previous_release "${compat_skips[@]}"
 
 # The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
 # on the shared one it would also have to judge the thousands of objects the suites before it

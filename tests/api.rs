@@ -80,6 +80,34 @@ fn call(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Valu
     )
 }
 
+/// One of the migration plan's monitoring commands, run as written by bash (real `curl` and
+/// `jq`), with `$T` the bearer token and the operator's address written in for `$KB` (the plan
+/// quotes some URLs, so it is text, not a variable): jq's output.
+fn plan_command(addr: &str, token: &str, command: &str) -> String {
+    let command = command.replace("$KB", addr);
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &command])
+        .env("T", token)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{command} ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The JSON values jq printed (one after another, as jq prints a stream).
+fn jq_stream(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("jq printed something that is not JSON ({e}): {text}"))
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane and services (make test)"]
 async fn api_with_kubernetes_authentication_and_authorization() {
@@ -231,6 +259,141 @@ async fn api_with_kubernetes_authentication_and_authorization() {
         )
         .0,
         404
+    );
+
+    // The migration plan's commands verbatim (with a bearer token), under /api/v1/scheduler/.
+    eventually("five executions", Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_executions")
+            .fetch_one(&f.pool)
+            .await
+            .ok()?;
+        (n >= 5).then_some(())
+    })
+    .await;
+    let leader = plan_command(
+        &addr,
+        ADMIN,
+        r#"curl -s -H "Authorization: Bearer $T" http://$KB/api/v1/scheduler/status | jq '.leaderInstance'"#,
+    );
+    assert_eq!(jq_stream(&leader), vec![json!(identity)]);
+    let last_runs = jq_stream(&plan_command(
+        &addr,
+        ADMIN,
+        r#"curl -s -H "Authorization: Bearer $T" http://$KB/api/v1/scheduler/jobs | jq '.jobs[].lastRunTime'"#,
+    ));
+    // hourly, often (ns) and elsewhere (other), in (namespace, name) order.
+    assert_eq!(last_runs.len(), 3, "{last_runs:?}");
+    assert!(
+        last_runs[0].is_null() || last_runs[0].is_string(),
+        "{last_runs:?}"
+    );
+    let often_last = last_runs[1].as_str().expect("often has a lastRunTime");
+    let often_last = chrono::DateTime::parse_from_rfc3339(often_last).expect("an RFC 3339 time");
+    let db_last: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT max(e.scheduled_for) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'often'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("often's runs");
+    assert!(often_last <= db_last, "{often_last} after {db_last}");
+    assert_eq!(
+        last_runs[2],
+        Value::Null,
+        "elsewhere never ran: {last_runs:?}"
+    );
+    let next_runs = jq_stream(&plan_command(
+        &addr,
+        ADMIN,
+        r#"curl -s -H "Authorization: Bearer $T" http://$KB/api/v1/scheduler/jobs | jq '.jobs[].nextRunTime'"#,
+    ));
+    assert!(next_runs[1].is_string(), "{next_runs:?}");
+    let rows = jq_stream(&plan_command(
+        &addr,
+        ADMIN,
+        r#"curl -s -H "Authorization: Bearer $T" 'http://$KB/api/v1/scheduler/executions?per_page=5' | jq '.executions[] | {job_id, status, started_at}'"#,
+    ));
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let ours: Vec<Value> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|j| j["namespace"] == f.ns.as_str())
+        .map(|j| j["id"].clone())
+        .collect();
+    let mut started = 0;
+    for row in &rows {
+        let keys: Vec<&str> = row
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["job_id", "status", "started_at"], "{row}");
+        assert!(
+            ours.contains(&row["job_id"]),
+            "not a job of the test: {row}"
+        );
+        assert!(row["status"].is_string(), "{row}");
+        // A start the worker reported is the one stored for that run.
+        if let Some(at) = row["started_at"].as_str() {
+            let at = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
+            let stored: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM job_executions WHERE job_id = $1 AND started_at = $2",
+            )
+            .bind(row["job_id"].as_i64())
+            .bind(at)
+            .fetch_one(&f.pool)
+            .await
+            .expect("count");
+            assert_eq!(stored, 1, "{row}");
+            started += 1;
+        }
+    }
+    assert!(started > 0, "no run with a start among {rows:?}");
+    let one_job = jq_stream(&plan_command(
+        &addr,
+        ADMIN,
+        &format!(
+            r#"curl -s -H "Authorization: Bearer $T" 'http://$KB/api/v1/scheduler/executions?page=2&per_page=2&job_id={job_id}' | jq '.executions[] | {{job_id, status, started_at}}'"#
+        ),
+    ));
+    assert_eq!(one_job.len(), 2, "{one_job:?}");
+    // job-types and task-functions: the same answer under both paths.
+    for (plan, alias) in [
+        ("/api/v1/scheduler/job-types", "/api/v1/job-types"),
+        ("/api/v1/scheduler/task-functions", "/api/v1/task-functions"),
+    ] {
+        let printed = jq_stream(&plan_command(
+            &addr,
+            ADMIN,
+            &format!(r#"curl -s -H "Authorization: Bearer $T" http://$KB{plan} | jq ."#),
+        ));
+        let (code, body) = call(&addr, "GET", alias, Some(ADMIN));
+        assert_eq!(code, 200);
+        assert_eq!(printed, vec![body], "{plan} and {alias} differ");
+    }
+    // The same authentication and scoping as the old paths.
+    for path in [
+        "/api/v1/scheduler/jobs",
+        "/api/v1/scheduler/executions",
+        "/api/v1/scheduler/job-types",
+        "/api/v1/scheduler/task-functions",
+    ] {
+        assert_eq!(call(&addr, "GET", path, None).0, 401, "{path}");
+    }
+    let (code, jobs) = call(&addr, "GET", "/api/v1/scheduler/jobs", Some(READER));
+    assert_eq!(code, 200, "{jobs}");
+    assert_eq!(jobs["total"], 2);
+    assert_eq!(
+        call(
+            &addr,
+            "GET",
+            "/api/v1/scheduler/executions?per_page=501",
+            Some(ADMIN)
+        )
+        .0,
+        400
     );
 
     // Bad paging.

@@ -52,16 +52,25 @@ pub struct ApiState {
     pub role: watch::Receiver<Role>,
 }
 
+/// Where the migration plan's commands look (SPEC §8); the shorter paths the API had first stay
+/// as aliases, so existing scripts and the dashboard keep working.
+const PREFIXES: [&str; 2] = ["/api/v1/scheduler", "/api/v1"];
+
 pub fn routes(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/scheduler/status", get(status))
-        .route("/api/v1/jobs", get(jobs))
-        .route("/api/v1/jobs/{namespace}/{name}", get(job))
-        .route("/api/v1/jobs/{namespace}/{name}/trigger", post(trigger))
-        .route("/api/v1/executions", get(executions))
-        .route("/api/v1/job-types", get(job_types))
-        .route("/api/v1/task-functions", get(task_functions))
-        .with_state(state)
+    let mut router = Router::new().route("/api/v1/scheduler/status", get(status));
+    for prefix in PREFIXES {
+        router = router
+            .route(&format!("{prefix}/jobs"), get(jobs))
+            .route(&format!("{prefix}/jobs/{{namespace}}/{{name}}"), get(job))
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/trigger"),
+                post(trigger),
+            )
+            .route(&format!("{prefix}/executions"), get(executions))
+            .route(&format!("{prefix}/job-types"), get(job_types))
+            .route(&format!("{prefix}/task-functions"), get(task_functions));
+    }
+    router.with_state(state)
 }
 
 /// An API error: a status and a clear message, as JSON (and when to come back, for 429).

@@ -8,14 +8,16 @@
 //!   twice and a spring-forward gap not at all. A schedule with a fixed hour runs once per
 //!   wall-clock slot: a slot inside a gap runs at the first instant after the gap, a slot inside an
 //!   overlap at its first occurrence. (Better than CronJob, kubernetes/kubernetes#121594.)
-//! - `@every <d>`: like `interval`.
+//! - `@every <d>`: like `interval`, but from the anchor's whole second, as robfig/cron's
+//!   `ConstantDelaySchedule.Next` (`t + d - t.Nanosecond()`): `@every 5m` stored at
+//!   `00:00:00.25` runs at `00:05:00`, `00:10:00`, ... (an `interval` keeps the sub-second part).
 //! - `at`: once.
 //! - `startTime`: no slot before it.
 
 pub mod cron;
 pub mod duration;
 
-use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::api::Schedule;
@@ -35,6 +37,8 @@ pub struct JobSchedule {
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
     Periodic(Duration),
+    /// `@every`: periodic from the anchor's whole second (robfig drops its sub-second part).
+    Every(Duration),
     Cron(CronFields),
     At(DateTime<Utc>),
 }
@@ -125,7 +129,7 @@ impl JobSchedule {
                 .map_err(|e| ScheduleError(format!("invalid cron expression {expr:?}: {e}")))?
             {
                 CronExpr::Fields(f) => Kind::Cron(f),
-                CronExpr::Every(d) => Kind::Periodic(d),
+                CronExpr::Every(d) => Kind::Every(d),
             };
             let text = if tz == Tz::UTC {
                 expr.clone()
@@ -208,10 +212,10 @@ impl JobSchedule {
     }
 
     pub fn job_type(&self) -> JobType {
-        match (&self.kind, self.text.starts_with("every ")) {
-            (Kind::At(_), _) => JobType::Date,
-            (Kind::Periodic(_), true) => JobType::Interval,
-            _ => JobType::Cron,
+        match &self.kind {
+            Kind::At(_) => JobType::Date,
+            Kind::Periodic(_) => JobType::Interval,
+            Kind::Every(_) | Kind::Cron(_) => JobType::Cron,
         }
     }
 
@@ -252,6 +256,10 @@ impl JobSchedule {
             Kind::At(at) => (*at > after).then_some(*at),
             Kind::Periodic(period) => {
                 let anchor = self.start.unwrap_or(self.anchor);
+                periodic_next(anchor, *period, after)
+            }
+            Kind::Every(period) => {
+                let anchor = self.start.unwrap_or(self.anchor).trunc_subsecs(0);
                 periodic_next(anchor, *period, after)
             }
             Kind::Cron(fields) => cron_next(fields, self.tz, after),

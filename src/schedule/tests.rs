@@ -29,6 +29,13 @@ fn next_n(s: &JobSchedule, from: DateTime<Utc>, n: usize) -> Vec<String> {
     out
 }
 
+/// The next `n` instants, unrounded.
+fn next_n_exact(s: &JobSchedule, from: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+    std::iter::successors(s.next_after(from), |x| s.next_after(*x))
+        .take(n)
+        .collect()
+}
+
 #[derive(serde::Deserialize)]
 struct OracleCase {
     expr: String,
@@ -59,7 +66,10 @@ fn matches_robfig_on_the_oracle_table() {
             (None, Ok(_)) => {
                 let from = t(&case.from);
                 let s = JobSchedule::from_expression(&case.expr, &case.tz, from).expect(&ctx);
-                assert_eq!(next_n(&s, from, case.next.len().max(1)), case.next, "{ctx}");
+                // As instants, to the nanosecond: robfig prints RFC 3339 with as many fractional
+                // digits as there are (none for whole seconds), so a slip below the second shows.
+                let want: Vec<DateTime<Utc>> = case.next.iter().map(|x| t(x)).collect();
+                assert_eq!(next_n_exact(&s, from, want.len().max(1)), want, "{ctx}");
             }
         }
         checked += 1;
@@ -391,6 +401,64 @@ fn at_runs_once() {
     assert_eq!(s.job_type(), JobType::Date);
     assert_eq!(s.next_after(anchor), Some(t("2026-12-01T00:00:00Z")));
     assert_eq!(s.next_after(t("2026-12-01T00:00:00Z")), None);
+}
+
+#[test]
+fn every_starts_from_the_whole_second_as_robfig_does() {
+    // robfig's ConstantDelaySchedule.Next: t + delay - t.Nanosecond().
+    let cron = |e: &str| Schedule {
+        cron: Some(e.into()),
+        ..Default::default()
+    };
+    let from = t("2025-01-01T00:00:00.25Z");
+    let s = JobSchedule::from_expression("@every 5m", "UTC", from).expect("valid");
+    assert_eq!(
+        next_n_exact(&s, from, 3),
+        [
+            t("2025-01-01T00:05:00Z"),
+            t("2025-01-01T00:10:00Z"),
+            t("2025-01-01T00:15:00Z")
+        ]
+    );
+    // Asked from any instant, the slots stay on the anchor's whole seconds.
+    assert_eq!(
+        s.next_after(t("2025-01-01T00:07:59.999Z")),
+        Some(t("2025-01-01T00:10:00Z"))
+    );
+    assert_eq!(
+        s.next_after(t("2025-01-01T00:10:00Z")),
+        Some(t("2025-01-01T00:15:00Z"))
+    );
+    // Just under a second past the anchor's second, with a period of one second: the first
+    // slot is still after the anchor.
+    let from = t("2025-01-01T00:00:00.999999Z");
+    let s = JobSchedule::from_expression("@every 1s", "UTC", from).expect("valid");
+    assert_eq!(s.next_after(from), Some(t("2025-01-01T00:00:01Z")));
+    // A startTime anchors @every the same way.
+    let s = JobSchedule::from_spec(
+        &cron("@every 1m"),
+        None,
+        Some("2025-01-01T00:00:30.5Z"),
+        t("2024-12-01T00:00:00Z"),
+    )
+    .expect("valid");
+    assert_eq!(
+        s.next_after(t("2024-12-31T00:00:00Z")),
+        Some(t("2025-01-01T00:01:30Z"))
+    );
+    // What `kube-beat next '@every 5m' --from 2025-01-01T00:00:00.25Z` prints (it printed
+    // 00:05:00.250Z before).
+    assert_eq!(
+        crate::cli::next_instants("@every 5m", "UTC", Some("2025-01-01T00:00:00.25Z"), 2)
+            .expect("valid"),
+        ["2025-01-01T00:05:00Z", "2025-01-01T00:10:00Z"]
+    );
+    // An `interval` is kube-beat's own: it keeps the anchor's sub-second part.
+    let s = JobSchedule::from_expression("5m", "UTC", t("2025-01-01T00:00:00.25Z")).expect("valid");
+    assert_eq!(
+        s.next_after(t("2025-01-01T00:00:00.25Z")),
+        Some(t("2025-01-01T00:05:00.25Z"))
+    );
 }
 
 #[test]

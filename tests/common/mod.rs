@@ -240,6 +240,27 @@ impl Worker {
         concurrency: u32,
         pool: &str,
     ) -> Worker {
+        Worker::start_in(
+            &env().celery_venv,
+            broker,
+            backend,
+            queues,
+            record_dsn,
+            concurrency,
+            pool,
+        )
+    }
+
+    /// A worker of the Celery installed in `venv` (the version matrix: `hack/celery-venv.sh 5.2`).
+    pub fn start_in(
+        venv: &std::path::Path,
+        broker: &str,
+        backend: Option<&str>,
+        queues: &str,
+        record_dsn: &str,
+        concurrency: u32,
+        pool: &str,
+    ) -> Worker {
         let env = env();
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
         let file = std::fs::File::create(&log).expect("creating the worker log");
@@ -252,7 +273,7 @@ impl Worker {
                 "KB_RECORD_DSN",
                 record_dsn.replace("postgres://", "postgresql://"),
             )
-            .env("KB_CELERY_VENV", &env.celery_venv)
+            .env("KB_CELERY_VENV", venv)
             .env("KB_CELERY_CONCURRENCY", concurrency.to_string())
             .env("KB_CELERY_POOL", pool)
             .env("KB_PREFETCH", if concurrency == 8 { "4" } else { "1" })

@@ -59,7 +59,9 @@ func main() {
 				if t.IsZero() {
 					break
 				}
-				r.Next = append(r.Next, t.UTC().Format(time.RFC3339))
+				// RFC3339Nano prints whole seconds as RFC3339 does and keeps a
+				// sub-second part when there is one (@every from a sub-second start).
+				r.Next = append(r.Next, t.UTC().Format(time.RFC3339Nano))
 			}
 		}
 		if err := out.Encode(r); err != nil {
