@@ -124,7 +124,8 @@ impl BackendUrl {
 pub enum Backend {
     None,
     Redis {
-        conn: SharedConn,
+        /// Boxed: the Sentinel client inside is large, the other variants are a pointer.
+        conn: Box<SharedConn>,
         /// Before `celery-task-meta-` (Celery's `global_keyprefix`, as its backend spells it).
         keyprefix: String,
     },
@@ -148,7 +149,7 @@ impl Backend {
                     .set_response_timeout(Some(std::time::Duration::from_secs(5)))
                     .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
                 Backend::Redis {
-                    conn: SharedConn::connect(RedisTarget::new(u, options)?, cfg).await?,
+                    conn: Box::new(SharedConn::connect(RedisTarget::new(u, options)?, cfg).await?),
                     keyprefix: result_keyprefix(&options.global_keyprefix),
                 }
             }
