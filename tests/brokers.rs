@@ -210,30 +210,64 @@ fn free_port() -> u16 {
 /// loopback; killed when dropped. The shared Redis is never touched.
 struct OwnSentinel {
     master: std::process::Child,
+    /// With [`OwnSentinel::start_with_replica`]: a replica the Sentinel can promote.
+    replica: Option<(std::process::Child, u16)>,
     sentinel: std::process::Child,
     _dir: tempfile::TempDir,
     sentinel_port: u16,
 }
 
+fn redis_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server")
+}
+
+fn redis_query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection()
+        .ok()?;
+    cmd.query(&mut c).ok()
+}
+
 impl OwnSentinel {
     async fn start() -> OwnSentinel {
+        OwnSentinel::start_inner(false).await
+    }
+
+    async fn start_with_replica() -> OwnSentinel {
+        OwnSentinel::start_inner(true).await
+    }
+
+    async fn start_inner(with_replica: bool) -> OwnSentinel {
         let dir = tempfile::tempdir().expect("temp dir");
         let (master_port, sentinel_port) = (free_port(), free_port());
-        let master = Command::new("redis-server")
-            .args(["--port", &master_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        let master = redis_server(master_port, dir.path(), &[]);
+        let replica = with_replica.then(|| {
+            let port = free_port();
+            let replica_dir = dir.path().join("replica");
+            std::fs::create_dir_all(&replica_dir).expect("replica dir");
+            let of = format!("127.0.0.1 {master_port}");
+            (
+                redis_server(port, &replica_dir, &["--replicaof", &of]),
+                port,
+            )
+        });
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
                 "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
                  sentinel monitor kbmaster 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds kbmaster 5000\n",
+                 sentinel down-after-milliseconds kbmaster 1000\n\
+                 sentinel failover-timeout kbmaster 5000\n",
                 dir.path().display()
             ),
         )
@@ -246,6 +280,7 @@ impl OwnSentinel {
             .expect("redis-server --sentinel");
         let own = OwnSentinel {
             master,
+            replica,
             sentinel,
             _dir: dir,
             sentinel_port,
@@ -268,6 +303,22 @@ impl OwnSentinel {
             },
         )
         .await;
+        if let Some((_, port)) = &own.replica {
+            let port = *port;
+            common::eventually(
+                "the Sentinel knows the replica, in sync",
+                Duration::from_secs(30),
+                || async move {
+                    let info: String = redis_query(port, redis::cmd("INFO").arg("replication"))?;
+                    let replicas: Vec<redis::Value> = redis_query(
+                        sentinel_port,
+                        redis::cmd("SENTINEL").arg("replicas").arg("kbmaster"),
+                    )?;
+                    (info.contains("master_link_status:up") && !replicas.is_empty()).then_some(())
+                },
+            )
+            .await;
+        }
         own
     }
 
@@ -278,6 +329,10 @@ impl OwnSentinel {
 
 impl Drop for OwnSentinel {
     fn drop(&mut self) {
+        if let Some((replica, _)) = &mut self.replica {
+            let _ = replica.kill();
+            let _ = replica.wait();
+        }
         let _ = self.sentinel.kill();
         let _ = self.master.kill();
         let _ = self.sentinel.wait();
@@ -401,6 +456,56 @@ async fn sentinel_broker_and_result_backend() {
     )
     .await;
     db.drop_db().await;
+}
+
+/// A Sentinel failover: the master dies, the Sentinel promotes the replica, and kube-beat's
+/// publisher (which asked the Sentinel for the master) publishes to the new master.
+#[tokio::test]
+#[ignore = "needs the real services: make test"]
+async fn sentinel_failover_is_followed() {
+    let mut own = OwnSentinel::start_with_replica().await;
+    let replica_port = own.replica.as_ref().map(|r| r.1).expect("replica");
+    let options = TransportOptions::parse(Some(r#"{"master_name": "kbmaster"}"#)).expect("opts");
+    let queue = unique("kbt-q");
+    let ledger = format!("kubebeat.sent.{}", unique("test"));
+    let publisher =
+        Publisher::connect_with(&own.url(0), &options, Duration::from_secs(60), &ledger)
+            .await
+            .expect("via the Sentinel");
+    publisher
+        .publish(vec![message(&queue, "kb.echo", None)], 1)
+        .await
+        .expect("before the failover");
+    let _ = own.master.kill();
+    let _ = own.master.wait();
+    let after = message(&queue, "kb.echo", None);
+    let id = after.id.clone();
+    common::eventually(
+        "a publish after the failover",
+        Duration::from_secs(60),
+        || {
+            let (publisher, m) = (&publisher, after.clone());
+            async move { publisher.publish(vec![m], 1).await.ok() }
+        },
+    )
+    .await;
+    let addr: (String, u16) = redis_query(
+        own.sentinel_port,
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("kbmaster"),
+    )
+    .expect("master address");
+    assert_eq!(addr.1, replica_port, "the replica was promoted");
+    let items: Vec<String> = redis_query(
+        replica_port,
+        redis::cmd("LRANGE").arg(&queue).arg(0).arg(-1),
+    )
+    .expect("list");
+    assert!(
+        items.iter().any(|i| i.contains(&id)),
+        "published to the new master: {items:?}"
+    );
 }
 
 /// Everything a URL or an option could leak stays out of the errors; a sentinel:// URL without
