@@ -19,6 +19,7 @@ pub mod operator;
 pub mod options;
 pub mod reconcile;
 pub mod redact;
+pub mod redis_target;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -9,10 +9,16 @@ pub struct RunArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Celery broker URL: redis://, rediss://, amqp:// or amqps://.
+    /// Celery broker URL: redis://, rediss://, sentinel://host:port[;sentinel://...], amqp:// or
+    /// amqps://.
     #[arg(long, env = "BROKER_URL", hide_env_values = true)]
     pub broker_url: Option<String>,
-    /// Celery result backend: redis://..., db+postgresql://... or `none`.
+    /// Celery's `broker_transport_options` for Redis, as JSON: `master_name` (required with a
+    /// sentinel:// URL), `global_keyprefix`, `sentinel_kwargs` (`username`, `password`).
+    #[arg(long, env = "BROKER_TRANSPORT_OPTIONS", hide_env_values = true)]
+    pub broker_transport_options: Option<String>,
+    /// Celery result backend: redis://..., sentinel://..., db+postgresql://...,
+    /// django-db+postgresql://... or `none`.
     #[arg(
         long,
         env = "RESULT_BACKEND",
@@ -20,6 +26,10 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub result_backend: String,
+    /// Celery's `result_backend_transport_options` for a Redis backend, as JSON (as
+    /// --broker-transport-options).
+    #[arg(long, env = "RESULT_BACKEND_TRANSPORT_OPTIONS", hide_env_values = true)]
+    pub result_backend_transport_options: Option<String>,
     /// Namespace to watch (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,

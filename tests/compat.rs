@@ -115,6 +115,7 @@ async fn migration_plan_jobs_run_on(version: &str, broker: String) {
         &f.db.url,
         4,
         "threads",
+        &[],
     );
     assert!(
         worker.log_text().contains(&format!(" v{installed} ")),

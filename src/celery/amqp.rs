@@ -1,12 +1,14 @@
 //! The RabbitMQ publisher: each batch is published together with one ledger message naming its
 //! task ids, in one AMQP transaction (both or neither); the ledger says what went out.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
 };
 use serde_json::Value;
@@ -36,7 +38,8 @@ pub(super) struct AmqpState {
     conn: Connection,
     /// In transaction mode (tx.select): a batch and its ledger entry commit together.
     channel: Channel,
-    declared: HashSet<String>,
+    /// Queues known to exist, and when that was last seen.
+    declared: HashMap<String, Instant>,
 }
 
 /// Ledger entries read and not yet acknowledged.
@@ -72,7 +75,7 @@ impl AmqpPublisher {
         *state = Some(AmqpState {
             conn,
             channel: channel.clone(),
-            declared: HashSet::new(),
+            declared: HashMap::new(),
         });
         Ok(channel)
     }
@@ -102,35 +105,76 @@ impl AmqpPublisher {
         Ok(read)
     }
 
-    /// Declare a queue the way Celery's worker does (durable, no arguments). If the worker
-    /// declared it with other arguments (x-max-priority, ...), the broker refuses ours and closes
-    /// the channel: the queue exists, which is all we need.
+    /// Make sure `queue` exists without ever declaring it with arguments other than its own.
+    /// Workers declare quorum queues (`x-queue-type: quorum`) and priority queues
+    /// (`x-max-priority`); declaring such a queue with other arguments is refused with
+    /// PRECONDITION_FAILED, which closes the channel it was sent on. So look first (a passive
+    /// declare) and declare only a queue that does not exist, the way Celery's worker does
+    /// (durable, no arguments); a worker that comes later with arguments of its own then finds
+    /// a classic queue, as it would behind Celery beat. Both steps run on a throwaway channel:
+    /// a failed passive declare closes its channel too, and the publishing one is
+    /// transactional. A queue seen is not looked at again for [`QUEUE_RECHECK`], so a queue
+    /// deleted meanwhile is declared again within that time rather than never.
     async fn ensure_queue(&self, queue: &str) -> Result<(), PublishError> {
         if self
             .state
             .lock()
             .await
             .as_ref()
-            .is_some_and(|s| s.declared.contains(queue))
+            .and_then(|s| s.declared.get(queue))
+            .is_some_and(|seen| seen.elapsed() < QUEUE_RECHECK)
         {
             return Ok(());
         }
-        let channel = self.channel().await?;
-        let opts = QueueDeclareOptions {
-            durable: true,
+        self.channel().await?;
+        let (probe, fresh) = match self.state.lock().await.as_ref() {
+            // Two: the look closes its channel when the queue is missing.
+            Some(s) => (
+                s.conn.create_channel().await?,
+                s.conn.create_channel().await?,
+            ),
+            None => return Err(PublishError::Reply("queue check: no connection")),
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
             ..Default::default()
         };
-        if let Err(e) = channel
-            .queue_declare(ShortString::from(queue), opts, FieldTable::default())
+        match probe
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
             .await
         {
-            tracing::debug!(queue, error = %e, "queue exists with other arguments; using it as is");
-            // The channel is closed by the refusal: open a fresh one.
-            *self.state.lock().await = None;
-            self.channel().await?;
+            Ok(_) => {
+                let _ = probe.close(200, ShortString::from("done")).await;
+                let _ = fresh.close(200, ShortString::from("done")).await;
+            }
+            Err(e) if not_found(&e) => {
+                let opts = QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                let declared = fresh
+                    .queue_declare(ShortString::from(queue), opts, FieldTable::default())
+                    .await;
+                match declared {
+                    Ok(_) => {
+                        let _ = fresh.close(200, ShortString::from("done")).await;
+                    }
+                    // A worker declared it with its arguments between our look and our declare:
+                    // it exists, which is all we need (only this throwaway channel is closed).
+                    Err(e) if precondition_failed(&e) => {
+                        tracing::debug!(queue, "queue declared meanwhile with other arguments");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => {
+                let _ = fresh.close(200, ShortString::from("done")).await;
+                return Err(e.into());
+            }
         }
         if let Some(s) = self.state.lock().await.as_mut() {
-            s.declared.insert(queue.to_string());
+            s.declared
+                .insert(queue.to_string(), std::time::Instant::now());
         }
         Ok(())
     }
@@ -229,6 +273,24 @@ impl AmqpPublisher {
         channel.tx_commit().await?;
         Ok(())
     }
+}
+
+/// How long a queue seen to exist is taken to still exist (a queue deleted meanwhile swallows
+/// what is published to it until then: RabbitMQ drops a message routed to no queue).
+pub const QUEUE_RECHECK: Duration = Duration::from_secs(30);
+
+fn soft_error(e: &lapin::Error, which: AMQPSoftError) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if *p.kind() == AMQPErrorKind::Soft(which))
+}
+
+/// The broker's NOT_FOUND (404): a passive declare of a queue that does not exist.
+fn not_found(e: &lapin::Error) -> bool {
+    soft_error(e, AMQPSoftError::NOTFOUND)
+}
+
+/// The broker's PRECONDITION_FAILED (406): a declare whose arguments differ from the queue's.
+fn precondition_failed(e: &lapin::Error) -> bool {
+    soft_error(e, AMQPSoftError::PRECONDITIONFAILED)
 }
 
 /// JSON headers as an AMQP field table with the types py-amqp uses (str→S, int→I/l, bool→t,

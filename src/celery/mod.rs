@@ -23,27 +23,31 @@ use lapin::{
     options::{BasicAckOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
-use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
 use amqp::amqp_uri;
 #[cfg(test)]
 use amqp::headers_table;
-pub use amqp::{AmqpPublisher, LedgerRead};
+pub use amqp::{AmqpPublisher, LedgerRead, QUEUE_RECHECK};
 pub use message::TaskMessage;
 use redis_publish::RedisPublisher;
 pub use redis_publish::Rejected;
 
 use crate::redact::{self, RedactedUrl};
+use crate::redis_target::{RedisTarget, SharedConn, TargetError, TransportOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): {0}")]
+    #[error(
+        "unsupported broker URL (expected redis://, rediss://, sentinel://, amqp:// or amqps://): {0}"
+    )]
     Url(RedactedUrl),
     #[error("invalid broker URL {url}: {reason}")]
     InvalidUrl { url: RedactedUrl, reason: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("publishing took longer than {0:?}")]
@@ -61,9 +65,11 @@ pub enum PublishError {
 /// A connected broker.
 pub enum Publisher {
     Redis {
-        /// Everything but publishing.
-        conn: ConnectionManager,
+        /// Everything but publishing (and where the publisher connects).
+        conn: std::sync::Arc<SharedConn>,
         db: i64,
+        /// Celery's `global_keyprefix` transport option: before every key kube-beat uses.
+        keyprefix: String,
         publisher: Box<RedisPublisher>,
     },
     Amqp(Box<AmqpPublisher>),
@@ -72,7 +78,15 @@ pub enum Publisher {
 /// Check a Celery broker URL without connecting: a URL that cannot work is an error at start,
 /// not a connection retried forever.
 pub fn check_url(url: &str) -> Result<(), PublishError> {
-    let reason = if is_redis(url) {
+    check_url_with(url, &TransportOptions::default())
+}
+
+/// [`check_url`] with Celery's transport options (`master_name` for a `sentinel://` URL).
+pub fn check_url_with(url: &str, options: &TransportOptions) -> Result<(), PublishError> {
+    let reason = if url.starts_with("sentinel://") {
+        RedisTarget::new(url, options)?;
+        None
+    } else if is_redis(url) {
         // redis's parse errors are fixed phrases ("Redis URL did not parse"), never the URL.
         redis::Client::open(url).err().map(|e| e.to_string())
     } else if is_amqp(url) {
@@ -95,7 +109,7 @@ pub fn check_url(url: &str) -> Result<(), PublishError> {
 }
 
 fn is_redis(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
+    crate::redis_target::is_redis(url)
 }
 
 fn is_amqp(url: &str) -> bool {
@@ -111,15 +125,37 @@ impl Publisher {
         dedupe_window: Duration,
         ledger: &str,
     ) -> Result<Publisher, PublishError> {
+        Publisher::connect_with(url, &TransportOptions::default(), dedupe_window, ledger).await
+    }
+
+    /// [`Publisher::connect`] with Celery's broker transport options (`master_name` for a
+    /// `sentinel://` URL, `global_keyprefix`; see [`crate::redis_target`]).
+    pub async fn connect_with(
+        url: &str,
+        options: &TransportOptions,
+        dedupe_window: Duration,
+        ledger: &str,
+    ) -> Result<Publisher, PublishError> {
         if is_redis(url) {
-            let client = redis::Client::open(url)?;
-            let db = client.get_connection_info().redis_settings().db();
-            let manager = ConnectionManager::new(client.clone()).await?;
-            let publisher =
-                RedisPublisher::connect(client, ledger, dedupe_window.as_secs()).await?;
+            let target = RedisTarget::new(url, options)?;
+            let db = target.db();
+            let conn = std::sync::Arc::new(
+                SharedConn::connect(target, redis::aio::ConnectionManagerConfig::new()).await?,
+            );
+            let keyprefix = options.global_keyprefix.clone();
+            // kube-beat's own keys (the publish record, the fencing epoch) carry the prefix too:
+            // a deployment that prefixes keys may allow its clients no others (Redis ACLs).
+            let publisher = RedisPublisher::connect(
+                conn.clone(),
+                &format!("{keyprefix}{ledger}"),
+                &keyprefix,
+                dedupe_window.as_secs(),
+            )
+            .await?;
             Ok(Publisher::Redis {
-                conn: manager,
+                conn,
                 db,
+                keyprefix,
                 publisher: Box::new(publisher),
             })
         } else if is_amqp(url) {
@@ -244,11 +280,24 @@ impl Publisher {
     ) -> Result<LedgerRead, PublishError> {
         match self {
             Publisher::Redis {
-                conn, publisher, ..
+                conn: shared,
+                publisher,
+                ..
             } => {
-                let mut conn = conn.clone();
-                publisher.fence(&mut conn, epoch).await?;
-                let sent = publisher.sent(&mut conn, candidates).await?;
+                let mut conn = shared.get().await?;
+                let read = async {
+                    publisher.fence(&mut conn, epoch).await?;
+                    publisher.sent(&mut conn, candidates).await
+                };
+                let sent = match read.await {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        if let PublishError::Redis(r) = &e {
+                            shared.failed(r).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 Ok(LedgerRead {
                     task_ids: candidates
                         .iter()
@@ -299,14 +348,23 @@ impl Publisher {
     /// queue's message count (a passive declare; a missing queue counts 0).
     pub async fn queue_depth(&self, queue: &str) -> Result<u64, PublishError> {
         match self {
-            Publisher::Redis { conn, .. } => {
+            Publisher::Redis {
+                conn: shared,
+                keyprefix,
+                ..
+            } => {
                 let mut pipe = redis::pipe();
                 for suffix in ["", "\x06\x163", "\x06\x166", "\x06\x169"] {
-                    pipe.llen(format!("{queue}{suffix}"));
+                    pipe.llen(format!("{keyprefix}{queue}{suffix}"));
                 }
-                let mut conn = conn.clone();
-                let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
-                Ok(lens.iter().sum())
+                let mut conn = shared.get().await?;
+                match pipe.query_async::<Vec<u64>>(&mut conn).await {
+                    Ok(lens) => Ok(lens.iter().sum()),
+                    Err(e) => {
+                        shared.failed(&e).await;
+                        Err(e.into())
+                    }
+                }
             }
             Publisher::Amqp(p) => {
                 // A passive declare of a missing queue closes the channel: use a throwaway one.
@@ -335,18 +393,28 @@ impl Publisher {
         for id in task_ids {
             let body = message::revoke_body(id);
             match self {
-                Publisher::Redis { conn, db, .. } => {
+                Publisher::Redis {
+                    conn: shared,
+                    db,
+                    keyprefix,
+                    ..
+                } => {
                     let envelope = message::pidbox_envelope(
                         &body,
                         &uuid::Uuid::new_v4().to_string(),
                         Utc::now(),
                     );
-                    let mut conn = conn.clone();
-                    redis::cmd("PUBLISH")
-                        .arg(format!("/{db}.celery.pidbox"))
+                    let mut conn = shared.get().await?;
+                    // kombu prefixes PUBLISH's channel too (and its workers SUBSCRIBE to that).
+                    if let Err(e) = redis::cmd("PUBLISH")
+                        .arg(format!("{keyprefix}/{db}.celery.pidbox"))
                         .arg(envelope)
                         .query_async::<()>(&mut conn)
-                        .await?;
+                        .await
+                    {
+                        shared.failed(&e).await;
+                        return Err(e.into());
+                    }
                 }
                 Publisher::Amqp(p) => p.broadcast_revoke(&body).await?,
             }
@@ -373,11 +441,11 @@ mod tests {
         for (bad, shown) in [
             (
                 "ftp://u:s3cr3t@127.0.0.1/",
-                "unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): ftp://u:***@127.0.0.1/",
+                "unsupported broker URL (expected redis://, rediss://, sentinel://, amqp:// or amqps://): ftp://u:***@127.0.0.1/",
             ),
             (
                 "guest:s3cr3t@127.0.0.1",
-                "unsupported broker URL (expected redis://, rediss://, amqp:// or amqps://): <unparseable URL: no //host>",
+                "unsupported broker URL (expected redis://, rediss://, sentinel://, amqp:// or amqps://): <unparseable URL: no //host>",
             ),
             (
                 "redis://:s3cr3t@127.0.0.1/zero",

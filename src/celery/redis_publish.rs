@@ -21,10 +21,13 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
+use std::sync::Arc;
+
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::Mutex;
 
 use super::{Prepared, PublishError};
+use crate::redis_target::SharedConn;
 
 /// Envelopes per LPUSH command (a burst is one transaction of several commands).
 const LPUSH_ARGS: usize = 1000;
@@ -32,7 +35,10 @@ const LPUSH_ARGS: usize = 1000;
 const WATCH_ATTEMPTS: usize = 5;
 
 pub struct RedisPublisher {
-    client: redis::Client,
+    /// Where to (re)connect: behind Sentinel, the master of the moment.
+    shared: Arc<SharedConn>,
+    /// Celery's `global_keyprefix`: before every queue list (as kombu's LPUSH has it).
+    keyprefix: String,
     /// Publishing only, one batch at a time: WATCH and MULTI are connection state. Taken while
     /// in use and put back only after a clean publish, so a publish cut off half way (a
     /// timeout drops it) never leaves its WATCH or MULTI on a connection used again.
@@ -45,13 +51,20 @@ pub struct RedisPublisher {
 
 impl RedisPublisher {
     pub async fn connect(
-        client: redis::Client,
+        shared: Arc<SharedConn>,
         prefix: &str,
+        keyprefix: &str,
         window: u64,
     ) -> Result<RedisPublisher, PublishError> {
-        let conn = client.get_multiplexed_async_connection().await?;
+        let conn = shared
+            .target()
+            .client()
+            .await?
+            .get_multiplexed_async_connection()
+            .await?;
         Ok(RedisPublisher {
-            client,
+            shared,
+            keyprefix: keyprefix.to_string(),
             conn: Mutex::new(Some(conn)),
             prefix: prefix.to_string(),
             window: window.max(60),
@@ -103,7 +116,15 @@ impl RedisPublisher {
         let mut slot = self.conn.lock().await;
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => self.client.get_multiplexed_async_connection().await?,
+            // A new connection asks the Sentinels for the master again (a failover).
+            None => {
+                self.shared
+                    .target()
+                    .client()
+                    .await?
+                    .get_multiplexed_async_connection()
+                    .await?
+            }
         };
         let rejected = self.publish_on(&mut conn, messages, epoch).await?;
         *slot = Some(conn);
@@ -121,13 +142,21 @@ impl RedisPublisher {
         messages: &[Prepared],
         epoch: i64,
     ) -> Result<Vec<Rejected>, PublishError> {
+        // Each message's list under the global key prefix (kombu prefixes LPUSH's key).
+        let keyed: Vec<String> = messages
+            .iter()
+            .map(|m| match m {
+                Prepared::Redis { list, .. } => format!("{}{list}", self.keyprefix),
+                Prepared::Amqp(_) => String::new(),
+            })
+            .collect();
         // (index in `messages`, id, list, envelope)
         let parts = messages
             .iter()
             .enumerate()
             .map(|(i, m)| match m {
-                Prepared::Redis { id, list, envelope } => {
-                    Ok((i, id.as_str(), list.as_str(), envelope.as_str()))
+                Prepared::Redis { id, envelope, .. } => {
+                    Ok((i, id.as_str(), keyed[i].as_str(), envelope.as_str()))
                 }
                 Prepared::Amqp(message) => Err(PublishError::Encoding(message.id.clone())),
             })

@@ -15,6 +15,7 @@ use crate::{
     leader::{self, Role},
     options::{DispatchMode, RunArgs},
     reconcile,
+    redis_target::TransportOptions,
     status::{Feed, FeedReceivers},
     store,
     supervise::supervise,
@@ -104,8 +105,16 @@ pub(super) fn build(
     let cache = controllers.jobs();
     let mut parts: Vec<Part> = vec![("controllers", Box::pin(controllers.run()))];
     parts.extend(status_parts(args, &s, feed_rx, cache));
-    parts.push(tracker_part(args, &s, backend_url));
-    parts.push(dispatcher_part(args, url, &s, wake, ledger.clone())?);
+    let (broker_options, backend_options) = super::transport_options(args)?;
+    parts.push(tracker_part(args, &s, backend_url, backend_options));
+    parts.push(dispatcher_part(
+        args,
+        url,
+        &s,
+        wake,
+        ledger.clone(),
+        broker_options.clone(),
+    )?);
     parts.push(housekeeping_part(args, &s));
     parts.push((
         "heartbeat",
@@ -119,6 +128,7 @@ pub(super) fn build(
     let sampler = tasks::sample_queue_depths(
         s.pool.clone(),
         args.broker_url.clone(),
+        broker_options,
         ledger,
         s.stop.clone(),
     );
@@ -195,7 +205,12 @@ fn status_parts(
     ]
 }
 
-fn tracker_part(args: &RunArgs, s: &Shared, backend_url: BackendUrl) -> Part {
+fn tracker_part(
+    args: &RunArgs,
+    s: &Shared,
+    backend_url: BackendUrl,
+    options: TransportOptions,
+) -> Part {
     let (pool, role, feed, stop) = (
         s.pool.clone(),
         s.role.clone(),
@@ -207,6 +222,7 @@ fn tracker_part(args: &RunArgs, s: &Shared, backend_url: BackendUrl) -> Part {
         tasks::run_tracker(
             pool.clone(),
             backend_url.clone(),
+            options.clone(),
             role.clone(),
             feed.clone(),
             poll,
@@ -223,6 +239,7 @@ fn dispatcher_part(
     s: &Shared,
     wake: Arc<tokio::sync::Notify>,
     ledger: String,
+    options: TransportOptions,
 ) -> Result<Part> {
     let broker_url = if s.shadow {
         None
@@ -255,6 +272,7 @@ fn dispatcher_part(
         );
         tasks::run_dispatcher(
             broker_url.clone(),
+            options.clone(),
             dedupe_window,
             ledger.clone(),
             move |publisher| Dispatcher {

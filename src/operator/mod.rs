@@ -34,11 +34,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Every URL is checked before anything connects: a typo stops the process at once. Errors
     // and logs name a URL only redacted (`crate::redact`): they carry passwords.
     store::check_url(url).context("--database-url")?;
-    let backend_url = crate::tracker::backend::BackendUrl::parse(Some(&args.result_backend))
-        .context("--result-backend")?;
+    let (broker_options, backend_options) = transport_options(&args)?;
+    let backend_url = crate::tracker::backend::BackendUrl::parse_with(
+        Some(&args.result_backend),
+        &backend_options,
+    )
+    .context("--result-backend")?;
     let shadow = args.dispatch_mode == DispatchMode::Shadow;
     if let Some(broker) = args.broker_url.as_deref() {
-        crate::celery::check_url(broker).context("--broker-url")?;
+        crate::celery::check_url_with(broker, &broker_options).context("--broker-url")?;
     } else if !shadow {
         anyhow::bail!("--broker-url (or BROKER_URL) is required in live mode");
     }
@@ -52,6 +56,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let built = components::build(&args, url, backend_url, pool, client, stop_rx)?;
     run_until_stopped(built, stop_tx).await
+}
+
+/// `--broker-transport-options` and `--result-backend-transport-options`, parsed and bounded
+/// (errors name the option, never its value).
+pub(super) fn transport_options(
+    args: &RunArgs,
+) -> Result<(
+    crate::redis_target::TransportOptions,
+    crate::redis_target::TransportOptions,
+)> {
+    use crate::redis_target::TransportOptions;
+    Ok((
+        TransportOptions::parse(args.broker_transport_options.as_deref())
+            .context("--broker-transport-options")?,
+        TransportOptions::parse(args.result_backend_transport_options.as_deref())
+            .context("--result-backend-transport-options")?,
+    ))
 }
 
 /// Connect to Postgres and apply the migrations. Postgres unreachable at start (a restart, a

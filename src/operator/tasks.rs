@@ -12,6 +12,7 @@ use crate::{
     dispatch::Dispatcher,
     leader::Role,
     metrics::METRICS,
+    redis_target::TransportOptions,
     status::Feed,
     store,
     tracker::backend::{Backend, BackendUrl},
@@ -48,6 +49,7 @@ pub(super) async fn retrying<
 /// Connect to the broker (retrying: it may start after us), then dispatch while leader.
 pub(super) async fn run_dispatcher(
     broker_url: Option<String>,
+    options: TransportOptions,
     dedupe_window: Duration,
     ledger: String,
     dispatcher: impl FnOnce(Option<Publisher>) -> Dispatcher,
@@ -58,7 +60,7 @@ pub(super) async fn run_dispatcher(
         // Re-publishes happen until an execution is given up: remember sent ids a while longer.
         Some(url) => match retrying(
             "the broker",
-            || Publisher::connect(&url, dedupe_window, &ledger),
+            || Publisher::connect_with(&url, &options, dedupe_window, &ledger),
             &mut stop,
         )
         .await
@@ -74,12 +76,13 @@ pub(super) async fn run_dispatcher(
 pub(super) async fn run_tracker(
     pool: sqlx::PgPool,
     url: BackendUrl,
+    options: TransportOptions,
     role: watch::Receiver<Role>,
     feed: Feed,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let connect = || Backend::connect(&url);
+    let connect = || Backend::connect_with(&url, &options);
     let Some(backend) = retrying("the result backend", connect, &mut stop).await else {
         return; // stopping
     };
@@ -128,13 +131,14 @@ pub(super) async fn heartbeat(
 pub(super) async fn sample_queue_depths(
     pool: sqlx::PgPool,
     broker_url: Option<String>,
+    options: TransportOptions,
     ledger: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(url) = broker_url else { return };
     let Some(publisher) = retrying(
         "the broker (queue depths)",
-        || Publisher::connect(&url, Duration::from_secs(60), &ledger),
+        || Publisher::connect_with(&url, &options, Duration::from_secs(60), &ledger),
         &mut stop,
     )
     .await

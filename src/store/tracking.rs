@@ -145,27 +145,52 @@ pub struct TaskMetaRow {
     pub date_done: Option<NaiveDateTime>,
 }
 
+/// Which table of results [`taskmeta_first`] and [`taskmeta_rest`] read: Celery's database
+/// backend (`celery_taskmeta`, `result` bytea, `date_done` naive UTC) or django-celery-results
+/// (`django_celery_results_taskresult`, `result` JSON text, `date_done` timestamptz).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultTable {
+    Celery,
+    Django,
+}
+
 /// The records of `task_ids`, each result and traceback only when at most `max_bytes` long.
-/// Celery creates its tables on first use: until then there are no records (an empty list).
+/// Celery (and Django's migrations) create the tables on first use: until then there are no
+/// records (an empty list).
 pub async fn taskmeta_first(
     pool: &PgPool,
+    table: ResultTable,
     task_ids: &[String],
     max_bytes: i32,
 ) -> Result<Vec<TaskMetaRow>, StoreError> {
-    let read = sqlx::query_as(
-        "SELECT task_id, status,
+    let sql = match table {
+        ResultTable::Celery => {
+            "SELECT task_id, status,
                 octet_length(result) AS result_bytes,
                 CASE WHEN octet_length(result) <= $2 THEN result END AS result,
                 octet_length(traceback) AS traceback_bytes,
                 CASE WHEN octet_length(traceback) <= $2 THEN traceback END AS traceback,
                 CASE WHEN date_done >= '1970-01-01' AND date_done < '10000-01-01'
                      THEN date_done END AS date_done
-         FROM celery_taskmeta WHERE task_id = ANY($1)",
-    )
-    .bind(task_ids)
-    .bind(max_bytes)
-    .fetch_all(pool)
-    .await;
+         FROM celery_taskmeta WHERE task_id = ANY($1)"
+        }
+        ResultTable::Django => {
+            "SELECT task_id, status,
+                octet_length(result) AS result_bytes,
+                CASE WHEN octet_length(result) <= $2 THEN convert_to(result, 'UTF8') END
+                    AS result,
+                octet_length(traceback) AS traceback_bytes,
+                CASE WHEN octet_length(traceback) <= $2 THEN traceback END AS traceback,
+                CASE WHEN date_done >= '1970-01-01 UTC' AND date_done < '10000-01-01 UTC'
+                     THEN date_done AT TIME ZONE 'UTC' END AS date_done
+         FROM django_celery_results_taskresult WHERE task_id = ANY($1)"
+        }
+    };
+    let read = sqlx::query_as(sql)
+        .bind(task_ids)
+        .bind(max_bytes)
+        .fetch_all(pool)
+        .await;
     match read {
         Ok(rows) => Ok(rows),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(Vec::new()),
@@ -177,12 +202,14 @@ pub async fn taskmeta_first(
 /// long and each traceback as its last `traceback_chars` characters.
 pub async fn taskmeta_rest(
     pool: &PgPool,
+    table: ResultTable,
     task_ids: &[&str],
     max_bytes: &[i32],
     traceback_chars: i32,
 ) -> Result<Vec<TaskMetaRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT m.task_id, m.status,
+    let sql = match table {
+        ResultTable::Celery => {
+            "SELECT m.task_id, m.status,
                 octet_length(m.result) AS result_bytes,
                 CASE WHEN octet_length(m.result) <= w.max_bytes THEN m.result END
                     AS result,
@@ -192,11 +219,26 @@ pub async fn taskmeta_rest(
                      THEN m.date_done END AS date_done
          FROM celery_taskmeta m
          JOIN UNNEST($1::text[], $2::int[]) AS w(task_id, max_bytes)
-           ON m.task_id = w.task_id",
-    )
-    .bind(task_ids)
-    .bind(max_bytes)
-    .bind(traceback_chars)
-    .fetch_all(pool)
-    .await?)
+           ON m.task_id = w.task_id"
+        }
+        ResultTable::Django => {
+            "SELECT m.task_id, m.status,
+                octet_length(m.result) AS result_bytes,
+                CASE WHEN octet_length(m.result) <= w.max_bytes
+                     THEN convert_to(m.result, 'UTF8') END AS result,
+                octet_length(m.traceback) AS traceback_bytes,
+                right(m.traceback, $3) AS traceback,
+                CASE WHEN m.date_done >= '1970-01-01 UTC' AND m.date_done < '10000-01-01 UTC'
+                     THEN m.date_done AT TIME ZONE 'UTC' END AS date_done
+         FROM django_celery_results_taskresult m
+         JOIN UNNEST($1::text[], $2::int[]) AS w(task_id, max_bytes)
+           ON m.task_id = w.task_id"
+        }
+    };
+    Ok(sqlx::query_as(sql)
+        .bind(task_ids)
+        .bind(max_bytes)
+        .bind(traceback_chars)
+        .fetch_all(pool)
+        .await?)
 }

@@ -1,5 +1,6 @@
-//! Reading Celery's result backend: Redis (`celery-task-meta-<id>` keys) or the database
-//! backend in Postgres (`celery_taskmeta`). Batched: one round trip per batch of task ids (and
+//! Reading Celery's result backend: Redis (`celery-task-meta-<id>` keys; also behind Sentinel
+//! and under Celery's `global_keyprefix`), the database backend in Postgres (`celery_taskmeta`)
+//! or django-celery-results' table in Postgres (`django_celery_results_taskresult`). Batched: one round trip per batch of task ids (and
 //! more only for the rare records larger than [`FIRST_READ_BYTES`]), every record size-capped
 //! before it is decoded.
 
@@ -12,16 +13,17 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use super::decode::{self, Meta};
 use crate::{
     redact::{self, RedactedUrl},
+    redis_target::{RedisTarget, SharedConn, TargetError, TransportOptions},
     store::{
         StoreError,
-        tracking::{self, TaskMetaRow},
+        tracking::{self, ResultTable, TaskMetaRow},
     },
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(
-        "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): {0}"
+        "unsupported result backend (expected redis://, rediss://, sentinel://, db+postgresql://..., django-db+postgresql://... or none): {0}"
     )]
     Url(RedactedUrl),
     #[error("invalid result backend {url}: {reason}")]
@@ -34,6 +36,8 @@ pub enum BackendError {
     Query(#[from] StoreError),
     #[error("redis result backend: unexpected reply: {0}")]
     Reply(String),
+    #[error("redis result backend: {0}")]
+    Target(#[from] TargetError),
 }
 
 /// Where Celery stores results, as named by a Celery `result_backend` URL. Its `Debug` shows the
@@ -45,6 +49,9 @@ pub enum BackendUrl {
     Redis(String),
     /// A Postgres URL sqlx understands (the `db+` prefix and SQLAlchemy driver removed).
     Postgres(String),
+    /// django-celery-results in Postgres (`django-db+postgresql://...`: the URL of the database
+    /// Django's `DATABASES` names, which Celery's `django-db` backend writes to).
+    Django(String),
 }
 
 impl std::fmt::Debug for BackendUrl {
@@ -53,6 +60,7 @@ impl std::fmt::Debug for BackendUrl {
             BackendUrl::None => f.write_str("None"),
             BackendUrl::Redis(u) => f.debug_tuple("Redis").field(&redact::url(u)).finish(),
             BackendUrl::Postgres(u) => f.debug_tuple("Postgres").field(&redact::url(u)).finish(),
+            BackendUrl::Django(u) => f.debug_tuple("Django").field(&redact::url(u)).finish(),
         }
     }
 }
@@ -61,6 +69,15 @@ impl BackendUrl {
     /// Parsed as the client libraries will, without connecting: a URL that cannot work is an
     /// error at start, not a connection retried forever.
     pub fn parse(url: Option<&str>) -> Result<BackendUrl, BackendError> {
+        BackendUrl::parse_with(url, &TransportOptions::default())
+    }
+
+    /// [`BackendUrl::parse`] with Celery's `result_backend_transport_options` (`master_name`
+    /// for a `sentinel://` URL).
+    pub fn parse_with(
+        url: Option<&str>,
+        options: &TransportOptions,
+    ) -> Result<BackendUrl, BackendError> {
         let url = url.map(str::trim).unwrap_or("");
         if url.is_empty() || url == "none" {
             return Ok(BackendUrl::None);
@@ -73,6 +90,19 @@ impl BackendUrl {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             redis::Client::open(url).map_err(|e| invalid(e.to_string()))?;
             return Ok(BackendUrl::Redis(url.to_string()));
+        }
+        if url.starts_with("sentinel://") {
+            RedisTarget::new(url, options)?;
+            return Ok(BackendUrl::Redis(url.to_string()));
+        }
+        if let Some(tail) = url
+            .strip_prefix("django-db+postgresql://")
+            .or_else(|| url.strip_prefix("django-db+postgres://"))
+        {
+            let pg = format!("postgresql://{tail}");
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&pg)
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok(BackendUrl::Django(pg));
         }
         if let Some(rest) = url.strip_prefix("db+")
             && let Some((scheme, tail)) = rest.split_once("://")
@@ -93,28 +123,38 @@ impl BackendUrl {
 /// A connected result backend.
 pub enum Backend {
     None,
-    Redis(ConnectionManager),
-    Postgres(PgPool),
+    Redis {
+        /// Boxed: the Sentinel client inside is large, the other variants are a pointer.
+        conn: Box<SharedConn>,
+        /// Before `celery-task-meta-` (Celery's `global_keyprefix`, as its backend spells it).
+        keyprefix: String,
+    },
+    Postgres(PgPool, ResultTable),
 }
 
 impl Backend {
     pub async fn connect(url: &BackendUrl) -> Result<Backend, BackendError> {
+        Backend::connect_with(url, &TransportOptions::default()).await
+    }
+
+    /// [`Backend::connect`] with Celery's `result_backend_transport_options`.
+    pub async fn connect_with(
+        url: &BackendUrl,
+        options: &TransportOptions,
+    ) -> Result<Backend, BackendError> {
         Ok(match url {
             BackendUrl::None => Backend::None,
             BackendUrl::Redis(u) => {
-                let client = redis::Client::open(u.as_str())?;
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_response_timeout(Some(std::time::Duration::from_secs(5)))
                     .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
-                Backend::Redis(ConnectionManager::new_with_config(client, cfg).await?)
+                Backend::Redis {
+                    conn: Box::new(SharedConn::connect(RedisTarget::new(u, options)?, cfg).await?),
+                    keyprefix: result_keyprefix(&options.global_keyprefix),
+                }
             }
-            BackendUrl::Postgres(u) => Backend::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(std::time::Duration::from_secs(5))
-                    .connect(u)
-                    .await?,
-            ),
+            BackendUrl::Postgres(u) => Backend::Postgres(pg_pool(u).await?, ResultTable::Celery),
+            BackendUrl::Django(u) => Backend::Postgres(pg_pool(u).await?, ResultTable::Django),
         })
     }
 
@@ -134,22 +174,51 @@ impl Backend {
         }
         match self {
             Backend::None => {}
-            Backend::Redis(conn) => fetch_redis(&mut conn.clone(), task_ids, &mut found).await?,
-            Backend::Postgres(pool) => fetch_postgres(pool, task_ids, &mut found).await?,
+            Backend::Redis { conn, keyprefix } => {
+                let mut c = conn.get().await?;
+                if let Err(e) = fetch_redis(&mut c, keyprefix, task_ids, &mut found).await {
+                    if let BackendError::Redis(r) = &e {
+                        conn.failed(r).await;
+                    }
+                    return Err(e);
+                }
+            }
+            Backend::Postgres(pool, table) => {
+                fetch_postgres(pool, *table, task_ids, &mut found).await?
+            }
         }
         Ok(found)
     }
 }
 
-/// [`Backend::fetch`] from Redis: `celery-task-meta-<id>` keys.
+async fn pg_pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Celery's result key prefix for a `global_keyprefix`: Celery appends `_` to one that does not
+/// end in `:`, `_`, `-` or `.` (`KeyValueStoreBackend._add_global_keyprefix`).
+pub fn result_keyprefix(global: &str) -> String {
+    match global.chars().last() {
+        None => String::new(),
+        Some(':' | '_' | '-' | '.') => global.to_string(),
+        Some(_) => format!("{global}_"),
+    }
+}
+
+/// [`Backend::fetch`] from Redis: `<prefix>celery-task-meta-<id>` keys.
 async fn fetch_redis(
     conn: &mut ConnectionManager,
+    keyprefix: &str,
     task_ids: &[String],
     found: &mut HashMap<String, Meta>,
 ) -> Result<(), BackendError> {
     let keys: Vec<String> = task_ids
         .iter()
-        .map(|id| format!("celery-task-meta-{id}"))
+        .map(|id| format!("{keyprefix}celery-task-meta-{id}"))
         .collect();
     let first: Vec<(&str, usize)> = keys
         .iter()
@@ -178,14 +247,16 @@ async fn fetch_redis(
     Ok(())
 }
 
-/// [`Backend::fetch`] from Celery's database backend: the result and traceback only when small,
-/// the lengths always; the few larger records in further round trips within the budget.
+/// [`Backend::fetch`] from Celery's database backend or django-celery-results: the result and
+/// traceback only when small, the lengths always; the few larger records in further round trips
+/// within the budget.
 async fn fetch_postgres(
     pool: &PgPool,
+    table: ResultTable,
     task_ids: &[String],
     found: &mut HashMap<String, Meta>,
 ) -> Result<(), BackendError> {
-    let rows = tracking::taskmeta_first(pool, task_ids, FIRST_READ_BYTES as i32).await?;
+    let rows = tracking::taskmeta_first(pool, table, task_ids, FIRST_READ_BYTES as i32).await?;
     // (task id, result length, bytes this record costs to read again)
     let mut larger: Vec<(String, Option<usize>, usize)> = Vec::new();
     for row in rows {
@@ -222,7 +293,8 @@ async fn fetch_postgres(
                     .unwrap_or(0)
             })
             .collect();
-        let rows = tracking::taskmeta_rest(pool, &ids, &max, TRACEBACK_READ_CHARS as i32).await?;
+        let rows =
+            tracking::taskmeta_rest(pool, table, &ids, &max, TRACEBACK_READ_CHARS as i32).await?;
         for row in rows {
             let rb = byte_len(row.result_bytes);
             if row.status.is_some()
@@ -371,8 +443,32 @@ mod tests {
             BackendUrl::parse(Some("db+postgresql://h/db")).unwrap(),
             BackendUrl::Postgres("postgresql://h/db".into())
         );
+        assert_eq!(
+            BackendUrl::parse(Some("django-db+postgresql://u:p@h:5432/db")).unwrap(),
+            BackendUrl::Django("postgresql://u:p@h:5432/db".into())
+        );
+        assert!(BackendUrl::parse(Some("django-db")).is_err());
+        assert!(BackendUrl::parse(Some("sentinel://127.0.0.1:26379")).is_err());
+        let master = TransportOptions {
+            master_name: Some("mymaster".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            BackendUrl::parse_with(Some("sentinel://127.0.0.1:26379/1"), &master).unwrap(),
+            BackendUrl::Redis("sentinel://127.0.0.1:26379/1".into())
+        );
         assert!(BackendUrl::parse(Some("db+mysql://h/db")).is_err());
         assert!(BackendUrl::parse(Some("rpc://")).is_err());
+    }
+
+    #[test]
+    fn result_key_prefix_as_celery_spells_it() {
+        assert_eq!(result_keyprefix(""), "");
+        assert_eq!(result_keyprefix("x:"), "x:");
+        assert_eq!(result_keyprefix("app."), "app.");
+        assert_eq!(result_keyprefix("app-"), "app-");
+        assert_eq!(result_keyprefix("app_"), "app_");
+        assert_eq!(result_keyprefix("app"), "app_");
     }
 
     #[test]
@@ -380,11 +476,11 @@ mod tests {
         for (bad, shown) in [
             (
                 "rpc://u:s3cr3t@127.0.0.1/",
-                "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): rpc://u:***@127.0.0.1/",
+                "unsupported result backend (expected redis://, rediss://, sentinel://, db+postgresql://..., django-db+postgresql://... or none): rpc://u:***@127.0.0.1/",
             ),
             (
                 "db+mysql://u:s3cr3t@127.0.0.1/db",
-                "unsupported result backend (expected redis://, rediss://, db+postgresql://... or none): db+mysql://u:***@127.0.0.1/db",
+                "unsupported result backend (expected redis://, rediss://, sentinel://, db+postgresql://..., django-db+postgresql://... or none): db+mysql://u:***@127.0.0.1/db",
             ),
             (
                 "db+postgresql://u:s3cr3t/x@127.0.0.1/db",

@@ -6,8 +6,15 @@ database named by KB_RECORD_DSN) so tests can count executions exactly, from the
 
 Configuration (environment):
   CELERY_BROKER_URL      redis://... or amqp://...
-  CELERY_RESULT_BACKEND  redis://..., db+postgresql+psycopg2://... or unset (no results)
+  CELERY_RESULT_BACKEND  redis://..., db+postgresql+psycopg2://..., django-db (with
+                         DJANGO_SETTINGS_MODULE=kb_django_settings) or unset (no results)
   KB_RECORD_DSN          postgresql://... where invocations are recorded
+  KB_QUEUE_ARGUMENTS     optional JSON {"queue": {"x-queue-type": "quorum"}, ...}: the worker
+                         declares these queues with these arguments (quorum, x-max-priority)
+  KB_RESULT_EXTENDED     optional, non-empty: Celery's result_extended = True
+  KB_BROKER_TRANSPORT_OPTIONS / KB_RESULT_BACKEND_TRANSPORT_OPTIONS
+                         optional JSON: Celery's broker_transport_options and
+                         result_backend_transport_options (master_name, global_keyprefix, ...)
 Run: celery -A kb_worker worker -Q celery,ad_queue,...
 """
 
@@ -19,6 +26,12 @@ import time
 
 import psycopg2
 from celery import Celery
+
+if os.environ.get("DJANGO_SETTINGS_MODULE"):
+    # Celery's `django-db` result backend (django-celery-results) needs Django set up first.
+    import django
+
+    django.setup()
 
 app = Celery("kb_worker")
 app.conf.update(
@@ -32,6 +45,25 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("KB_PREFETCH", "4")),
 )
+
+for _name, _setting in (
+    ("KB_BROKER_TRANSPORT_OPTIONS", "broker_transport_options"),
+    ("KB_RESULT_BACKEND_TRANSPORT_OPTIONS", "result_backend_transport_options"),
+):
+    if os.environ.get(_name):
+        app.conf[_setting] = json.loads(os.environ[_name])
+
+if os.environ.get("KB_RESULT_EXTENDED"):
+    # django-celery-results stores a failure's traceback only with result_extended.
+    app.conf.result_extended = True
+
+if os.environ.get("KB_QUEUE_ARGUMENTS"):
+    from kombu import Queue
+
+    app.conf.task_queues = [
+        Queue(name, routing_key=name, queue_arguments=arguments)
+        for name, arguments in json.loads(os.environ["KB_QUEUE_ARGUMENTS"]).items()
+    ]
 
 _local = threading.local()
 _schema_ready = False

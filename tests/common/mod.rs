@@ -240,6 +240,20 @@ impl Worker {
         concurrency: u32,
         pool: &str,
     ) -> Worker {
+        Worker::start_env(broker, backend, queues, record_dsn, concurrency, pool, &[])
+    }
+
+    /// A worker with extra environment (`KB_QUEUE_ARGUMENTS`, `KB_BROKER_TRANSPORT_OPTIONS`,
+    /// ...: see tests/celery_app/kb_worker.py).
+    pub fn start_env(
+        broker: &str,
+        backend: Option<&str>,
+        queues: &str,
+        record_dsn: &str,
+        concurrency: u32,
+        pool: &str,
+        extra: &[(&str, &str)],
+    ) -> Worker {
         Worker::start_in(
             &env().celery_venv,
             broker,
@@ -248,10 +262,13 @@ impl Worker {
             record_dsn,
             concurrency,
             pool,
+            extra,
         )
     }
 
-    /// A worker of the Celery installed in `venv` (the version matrix: `hack/celery-venv.sh 5.2`).
+    /// A worker of the Celery installed in `venv` (the version matrix: `hack/celery-venv.sh 5.2`),
+    /// with extra environment.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_in(
         venv: &std::path::Path,
         broker: &str,
@@ -260,6 +277,7 @@ impl Worker {
         record_dsn: &str,
         concurrency: u32,
         pool: &str,
+        extra: &[(&str, &str)],
     ) -> Worker {
         let env = env();
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
@@ -277,6 +295,7 @@ impl Worker {
             .env("KB_CELERY_CONCURRENCY", concurrency.to_string())
             .env("KB_CELERY_POOL", pool)
             .env("KB_PREFETCH", if concurrency == 8 { "4" } else { "1" })
+            .envs(extra.iter().copied())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()

@@ -66,10 +66,26 @@ helm.sh/* for the chart itself. */}}
 - name: BROKER_URL
   valueFrom:
     secretKeyRef: {name: {{ .Values.broker.existingSecret | quote }}, key: {{ .Values.broker.key | quote }}}
+{{- if .Values.broker.transportOptionsKey }}
+- name: BROKER_TRANSPORT_OPTIONS
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.broker.existingSecret | quote }}, key: {{ .Values.broker.transportOptionsKey | quote }}}
+{{- else if .Values.broker.transportOptions }}
+- name: BROKER_TRANSPORT_OPTIONS
+  value: {{ .Values.broker.transportOptions | toJson | quote }}
+{{- end }}
 {{- if .Values.resultBackend.enabled }}
 - name: RESULT_BACKEND
   valueFrom:
     secretKeyRef: {name: {{ .Values.resultBackend.existingSecret | quote }}, key: {{ .Values.resultBackend.key | quote }}}
+{{- if .Values.resultBackend.transportOptionsKey }}
+- name: RESULT_BACKEND_TRANSPORT_OPTIONS
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.resultBackend.existingSecret | quote }}, key: {{ .Values.resultBackend.transportOptionsKey | quote }}}
+{{- else if .Values.resultBackend.transportOptions }}
+- name: RESULT_BACKEND_TRANSPORT_OPTIONS
+  value: {{ .Values.resultBackend.transportOptions | toJson | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
