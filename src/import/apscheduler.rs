@@ -48,9 +48,10 @@ pub async fn read(
     target: &str,
     opts: &ReadOptions,
 ) -> Result<Vec<Result<Candidate, ImportError>>, ImportError> {
-    let rows = foreign::apscheduler_jobs(target, &opts.apscheduler_table, MAX_ROWS, MAX_STATE_BYTES)
-        .await
-        .map_err(|e| ImportError::source(e.to_string()))?;
+    let rows =
+        foreign::apscheduler_jobs(target, &opts.apscheduler_table, MAX_ROWS, MAX_STATE_BYTES)
+            .await
+            .map_err(|e| ImportError::source(e.to_string()))?;
     if rows.truncated {
         return Err(ImportError::source(format!(
             "more than {MAX_ROWS} jobs: kube-beat import reads at most {MAX_ROWS}"
@@ -305,9 +306,15 @@ fn zone_name(z: &Data) -> Result<String, String> {
     let path = callable.class_path().unwrap_or_default();
     // ZoneInfo pickles as getattr(ZoneInfo, "_unpickle")(key, from_cache).
     let zoneinfo = match callable.as_ref() {
-        Data::Reduce { callable: g, args: a } => {
+        Data::Reduce {
+            callable: g,
+            args: a,
+        } => {
             g.class_path().as_deref() == Some("builtins.getattr")
-                && a.items().and_then(|a| a.first()).and_then(Data::class_path).as_deref()
+                && a.items()
+                    .and_then(|a| a.first())
+                    .and_then(Data::class_path)
+                    .as_deref()
                     == Some("zoneinfo.ZoneInfo")
         }
         _ => false,
@@ -340,13 +347,17 @@ fn zone_name(z: &Data) -> Result<String, String> {
             "fixed UTC offset of {offset} s: only whole hours map to an IANA zone"
         ));
     }
-    Err(format!("time zone {path}: not a zoneinfo, pytz or datetime.timezone value"))
+    Err(format!(
+        "time zone {path}: not a zoneinfo, pytz or datetime.timezone value"
+    ))
 }
 
 /// `datetime.timedelta(days, seconds, microseconds)` in seconds.
 fn timedelta_seconds(d: &Data) -> Result<f64, String> {
     match d {
-        Data::Reduce { callable, args } if callable.class_path().as_deref() == Some("datetime.timedelta") => {
+        Data::Reduce { callable, args }
+            if callable.class_path().as_deref() == Some("datetime.timedelta") =>
+        {
             let a = args.items().unwrap_or_default();
             let part = |i: usize| a.get(i).and_then(Data::as_i64).unwrap_or(0) as f64;
             Ok(part(0) * 86_400.0 + part(1) + part(2) / 1e6)
@@ -410,9 +421,9 @@ fn datetime(d: &Data) -> Result<Option<DateTime<Utc>>, String> {
         .map_err(|_| format!("unknown time zone {name:?}"))?;
     match zone.from_local_datetime(&local) {
         chrono::LocalResult::Single(t) => Ok(Some(t.with_timezone(&Utc))),
-        chrono::LocalResult::Ambiguous(first, second) => Ok(Some(
-            if fold { second } else { first }.with_timezone(&Utc),
-        )),
+        chrono::LocalResult::Ambiguous(first, second) => {
+            Ok(Some(if fold { second } else { first }.with_timezone(&Utc)))
+        }
         // In a gap, Python (fold = 0) uses the offset from before the gap.
         chrono::LocalResult::None => {
             let before = zone
@@ -518,7 +529,8 @@ fn cron_expression(tstate: &Data) -> Result<String, String> {
         );
     }
     // APScheduler's weekdays count Monday = 0; cron's Sunday = 0.
-    let dow: Option<BTreeSet<u32>> = get("day_of_week").map(|s| s.iter().map(|d| (d + 1) % 7).collect());
+    let dow: Option<BTreeSet<u32>> =
+        get("day_of_week").map(|s| s.iter().map(|d| (d + 1) % 7).collect());
     let mut out = Vec::new();
     for (field, set) in [
         (cron_fields::MINUTE, get("minute")),

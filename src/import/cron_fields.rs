@@ -193,8 +193,14 @@ mod tests {
             parse_celery(DAY_OF_WEEK, "mon-fri").unwrap(),
             set(&[1, 2, 3, 4, 5])
         );
-        assert_eq!(parse_celery(DAY_OF_WEEK, "sat-mon").unwrap(), set(&[6, 0, 1]));
-        assert_eq!(parse_celery(DAY_OF_MONTH, "*/10").unwrap(), set(&[1, 11, 21, 31]));
+        assert_eq!(
+            parse_celery(DAY_OF_WEEK, "sat-mon").unwrap(),
+            set(&[6, 0, 1])
+        );
+        assert_eq!(
+            parse_celery(DAY_OF_MONTH, "*/10").unwrap(),
+            set(&[1, 11, 21, 31])
+        );
         assert_eq!(parse_celery(MONTH, "jan,dec").unwrap(), set(&[1, 12]));
         assert_eq!(parse_celery(HOUR, "22-2/2").unwrap(), set(&[22, 0, 2]));
         assert!(parse_celery(MINUTE, "60").is_err());
@@ -206,7 +212,10 @@ mod tests {
     #[test]
     fn sets_as_cron_fields() {
         assert_eq!(render(MINUTE, &(0..60).collect()).unwrap(), "*");
-        assert_eq!(render(HOUR, &set(&[1, 2, 3, 5, 7, 8])).unwrap(), "1-3,5,7,8");
+        assert_eq!(
+            render(HOUR, &set(&[1, 2, 3, 5, 7, 8])).unwrap(),
+            "1-3,5,7,8"
+        );
         assert_eq!(render(DAY_OF_WEEK, &set(&[0])).unwrap(), "0");
         assert_eq!(render(MINUTE, &BTreeSet::new()), None);
     }

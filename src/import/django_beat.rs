@@ -129,13 +129,19 @@ pub fn convert(r: &DjangoPeriodicTask, now: DateTime<Utc>) -> Result<Candidate, 
                 .map_err(|e| fail(format!("crontab: {e}")))
         };
         let sets: [(cron_fields::Field, BTreeSet<u32>); 5] = [
-            (cron_fields::MINUTE, field(cron_fields::MINUTE, &Some(minute.clone()))?),
+            (
+                cron_fields::MINUTE,
+                field(cron_fields::MINUTE, &Some(minute.clone()))?,
+            ),
             (cron_fields::HOUR, field(cron_fields::HOUR, &r.cron_hour)?),
             (
                 cron_fields::DAY_OF_MONTH,
                 field(cron_fields::DAY_OF_MONTH, &r.cron_day_of_month)?,
             ),
-            (cron_fields::MONTH, field(cron_fields::MONTH, &r.cron_month_of_year)?),
+            (
+                cron_fields::MONTH,
+                field(cron_fields::MONTH, &r.cron_month_of_year)?,
+            ),
             (
                 cron_fields::DAY_OF_WEEK,
                 field(cron_fields::DAY_OF_WEEK, &r.cron_day_of_week)?,
@@ -171,7 +177,9 @@ pub fn convert(r: &DjangoPeriodicTask, now: DateTime<Utc>) -> Result<Candidate, 
             "solar schedule ({event}): kube-beat has no sunrise/sunset schedules"
         )));
     } else {
-        return Err(fail("no schedule (interval, crontab, clocked or solar)".into()));
+        return Err(fail(
+            "no schedule (interval, crontab, clocked or solar)".into(),
+        ));
     };
     spec.insert("schedule".into(), schedule);
 
@@ -409,6 +417,11 @@ mod tests {
             args: "{".into(),
             ..t.clone()
         };
-        assert!(convert(&bad_args, now()).unwrap_err().reason.contains("JSON"));
+        assert!(
+            convert(&bad_args, now())
+                .unwrap_err()
+                .reason
+                .contains("JSON")
+        );
     }
 }

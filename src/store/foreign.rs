@@ -118,8 +118,8 @@ where
             .await?;
         sqlx::query("SELECT set_config('statement_timeout', $1, true)")
             .bind(STATEMENT_TIMEOUT_MS.to_string())
-        .execute(&mut *tx)
-        .await?;
+            .execute(&mut *tx)
+            .await?;
         let out = query(&mut tx).await?;
         tx.rollback().await?;
         Ok::<T, sqlx::Error>(out)
@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn table_names_are_identifiers() {
-        assert_eq!(quoted_table("apscheduler_jobs").unwrap(), "\"apscheduler_jobs\"");
+        assert_eq!(
+            quoted_table("apscheduler_jobs").unwrap(),
+            "\"apscheduler_jobs\""
+        );
         assert_eq!(quoted_table("app.jobs_2").unwrap(), "\"app\".\"jobs_2\"");
         for bad in ["", "a;drop", "a.b.c", "1abc", "a\"b", "a b"] {
             assert!(quoted_table(bad).is_err(), "{bad}");

@@ -107,7 +107,10 @@ fn a_pickle_that_would_run_code_is_only_data() {
 #[test]
 fn protocol_0_and_hostile_pickles() {
     let d = state(fixtures::PROTO0);
-    assert_eq!(to_json(&d).unwrap(), json!({"a": [1, 2], "b": ["x", 3.5], "c": null}));
+    assert_eq!(
+        to_json(&d).unwrap(),
+        json!({"a": [1, 2], "b": ["x", 3.5], "c": null})
+    );
     // A list nested 100 levels deep: refused at the depth budget, without recursion.
     let mut deep = vec![0x80, 4];
     deep.extend(std::iter::repeat_n(b']', 100));

@@ -32,9 +32,15 @@ pub enum Data {
     List(Vec<Data>),
     Dict(Vec<(Data, Data)>),
     /// `module.name`, never resolved.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// `callable(*args)`, never called.
-    Reduce { callable: Box<Data>, args: Box<Data> },
+    Reduce {
+        callable: Box<Data>,
+        args: Box<Data>,
+    },
     /// An instance: its class, constructor arguments and `BUILD` state (or `None`).
     Object {
         class: Box<Data>,
