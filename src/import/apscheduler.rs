@@ -176,15 +176,13 @@ pub fn convert(
             ));
         }
     }
-    if let Some(jitter) = tstate.get("jitter").and_then(number) {
-        if jitter > 0.0 {
-            spec.insert("jitterSeconds".into(), json!(jitter.ceil() as i64));
-            differences.push(Difference::new(
-                "jitter-deterministic",
-                "APScheduler delays each run by a random amount up to `jitter`; kube-beat by a \
-                 deterministic one in [0, jitterSeconds), derived from the job and the slot",
-            ));
-        }
+    if let Some(jitter) = tstate.get("jitter").and_then(number).filter(|j| *j > 0.0) {
+        spec.insert("jitterSeconds".into(), json!(jitter.ceil() as i64));
+        differences.push(Difference::new(
+            "jitter-deterministic",
+            "APScheduler delays each run by a random amount up to `jitter`; kube-beat by a \
+             deterministic one in [0, jitterSeconds), derived from the job and the slot",
+        ));
     }
     let mut suspend = paused;
     if let Some(end) = end {
@@ -242,13 +240,15 @@ pub fn convert(
         }
         _ => {}
     }
-    if let Some(name) = state.get("name").and_then(Data::as_str) {
-        if name != id && name != callable {
-            spec.insert(
-                "description".into(),
-                json!(name.chars().take(1024).collect::<String>()),
-            );
-        }
+    if let Some(name) = state
+        .get("name")
+        .and_then(Data::as_str)
+        .filter(|n| *n != id && *n != callable)
+    {
+        spec.insert(
+            "description".into(),
+            json!(name.chars().take(1024).collect::<String>()),
+        );
     }
     Ok(Candidate {
         name: id.to_string(),

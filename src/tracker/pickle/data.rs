@@ -209,7 +209,7 @@ impl Decoder<'_> {
         let data = match kind {
             b't' => Data::Tuple(values),
             b'd' => {
-                if values.len() % 2 != 0 {
+                if !values.len().is_multiple_of(2) {
                     return Err(Refused::Malformed);
                 }
                 let mut it = values.into_iter();
@@ -251,7 +251,7 @@ impl Decoder<'_> {
             (Data::List(list), false) => list.extend(values),
             (Data::Dict(dict), true) => {
                 let values: Vec<Data> = values.collect();
-                if values.len() % 2 != 0 {
+                if !values.len().is_multiple_of(2) {
                     return Err(Refused::Malformed);
                 }
                 let mut it = values.into_iter();
