@@ -2,6 +2,7 @@
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
 pub mod claims;
+pub mod foreign;
 pub mod jobs;
 pub mod leader;
 pub mod migrate;

@@ -15,6 +15,7 @@
 //! [`opcodes`] is the stack machine (one arm per opcode); [`stack`] is the scanner's input,
 //! stack, memo and size accounting.
 
+pub mod data;
 mod opcodes;
 mod stack;
 
