@@ -234,6 +234,19 @@ impl Worker {
         concurrency: u32,
         pool: &str,
     ) -> Worker {
+        Worker::start_env(broker, backend, queues, record_dsn, concurrency, pool, &[])
+    }
+
+    /// As `start_pool`, with extra environment for the worker (e.g. `KB_BOUND_QUEUE`).
+    pub fn start_env(
+        broker: &str,
+        backend: Option<&str>,
+        queues: &str,
+        record_dsn: &str,
+        concurrency: u32,
+        pool: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Worker {
         let env = env();
         let log = std::env::temp_dir().join(format!("{}.log", unique("kb-worker")));
         let file = std::fs::File::create(&log).expect("creating the worker log");
@@ -250,6 +263,7 @@ impl Worker {
             .env("KB_CELERY_CONCURRENCY", concurrency.to_string())
             .env("KB_CELERY_POOL", pool)
             .env("KB_PREFETCH", if concurrency == 8 { "4" } else { "1" })
+            .envs(extra_env.iter().copied())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
