@@ -109,7 +109,10 @@ async fn redis_envelope_equals_apply_async_with_the_same_options() {
     );
     // The exchange's binding, as a worker consuming `bound` from that exchange declares it.
     let member = format!("{rk}\x06\x16\x06\x16{bound}");
-    redis_cmd(&url, &["SADD", &format!("_kombu.binding.{exchange}"), &member]);
+    redis_cmd(
+        &url,
+        &["SADD", &format!("_kombu.binding.{exchange}"), &member],
+    );
     let id = unique("cap");
     let (call, send) = options(&exchange, &rk);
     let mut opts = call.clone();
@@ -128,7 +131,10 @@ async fn redis_envelope_equals_apply_async_with_the_same_options() {
         .await
         .expect("redis");
     let rejected = publisher
-        .publish(vec![message(&id, &queue, "kube-beat@test", send.clone())], 1)
+        .publish(
+            vec![message(&id, &queue, "kube-beat@test", send.clone())],
+            1,
+        )
         .await
         .expect("publish");
     assert!(rejected.is_empty(), "{rejected:?}");
@@ -216,7 +222,11 @@ async fn amqp_message_equals_apply_async_with_the_same_options() {
     opts["read"] = json!(bound);
     opts["bind"] = json!(true);
     let celery = capture(&url, &opts)["message"].clone();
-    assert_ne!(celery, Value::Null, "apply_async delivered to the bound queue");
+    assert_ne!(
+        celery,
+        Value::Null,
+        "apply_async delivered to the bound queue"
+    );
 
     let publisher = Publisher::connect(&url, Duration::from_secs(60), &unique("kubebeat.sent"))
         .await
@@ -226,14 +236,18 @@ async fn amqp_message_equals_apply_async_with_the_same_options() {
         .await
         .expect("publish");
     opts["send"] = json!(false);
-    let ours = eventually("kube-beat's message in the bound queue", Duration::from_secs(10), || {
-        let opts = opts.clone();
-        let url = url.clone();
-        async move {
-            let m = capture(&url, &opts)["message"].clone();
-            (m != Value::Null).then_some(m)
-        }
-    })
+    let ours = eventually(
+        "kube-beat's message in the bound queue",
+        Duration::from_secs(10),
+        || {
+            let opts = opts.clone();
+            let url = url.clone();
+            async move {
+                let m = capture(&url, &opts)["message"].clone();
+                (m != Value::Null).then_some(m)
+            }
+        },
+    )
     .await;
     assert_eq!(ours["exchange"], json!(exchange));
     assert_eq!(ours["routing_key"], json!(rk));
@@ -277,8 +291,12 @@ async fn options_reach_the_worker(broker: String) {
     .await;
     // The TaskFunction's defaults only, on the default exchange (every queue is reachable
     // there by name): its result is stored.
-    f.job("plain", "echo", json!({"schedule": {"interval": {"seconds": 1}}}))
-        .await;
+    f.job(
+        "plain",
+        "echo",
+        json!({"schedule": {"interval": {"seconds": 1}}}),
+    )
+    .await;
     f.job(
         "reserved",
         "echo",
@@ -314,17 +332,33 @@ async fn options_reach_the_worker(broker: String) {
     })
     .await;
     common::fixture::assert_no_duplicates(&record);
-    let opts: Vec<_> = record.iter().filter(|i| i.job().ends_with("/opts")).collect();
+    let opts: Vec<_> = record
+        .iter()
+        .filter(|i| i.job().ends_with("/opts"))
+        .collect();
     for inv in &opts {
-        assert_eq!(inv.headers["kbt_tenant"], "acme", "the job's header wins: {inv:?}");
-        assert_eq!(inv.headers["kbt_from_tf"], 1, "the TaskFunction's is merged: {inv:?}");
+        assert_eq!(
+            inv.headers["kbt_tenant"], "acme",
+            "the job's header wins: {inv:?}"
+        );
+        assert_eq!(
+            inv.headers["kbt_from_tf"], 1,
+            "the TaskFunction's is merged: {inv:?}"
+        );
         assert_eq!(inv.headers["kbt_list"], json!([1, "x"]));
         assert_eq!(inv.headers["timelimit"], json!([120, 60]), "{inv:?}");
         assert_eq!(inv.headers["ignore_result"], true);
         assert_eq!(inv.headers["exchange"], json!(exchange), "{inv:?}");
-        assert_eq!(inv.queue.as_deref(), Some(rk.as_str()), "delivery_info routing key");
+        assert_eq!(
+            inv.queue.as_deref(),
+            Some(rk.as_str()),
+            "delivery_info routing key"
+        );
     }
-    let plain: Vec<_> = record.iter().filter(|i| i.job().ends_with("/plain")).collect();
+    let plain: Vec<_> = record
+        .iter()
+        .filter(|i| i.job().ends_with("/plain"))
+        .collect();
     for inv in &plain {
         assert_eq!(inv.headers["kbt_tenant"], "tf", "{inv:?}");
         assert_eq!(inv.headers["timelimit"], json!([300, null]));
@@ -335,10 +369,17 @@ async fn options_reach_the_worker(broker: String) {
     // ignore_result: no result key; the job without it gets one (give it time to be written).
     let result_key = |id: &str| format!("celery-task-meta-{id}");
     let plain_id = plain[0].task_id.clone();
-    eventually("the plain run's result stored", Duration::from_secs(20), || async {
-        matches!(redis_cmd(&backend, &["EXISTS", &result_key(&plain_id)]), redis::Value::Int(1))
+    eventually(
+        "the plain run's result stored",
+        Duration::from_secs(20),
+        || async {
+            matches!(
+                redis_cmd(&backend, &["EXISTS", &result_key(&plain_id)]),
+                redis::Value::Int(1)
+            )
             .then_some(())
-    })
+        },
+    )
     .await;
     for inv in &opts {
         assert_eq!(
@@ -358,16 +399,23 @@ async fn options_reach_the_worker(broker: String) {
     assert_eq!(ready["status"], "False", "{status}");
     assert_eq!(ready["reason"], "InvalidSpec", "{status}");
     assert!(
-        ready["message"].as_str().unwrap_or_default().contains("\"timelimit\" is reserved"),
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"timelimit\" is reserved"),
         "{status}"
     );
     assert!(!record.iter().any(|i| i.job().ends_with("/reserved")));
     if redis {
         // No queue bound with that key: not published (kombu would drop it), recorded.
-        let failed = eventually("the unbound run recorded", Duration::from_secs(30), || async {
-            let s = f.status("unbound").await;
-            (s["lastExecution"]["state"] == "DISPATCH_FAILED").then_some(s)
-        })
+        let failed = eventually(
+            "the unbound run recorded",
+            Duration::from_secs(30),
+            || async {
+                let s = f.status("unbound").await;
+                (s["lastExecution"]["state"] == "DISPATCH_FAILED").then_some(s)
+            },
+        )
         .await;
         assert!(
             failed["lastExecution"]["message"]

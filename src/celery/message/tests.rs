@@ -86,9 +86,10 @@ fn reference_envelope(m: &TaskMessage, tag: &str, now: DateTime<Utc>) -> String 
     if let Some(exp) = m.expiration_ms(now) {
         properties.insert("expiration".into(), json!(exp));
     }
+    let (exchange, routing_key) = m.routing();
     properties.insert(
         "delivery_info".into(),
-        json!({"exchange": "", "routing_key": m.queue}),
+        json!({"exchange": exchange, "routing_key": routing_key}),
     );
     properties.insert("priority".into(), json!(m.priority.unwrap_or(0)));
     properties.insert("body_encoding".into(), json!("base64"));
@@ -398,7 +399,10 @@ fn options_amqp_headers_match_the_captured_apply_async() {
     captured.sort_by_key(name);
     let mut ours = ours;
     ours.sort_by_key(name);
-    assert_eq!(Value::Array(ours).to_string(), Value::Array(captured).to_string());
+    assert_eq!(
+        Value::Array(ours).to_string(),
+        Value::Array(captured).to_string()
+    );
 }
 
 #[test]
