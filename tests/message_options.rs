@@ -8,7 +8,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use base64::Engine;
-use common::{Worker, env, eventually, fixture::fixture, ok, unique};
+use common::{Invocation, Worker, assert_no_duplicates, env, eventually, fixture, ok, unique};
 use kube_beat::celery::{Publisher, SendOptions, TaskMessage};
 use serde_json::{Value, json};
 
@@ -317,13 +317,14 @@ async fn options_reach_the_worker(broker: String) {
     // Every row of this test's database (the options job's rows carry its routing key as
     // their queue, which `Fixture::record` filters on).
     let all = || async {
-        sqlx::query_as::<_, common::Invocation>(
+        let rows: Vec<Invocation> = sqlx::query_as(
             "SELECT task_id, task_name, args, kwargs, queue, priority, headers
              FROM celery_invocations ORDER BY id",
         )
         .fetch_all(&f.pool)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+        rows
     };
     let record = eventually("runs of both jobs", Duration::from_secs(90), || async {
         let r = all().await;
@@ -331,7 +332,7 @@ async fn options_reach_the_worker(broker: String) {
         (n("/opts") >= 2 && n("/plain") >= 2).then_some(r)
     })
     .await;
-    common::fixture::assert_no_duplicates(&record);
+    assert_no_duplicates(&record);
     let opts: Vec<_> = record
         .iter()
         .filter(|i| i.job().ends_with("/opts"))
