@@ -8,7 +8,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{TestDb, Worker, env, unique, wait_invocations};
-use kube_beat::celery::{Publisher, TaskMessage};
+use kube_beat::celery::{Publisher, SendOptions, TaskMessage};
 
 fn message(queue: &str, task: &str, priority: Option<u8>) -> TaskMessage {
     TaskMessage {
@@ -21,6 +21,7 @@ fn message(queue: &str, task: &str, priority: Option<u8>) -> TaskMessage {
         expires: None,
         origin: "test".into(),
         extra_headers: vec![],
+        options: SendOptions::default(),
     }
 }
 

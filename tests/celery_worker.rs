@@ -259,5 +259,6 @@ fn echo_message(id: &str, queue: &str) -> kube_beat::celery::TaskMessage {
         expires: None,
         origin: "test".into(),
         extra_headers: vec![],
+        options: Default::default(),
     }
 }

@@ -60,11 +60,27 @@ async fn up_down_up() {
         .expect("columns")
     };
     assert_eq!(spec_columns().await, ["spec", "spec_generation"]);
+    let has_message_options = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_name = 'scheduled_jobs' AND column_name = 'message_options')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
+    assert!(has_message_options().await);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down one step");
+    assert_eq!(reverted, [6]);
+    assert!(!has_message_options().await, "the last step undone");
+    assert_eq!(spec_columns().await, ["spec", "spec_generation"]);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down one step");
     assert_eq!(reverted, [5]);
-    assert!(spec_columns().await.is_empty(), "the last step undone");
+    assert!(spec_columns().await.is_empty(), "the step before undone");
     let reverted = kube_beat::store::migrate::down(&pool, 3)
         .await
         .expect("down three steps");
@@ -115,7 +131,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 5, "each migration applied once");
+    assert_eq!(applied, 6, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

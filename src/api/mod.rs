@@ -1,10 +1,12 @@
 //! API types: the two custom resources and their generated CRD YAML.
 
+pub mod message_options;
 pub mod scheduled_job;
 mod schema;
 pub mod status_digest;
 pub mod task_function;
 
+pub use message_options::MessageOptions;
 pub use scheduled_job::{
     ActiveExecution, ConcurrencyPolicy, ExecutionSummary, IntervalSchedule, Schedule, ScheduledJob,
     ScheduledJobSpec, ScheduledJobStatus,

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema;
+use super::{MessageOptions, schema};
 
 /// A periodic Celery task. kube-beat stores it in Postgres, dispatches each due run to Celery
 /// exactly once, and reports the outcome in `status`.
@@ -116,6 +116,11 @@ pub struct ScheduledJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31536000))]
     pub expires_seconds: Option<i64>,
+
+    /// Celery message options: `exchange`, `routingKey`, `headers`, `timeLimit`,
+    /// `softTimeLimit`, `ignoreResult`.
+    #[serde(flatten)]
+    pub message: MessageOptions,
 
     /// Stop scheduling new runs. Resuming does not replay the suspended period.
     #[serde(default)]

@@ -22,3 +22,13 @@ pub fn any_object(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true
     })
 }
+
+/// Extra Celery message headers: an object of arbitrary values, at most 32 (validation also
+/// bounds names and the total size).
+pub fn message_headers(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

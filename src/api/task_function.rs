@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema;
+use super::{MessageOptions, schema};
 
 /// A Celery task that ScheduledJobs may run, with its queue and default arguments.
 /// Cluster-scoped: owned by the platform team, referenced by name from ScheduledJobs.
@@ -68,6 +68,11 @@ pub struct TaskFunctionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31536000))]
     pub expires_seconds: Option<i64>,
+
+    /// Celery message options: `exchange`, `routingKey`, `headers`, `timeLimit`,
+    /// `softTimeLimit`, `ignoreResult`.
+    #[serde(flatten)]
+    pub message: MessageOptions,
 
     /// Positional arguments used when a ScheduledJob gives no `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -245,10 +245,14 @@ impl AmqpPublisher {
             if let Some(exp) = m.expiration_ms(now) {
                 props = props.with_expiration(ShortString::from(exp));
             }
+            // As Celery: the default exchange `""` with the queue's name as routing key, or
+            // the job's `exchange`/`routingKey` (the queue is declared either way, as
+            // `apply_async` declares it).
+            let (exchange, routing_key) = m.routing();
             channel
                 .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(m.queue.as_str()),
+                    ShortString::from(exchange),
+                    ShortString::from(routing_key),
                     BasicPublishOptions::default(),
                     &m.body(),
                     props,

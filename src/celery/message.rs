@@ -4,8 +4,54 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
+
+/// The message options of `apply_async` kube-beat sends (resolved: the job's over its
+/// TaskFunction's). Stored with the job (as this JSON) so every replica sends the same message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendOptions {
+    /// `None` or `""`: the default exchange, routing to the queue named by the routing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// `None`: the queue's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Extra headers, in the order they are written (after Celery's, before kube-beat's).
+    /// A list of pairs, not an object: Postgres `jsonb` would reorder an object's keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, Value)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_time_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_result: bool,
+}
+
+impl SendOptions {
+    /// About what these options add to a Redis envelope.
+    fn size_hint(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + 4 + serde_json::to_string(v).map_or(0, |s| s.len()))
+            .sum();
+        headers
+            + self.exchange().len()
+            + self.routing_key.as_ref().map_or(0, |r| r.len())
+            // A limit's digits in place of `null`.
+            + self.time_limit.map_or(0, |_| 8)
+            + self.soft_time_limit.map_or(0, |_| 8)
+    }
+
+    /// The exchange published to: `""` is AMQP's default exchange.
+    pub fn exchange(&self) -> &str {
+        self.exchange.as_deref().unwrap_or("")
+    }
+}
 
 /// Everything needed to publish one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +69,8 @@ pub struct TaskMessage {
     pub origin: String,
     /// Extra headers naming the job and slot (`kubebeat_job`, `kubebeat_slot`, ...).
     pub extra_headers: Vec<(&'static str, String)>,
+    /// Exchange, routing key, user headers, time limits, ignore_result.
+    pub options: SendOptions,
 }
 
 /// Python `repr()` of a JSON value, for `argsrepr`/`kwargsrepr` (only shown in worker logs).
@@ -75,6 +123,16 @@ fn write_py_str(out: &mut String, s: &str) {
     out.push(quote);
 }
 
+/// The Redis list of `queue` for a message of `priority` (kombu's `_q_for_pri`).
+pub fn redis_list(queue: &str, priority: Option<u8>) -> String {
+    match priority.unwrap_or(0) {
+        0..=2 => queue.to_string(),
+        3..=5 => format!("{queue}\x06\x163"),
+        6..=8 => format!("{queue}\x06\x166"),
+        _ => format!("{queue}\x06\x169"),
+    }
+}
+
 /// The body's last element (no callbacks, errbacks, chain or chord) and its closing bracket.
 const BODY_EMBED: &[u8] = br#",{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#;
 
@@ -117,20 +175,39 @@ impl TaskMessage {
         h.insert("group".into(), Value::Null);
         h.insert("group_index".into(), Value::Null);
         h.insert("retries".into(), json!(0));
-        h.insert("timelimit".into(), json!([null, null]));
+        h.insert("timelimit".into(), self.timelimit());
         h.insert("root_id".into(), json!(self.id));
         h.insert("parent_id".into(), Value::Null);
         h.insert("argsrepr".into(), json!(py_repr_items(&self.args)));
         h.insert("kwargsrepr".into(), json!(py_repr_pairs(&self.kwargs)));
         h.insert("origin".into(), json!(self.origin));
-        h.insert("ignore_result".into(), json!(false));
+        h.insert("ignore_result".into(), json!(self.options.ignore_result));
         h.insert("replaced_task_nesting".into(), json!(0));
         h.insert("stamped_headers".into(), Value::Null);
         h.insert("stamps".into(), json!({}));
+        // Where `apply_async(headers=...)` puts them: after its own (validation keeps the
+        // names apart, so none replaces one of Celery's or kube-beat's).
+        for (k, v) in &self.options.headers {
+            h.insert(k.clone(), v.clone());
+        }
         for (k, v) in &self.extra_headers {
             h.insert((*k).into(), json!(v));
         }
         h
+    }
+
+    /// Celery's `timelimit` header: `[hard, soft]`, `null` where not set.
+    fn timelimit(&self) -> Value {
+        json!([self.options.time_limit, self.options.soft_time_limit])
+    }
+
+    /// The exchange and routing key as Celery writes them into `delivery_info`: the default
+    /// exchange routes by the queue's name.
+    pub fn routing(&self) -> (&str, &str) {
+        (
+            self.options.exchange(),
+            self.options.routing_key.as_deref().unwrap_or(&self.queue),
+        )
     }
 
     /// AMQP `expiration`: milliseconds from `now` to `expires`, as a string (RabbitMQ TTL).
@@ -141,12 +218,7 @@ impl TaskMessage {
 
     /// The Redis list a message goes to: the queue, or its priority bucket (`\x06\x16` + 3/6/9).
     pub fn redis_list(&self) -> String {
-        match self.priority.unwrap_or(0) {
-            0..=2 => self.queue.clone(),
-            3..=5 => format!("{}\x06\x163", self.queue),
-            6..=8 => format!("{}\x06\x166", self.queue),
-            _ => format!("{}\x06\x169", self.queue),
-        }
+        redis_list(&self.queue, self.priority)
     }
 
     /// The JSON envelope kombu's Redis transport LPUSHes: [`TaskMessage::headers`] and the
@@ -208,6 +280,7 @@ impl EnvelopeParts {
                 .map(|(k, v)| k.len() + v.len() + 6)
                 .sum::<usize>()
             + self.expiration.as_ref().map_or(0, |e| e.len() + 16)
+            + m.options.size_hint()
             + m.queue.len()
             + delivery_tag.len()
     }
@@ -225,8 +298,9 @@ impl EnvelopeParts {
             Some(e) => json_str(out, e),
             None => out.push_str("null"),
         }
-        out.push_str(r#","group":null,"group_index":null,"retries":0,"timelimit":[null,null],"#);
-        out.push_str(r#""root_id":"#);
+        out.push_str(r#","group":null,"group_index":null,"retries":0,"timelimit":"#);
+        json_value(out, &m.timelimit());
+        out.push_str(r#","root_id":"#);
         json_str(out, &m.id);
         out.push_str(r#","parent_id":null,"argsrepr":"#);
         json_str(out, &self.argsrepr);
@@ -234,8 +308,18 @@ impl EnvelopeParts {
         json_str(out, &self.kwargsrepr);
         out.push_str(r#","origin":"#);
         json_str(out, &m.origin);
-        out.push_str(r#","ignore_result":false,"replaced_task_nesting":0,"#);
-        out.push_str(r#""stamped_headers":null,"stamps":{}"#);
+        out.push_str(if m.options.ignore_result {
+            r#","ignore_result":true,"#
+        } else {
+            r#","ignore_result":false,"#
+        });
+        out.push_str(r#""replaced_task_nesting":0,"stamped_headers":null,"stamps":{}"#);
+        for (k, v) in &m.options.headers {
+            out.push(',');
+            json_str(out, k);
+            out.push(':');
+            json_value(out, v);
+        }
         for (k, v) in &m.extra_headers {
             out.push(',');
             json_str(out, k);
@@ -249,8 +333,11 @@ impl EnvelopeParts {
             out.push_str(r#","expiration":"#);
             json_str(out, e);
         }
-        out.push_str(r#","delivery_info":{"exchange":"","routing_key":"#);
-        json_str(out, &m.queue);
+        let (exchange, routing_key) = m.routing();
+        out.push_str(r#","delivery_info":{"exchange":"#);
+        json_str(out, exchange);
+        out.push_str(r#","routing_key":"#);
+        json_str(out, routing_key);
         let _ = write!(out, r#"}},"priority":{}"#, m.priority.unwrap_or(0)); // cannot fail
         out.push_str(r#","body_encoding":"base64","delivery_tag":"#);
         json_str(out, delivery_tag);
@@ -271,6 +358,14 @@ fn json_str(out: &mut String, s: &str) {
             Ok(escaped) => out.push_str(&escaped),
             Err(_) => out.push_str(r#""""#), // unreachable: a str always serializes
         }
+    }
+}
+
+/// Any JSON value, as serde_json writes it (user headers, the time limits: rare and small).
+fn json_value(out: &mut String, v: &Value) {
+    match serde_json::to_string(v) {
+        Ok(s) => out.push_str(&s),
+        Err(_) => out.push_str("null"), // unreachable: a Value always serializes
     }
 }
 

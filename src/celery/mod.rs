@@ -29,7 +29,7 @@ use amqp::amqp_uri;
 #[cfg(test)]
 use amqp::headers_table;
 pub use amqp::{AmqpPublisher, LedgerRead, QUEUE_RECHECK};
-pub use message::TaskMessage;
+pub use message::{SendOptions, TaskMessage};
 use redis_publish::RedisPublisher;
 pub use redis_publish::Rejected;
 
@@ -238,10 +238,21 @@ impl Encoding {
         match self {
             Encoding::Redis => {
                 let (list, envelope) = redis_parts(&message);
+                let (exchange, routing_key) = message.routing();
+                // A named exchange is kombu's virtual one: its queues are looked up when the
+                // message is published (the bindings may change until then).
+                let bound = (!exchange.is_empty()).then(|| {
+                    Box::new(Binding {
+                        exchange: exchange.to_string(),
+                        routing_key: routing_key.to_string(),
+                        priority: message.priority,
+                    })
+                });
                 Prepared::Redis {
                     id: message.id,
                     list,
                     envelope,
+                    bound,
                 }
             }
             Encoding::Amqp => Prepared::Amqp(Box::new(message)),
@@ -255,11 +266,23 @@ pub enum Prepared {
     /// The task id, the list and the envelope.
     Redis {
         id: String,
+        /// The queue's list; unused when `bound` is set.
         list: String,
         envelope: String,
+        /// Published to an exchange: the lists are those of the queues bound to it.
+        bound: Option<Box<Binding>>,
     },
     /// Boxed: a message is ~200 bytes inline, which every Redis envelope held in a burst paid.
     Amqp(Box<TaskMessage>),
+}
+
+/// Where a Redis message published to a named exchange goes: as kombu's virtual direct
+/// exchange does it, to every queue bound to `exchange` with exactly `routing_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub exchange: String,
+    pub routing_key: String,
+    pub priority: Option<u8>,
 }
 
 fn redis_parts(m: &TaskMessage) -> (String, String) {

@@ -142,25 +142,43 @@ impl RedisPublisher {
         messages: &[Prepared],
         epoch: i64,
     ) -> Result<Vec<Rejected>, PublishError> {
-        // Each message's list under the global key prefix (kombu prefixes LPUSH's key).
-        let keyed: Vec<String> = messages
+        let bound = bound_lists(conn, messages, &self.keyprefix).await?;
+        let mut rejected_unbound: Vec<Rejected> = Vec::new();
+        // Every list each message goes to, under the global key prefix (kombu prefixes the keys
+        // of LPUSH and SMEMBERS, not the queue names inside a binding).
+        let mut targets: Vec<(usize, String)> = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            match m {
+                Prepared::Redis {
+                    list, bound: None, ..
+                } => targets.push((i, format!("{}{list}", self.keyprefix))),
+                Prepared::Redis { bound: Some(b), .. } => match bound.get(&i) {
+                    Some(lists) if !lists.is_empty() => {
+                        targets.extend(lists.iter().map(|l| (i, l.clone())));
+                    }
+                    _ => rejected_unbound.push(Rejected {
+                        index: i,
+                        reason: unbound(b),
+                    }),
+                },
+                Prepared::Amqp(message) => {
+                    return Err(PublishError::Encoding(message.id.clone()));
+                }
+            }
+        }
+        // (index in `messages`, id, list, envelope): one per list a message goes to.
+        let parts: Vec<(usize, &str, &str, &str)> = targets
             .iter()
-            .map(|m| match m {
-                Prepared::Redis { list, .. } => format!("{}{list}", self.keyprefix),
-                Prepared::Amqp(_) => String::new(),
+            .filter_map(|(i, list)| match messages.get(*i) {
+                Some(Prepared::Redis { id, envelope, .. }) => {
+                    Some((*i, id.as_str(), list.as_str(), envelope.as_str()))
+                }
+                _ => None, // every target came from a Redis message above
             })
             .collect();
-        // (index in `messages`, id, list, envelope)
-        let parts = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| match m {
-                Prepared::Redis { id, envelope, .. } => {
-                    Ok((i, id.as_str(), keyed[i].as_str(), envelope.as_str()))
-                }
-                Prepared::Amqp(message) => Err(PublishError::Encoding(message.id.clone())),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        if parts.is_empty() {
+            return Ok(rejected_unbound);
+        }
         let lists = distinct(parts.iter().map(|p| p.2));
         let keys = self.keys();
         let epoch_key = self.epoch_key();
@@ -213,7 +231,7 @@ impl RedisPublisher {
                 .filter(|(_, t)| !matches!(t.as_str(), "list" | "none"))
                 .map(|(l, t)| (*l, t.as_str()))
                 .collect();
-            let mut rejected: Vec<Rejected> = Vec::new();
+            let mut rejected: Vec<Rejected> = rejected_unbound.clone();
             let mut fresh: Vec<(usize, &str, &str, &str)> = Vec::new();
             for (m, (c, p)) in parts.iter().zip(current.iter().zip(&previous)) {
                 if *c || *p {
@@ -343,6 +361,91 @@ impl RedisPublisher {
     }
 }
 
+/// kombu's Redis key of an exchange's bindings (`keyprefix_queue`), a set of
+/// `routing_key SEP pattern SEP queue`.
+const BINDING_PREFIX: &str = "_kombu.binding.";
+/// kombu's separator in a binding (`Channel.sep`).
+const BINDING_SEP: &str = "\x06\x16";
+
+/// The lists of the messages published to a named exchange, by index in `messages`: read
+/// from the exchange's bindings as kombu's virtual direct exchange reads them (a producer
+/// that has not declared the exchange itself treats it as direct, whatever its declared
+/// type): every queue bound with exactly the message's routing key, at the message's
+/// priority. Read before the transaction; a binding changing in between is the same race
+/// kombu has.
+async fn bound_lists(
+    conn: &mut MultiplexedConnection,
+    messages: &[Prepared],
+    keyprefix: &str,
+) -> Result<HashMap<usize, Vec<String>>, PublishError> {
+    let bound: Vec<(usize, &super::Binding)> = messages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            Prepared::Redis { bound: Some(b), .. } => Some((i, b.as_ref())),
+            _ => None,
+        })
+        .collect();
+    if bound.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let exchanges = distinct(bound.iter().map(|(_, b)| b.exchange.as_str()));
+    let mut pipe = redis::pipe();
+    for x in &exchanges {
+        pipe.cmd("SMEMBERS")
+            .arg(format!("{keyprefix}{BINDING_PREFIX}{x}"));
+    }
+    let tables: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+    let tables: HashMap<&str, Vec<(String, String)>> = exchanges
+        .iter()
+        .zip(tables)
+        .map(|(x, members)| (*x, members.iter().filter_map(|m| binding(m)).collect()))
+        .collect();
+    Ok(bound
+        .into_iter()
+        .map(|(i, b)| {
+            let mut queues: Vec<&str> = tables
+                .get(b.exchange.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|(rkey, _)| *rkey == b.routing_key)
+                .map(|(_, q)| q.as_str())
+                .collect();
+            // kombu collects them in a set: each queue once.
+            queues.sort_unstable();
+            queues.dedup();
+            let lists = queues
+                .into_iter()
+                .map(|q| format!("{keyprefix}{}", super::message::redis_list(q, b.priority)))
+                .collect();
+            (i, lists)
+        })
+        .collect())
+}
+
+/// One member of a binding set: its routing key and queue (kombu splits on the separator and
+/// unpacks three fields; a member that does not split so is skipped).
+fn binding(member: &[u8]) -> Option<(String, String)> {
+    let text = String::from_utf8_lossy(member);
+    let mut fields = text.split(BINDING_SEP);
+    match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (Some(rkey), Some(_pattern), Some(queue), None) => {
+            Some((rkey.to_string(), queue.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Why a message to an exchange with no matching binding is not published.
+fn unbound(b: &super::Binding) -> String {
+    format!(
+        "no queue is bound to exchange {:?} with routing key {:?} on this Redis \
+         ({BINDING_PREFIX}{} has no such member): kombu's Redis transport drops such a message \
+         without a trace; kube-beat does not publish it either and records why",
+        b.exchange, b.routing_key, b.exchange
+    )
+}
+
 /// The record of window `now / window` and of the one before.
 fn record_keys(prefix: &str, window: u64, now: i64) -> [String; 2] {
     let n = now.max(0) as u64 / window.max(1);
@@ -396,6 +499,20 @@ mod tests {
         assert_eq!(record_keys("p", 600, 1_799), ["p:2", "p:1"]);
         assert_eq!(record_keys("p", 600, 1_800), ["p:3", "p:2"]);
         assert_eq!(record_keys("p", 600, 0), ["p:0", "p:0"]);
+    }
+
+    #[test]
+    fn binding_members_split_as_kombu_splits_them() {
+        assert_eq!(
+            binding(b"rk\x06\x16\x06\x16queue"),
+            Some(("rk".into(), "queue".into()))
+        );
+        assert_eq!(
+            binding(b"a.*\x06\x16a.*\x06\x16q"),
+            Some(("a.*".into(), "q".into()))
+        );
+        assert_eq!(binding(b"no-separator"), None);
+        assert_eq!(binding(b"a\x06\x16b\x06\x16c\x06\x16d"), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Encoder {
                 ("kubebeat_slot", crate::schedule::rfc3339(p.scheduled_for)),
                 ("kubebeat_trigger", p.trigger),
             ],
+            options: p.message_options,
         }
     }
 
@@ -156,6 +157,7 @@ pub(super) mod tests {
             queue: "celery".into(),
             priority: None,
             expires_seconds: None,
+            message_options: Default::default(),
         }
     }
 

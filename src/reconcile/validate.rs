@@ -50,6 +50,41 @@ pub const RESERVED_QUEUE_PREFIXES: &[&str] = &[
     "chord-unlock",
 ];
 
+/// Most extra message `headers` (TaskFunction's and job's merged).
+pub const MAX_HEADERS: usize = 32;
+/// Largest extra `headers` (merged), as compact JSON: every message carries them.
+pub const MAX_HEADERS_BYTES: usize = 8 * 1024;
+/// Header names Celery's protocol 2 message itself uses (`apply_async` writes them; a user
+/// header of the same name would replace Celery's value in the worker's request), refused.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+/// Header names starting with this (compared case-insensitively) are kube-beat's own
+/// (`kubebeat_job`, `kubebeat_slot`, `kubebeat_trigger`), refused.
+pub const RESERVED_HEADER_PREFIX: &str = "kubebeat";
+/// Exchanges Celery's workers use for remote control and events: a task message there would
+/// reach every worker's control or event consumer, not a task queue. Refused, with names
+/// starting with `kubebeat`.
+pub const RESERVED_EXCHANGES: &[&str] = &["celery.pidbox", "reply.celery.pidbox", "celeryev"];
+
 /// Why an object is not `Ready`. The reason is a stable CamelCase word (used in conditions,
 /// Events and metric labels); the message says exactly what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +144,8 @@ pub struct ValidTaskFunction {
     /// Queues its jobs may use: `allowedQueues`, or only `queue` when that is empty.
     pub allowed_queues: Vec<String>,
     pub description: Option<String>,
+    /// Message option defaults (checked on their own; the job's are merged over them).
+    pub message: crate::api::MessageOptions,
 }
 
 pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFunction, Invalid> {
@@ -124,6 +161,7 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
     for q in &spec.allowed_queues {
         check_queue("allowedQueues", q).map_err(spec_err)?;
     }
+    check_message_options(&spec.message).map_err(spec_err)?;
     let default_args = as_array("defaultArgs", spec.default_args.as_ref()).map_err(spec_err)?;
     let default_kwargs =
         as_object("defaultKwargs", spec.default_kwargs.as_ref()).map_err(spec_err)?;
@@ -150,6 +188,7 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
             spec.allowed_queues.clone()
         },
         description: spec.description.clone(),
+        message: spec.message.clone(),
     })
 }
 
@@ -180,6 +219,8 @@ pub struct JobRow {
     pub queue: String,
     pub priority: Option<i16>,
     pub expires_seconds: Option<i64>,
+    /// Exchange, routing key, headers, time limits and ignore_result, resolved.
+    pub message_options: crate::celery::SendOptions,
     pub suspended: bool,
     pub concurrency_policy: ConcurrencyPolicy,
     pub starting_deadline_seconds: Option<i64>,
@@ -219,6 +260,17 @@ pub fn scheduled_job(
     let fields = JobFields::checked(meta, spec).map_err(spec_err)?;
     let tf = resolved(spec, tf)?;
     let queue = allowed_queue(meta, spec, tf)?;
+    let message_options =
+        resolve_message_options(&tf.message, &spec.message, &queue).map_err(spec_err)?;
+    // With ignoreResult the worker stores no outcome, so a run never looks finished (it stays
+    // DISPATCHED, as with no result backend): Forbid would skip every later slot, Replace
+    // revoke every run.
+    if message_options.ignore_result && spec.concurrency_policy != ConcurrencyPolicy::Allow {
+        return Err(spec_err(format!(
+            "ignoreResult: the worker stores no outcome, so kube-beat cannot tell when a run ends; concurrencyPolicy {:?} needs that: use Allow",
+            spec.concurrency_policy
+        )));
+    }
 
     // args replace the defaults; kwargs are merged over them.
     let args = fields.args.unwrap_or_else(|| tf.default_args.clone());
@@ -256,6 +308,7 @@ pub fn scheduled_job(
         queue,
         priority: fields.priority.or(tf.priority),
         expires_seconds: fields.expires_seconds.or(tf.expires_seconds),
+        message_options,
         suspended: spec.suspend,
         concurrency_policy: spec.concurrency_policy,
         starting_deadline_seconds: fields.starting_deadline_seconds,
@@ -376,6 +429,7 @@ impl JobFields {
             .filter(|h| i64::from(*h) <= MAX_HISTORY_LIMIT)
             .ok_or_else(|| format!("historyLimit must be at most {MAX_HISTORY_LIMIT}"))?;
         check_description(spec.description.as_deref())?;
+        check_message_options(&spec.message)?;
         if let Some(t) = meta.trigger {
             check_trigger(t)?;
         }

@@ -23,6 +23,8 @@ pub struct OutboxRow {
     pub queue: String,
     pub priority: Option<i16>,
     pub expires_seconds: Option<i64>,
+    /// Exchange, routing key, headers, time limits, ignore_result (`{}` when none).
+    pub message_options: crate::celery::SendOptions,
 }
 
 /// By position, in [`PENDING_BY_IDS`]'s order: the derived `FromRow` finds each column by
@@ -44,6 +46,9 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for OutboxRow {
             queue: row.try_get(10)?,
             priority: row.try_get(11)?,
             expires_seconds: row.try_get(12)?,
+            message_options: row
+                .try_get::<sqlx::types::Json<crate::celery::SendOptions>, _>(13)?
+                .0,
         })
     }
 }
@@ -133,7 +138,8 @@ pub fn pending_by_ids_stream<'a>(
 /// The columns in [`OutboxRow`]'s order (it is decoded by position).
 const PENDING_BY_IDS: &str = "SELECT e.id, e.task_id, e.scheduled_for, e.trigger,
         COALESCE(e.publish_after, e.claimed_at), j.namespace, j.name,
-        j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds
+        j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds,
+        j.message_options
     FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
     WHERE e.id = ANY($1) AND e.state = 'PENDING'";
 

@@ -25,7 +25,9 @@ pub struct Unfinished {
     pub started_at: Option<DateTime<Utc>>,
 }
 
-/// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page).
+/// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page). Runs of
+/// jobs with `ignoreResult` are not followed: the worker stores nothing to follow, so they stay
+/// DISPATCHED (as with no result backend) instead of ending LOST.
 pub async fn unfinished_after(
     pool: &PgPool,
     after: i64,
@@ -38,6 +40,7 @@ pub async fn unfinished_after(
                 e.scheduled_for, e.started_at
          FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
          WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
+           AND NOT COALESCE((j.message_options->>'ignoreResult')::boolean, false)
          ORDER BY e.id LIMIT $2",
     )
     .bind(after)

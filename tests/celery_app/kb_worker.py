@@ -65,6 +65,15 @@ if os.environ.get("KB_QUEUE_ARGUMENTS"):
         for name, arguments in json.loads(os.environ["KB_QUEUE_ARGUMENTS"]).items()
     ]
 
+# KB_BOUND_QUEUE=queue:exchange:routing_key: that queue is bound to its own direct exchange
+# with that routing key (not Celery's default, exchange = routing key = queue name), so only a
+# message published to that exchange with that key reaches it.
+if os.environ.get("KB_BOUND_QUEUE"):
+    from kombu import Exchange, Queue
+
+    _q, _x, _rk = os.environ["KB_BOUND_QUEUE"].split(":")
+    app.conf.task_queues = [Queue(_q, Exchange(_x, "direct"), routing_key=_rk)]
+
 _local = threading.local()
 _schema_ready = False
 _schema_lock = threading.Lock()
@@ -120,7 +129,12 @@ def record(task, args, kwargs):
     """Record one invocation before the task body runs (so a task that fails still counts)."""
     req = task.request
     delivery = req.delivery_info or {}
-    headers = {k: v for k, v in vars(req).items() if k.startswith("kubebeat")}
+    # kube-beat's headers, and the test's own (`kbt_*`) that jobs set with `headers`.
+    headers = {k: v for k, v in vars(req).items() if k.startswith(("kubebeat", "kbt_"))}
+    # The message options as the worker applies them.
+    headers["timelimit"] = list(req.timelimit or [None, None])
+    headers["ignore_result"] = bool(req.ignore_result)
+    headers["exchange"] = delivery.get("exchange")
     # A broker redelivery (an ack lost with the connection) is Celery's at-least-once, not a
     # second publish: recorded so the fault suite can tell the two apart.
     headers["redelivered"] = bool(delivery.get("redelivered"))

@@ -19,6 +19,7 @@ fn vector() -> TaskMessage {
         ),
         origin: "kube-beat@test".into(),
         extra_headers: vec![("kubebeat_job", "ns/job".into())],
+        options: SendOptions::default(),
     }
 }
 
@@ -85,9 +86,10 @@ fn reference_envelope(m: &TaskMessage, tag: &str, now: DateTime<Utc>) -> String 
     if let Some(exp) = m.expiration_ms(now) {
         properties.insert("expiration".into(), json!(exp));
     }
+    let (exchange, routing_key) = m.routing();
     properties.insert(
         "delivery_info".into(),
-        json!({"exchange": "", "routing_key": m.queue}),
+        json!({"exchange": exchange, "routing_key": routing_key}),
     );
     properties.insert("priority".into(), json!(m.priority.unwrap_or(0)));
     properties.insert("body_encoding".into(), json!("base64"));
@@ -271,4 +273,150 @@ fn python_repr() {
     assert_eq!(py_repr(&json!("it's")), "\"it's\"");
     assert_eq!(py_repr(&json!("a\nb")), "'a\\nb'");
     assert_eq!(py_repr(&json!([])), "[]");
+}
+
+/// Captured from `app.tasks["kb.echo"].apply_async(args=["a"], kwargs={"k": 1},
+/// task_id="cap-1", queue="kbt-cap-q", exchange="kbt-cap-x", routing_key="kbt-cap-rk",
+/// headers={"tenant": "acme", "n": 3, "flag": True, "list": [1, "x"], "obj": {"a": None}},
+/// time_limit=60, soft_time_limit=30, ignore_result=True)` on the Redis transport (Celery 5.7.0,
+/// kombu 5.7.0; `tests/celery_app/capture.py`), with `_kombu.binding.kbt-cap-x` holding
+/// `kbt-cap-rk\x06\x16\x06\x16kbt-cap-bound`: the value RPOPped from `kbt-cap-bound`.
+/// `tests/message_options.rs` captures it again live and compares.
+const CAPTURED_OPTIONS_ENVELOPE: &str = r#"{"body": "W1siYSJdLCB7ImsiOiAxfSwgeyJjYWxsYmFja3MiOiBudWxsLCAiZXJyYmFja3MiOiBudWxsLCAiY2hhaW4iOiBudWxsLCAiY2hvcmQiOiBudWxsfV0=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "kb.echo", "id": "cap-1", "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [60, 30], "root_id": "cap-1", "parent_id": null, "argsrepr": "['a']", "kwargsrepr": "{'k': 1}", "origin": "gen25802@vm", "ignore_result": true, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "tenant": "acme", "n": 3, "flag": true, "list": [1, "x"], "obj": {"a": null}}, "properties": {"correlation_id": "cap-1", "reply_to": "70643ad0-7fba-3a35-99f5-9122d4eb868b", "delivery_mode": 2, "delivery_info": {"exchange": "kbt-cap-x", "routing_key": "kbt-cap-rk"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "54185a29-942a-475d-a6fb-b89fa0d8fc58"}}"#;
+
+/// The same call on RabbitMQ, read back with py-amqp's `basic_get`: each header with the Python
+/// type py-amqp decoded its AMQP type tag into (`S`→str, `I`/`l`→int, `t`→bool, `V`→None,
+/// `A`→list, `F`→dict). Published to exchange `kbt-cap-x`, routing key `kbt-cap-rk`.
+const CAPTURED_OPTIONS_AMQP_HEADERS: &str = r#"[["lang", ["str", "py"]], ["task", ["str", "kb.echo"]], ["id", ["str", "cap-1"]], ["shadow", ["none", null]], ["eta", ["none", null]], ["expires", ["none", null]], ["group", ["none", null]], ["group_index", ["none", null]], ["retries", ["int", 0]], ["timelimit", ["list", [["int", 60], ["int", 30]]]], ["root_id", ["str", "cap-1"]], ["parent_id", ["none", null]], ["argsrepr", ["str", "['a']"]], ["kwargsrepr", ["str", "{'k': 1}"]], ["origin", ["str", "gen25957@vm"]], ["ignore_result", ["bool", true]], ["replaced_task_nesting", ["int", 0]], ["stamped_headers", ["none", null]], ["stamps", ["dict", []]], ["tenant", ["str", "acme"]], ["n", ["int", 3]], ["flag", ["bool", true]], ["list", ["list", [["int", 1], ["str", "x"]]]], ["obj", ["dict", [["a", ["none", null]]]]]]"#;
+
+/// The message `capture.py` sent, as kube-beat builds it.
+pub(crate) fn captured_options_message(origin: &str) -> TaskMessage {
+    TaskMessage {
+        id: "cap-1".into(),
+        task: "kb.echo".into(),
+        args: vec![json!("a")],
+        kwargs: json!({"k": 1}).as_object().cloned().unwrap_or_default(),
+        queue: "kbt-cap-q".into(),
+        priority: None,
+        expires: None,
+        origin: origin.into(),
+        extra_headers: Vec::new(),
+        options: SendOptions {
+            exchange: Some("kbt-cap-x".into()),
+            routing_key: Some("kbt-cap-rk".into()),
+            headers: vec![
+                ("tenant".into(), json!("acme")),
+                ("n".into(), json!(3)),
+                ("flag".into(), json!(true)),
+                ("list".into(), json!([1, "x"])),
+                ("obj".into(), json!({"a": null})),
+            ],
+            time_limit: Some(60),
+            soft_time_limit: Some(30),
+            ignore_result: true,
+        },
+    }
+}
+
+/// A JSON envelope with what differs by design between two producers made equal: the
+/// producer's `reply_to` (kube-beat uses no rpc:// backend and writes `""`) and the body's
+/// spacing (Python's `json.dumps` writes `", "`; the parsed body must be equal). The
+/// `delivery_tag` and `origin` are fresh per message and process and are passed in equal.
+/// Returns the canonical text: serde_json keeps key order, so equal text means equal order.
+pub(crate) fn canonical_envelope(envelope: &str) -> String {
+    let mut v: Value = serde_json::from_str(envelope).expect("envelope json");
+    v["properties"]["reply_to"] = json!("");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(v["body"].as_str().expect("body"))
+        .expect("b64");
+    let body: Value = serde_json::from_slice(&body).expect("body json");
+    v["body"] = body;
+    v.to_string()
+}
+
+#[test]
+fn options_envelope_matches_the_captured_apply_async() {
+    let m = captured_options_message("gen25802@vm");
+    let ours = m.redis_envelope("54185a29-942a-475d-a6fb-b89fa0d8fc58", envelope_time());
+    assert_eq!(
+        canonical_envelope(&ours),
+        canonical_envelope(CAPTURED_OPTIONS_ENVELOPE)
+    );
+    // And the fast writer still equals the reference writer with options set.
+    assert_eq!(
+        ours,
+        reference_envelope(&m, "54185a29-942a-475d-a6fb-b89fa0d8fc58", envelope_time())
+    );
+    assert_eq!(m.routing(), ("kbt-cap-x", "kbt-cap-rk"));
+    // The body's bytes: Celery's with its spacing removed (JSON text, no other difference).
+    let captured: Value = serde_json::from_str(CAPTURED_OPTIONS_ENVELOPE).expect("json");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(captured["body"].as_str().expect("b64"))
+        .expect("b64");
+    let compact = String::from_utf8(body)
+        .expect("utf-8")
+        .replace(", ", ",")
+        .replace(": ", ":");
+    assert_eq!(String::from_utf8(m.body()).expect("utf-8"), compact);
+}
+
+/// A header value as the capture writes it: `[python type, value]`.
+fn typed(v: &lapin::types::AMQPValue) -> Value {
+    use lapin::types::AMQPValue as A;
+    match v {
+        A::LongString(s) => json!(["str", String::from_utf8_lossy(s.as_bytes())]),
+        A::LongInt(i) => json!(["int", i]),
+        A::LongLongInt(i) => json!(["int", i]),
+        A::Boolean(b) => json!(["bool", b]),
+        A::Void => json!(["none", null]),
+        A::Double(f) => json!(["float", f]),
+        A::FieldArray(a) => json!(["list", a.as_slice().iter().map(typed).collect::<Vec<_>>()]),
+        A::FieldTable(t) => json!([
+            "dict",
+            t.inner()
+                .iter()
+                .map(|(k, v)| json!([k.as_str(), typed(v)]))
+                .collect::<Vec<_>>()
+        ]),
+        other => json!(["other", format!("{other:?}")]),
+    }
+}
+
+#[test]
+fn options_amqp_headers_match_the_captured_apply_async() {
+    let m = captured_options_message("gen25957@vm");
+    let table = crate::celery::headers_table(&m.headers());
+    let ours: Vec<Value> = table
+        .inner()
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), typed(v)]))
+        .collect();
+    let mut captured: Vec<Value> =
+        serde_json::from_str(CAPTURED_OPTIONS_AMQP_HEADERS).expect("json");
+    // lapin's field table is sorted by name (py-amqp keeps the dict's order): workers read the
+    // headers by name, so the order is the one difference allowed here.
+    let name = |v: &Value| v[0].as_str().unwrap_or_default().to_string();
+    captured.sort_by_key(name);
+    let mut ours = ours;
+    ours.sort_by_key(name);
+    assert_eq!(
+        Value::Array(ours).to_string(),
+        Value::Array(captured).to_string()
+    );
+}
+
+#[test]
+fn default_options_change_nothing() {
+    // No options: the default exchange, the queue as routing key, Celery's default headers.
+    let m = vector();
+    assert_eq!(m.routing(), ("", "ad_queue"));
+    let h = m.headers();
+    assert_eq!(h["timelimit"], json!([null, null]));
+    assert_eq!(h["ignore_result"], json!(false));
+    // Only a hard or only a soft limit: the other stays null, as apply_async writes it.
+    let mut m = vector();
+    m.options.soft_time_limit = Some(5);
+    assert_eq!(m.headers()["timelimit"], json!([null, 5]));
+    let env: Value = serde_json::from_str(&m.redis_envelope("t", envelope_time())).expect("json");
+    assert_eq!(env["headers"]["timelimit"], json!([null, 5]));
 }
