@@ -16,6 +16,7 @@
 
 pub mod apscheduler;
 pub mod celery_beat;
+pub mod celery_schedule;
 pub mod django_beat;
 pub mod plan;
 pub mod redbeat;
