@@ -104,21 +104,13 @@ pub fn candidate(source: Source, e: Entry, now: DateTime<Utc>) -> Result<Candida
             month_of_year,
         } => {
             let cron = crontab_to_cron(minute, hour, day_of_week, day_of_month, month_of_year)?;
+            let hour_is_star = cron.split(' ').nth(1) == Some("*");
             spec.insert("schedule".into(), json!({"cron": cron}));
             if tz != "UTC" {
                 spec.insert("timeZone".into(), json!(tz));
             }
             if observes_dst(zone, now) {
-                differences.push(Difference::new(
-                    "crontab-dst-gap",
-                    format!(
-                        "a crontab slot in a spring-forward gap (e.g. 02:30 when clocks jump from \
-                         02:00 to 03:00) runs in {} at the gap's length after the slot (03:30); \
-                         kube-beat runs it once at the first instant after the gap (03:00). Slots in \
-                         a fall-back overlap run once, at their first occurrence, in both",
-                        source.name()
-                    ),
-                ));
+                differences.push(dst_difference(source, hour_is_star));
             }
         }
         Sched::Interval { seconds, relative } => {
@@ -258,6 +250,28 @@ pub fn candidate(source: Source, e: Entry, now: DateTime<Utc>) -> Result<Candida
         spec,
         differences,
     })
+}
+
+/// Where Celery's wall-clock crontab and kube-beat's DST rule part (found by the fidelity tests,
+/// tests/import_celery.rs).
+fn dst_difference(source: Source, hour_is_star: bool) -> Difference {
+    if hour_is_star {
+        Difference::new(
+            "crontab-dst-overlap",
+            format!(
+                "in the repeated hour of a fall-back (e.g. 02:00-03:00 twice), {} runs each slot                  once, at its first occurrence; kube-beat runs a crontab with hour `*` in both                  occurrences (it follows real time, as Kubernetes CronJobs do)",
+                source.name()
+            ),
+        )
+    } else {
+        Difference::new(
+            "crontab-dst-gap",
+            format!(
+                "a crontab slot in a spring-forward gap (e.g. 02:30 when clocks jump from 02:00 to                  03:00) runs in {} one gap-length after the slot (03:30); kube-beat runs it once                  at the first instant after the gap (03:00). Slots in a fall-back overlap run                  once, at their first occurrence, in both",
+                source.name()
+            ),
+        )
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
