@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{
     Candidate, ImportError, ReadOptions,
-    celery_schedule::{self, Entry, Sched, Source},
+    celery_schedule::{self, Crontab, Entry, Sched, Source},
 };
 
 /// The helper script, run as `python -c HELPER TARGET`.
@@ -81,13 +81,13 @@ fn convert(
     }
     let s = &raw.schedule;
     let schedule = match s["type"].as_str() {
-        Some("crontab") => Sched::Crontab {
+        Some("crontab") => Sched::Crontab(Box::new(Crontab {
             minute: s["minute"].clone(),
             hour: s["hour"].clone(),
             day_of_week: s["day_of_week"].clone(),
             day_of_month: s["day_of_month"].clone(),
             month_of_year: s["month_of_year"].clone(),
-        },
+        })),
         Some("interval") => Sched::Interval {
             seconds: s["seconds"].as_f64().unwrap_or(f64::NAN),
             relative: s["relative"].as_bool().unwrap_or(false),

@@ -34,15 +34,19 @@ impl Source {
 pub enum Sched {
     /// `crontab(minute, hour, day_of_week, day_of_month, month_of_year)`: each field as given
     /// (a string, a number or a list of numbers).
-    Crontab {
-        minute: Value,
-        hour: Value,
-        day_of_week: Value,
-        day_of_month: Value,
-        month_of_year: Value,
-    },
+    Crontab(Box<Crontab>),
     /// `schedule(run_every)` in seconds, and its `relative` flag.
     Interval { seconds: f64, relative: bool },
+}
+
+/// A crontab's fields as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crontab {
+    pub minute: Value,
+    pub hour: Value,
+    pub day_of_week: Value,
+    pub day_of_month: Value,
+    pub month_of_year: Value,
 }
 
 /// One entry of the source, read but not interpreted.
@@ -96,14 +100,14 @@ pub fn candidate(source: Source, e: Entry, now: DateTime<Utc>) -> Result<Candida
         ));
     }
     match &e.schedule {
-        Sched::Crontab {
-            minute,
-            hour,
-            day_of_week,
-            day_of_month,
-            month_of_year,
-        } => {
-            let cron = crontab_to_cron(minute, hour, day_of_week, day_of_month, month_of_year)?;
+        Sched::Crontab(c) => {
+            let cron = crontab_to_cron(
+                &c.minute,
+                &c.hour,
+                &c.day_of_week,
+                &c.day_of_month,
+                &c.month_of_year,
+            )?;
             let hour_is_star = cron.split(' ').nth(1) == Some("*");
             spec.insert("schedule".into(), json!({"cron": cron}));
             if tz != "UTC" {
@@ -120,17 +124,19 @@ pub fn candidate(source: Source, e: Entry, now: DateTime<Utc>) -> Result<Candida
                 ));
             }
             if *relative {
-                let cron = match *seconds {
-                    s if s == 60.0 => "* * * * *",
-                    s if s == 3600.0 => "0 * * * *",
-                    s if s == 86400.0 => "0 0 * * *",
-                    s => {
-                        return Err(format!(
-                            "relative=True rounds each run to the interval's resolution in local \
+                let s = *seconds;
+                let cron = if s == 60.0 {
+                    "* * * * *"
+                } else if s == 3600.0 {
+                    "0 * * * *"
+                } else if s == 86400.0 {
+                    "0 0 * * *"
+                } else {
+                    return Err(format!(
+                        "relative=True rounds each run to the interval's resolution in local \
                              time; kube-beat has no equivalent for an interval of {s} s (only 1 \
                              minute, 1 hour and 1 day map exactly, to a cron schedule)"
-                        ));
-                    }
+                    ));
                 };
                 spec.insert("schedule".into(), json!({"cron": cron}));
                 if tz != "UTC" {
@@ -199,10 +205,10 @@ pub fn candidate(source: Source, e: Entry, now: DateTime<Utc>) -> Result<Candida
     }
     let mut options = e.options.clone();
     for (from, to) in OPTION_FIELDS {
-        if let Some(v) = options.remove(*from) {
-            if !v.is_null() {
-                spec.insert((*to).into(), v);
-            }
+        if let Some(v) = options.remove(*from)
+            && !v.is_null()
+        {
+            spec.insert((*to).into(), v);
         }
     }
     if let Some(v) = options.remove("expires") {
@@ -680,13 +686,13 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("0.5"), "{e}");
 
-        let mut e = entry(Sched::Crontab {
+        let mut e = entry(Sched::Crontab(Box::new(Crontab {
             minute: json!("30"),
             hour: json!("2"),
             day_of_week: json!("*"),
             day_of_month: json!("*"),
             month_of_year: json!("*"),
-        });
+        })));
         e.enabled = false;
         e.options
             .insert("expires_at".into(), json!("2026-01-01T00:00:00+00:00"));
@@ -697,13 +703,13 @@ mod tests {
         assert_eq!(ids, ["crontab-dst-gap", "expires-datetime"]);
 
         // No DST in UTC; an unknown zone is reported.
-        let mut e = entry(Sched::Crontab {
+        let mut e = entry(Sched::Crontab(Box::new(Crontab {
             minute: json!("0"),
             hour: json!("*"),
             day_of_week: json!("*"),
             day_of_month: json!("*"),
             month_of_year: json!("*"),
-        });
+        })));
         e.time_zone = None;
         let c = candidate(Source::RedBeat, e, now()).unwrap();
         let ids: Vec<&str> = c.differences.iter().map(|d| d.id).collect();

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Candidate, ImportError, ReadOptions,
-    celery_schedule::{self, Entry, Sched, Source},
+    celery_schedule::{self, Crontab, Entry, Sched, Source},
 };
 use crate::redact;
 
@@ -184,13 +184,13 @@ fn entry(name: &str, def: &Value, meta: &Value) -> Result<Entry, String> {
         .to_string();
     let s = &def["schedule"];
     let schedule = match s["__type__"].as_str() {
-        Some("crontab") => Sched::Crontab {
+        Some("crontab") => Sched::Crontab(Box::new(Crontab {
             minute: s["minute"].clone(),
             hour: s["hour"].clone(),
             day_of_week: s["day_of_week"].clone(),
             day_of_month: s["day_of_month"].clone(),
             month_of_year: s["month_of_year"].clone(),
-        },
+        })),
         Some("interval") => Sched::Interval {
             seconds: s["every"].as_f64().ok_or("interval without `every`")?,
             relative: s["relative"].as_bool().unwrap_or(false),
