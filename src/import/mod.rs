@@ -16,6 +16,7 @@
 
 pub mod apscheduler;
 pub mod celery_beat;
+pub mod celery_schedule;
 pub mod cron_fields;
 pub mod django_beat;
 pub mod plan;
