@@ -68,7 +68,12 @@ pub fn convert(
     for (index, job) in jobs.iter().enumerate() {
         let label = job.get("name").and_then(Value::as_str).map(str::to_string);
         match convert_job(job, &map) {
-            Ok((name, function, tf, spec)) => {
+            Ok(PlanJob {
+                name,
+                function,
+                function_spec: tf,
+                spec,
+            }) => {
                 let tf_name = b.task_function_name(&function);
                 b.add_with_function(Some(index), &name, &tf_name, tf, spec, Vec::new());
             }
@@ -82,12 +87,18 @@ pub fn convert(
     b.finish()
 }
 
-/// One job → (its name, its task function's name, that function's spec, the ScheduledJob spec
-/// without `taskFunction`); the builder names the function and validates both.
-fn convert_job(
-    job: &Value,
-    map: &Map<String, Value>,
-) -> Result<(String, String, Map<String, Value>, Map<String, Value>), String> {
+/// One entry of the plan, converted but not yet validated.
+struct PlanJob {
+    name: String,
+    /// The plan's task function name (the builder derives the object name).
+    function: String,
+    function_spec: Map<String, Value>,
+    /// The ScheduledJob spec without `taskFunction`.
+    spec: Map<String, Value>,
+}
+
+/// One job → a [`PlanJob`]; the builder names the function and validates both.
+fn convert_job(job: &Value, map: &Map<String, Value>) -> Result<PlanJob, String> {
     let obj = job.as_object().ok_or("an entry must be an object")?;
     let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let name = text("name")
@@ -141,7 +152,12 @@ fn convert_job(
     let Value::Object(spec) = spec else {
         return Err("internal: the spec is an object".into()); // built as one above
     };
-    Ok((name, function, tf, spec))
+    Ok(PlanJob {
+        name,
+        function,
+        function_spec: tf,
+        spec,
+    })
 }
 
 fn schedule(job_type: &str, config: &Value) -> Result<(Value, Option<String>), String> {
