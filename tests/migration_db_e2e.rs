@@ -1,10 +1,11 @@
-//! docs/migration.md "From APScheduler", end to end, with the doc's commands: real APScheduler
-//! jobs (its own API on its SQLAlchemy job store in a per-test Postgres database) are imported
-//! with `kube-beat import --from apscheduler`, applied to the real apiserver, shadowed (SHADOW
-//! slots at the fire times APScheduler's own trigger computes, nothing published), cut over
-//! (jobs paused in APScheduler, kube-beat live: every slot runs exactly once on a real Celery
-//! worker) and rolled back (kube-beat back to shadow: nothing more is published; the jobs resumed
-//! in APScheduler).
+//! docs/migration.md "From APScheduler" and "From django-celery-beat", end to end, with the
+//! doc's commands: real definitions (APScheduler's own API on its SQLAlchemy job store,
+//! django-celery-beat's ORM after its migrations, each in a per-test Postgres database) are
+//! imported with `kube-beat import --from apscheduler|django-celery-beat`, applied to the real
+//! apiserver, shadowed (SHADOW slots at the fire times the source library computes, nothing
+//! published), cut over (the jobs paused in APScheduler / disabled in django-celery-beat with the
+//! doc's SQL, kube-beat live: every slot runs exactly once on a real Celery worker) and rolled
+//! back (kube-beat back to shadow: nothing more is published; the jobs resumed / re-enabled).
 
 mod common;
 
@@ -21,7 +22,7 @@ use common::{
 };
 use serde_json::Value;
 
-/// The old scheduler's side: tests/migration/migration_e2e.py with APScheduler's own API.
+/// The old scheduler's side: tests/migration/migration_e2e.py, with the source's own library.
 fn source(args: &[&str]) -> Vec<String> {
     let dir = common::env().repo.join("tests/migration");
     let out = Command::new(common::migration_venv().join("bin/python"))
@@ -29,7 +30,7 @@ fn source(args: &[&str]) -> Vec<String> {
         .arg(dir.join("migration_e2e.py"))
         .args(args)
         .output()
-        .expect("running APScheduler");
+        .expect("running the source scheduler's library");
     ok(&out).lines().map(str::to_string).collect()
 }
 
@@ -63,9 +64,9 @@ fn shadow_slots(rows: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-/// The worker's record of the `celery` queue (`Fixture::record` reads the fixture's own queue).
-async fn worker_record(f: &Fixture) -> Vec<common::Invocation> {
-    common::wait_invocations(&f.pool, "celery", Duration::ZERO, |_| true).await
+/// The worker's record of `queue` (`Fixture::record` reads the fixture's own queue).
+async fn worker_record(f: &Fixture, queue: &str) -> Vec<common::Invocation> {
+    common::wait_invocations(&f.pool, queue, Duration::ZERO, |_| true).await
 }
 
 /// Stop an operator as a rollout does (SIGTERM: it releases its lease).
@@ -84,30 +85,107 @@ fn operator(f: &Fixture, mode: &str, backend: &str) -> Operator {
     f.operator(&args)
 }
 
+/// The old scheduler, driven with its own library (and, for django-celery-beat, the doc's SQL).
+#[derive(Clone, Copy, PartialEq)]
+enum Old {
+    Apscheduler,
+    DjangoCeleryBeat,
+}
+
+impl Old {
+    fn name(self) -> &'static str {
+        match self {
+            Old::Apscheduler => "apscheduler",
+            Old::DjangoCeleryBeat => "django-celery-beat",
+        }
+    }
+
+    /// The next `n` fire times of job `id` after `from`, as the old scheduler computes them.
+    fn fire(self, url: &str, id: &str, from: &str, n: usize) -> Vec<String> {
+        let cmd = match self {
+            Old::Apscheduler => "aps-fire",
+            Old::DjangoCeleryBeat => "django-fire",
+        };
+        source(&[cmd, url, id, from, &n.to_string()])
+    }
+
+    /// Cutover step 1 (`true`) / rollback step 2 (`false`), as the doc says; then check it took.
+    fn pause(self, url: &str, pause: bool) {
+        match self {
+            Old::Apscheduler => {
+                source(&[if pause { "aps-pause" } else { "aps-resume" }, url]);
+                for id in ["every-5s", "every-minute"] {
+                    let next = source(&["aps-next-run", url, id]);
+                    assert_eq!(next == ["paused"], pause, "{id}: {next:?}");
+                }
+            }
+            Old::DjangoCeleryBeat => {
+                let sql = if pause {
+                    "UPDATE django_celery_beat_periodictask SET enabled = false"
+                } else {
+                    "UPDATE django_celery_beat_periodictask SET enabled = true \
+                     WHERE name IN ('every-5s', 'every-minute')"
+                };
+                ok(&Command::new("psql")
+                    .args([url, "-v", "ON_ERROR_STOP=1", "-c", sql])
+                    .output()
+                    .expect("psql"));
+                let enabled = ok(&Command::new("psql")
+                    .args([url, "-tA", "-c"])
+                    .arg(
+                        "SELECT bool_and(enabled) = bool_or(enabled) AND bool_or(enabled) \
+                          FROM django_celery_beat_periodictask",
+                    )
+                    .output()
+                    .expect("psql"));
+                assert_eq!(enabled.trim(), if pause { "f" } else { "t" });
+            }
+        }
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane (make test)"]
 async fn apscheduler_import_shadow_cutover_rollback() {
+    migrate(Old::Apscheduler).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane (make test)"]
+async fn django_celery_beat_import_shadow_cutover_rollback() {
+    migrate(Old::DjangoCeleryBeat).await;
+}
+
+async fn migrate(old: Old) {
     let t0 = Instant::now();
-    // The imported TaskFunction has no queue (APScheduler has none): Celery's default `celery`,
-    // on a Redis database of this test's own so no other test's worker takes its messages.
-    let f = fixture("kbt-migaps", format!("{}/9", common::env().redis_url)).await;
+    // APScheduler has no queues: its TaskFunction has Celery's default `celery`, on a Redis
+    // database of these tests' own so no other test's worker takes its messages.
+    // django-celery-beat's tasks name the fixture's queue.
+    let f = fixture("kbt-migdb", format!("{}/9", common::env().redis_url)).await;
+    let queue = match old {
+        Old::Apscheduler => "celery".to_string(),
+        Old::DjangoCeleryBeat => f.queue.clone(),
+    };
     let app_db = TestDb::create().await;
     // The workers that will take over the jobs; they already run during the shadow phase.
     // With their result backend: `max_instances = 1` is imported as `concurrencyPolicy: Forbid`,
     // and without outcomes kube-beat cannot know a run has finished (every later slot skipped).
     let backend = format!("{}/10", common::env().redis_url);
-    let worker = Worker::start(&f.broker, Some(&backend), "celery", &f.db.url);
+    let worker = Worker::start(&f.broker, Some(&backend), &queue, &f.db.url);
 
     // The old scheduler: an interval job every 5 s from `start` and a cron job every minute.
     let start = iso(Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(3));
-    source(&["aps-setup", &app_db.url, &start]);
+    match old {
+        Old::Apscheduler => source(&["aps-setup", &app_db.url, &start]),
+        Old::DjangoCeleryBeat => source(&["django-setup", &app_db.url, &start, &queue]),
+    };
 
     // 1. import, exactly as the doc says (plus a prefix: TaskFunctions are cluster-scoped).
     let dir = tempfile::tempdir().expect("temp dir");
     let (jobs_yaml, report) = (dir.path().join("jobs.yaml"), dir.path().join("report.json"));
     let prefix = format!("{}-", f.id);
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
-        .args(["import", "--from", "apscheduler", &app_db.url, "-n", &f.ns])
+        .args(["import", "--from", old.name(), &app_db.url, "-n", &f.ns])
         .args(["--task-function-prefix", &prefix, "-o"])
         .arg(&jobs_yaml)
         .arg("--report")
@@ -131,7 +209,7 @@ async fn apscheduler_import_shadow_cutover_rollback() {
         .filter(|o| o["kind"] == "TaskFunction")
         .collect();
     assert_eq!(tfs.len(), 1, "{text}");
-    // 2. APScheduler's `kb:echo` is the Celery task `kb.echo` (registered in kb_worker.py).
+    // 2. The Celery task `kb.echo` (registered in kb_worker.py; APScheduler's `kb:echo`).
     assert_eq!(tfs[0]["spec"]["task"], "kb.echo");
     let tf_name = tfs[0]["metadata"]["name"]
         .as_str()
@@ -147,7 +225,7 @@ async fn apscheduler_import_shadow_cutover_rollback() {
         &format!("kubebeat.io/test={}", f.id),
     ]));
 
-    // 3. shadow run: SHADOW slots at APScheduler's own fire times, nothing published.
+    // 3. shadow run: SHADOW slots at the source's own fire times, nothing published.
     let op = operator(&f, "shadow", &backend);
     let shadow = eventually("3 SHADOW slots", Duration::from_secs(40), || async {
         let s = shadow_slots(&executions(&f, "every-5s").await);
@@ -156,37 +234,34 @@ async fn apscheduler_import_shadow_cutover_rollback() {
     .await;
     assert!(shadow[0] >= start, "{shadow:?} before {start}");
     let before_first = iso(parse(&shadow[0]) - chrono::Duration::seconds(1));
-    let aps = source(&[
-        "aps-fire",
-        &app_db.url,
-        "every-5s",
-        &before_first,
-        &shadow.len().to_string(),
-    ]);
-    assert_eq!(shadow, aps, "SHADOW slots vs. APScheduler's fire times");
-    // The cron job (Europe/Berlin): kube-beat's next run is APScheduler's next fire time.
+    let theirs = old.fire(&app_db.url, "every-5s", &before_first, shadow.len());
+    assert_eq!(
+        shadow, theirs,
+        "SHADOW slots vs. the old scheduler's fire times"
+    );
+    // The cron job (Europe/Berlin): kube-beat's next run is the source's next fire time.
     eventually(
-        "every-minute's next run is APScheduler's",
+        "every-minute's next run is the source's",
         Duration::from_secs(20),
         || async {
             let now = iso(Utc::now());
             let next = f.status("every-minute").await["nextScheduleTime"].clone();
-            let aps = source(&["aps-fire", &app_db.url, "every-minute", &now, "1"]);
-            (next.as_str() == Some(aps[0].as_str())).then_some(())
+            let theirs = old.fire(&app_db.url, "every-minute", &now, 1);
+            (next.as_str() == Some(theirs[0].as_str())).then_some(())
         },
     )
     .await;
-    assert!(worker_record(&f).await.is_empty(), "shadow mode published");
+    assert!(
+        worker_record(&f, &queue).await.is_empty(),
+        "shadow mode published"
+    );
     assert!(worker.log_text().contains(" ready."));
 
-    // 4. cutover: pause the jobs in APScheduler, then go live.
-    source(&["aps-pause", &app_db.url]);
-    for id in ["every-5s", "every-minute"] {
-        assert_eq!(source(&["aps-next-run", &app_db.url, id]), ["paused"]);
-    }
+    // 4. cutover: pause / disable the jobs in the old scheduler, then go live.
+    old.pause(&app_db.url, true);
     stop(op);
     let live = operator(&f, "live", &backend);
-    let record = common::wait_invocations(&f.pool, "celery", Duration::from_secs(40), |r| {
+    let record = common::wait_invocations(&f.pool, &queue, Duration::from_secs(40), |r| {
         r.iter()
             .filter(|i| i.args == serde_json::json!(["interval"]))
             .count()
@@ -199,15 +274,11 @@ async fn apscheduler_import_shadow_cutover_rollback() {
         .collect();
     assert!(ran.len() >= 3, "{record:?}\n{}", live.log_text());
 
-    // 5. rollback: kube-beat back to shadow, then resume the jobs in APScheduler.
+    // 5. rollback: kube-beat back to shadow, then resume / re-enable the jobs in the old one.
     stop(live);
     let rolled_back = executions(&f, "every-5s").await;
     let op = operator(&f, "shadow", &backend);
-    source(&["aps-resume", &app_db.url]);
-    assert_ne!(
-        source(&["aps-next-run", &app_db.url, "every-5s"]),
-        ["paused"]
-    );
+    old.pause(&app_db.url, false);
     let last = rolled_back.last().expect("executions").0.clone();
     eventually(
         "SHADOW slots after rollback",
@@ -225,13 +296,16 @@ async fn apscheduler_import_shadow_cutover_rollback() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Exactly once: every live slot ran once on the worker, nothing ran twice, nothing after
-    // the rollback; every slot (shadow and live) is on APScheduler's grid.
-    let record = worker_record(&f).await;
+    // the rollback; every slot (shadow and live) is on the source's grid.
+    let record = worker_record(&f, &queue).await;
     assert_no_duplicates(&record);
     let rows = executions(&f, "every-5s").await;
+    // A run claimed just as the live operator stopped for the rollback stays PENDING: the
+    // shadow operator never publishes it (the old scheduler has the job again).
+    let pending: Vec<_> = rows.iter().filter(|(_, s)| s == "PENDING").collect();
     let live_slots: BTreeSet<String> = rows
         .iter()
-        .filter(|(_, s)| s != "SHADOW")
+        .filter(|(_, s)| s != "SHADOW" && s != "PENDING")
         .map(|(t, _)| t.clone())
         .collect();
     let worker_slots: BTreeSet<String> = record
@@ -242,7 +316,15 @@ async fn apscheduler_import_shadow_cutover_rollback() {
     assert_eq!(live_slots, worker_slots, "{rows:?}");
     // And kube-beat knows each outcome (the result backend).
     assert!(
-        rows.iter().all(|(_, s)| s == "SHADOW" || s == "SUCCESS"),
+        rows.iter()
+            .all(|(_, s)| ["SHADOW", "SUCCESS", "PENDING"].contains(&s.as_str())),
+        "{rows:?}"
+    );
+    assert!(
+        pending.len() <= 1
+            && pending
+                .iter()
+                .all(|(t, _)| live_slots.last().is_some_and(|l| t > l)),
         "{rows:?}"
     );
     for inv in &record {
@@ -257,20 +339,16 @@ async fn apscheduler_import_shadow_cutover_rollback() {
         shadow_slots(&rows).iter().any(|t| *t > last_live),
         "no shadow slot after the live ones: {rows:?}"
     );
-    let grid: BTreeSet<String> = source(&[
-        "aps-fire",
-        &app_db.url,
-        "every-5s",
-        &before_first,
-        // Slots missed while no operator ran are not rows: look far enough ahead.
-        &(rows.len() + 30).to_string(),
-    ])
-    .into_iter()
-    .collect();
+    // Slots missed while no operator ran are not rows: look far enough ahead.
+    let grid: BTreeSet<String> = old
+        .fire(&app_db.url, "every-5s", &before_first, rows.len() + 30)
+        .into_iter()
+        .collect();
     let all: BTreeSet<String> = rows.iter().map(|(t, _)| t.clone()).collect();
     assert!(all.is_subset(&grid), "{all:?} not on {grid:?}");
     eprintln!(
-        "shadow {} live {} slots in {:?}",
+        "{}: shadow {} live {} slots in {:?}",
+        old.name(),
         shadow_slots(&rows).len(),
         live_slots.len(),
         t0.elapsed()

@@ -6,10 +6,13 @@ SQLAlchemy job store the test imports from.
     migration_e2e.py aps-next-run DB_URL ID        the job's stored next_run_time (or "paused")
     migration_e2e.py aps-pause DB_URL              scheduler.pause_job(id) for every job
     migration_e2e.py aps-resume DB_URL             scheduler.resume_job(id) for every job
+    migration_e2e.py django-setup DB_URL START_ISO QUEUE   the same two with django-celery-beat's ORM
+    migration_e2e.py django-fire DB_URL NAME FROM N        the fire times django-celery-beat computes
 """
 
 import datetime
 import sys
+import zoneinfo
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -33,8 +36,30 @@ def scheduler(url):
     return s
 
 
+def django_setup(url, start, queue):
+    from django.core.management import call_command
+
+    import import_db_oracle
+
+    models = import_db_oracle.django(url)
+    call_command("migrate", verbosity=0)
+    every = models.IntervalSchedule.objects.create(every=5, period="seconds")
+    models.PeriodicTask.objects.create(name="every-5s", task="kb.echo", interval=every,
+                                       start_time=parse(start), args='["interval"]', queue=queue)
+    minute = models.CrontabSchedule.objects.create(minute="*", hour="*",
+                                                   timezone=zoneinfo.ZoneInfo("Europe/Berlin"))
+    models.PeriodicTask.objects.create(name="every-minute", task="kb.echo", crontab=minute,
+                                       args='["cron"]', queue=queue)
+
+
 def main():
     cmd, url, *rest = sys.argv[1:]
+    if cmd == "django-setup":
+        return django_setup(url, rest[0], rest[1])
+    if cmd == "django-fire":
+        import import_db_oracle
+
+        return import_db_oracle.django_next(url, rest[0], rest[1], int(rest[2]))
     s = scheduler(url)
     try:
         if cmd == "aps-setup":
