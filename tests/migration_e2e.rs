@@ -224,7 +224,10 @@ impl Source {
                 .expect("kill"));
             let t = Instant::now();
             while child.try_wait().expect("beat status").is_none() {
-                assert!(t.elapsed() < Duration::from_secs(15), "celery beat did not stop");
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "celery beat did not stop"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -373,7 +376,14 @@ async fn migrate(old: Old) {
         Old::CeleryBeat => {}
         Old::RedBeat => {
             source(&["redbeat-setup", &src.url, &src.prefix, &start, &queue]);
-            src.grid = source(&["redbeat-fire", &src.url, &src.prefix, "every-5s", "-", "200"]);
+            src.grid = source(&[
+                "redbeat-fire",
+                &src.url,
+                &src.prefix,
+                "every-5s",
+                "-",
+                "200",
+            ]);
             assert_eq!(src.grid[0], start, "RedBeat's next run");
         }
     }
@@ -450,7 +460,11 @@ async fn migrate(old: Old) {
         // was stored; the grids have the same step (Celery's fire times from kube-beat's first
         // slot), and the report says so.
         let theirs = src.fire("every-5s", &shadow[0], shadow.len() - 1);
-        assert_eq!(shadow[1..], theirs[..], "SHADOW slots vs. Celery's interval");
+        assert_eq!(
+            shadow[1..],
+            theirs[..],
+            "SHADOW slots vs. Celery's interval"
+        );
         assert!(report.to_string().contains("interval-anchor"), "{report:#}");
     } else {
         let theirs = src.fire("every-5s", &before_first, shadow.len());
@@ -510,10 +524,8 @@ async fn migrate(old: Old) {
     let beat_before = beat_runs(&worker_record(&f, &queue).await);
     stop(op);
     let live = operator(&f, "live", &backend);
-    let record = common::wait_invocations(&f.pool, &queue, Duration::from_secs(40), |r| {
-        ours(r) >= 3
-    })
-    .await;
+    let record =
+        common::wait_invocations(&f.pool, &queue, Duration::from_secs(40), |r| ours(r) >= 3).await;
     assert!(ours(&record) >= 3, "{record:?}\n{}", live.log_text());
     // The old scheduler is off: nothing of its own reached the workers while kube-beat was live.
     assert_eq!(beat_runs(&record), beat_before, "{record:?}");
