@@ -478,22 +478,18 @@ pub async fn read(
 /// A valid Kubernetes object name (RFC 1123 label: lowercase alphanumerics and '-', at most 63
 /// characters, alphanumeric at both ends) derived from a free-form job name.
 pub fn k8s_name(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    let out: String = out.trim_matches('-').chars().take(63).collect();
-    let out = out.trim_end_matches('-').to_string();
-    if out.is_empty() { "job".into() } else { out }
+    dns_name(name, 63, "job")
 }
 
 /// A TaskFunction name from a Celery task name: as [`k8s_name`], but at most 253 characters (a
 /// DNS subdomain), so long dotted task paths stay distinct.
 pub fn k8s_subdomain(name: &str) -> String {
+    dns_name(name, 253, "task")
+}
+
+/// Lowercase alphanumerics, every other run of characters one '-', at most `max` characters,
+/// alphanumeric at both ends; `fallback` when nothing is left.
+fn dns_name(name: &str, max: usize, fallback: &str) -> String {
     let mut out = String::new();
     for c in name.chars().flat_map(char::to_lowercase) {
         if c.is_ascii_alphanumeric() {
@@ -502,9 +498,13 @@ pub fn k8s_subdomain(name: &str) -> String {
             out.push('-');
         }
     }
-    let out: String = out.trim_matches('-').chars().take(253).collect();
-    let out = out.trim_end_matches('-').to_string();
-    if out.is_empty() { "task".into() } else { out }
+    let out: String = out.trim_matches('-').chars().take(max).collect();
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        fallback.into()
+    } else {
+        out.into()
+    }
 }
 
 #[cfg(test)]
