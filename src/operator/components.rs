@@ -38,6 +38,9 @@ struct Shared {
     feed: Feed,
     stop: watch::Receiver<bool>,
     shadow: bool,
+    /// The worker probe's latest census; consumed by the health monitor (issue #26).
+    #[allow(dead_code)]
+    census: crate::workers::CensusWatch,
 }
 
 // The wiring, in the order the parts depend on each other; each part is built by a function
@@ -71,6 +74,7 @@ pub(super) fn build(
         );
     }
     let (feed, feed_rx) = Feed::new(args.status_queue_capacity);
+    let (census_tx, census) = crate::workers::census_channel();
     let s = Shared {
         pool,
         client,
@@ -79,6 +83,7 @@ pub(super) fn build(
         feed,
         stop,
         shadow,
+        census,
     };
     let wake = Arc::new(tokio::sync::Notify::new());
     let controllers = reconcile::controllers(
@@ -128,14 +133,15 @@ pub(super) fn build(
     let sampler = tasks::sample_queue_depths(
         s.pool.clone(),
         args.broker_url.clone(),
-        broker_options,
-        ledger,
+        broker_options.clone(),
+        ledger.clone(),
         s.stop.clone(),
     );
     parts.push((
         "queue depth sampler",
         Box::pin(then_wait(sampler, s.stop.clone())),
     ));
+    parts.push(worker_probe_part(args, &s, census_tx, broker_options, ledger));
     parts.push(("readiness", Box::pin(then_wait(readiness, s.stop.clone()))));
     parts.push(http_part(args, &s, health));
     if let Some(webhook) = webhook_part(args, &s) {
@@ -289,6 +295,40 @@ fn dispatcher_part(
         )
     });
     Ok(("dispatcher", Box::pin(dispatcher)))
+}
+
+/// The leader's Celery worker probe (`crate::workers`); ends at once in shadow mode or when
+/// turned off (`--worker-probe-seconds 0`), then waits for the stop.
+fn worker_probe_part(
+    args: &RunArgs,
+    s: &Shared,
+    census: watch::Sender<Option<Arc<crate::workers::Census>>>,
+    options: TransportOptions,
+    ledger: String,
+) -> Part {
+    let cfg = crate::workers::ProbeConfig {
+        pool: s.pool.clone(),
+        client: s.client.clone(),
+        period: Duration::from_secs(args.worker_probe_seconds.min(86_400)),
+        role: s.role.clone(),
+        census,
+    };
+    let broker_url = if s.shadow {
+        None
+    } else {
+        args.broker_url.clone()
+    };
+    let stop = s.stop.clone();
+    let probe = supervise("worker_probe", s.stop.clone(), move || {
+        tasks::run_worker_probe(
+            cfg.clone(),
+            broker_url.clone(),
+            options.clone(),
+            ledger.clone(),
+            stop.clone(),
+        )
+    });
+    ("worker probe", Box::pin(then_wait(probe, s.stop.clone())))
 }
 
 fn housekeeping_part(args: &RunArgs, s: &Shared) -> Part {

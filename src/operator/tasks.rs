@@ -172,6 +172,30 @@ pub(super) async fn sample_queue_depths(
     }
 }
 
+/// Connect to the broker (retrying), then probe the workers while leader (`crate::workers`).
+/// Ends at once in shadow mode (no broker) or with the probe turned off (a zero period).
+pub(super) async fn run_worker_probe(
+    cfg: crate::workers::ProbeConfig,
+    broker_url: Option<String>,
+    options: TransportOptions,
+    ledger: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(url) = broker_url.filter(|_| !cfg.period.is_zero()) else {
+        return;
+    };
+    let Some(publisher) = retrying(
+        "the broker (worker probe)",
+        || Publisher::connect_with(&url, &options, Duration::from_secs(60), &ledger),
+        &mut stop,
+    )
+    .await
+    else {
+        return;
+    };
+    crate::workers::run(cfg, publisher, stop).await;
+}
+
 /// Retention, on the leader only: executions beyond each job's `historyLimit` every
 /// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes.
 pub(super) async fn housekeeping(
