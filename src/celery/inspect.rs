@@ -182,12 +182,15 @@ pub fn amqp_ticket(headers: Option<&FieldTable>) -> Option<String> {
     }
 }
 
+/// A worker's answers so far: (registered, queues).
+type Answers = (Option<Vec<String>>, Option<Vec<String>>);
+
 /// Collects the replies to the two tickets of one inspection.
 #[derive(Debug)]
 pub struct Collector {
     tickets: [(Question, String); 2],
-    /// hostname → (registered, queues); a BTreeMap so reports come out in a stable order.
-    workers: BTreeMap<String, (Option<Vec<String>>, Option<Vec<String>>)>,
+    /// hostname → its answers; a BTreeMap so reports come out in a stable order.
+    workers: BTreeMap<String, Answers>,
     /// Replies read (kept or not), and replies dropped as oversized or malformed.
     pub read: usize,
     pub dropped: usize,
@@ -299,8 +302,8 @@ impl Publisher {
                 keyprefix,
                 ..
             } => {
-                let result = inspect_redis(shared, *db, keyprefix, &reply_key, wait, &mut collector)
-                    .await;
+                let result =
+                    inspect_redis(shared, *db, keyprefix, &reply_key, wait, &mut collector).await;
                 if let Err(PublishError::Redis(e)) = &result {
                     shared.failed(e).await;
                 }
@@ -358,7 +361,11 @@ impl Publisher {
                             ..Default::default()
                         };
                         match channel
-                            .queue_declare(ShortString::from(q.as_str()), opts, FieldTable::default())
+                            .queue_declare(
+                                ShortString::from(q.as_str()),
+                                opts,
+                                FieldTable::default(),
+                            )
                             .await
                         {
                             Ok(declared) => {

@@ -32,8 +32,8 @@ fn requests_match_celery_inspect_on_both_brokers() {
         let redis = fixture(&format!("redis-{method}-request.json"));
         assert_eq!(redis["command"], "PUBLISH");
         assert_eq!(redis["key"], "/5.celery.pidbox");
-        let envelope: Value = serde_json::from_str(redis["value"].as_str().expect("value"))
-            .expect("envelope");
+        let envelope: Value =
+            serde_json::from_str(redis["value"].as_str().expect("value")).expect("envelope");
         assert_eq!(
             envelope["properties"]["delivery_info"]["exchange"],
             BROADCAST_EXCHANGE
@@ -230,7 +230,10 @@ fn replies_are_bounded() {
     let mut c = Collector::new("r", "q");
     for i in 0..MAX_WORKERS + 60 {
         c.offer("r", format!(r#"{{"w{i}@h": ["a"]}}"#).as_bytes());
-        c.offer("q", format!(r#"{{"w{i}@h": [{{"name": "q"}}]}}"#).as_bytes());
+        c.offer(
+            "q",
+            format!(r#"{{"w{i}@h": [{{"name": "q"}}]}}"#).as_bytes(),
+        );
     }
     assert!(!c.wants_more());
     assert_eq!(c.reports().len(), MAX_WORKERS);

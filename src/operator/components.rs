@@ -141,7 +141,13 @@ pub(super) fn build(
         "queue depth sampler",
         Box::pin(then_wait(sampler, s.stop.clone())),
     ));
-    parts.push(worker_probe_part(args, &s, census_tx, broker_options, ledger));
+    parts.push(worker_probe_part(
+        args,
+        &s,
+        census_tx,
+        broker_options,
+        ledger,
+    ));
     parts.push(("readiness", Box::pin(then_wait(readiness, s.stop.clone()))));
     parts.push(http_part(args, &s, health));
     if let Some(webhook) = webhook_part(args, &s) {

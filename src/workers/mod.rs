@@ -44,9 +44,6 @@ pub struct Census {
 pub type CensusWatch = tokio::sync::watch::Receiver<Option<Arc<Census>>>;
 
 /// The channel the probe publishes on.
-pub fn census_channel() -> (
-    tokio::sync::watch::Sender<Option<Arc<Census>>>,
-    CensusWatch,
-) {
+pub fn census_channel() -> (tokio::sync::watch::Sender<Option<Arc<Census>>>, CensusWatch) {
     tokio::sync::watch::channel(None)
 }

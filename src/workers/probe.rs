@@ -94,7 +94,9 @@ async fn probe_once(
         }
     };
     if tfs.len() as i64 >= MAX_TASK_FUNCTIONS {
-        warn!("worker probe: more than {MAX_TASK_FUNCTIONS} TaskFunctions, the rest are not probed");
+        warn!(
+            "worker probe: more than {MAX_TASK_FUNCTIONS} TaskFunctions, the rest are not probed"
+        );
     }
     // The TaskFunctions' queues, then the jobs' (a job may ask for one of `allowedQueues`).
     let job_queues = crate::store::queues::job_queues(&cfg.pool, MAX_QUEUES as i64)
@@ -170,7 +172,10 @@ fn series(census: &Census, tfs: &[ProbedTaskFunction]) -> WorkerSeries {
         registered: tfs
             .iter()
             .map(|t| {
-                let r = matches!(readiness(census, &t.task, &t.queue), Readiness::Ready { .. });
+                let r = matches!(
+                    readiness(census, &t.task, &t.queue),
+                    Readiness::Ready { .. }
+                );
                 (t.name.clone(), r)
             })
             .collect(),
@@ -193,7 +198,10 @@ async fn write(
             .and_then(|o| o.0.ok())
             .and_then(|o| o.status)
             .and_then(|s| {
-                let c = s.conditions.into_iter().find(|c| c.type_ == WORKERS_READY)?;
+                let c = s
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == WORKERS_READY)?;
                 Some(Written {
                     generation: c.observed_generation.unwrap_or(0),
                     workers: s.workers.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
@@ -242,7 +250,7 @@ async fn write(
             task_function = %tf.name,
             status,
             reason = next.reason,
-            message = %next.message,
+            detail = %next.message,
             "WorkersReady changed"
         );
     }

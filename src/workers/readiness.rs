@@ -61,10 +61,12 @@ impl Readiness {
 
     pub fn message(&self) -> String {
         match self {
-            Readiness::Ready { workers } => format!(
-                "{workers} live worker{} registered the task and consume the queue",
-                if *workers == 1 { "" } else { "s" }
-            ),
+            Readiness::Ready { workers: 1 } => {
+                "1 live worker registered the task and consumes the queue".to_string()
+            }
+            Readiness::Ready { workers } => {
+                format!("{workers} live workers registered the task and consume the queue")
+            }
             Readiness::NoConsumer { message }
             | Readiness::TaskNotRegistered { message }
             | Readiness::Unknown { message, .. } => message.clone(),

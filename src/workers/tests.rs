@@ -19,10 +19,7 @@ fn census(
     Census {
         taken_at: chrono::DateTime::UNIX_EPOCH,
         workers,
-        consumers: consumers
-            .iter()
-            .map(|(q, c)| (q.to_string(), *c))
-            .collect(),
+        consumers: consumers.iter().map(|(q, c)| (q.to_string(), *c)).collect(),
         broker,
     }
 }
@@ -82,7 +79,12 @@ fn consumers_without_the_task_are_task_not_registered() {
         .map(|i| worker(&format!("w{i}@h"), &[], &["q"]))
         .collect();
     let r = readiness(&census("amqp", many, &[]), "t", "q");
-    check(&r, "False", "TaskNotRegistered", &["w0@h, w1@h, w2@h and 2 more"]);
+    check(
+        &r,
+        "False",
+        "TaskNotRegistered",
+        &["w0@h, w1@h, w2@h and 2 more"],
+    );
 }
 
 #[test]
@@ -93,10 +95,20 @@ fn no_consumer_on_rabbitmq_when_the_broker_counts_none() {
         vec![worker("a@h", &["t"], &["other"])],
         &[("q", Some(0))],
     );
-    check(&readiness(&c, "t", "q"), "False", "NoConsumer", &["queue q", "0 on the broker"]);
+    check(
+        &readiness(&c, "t", "q"),
+        "False",
+        "NoConsumer",
+        &["queue q", "0 on the broker"],
+    );
     // No replies at all and 0 consumers: still certain.
     let c = census("amqp", vec![], &[("q", Some(0))]);
-    check(&readiness(&c, "t", "q"), "False", "NoConsumer", &["0 live workers replied"]);
+    check(
+        &readiness(&c, "t", "q"),
+        "False",
+        "NoConsumer",
+        &["0 live workers replied"],
+    );
 }
 
 #[test]
@@ -115,7 +127,12 @@ fn unexplained_broker_consumers_are_unknown_never_false() {
     );
     // No replies at all, consumers counted.
     let c = census("amqp", vec![], &[("q", Some(2))]);
-    check(&readiness(&c, "t", "q"), "Unknown", "RemoteControlDisabled", &["2 consumers"]);
+    check(
+        &readiness(&c, "t", "q"),
+        "Unknown",
+        "RemoteControlDisabled",
+        &["2 consumers"],
+    );
 }
 
 #[test]
@@ -123,7 +140,12 @@ fn redis_without_replies_is_unknown_no_replies() {
     // A worker declared the queue (None: cannot count) and nobody replied.
     let c = census("redis", vec![], &[("q", None)]);
     let r = readiness(&c, "t", "q");
-    check(&r, "Unknown", "NoReplies", &["no worker replied", "redis", "queue q"]);
+    check(
+        &r,
+        "Unknown",
+        "NoReplies",
+        &["no worker replied", "redis", "queue q"],
+    );
     // A queue the probe did not ask about counts as not countable.
     let c = census("redis", vec![], &[]);
     check(&readiness(&c, "t", "q"), "Unknown", "NoReplies", &[]);
@@ -148,7 +170,12 @@ fn redis_declared_queue_without_a_replying_consumer_is_unknown() {
 fn redis_queue_never_declared_is_no_consumer() {
     for workers in [vec![], vec![worker("a@h", &["t"], &["other"])]] {
         let c = census("redis", workers, &[("q", Some(0))]);
-        check(&readiness(&c, "t", "q"), "False", "NoConsumer", &["none declared it"]);
+        check(
+            &readiness(&c, "t", "q"),
+            "False",
+            "NoConsumer",
+            &["none declared it"],
+        );
     }
 }
 
