@@ -18,11 +18,11 @@ use kube::Api;
 use kube_beat::{api::TaskFunction, celery::Publisher};
 use serde_json::json;
 
-/// The probe period the operator runs with, and how long a verdict may take to show: one
-/// period, one reply wait (min(5 s, period)), the reconcile that stores a new TaskFunction, and
-/// slack for a loaded machine.
+/// The probe period the operator runs with, and how long a verdict may take to show: the
+/// reconcile that stores a new TaskFunction, the rest of the probe that listed the TaskFunctions
+/// before it, one more period (its reply wait inside), and slack for a loaded machine.
 const PERIOD: u64 = 2;
-const WITHIN: Duration = Duration::from_secs(PERIOD * 2 + 8);
+const WITHIN: Duration = Duration::from_secs(PERIOD * 2 + 6);
 
 /// (status, reason, message, status.workers) of a TaskFunction's `WorkersReady`.
 async fn workers_ready(client: &kube::Client, name: &str) -> Option<(String, String, String, i64)> {
@@ -95,6 +95,7 @@ async fn probe_on(broker: String) {
     })
     .await;
     let name = |n: &str| format!("{}-{n}", f.id);
+    let created = std::time::Instant::now();
     f.task_function("echo", "kb.echo").await;
     f.task_function("ghost", &ghost_task).await;
     f.task_function_with("nowhere", "kb.echo", json!({"queue": nowhere}))
@@ -111,6 +112,10 @@ async fn probe_on(broker: String) {
         "{message}"
     );
     assert_eq!(workers, 0);
+    println!(
+        "{broker}: TaskNotRegistered shown {:?} after the TaskFunctions were created",
+        created.elapsed()
+    );
     let (_, _, message, _) = wait_for(&f.client, &name("nowhere"), "False", "NoConsumer").await;
     assert!(message.contains(&nowhere), "{message}");
     let (_, _, message, _) = wait_for(
@@ -159,6 +164,7 @@ async fn probe_on(broker: String) {
     assert_eq!(registered(&text, "ghost"), Some(0.0));
 
     // A worker that registers the task: the condition clears within a probe period.
+    let started = std::time::Instant::now();
     let _knows = Worker::start_env(
         &broker,
         None,
@@ -171,6 +177,10 @@ async fn probe_on(broker: String) {
     let (_, _, message, workers) =
         wait_for(&f.client, &name("ghost"), "True", "WorkersReady").await;
     assert!(workers >= 1, "{message}");
+    println!(
+        "{broker}: cleared {:?} after the worker was started (its start included)",
+        started.elapsed()
+    );
     eventually("kube_beat_task_registered of ghost 1", WITHIN, || async {
         (registered(&scrape(&addr), "ghost") == Some(1.0)).then_some(())
     })

@@ -57,12 +57,16 @@ struct Written {
 
 /// Probe every `cfg.period` while leader, until `stop`.
 pub async fn run(cfg: ProbeConfig, publisher: Publisher, mut stop: watch::Receiver<bool>) {
-    let wait = cfg.period.min(MAX_WAIT);
+    // Half the period (at least Celery's default 1 s), so probes do not run back to back.
+    let wait = (cfg.period / 2).max(Duration::from_secs(1)).min(MAX_WAIT);
     let api: Api<Guarded<TaskFunction>> = Api::all(cfg.client.clone());
     let mut written: HashMap<String, Written> = HashMap::new();
     let mut role = cfg.role.clone();
     loop {
-        if role.borrow().epoch().is_some() {
+        // Every period from the start of one probe to the next (the reply wait is inside it).
+        let next = tokio::time::Instant::now() + cfg.period;
+        let leading = role.borrow().epoch().is_some();
+        if leading {
             probe_once(&cfg, &publisher, &api, wait, &mut written).await;
         } else if !written.is_empty() || cfg.census.borrow().is_some() {
             // Not leading: what we knew is another replica's to say now.
@@ -71,12 +75,25 @@ pub async fn run(cfg: ProbeConfig, publisher: Publisher, mut stop: watch::Receiv
             METRICS.sampled.set_workers(WorkerSeries::default());
         }
         tokio::select! {
-            _ = tokio::time::sleep(cfg.period) => {}
+            _ = tokio::time::sleep_until(next) => {}
             // Becoming leader probes at once.
-            _ = role.changed() => {}
+            _ = became_leader(&mut role, leading) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Resolves when a follower becomes leader; never while leading (the role changes at every
+/// renewal, which is no reason to probe).
+async fn became_leader(role: &mut watch::Receiver<Role>, leading: bool) {
+    if !leading {
+        while role.changed().await.is_ok() {
+            if role.borrow().epoch().is_some() {
+                return;
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn probe_once(
