@@ -285,6 +285,13 @@ async fn inspect_with_redis_keyprefix_and_db() {
         .query(&mut c)
         .expect("SMEMBERS");
     assert!(binding.is_empty(), "reply binding left: {binding:?}");
+    let permanent: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!(
+            "{prefix}_kombu.binding_permanent.reply.celery.pidbox"
+        ))
+        .query(&mut c)
+        .expect("SMEMBERS");
+    assert!(permanent.is_empty(), "permanent mark left: {permanent:?}");
     let replies: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*.reply.celery.pidbox"))
         .query(&mut c)

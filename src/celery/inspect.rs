@@ -401,11 +401,21 @@ async fn inspect_redis(
     // kombu prefixes the keys of SADD/SREM/LPUSH/PUBLISH with global_keyprefix, but not the
     // binding's member: the workers read the member and push to the prefixed queue.
     let binding_key = format!("{keyprefix}_kombu.binding.{REPLY_EXCHANGE}");
+    // kombu >= 5.7 sweeps a binding set whose deadline passed (Celery's own inspect clients set
+    // one on this exchange) unless its `_kombu.binding_permanent.` set has members: ours is there
+    // while we wait.
+    let permanent_key = format!("{keyprefix}_kombu.binding_permanent.{REPLY_EXCHANGE}");
     let member = redis_reply_binding(reply_key);
     let list = format!("{keyprefix}{}", reply_queue(reply_key));
-    redis::cmd("SADD")
+    redis::pipe()
+        .cmd("SADD")
         .arg(&binding_key)
         .arg(&member)
+        .ignore()
+        .cmd("SADD")
+        .arg(&permanent_key)
+        .arg(&member)
+        .ignore()
         .query_async::<()>(&mut conn)
         .await?;
     let asked = async {
@@ -456,6 +466,10 @@ async fn inspect_redis(
     let cleanup = redis::pipe()
         .cmd("SREM")
         .arg(&binding_key)
+        .arg(&member)
+        .ignore()
+        .cmd("SREM")
+        .arg(&permanent_key)
         .arg(&member)
         .ignore()
         .cmd("DEL")

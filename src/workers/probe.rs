@@ -282,3 +282,88 @@ fn status_str(s: &str) -> &'static str {
         _ => "Unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::celery::WorkerReport;
+
+    fn tf(name: &str, task: &str, queue: &str) -> ProbedTaskFunction {
+        ProbedTaskFunction {
+            name: name.into(),
+            generation: 1,
+            task: task.into(),
+            queue: queue.into(),
+        }
+    }
+
+    #[test]
+    fn series_count_workers_per_task_function_queue() {
+        let census = Census {
+            taken_at: Utc::now(),
+            workers: vec![
+                WorkerReport {
+                    hostname: "a@h".into(),
+                    registered: vec!["t".into()],
+                    queues: vec!["q".into(), "jobs-only".into()],
+                },
+                WorkerReport {
+                    hostname: "b@h".into(),
+                    registered: vec!["x".into()],
+                    queues: vec!["q".into()],
+                },
+            ],
+            consumers: HashMap::new(),
+            broker: "amqp",
+        };
+        let s = series(
+            &census,
+            &[tf("a", "t", "q"), tf("b", "x", "empty"), tf("c", "y", "q")],
+        );
+        // One series per TaskFunction queue (not the queues only jobs or workers name).
+        assert_eq!(
+            s.queues,
+            vec![("empty".to_string(), 0), ("q".to_string(), 2)]
+        );
+        assert_eq!(
+            s.registered,
+            vec![
+                ("a".to_string(), true),
+                ("b".to_string(), false), // registered, but nobody consumes its queue
+                ("c".to_string(), false),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_is_woken_by_becoming_leader_not_by_renewals() {
+        let (tx, mut rx) = watch::channel(Role::Follower);
+        let leader = || Role::Leader {
+            epoch: 1,
+            valid_until: tokio::time::Instant::now() + Duration::from_secs(60),
+        };
+        // Leading: renewals (new valid_until) do not wake it.
+        tx.send_replace(leader());
+        rx.borrow_and_update();
+        let mut woken = Box::pin(became_leader(&mut rx, true));
+        tx.send_replace(leader());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut woken)
+                .await
+                .is_err()
+        );
+        drop(woken);
+        // A follower is woken when it becomes leader.
+        tx.send_replace(Role::Follower);
+        rx.borrow_and_update();
+        let waiting = tokio::spawn(async move { became_leader(&mut rx, false).await });
+        tx.send_replace(Role::Follower);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send_replace(leader());
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .expect("joined");
+    }
+}
