@@ -1,7 +1,8 @@
 //! kube-beat: a Kubernetes operator that replaces Celery beat.
 //!
 //! The modules follow the data flow: `api` (the custom resources) → `schedule` (pure time math)
-//! → `reconcile` → `store` (Postgres) → `leader` → `dispatch` → `celery` → `tracker` (results) → `status` (status, Events); `cli` wires
+//! → `reconcile` → `store` (Postgres) → `leader` → `dispatch` → `celery` → `tracker` (results) → `status` (status, Events), `workers` (the leader's Celery worker
+//! probe); `cli` wires
 //! the command line.
 #![forbid(unsafe_code)]
 
@@ -28,3 +29,4 @@ pub mod supervise;
 pub mod tracker;
 pub mod trigger;
 pub mod webhook;
+pub mod workers;

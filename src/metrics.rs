@@ -118,6 +118,9 @@ pub struct Sampled {
     pub pool: Mutex<Option<sqlx::PgPool>>,
     /// (queue, depth) as last sampled.
     pub queues: Mutex<Vec<(String, u64)>>,
+    /// The worker probe's last census (`kube_beat_workers`, `kube_beat_task_registered`): set
+    /// whole each probe, so a TaskFunction gone is a series gone.
+    pub workers: Mutex<WorkerSeries>,
     pub finished_ok: AtomicU64,
     pub finished_bad: AtomicU64,
     /// The per-job series of jobs with `health.metrics: true` (capped by the health monitor).
@@ -135,6 +138,36 @@ pub struct JobSeries {
     pub consecutive_failures: i64,
     /// Unix seconds of the last successful run's slot.
     pub last_success: Option<i64>,
+}
+
+/// Series of the worker probe, at most [`MAX_WORKER_SERIES`] of each.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerSeries {
+    /// (queue, live workers consuming it).
+    pub queues: Vec<(String, u64)>,
+    /// (TaskFunction, whether a live worker consuming its queue registered its task).
+    pub registered: Vec<(String, bool)>,
+}
+
+/// Series kept of each worker-probe metric; the rest are dropped with a warning.
+pub const MAX_WORKER_SERIES: usize = 1_000;
+
+impl Sampled {
+    /// Replace the worker probe's series (bounded: beyond [`MAX_WORKER_SERIES`] of either, the
+    /// rest are dropped with a warning).
+    pub fn set_workers(&self, mut series: WorkerSeries) {
+        let (queues, registered) = (series.queues.len(), series.registered.len());
+        if queues > MAX_WORKER_SERIES || registered > MAX_WORKER_SERIES {
+            tracing::warn!(
+                queues,
+                task_functions = registered,
+                "more than {MAX_WORKER_SERIES} worker series: the rest are not exported"
+            );
+            series.queues.truncate(MAX_WORKER_SERIES);
+            series.registered.truncate(MAX_WORKER_SERIES);
+        }
+        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = series;
+    }
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -415,6 +448,7 @@ impl Collector for SampledCollector {
             &mut encoder,
             &s.jobs.lock().unwrap_or_else(|e| e.into_inner()),
         )?;
+        encode_worker_series(&mut encoder, s)?;
         let ok = s.finished_ok.load(Ordering::Relaxed);
         let bad = s.finished_bad.load(Ordering::Relaxed);
         let ratio = if ok + bad == 0 {
@@ -473,6 +507,39 @@ fn encode_job_series(
     Ok(())
 }
 
+fn encode_worker_series(
+    encoder: &mut DescriptorEncoder,
+    s: &Sampled,
+) -> Result<(), std::fmt::Error> {
+    let series = s.workers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if !series.queues.is_empty() {
+        let mut family = encoder.encode_descriptor(
+            "workers",
+            "Live Celery workers (answering remote control) consuming each TaskFunction queue",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (queue, n) in &series.queues {
+            let labels = [("queue", queue.as_str())];
+            ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels)?)?;
+        }
+    }
+    if !series.registered.is_empty() {
+        let mut family = encoder.encode_descriptor(
+            "task_registered",
+            "1 if a live Celery worker consuming the TaskFunction's queue registered its task",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tf, registered) in &series.registered {
+            let labels = [("task_function", tf.as_str())];
+            ConstGauge::new(i64::from(*registered)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod build_info_tests {
     use super::METRICS;
@@ -493,5 +560,33 @@ mod build_info_tests {
         ] {
             assert!(text.contains(series), "{series} in {text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod worker_series_tests {
+    use super::*;
+
+    #[test]
+    fn worker_series_are_bounded_and_replaced_whole() {
+        let sampled = Sampled::default();
+        let many = WorkerSeries {
+            queues: (0..MAX_WORKER_SERIES + 5)
+                .map(|i| (format!("q{i}"), 1))
+                .collect(),
+            registered: vec![("tf-a".into(), true), ("tf-b".into(), false)],
+        };
+        sampled.set_workers(many);
+        let kept = sampled.workers.lock().expect("lock").clone();
+        assert_eq!(kept.queues.len(), MAX_WORKER_SERIES);
+        assert_eq!(kept.registered.len(), 2);
+        let mut registry = Registry::with_prefix("kube_beat");
+        registry.register_collector(Box::new(SampledCollector(Arc::new(sampled))));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains("kube_beat_workers{queue=\"q0\"} 1"), "{text}");
+        assert!(!text.contains(&format!("queue=\"q{MAX_WORKER_SERIES}\"")));
+        assert!(text.contains("kube_beat_task_registered{task_function=\"tf-a\"} 1"));
+        assert!(text.contains("kube_beat_task_registered{task_function=\"tf-b\"} 0"));
     }
 }

@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// How often executions beyond each job's `historyLimit` are pruned, in seconds.
     #[arg(long, env = "HISTORY_PRUNE_SECONDS", default_value_t = 60)]
     pub history_prune_seconds: u64,
+    /// How often the leader asks the Celery workers (remote control: `registered`,
+    /// `active_queues`) which tasks and queues they serve, for TaskFunctions' `WorkersReady`
+    /// condition and `status.workers`, in seconds. 0 turns the probe off.
+    #[arg(long, env = "WORKER_PROBE_SECONDS", default_value_t = 30)]
+    pub worker_probe_seconds: u64,
     /// `live` publishes to Celery; `shadow` records SHADOW executions and publishes nothing.
     #[arg(long, env = "DISPATCH_MODE", value_enum, default_value_t = DispatchMode::Live)]
     pub dispatch_mode: DispatchMode,

@@ -40,6 +40,12 @@ use super::{MessageOptions, schema};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.workers",
+        description = "Live workers that registered the task and consume its queue"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -115,7 +121,13 @@ pub struct TaskFunctionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`: the spec is valid and stored.
+    /// `Ready`: the spec is valid and stored. `WorkersReady` (written every
+    /// `--worker-probe-seconds` by the leader's worker probe, field manager `kube-beat-workers`):
+    /// `True` (reason `WorkersReady`) when live Celery workers registered `spec.task` and consume
+    /// `spec.queue`; `False` with reason `NoConsumer` (nothing consumes the queue) or
+    /// `TaskNotRegistered` (workers consume it but none registered the task); `Unknown` with
+    /// reason `RemoteControlDisabled` (consumers that do not answer Celery's remote control) or
+    /// `NoReplies` (no worker answered and the broker cannot count consumers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<schema::Condition>,
@@ -123,4 +135,9 @@ pub struct TaskFunctionStatus {
     /// Number of ScheduledJobs referencing this TaskFunction.
     #[serde(default)]
     pub job_count: i64,
+
+    /// Live Celery workers (answering remote control) that registered `spec.task` and consume
+    /// `spec.queue`, as the last worker probe saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<i64>,
 }

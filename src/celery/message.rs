@@ -420,7 +420,16 @@ pub fn revoke_body(task_id: &str) -> Vec<u8> {
 /// The Redis envelope of a remote-control message, as kombu PUBLISHes it on `/{db}.celery.pidbox`.
 /// Workers drop it after `expires` (one second, like `app.control`).
 pub fn pidbox_envelope(body: &[u8], delivery_tag: &str, now: DateTime<Utc>) -> String {
-    let expires = now.timestamp_millis() as f64 / 1000.0 + 1.0;
+    pidbox_envelope_until(
+        body,
+        delivery_tag,
+        now.timestamp_millis() as f64 / 1000.0 + 1.0,
+    )
+}
+
+/// [`pidbox_envelope`] with its `expires` header (Unix seconds) given: the workers drop the
+/// message unread after it.
+pub fn pidbox_envelope_until(body: &[u8], delivery_tag: &str, expires: f64) -> String {
     json!({
         "body": base64::engine::general_purpose::STANDARD.encode(body),
         "content-encoding": "utf-8",

@@ -12,6 +12,7 @@
 //! ([`Publisher::read_ledger`]) and records what is already out.
 
 mod amqp;
+pub mod inspect;
 pub mod message;
 mod redis_publish;
 
@@ -29,6 +30,7 @@ use amqp::amqp_uri;
 #[cfg(test)]
 use amqp::headers_table;
 pub use amqp::{AmqpPublisher, LedgerRead, QUEUE_RECHECK};
+pub use inspect::WorkerReport;
 pub use message::{SendOptions, TaskMessage};
 use redis_publish::RedisPublisher;
 pub use redis_publish::Rejected;

@@ -38,6 +38,9 @@ struct Shared {
     feed: Feed,
     stop: watch::Receiver<bool>,
     shadow: bool,
+    /// The worker probe's latest census; consumed by the health monitor (issue #26).
+    #[allow(dead_code)]
+    census: crate::workers::CensusWatch,
 }
 
 // The wiring, in the order the parts depend on each other; each part is built by a function
@@ -71,6 +74,7 @@ pub(super) fn build(
         );
     }
     let (feed, feed_rx) = Feed::new(args.status_queue_capacity);
+    let (census_tx, census) = crate::workers::census_channel();
     let s = Shared {
         pool,
         client,
@@ -79,6 +83,7 @@ pub(super) fn build(
         feed,
         stop,
         shadow,
+        census,
     };
     let wake = Arc::new(tokio::sync::Notify::new());
     let controllers = reconcile::controllers(
@@ -129,13 +134,20 @@ pub(super) fn build(
     let sampler = tasks::sample_queue_depths(
         s.pool.clone(),
         args.broker_url.clone(),
-        broker_options,
-        ledger,
+        broker_options.clone(),
+        ledger.clone(),
         s.stop.clone(),
     );
     parts.push((
         "queue depth sampler",
         Box::pin(then_wait(sampler, s.stop.clone())),
+    ));
+    parts.push(worker_probe_part(
+        args,
+        &s,
+        census_tx,
+        broker_options,
+        ledger,
     ));
     parts.push(("readiness", Box::pin(then_wait(readiness, s.stop.clone()))));
     parts.push(http_part(args, &s, health));
@@ -292,6 +304,40 @@ fn dispatcher_part(
     Ok(("dispatcher", Box::pin(dispatcher)))
 }
 
+/// The leader's Celery worker probe (`crate::workers`); ends at once in shadow mode or when
+/// turned off (`--worker-probe-seconds 0`), then waits for the stop.
+fn worker_probe_part(
+    args: &RunArgs,
+    s: &Shared,
+    census: watch::Sender<Option<Arc<crate::workers::Census>>>,
+    options: TransportOptions,
+    ledger: String,
+) -> Part {
+    let cfg = crate::workers::ProbeConfig {
+        pool: s.pool.clone(),
+        client: s.client.clone(),
+        period: Duration::from_secs(args.worker_probe_seconds.min(86_400)),
+        role: s.role.clone(),
+        census,
+    };
+    let broker_url = if s.shadow {
+        None
+    } else {
+        args.broker_url.clone()
+    };
+    let stop = s.stop.clone();
+    let probe = supervise("worker_probe", s.stop.clone(), move || {
+        tasks::run_worker_probe(
+            cfg.clone(),
+            broker_url.clone(),
+            options.clone(),
+            ledger.clone(),
+            stop.clone(),
+        )
+    });
+    ("worker probe", Box::pin(then_wait(probe, s.stop.clone())))
+}
+
 fn housekeeping_part(args: &RunArgs, s: &Shared) -> Part {
     let retention = chrono::Duration::hours(i64::from(args.deleted_job_retention_hours));
     let (pool, role, stop) = (s.pool.clone(), s.role.clone(), s.stop.clone());
@@ -312,8 +358,9 @@ fn health_part(args: &RunArgs, s: &Shared) -> Part {
     );
     let every = Duration::from_secs(args.health_check_seconds.max(1));
     let metrics_limit = args.job_metrics_limit;
+    let census = s.census.clone();
     let workers: crate::status::health_monitor::WorkerSignals =
-        Arc::new(|_: &str, _: &str| crate::health::WorkerSignal::Unknown);
+        Arc::new(move |task: &str, queue: &str| worker_signal(&census, task, queue));
     let monitor = supervise("health monitor", s.stop.clone(), move || {
         crate::status::health_monitor::HealthMonitor {
             pool: pool.clone(),
@@ -326,6 +373,32 @@ fn health_part(args: &RunArgs, s: &Shared) -> Part {
         .run(stop.clone())
     });
     ("health monitor", Box::pin(monitor))
+}
+
+/// A census older than this says nothing any more (the probe stopped, or lost the leadership).
+const CENSUS_STALE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// What the worker probe's latest census says about `task` on `queue`, for a job's health.
+fn worker_signal(
+    census: &crate::workers::CensusWatch,
+    task: &str,
+    queue: &str,
+) -> crate::health::WorkerSignal {
+    use crate::{health::WorkerSignal, workers::Readiness};
+    let census = census.borrow();
+    match census.as_deref() {
+        Some(c) if chrono::Utc::now() - c.taken_at < CENSUS_STALE => {
+            match crate::workers::readiness(c, task, queue) {
+                Readiness::Ready { .. } => WorkerSignal::Ready,
+                Readiness::NoConsumer { message } => WorkerSignal::NoWorkers(message),
+                Readiness::TaskNotRegistered { message } => {
+                    WorkerSignal::TaskNotRegistered(message)
+                }
+                Readiness::Unknown { .. } => WorkerSignal::Unknown,
+            }
+        }
+        _ => WorkerSignal::Unknown,
+    }
 }
 
 /// The HTTP server: health, metrics, the API and the dashboard.

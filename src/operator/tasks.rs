@@ -135,13 +135,8 @@ pub(super) async fn sample_queue_depths(
     ledger: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(url) = broker_url else { return };
-    let Some(publisher) = retrying(
-        "the broker (queue depths)",
-        || Publisher::connect_with(&url, &options, Duration::from_secs(60), &ledger),
-        &mut stop,
-    )
-    .await
+    let Some(publisher) =
+        side_publisher("queue depths", broker_url, &options, &ledger, &mut stop).await
     else {
         return;
     };
@@ -170,6 +165,42 @@ pub(super) async fn sample_queue_depths(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Connect to the broker (retrying), then probe the workers while leader (`crate::workers`).
+/// Ends at once in shadow mode (no broker) or with the probe turned off (a zero period).
+pub(super) async fn run_worker_probe(
+    cfg: crate::workers::ProbeConfig,
+    broker_url: Option<String>,
+    options: TransportOptions,
+    ledger: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let broker_url = broker_url.filter(|_| !cfg.period.is_zero());
+    let Some(publisher) =
+        side_publisher("worker probe", broker_url, &options, &ledger, &mut stop).await
+    else {
+        return;
+    };
+    crate::workers::run(cfg, publisher, stop).await;
+}
+
+/// A broker connection of a part's own, beside the dispatcher's (retrying: the broker may start
+/// after us); `None` without a broker URL or when stopped first.
+async fn side_publisher(
+    part: &str,
+    broker_url: Option<String>,
+    options: &TransportOptions,
+    ledger: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Publisher> {
+    let url = broker_url?;
+    retrying(
+        &format!("the broker ({part})"),
+        || Publisher::connect_with(&url, options, Duration::from_secs(60), ledger),
+        stop,
+    )
+    .await
 }
 
 /// Retention, on the leader only: executions beyond each job's `historyLimit` every

@@ -47,3 +47,25 @@ pub async fn delete_task_function(pool: &PgPool, name: &str) -> Result<(), Store
         .await?;
     Ok(())
 }
+
+/// What the worker probe needs of a stored (valid) TaskFunction.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ProbedTaskFunction {
+    pub name: String,
+    pub generation: i64,
+    pub task: String,
+    pub queue: String,
+}
+
+/// The stored TaskFunctions, by name, at most `limit` (the probe's bounded label set).
+pub async fn probed_task_functions(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<ProbedTaskFunction>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT name, generation, task, queue FROM task_functions ORDER BY name LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

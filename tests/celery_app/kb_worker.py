@@ -12,6 +12,9 @@ Configuration (environment):
   KB_QUEUE_ARGUMENTS     optional JSON {"queue": {"x-queue-type": "quorum"}, ...}: the worker
                          declares these queues with these arguments (quorum, x-max-priority)
   KB_RESULT_EXTENDED     optional, non-empty: Celery's result_extended = True
+  KB_EXTRA_TASKS         optional, comma-separated: more task names, each doing what kb.echo does
+  KB_REMOTE_CONTROL      optional, "0": Celery's worker_enable_remote_control = False (the
+                         worker answers no `celery inspect`; kube-beat's worker probe test)
   KB_BROKER_TRANSPORT_OPTIONS / KB_RESULT_BACKEND_TRANSPORT_OPTIONS
                          optional JSON: Celery's broker_transport_options and
                          result_backend_transport_options (master_name, global_keyprefix, ...)
@@ -52,6 +55,9 @@ for _name, _setting in (
 ):
     if os.environ.get(_name):
         app.conf[_setting] = json.loads(os.environ[_name])
+
+if os.environ.get("KB_REMOTE_CONTROL") == "0":
+    app.conf.worker_enable_remote_control = False
 
 if os.environ.get("KB_RESULT_EXTENDED"):
     # django-celery-results stores a failure's traceback only with result_extended.
@@ -208,6 +214,17 @@ def cleanup_stale_deployment_jobs(self, max_age_minutes=60):
 def echo(self, *args, **kwargs):
     record(self, args, kwargs)
     return {"args": list(args), "kwargs": kwargs}
+
+
+# KB_EXTRA_TASKS=name,name: more tasks under those names, each doing what kb.echo does (a worker
+# that registers a task another worker lacks).
+def _extra_echo(self, *args, **kwargs):
+    record(self, args, kwargs)
+    return {"args": list(args), "kwargs": kwargs}
+
+
+for _extra in filter(None, os.environ.get("KB_EXTRA_TASKS", "").split(",")):
+    app.task(name=_extra, bind=True)(_extra_echo)
 
 
 # A task name built to break a message or an SQL statement (tests/hostile.rs uses the same one).
