@@ -144,7 +144,10 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
         + &String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{said}");
     assert!(said.contains("alertname: KubeBeatJobUnhealthy"), "{said}");
-    assert!(!said.contains("alertname: KubeBeatDispatchLagHigh"), "{said}");
+    assert!(
+        !said.contains("alertname: KubeBeatDispatchLagHigh"),
+        "{said}"
+    );
 
     // Every alert: a summary, a description, a severity and a runbook section that exists.
     let operations =
@@ -276,7 +279,9 @@ async fn alert_rules_use_only_metrics_kube_beat_exports() {
     let rule = prometheus_rule(&[]);
     let used = rule_metrics(&rule);
     assert!(
-        used.contains("kube_beat_leader") && used.contains("kube_beat_job_healthy") && used.len() == 6,
+        used.contains("kube_beat_leader")
+            && used.contains("kube_beat_job_healthy")
+            && used.len() == 6,
         "{used:?}"
     );
     let env = common::env();
@@ -323,17 +328,21 @@ async fn alert_rules_use_only_metrics_kube_beat_exports() {
     // And the per-job health series, once the leader has judged the job (labels: the job's
     // namespace and name).
     let namespace = format!("namespace=\"{}\"", f.ns);
-    let _ = eventually("the job's health exported", Duration::from_secs(60), || async {
-        scrape()
-            .0
-            .lines()
-            .any(|l| {
-                l.starts_with("kube_beat_job_healthy{")
-                    && l.contains(&namespace)
-                    && l.contains("name=\"watched\"")
-            })
-            .then_some(())
-    })
+    let _ = eventually(
+        "the job's health exported",
+        Duration::from_secs(60),
+        || async {
+            scrape()
+                .0
+                .lines()
+                .any(|l| {
+                    l.starts_with("kube_beat_job_healthy{")
+                        && l.contains(&namespace)
+                        && l.contains("name=\"watched\"")
+                })
+                .then_some(())
+        },
+    )
     .await;
     let (text, families) = scrape();
     let missing: Vec<_> = used.difference(&families).collect();

@@ -283,14 +283,15 @@ fn schema_at<'a>(
     namespaced: bool,
     what: &str,
 ) -> Result<&'a serde_yaml::Value, String> {
-    static METADATA: std::sync::LazyLock<serde_yaml::Value> = std::sync::LazyLock::new(|| {
-        serde_yaml::from_str("{type: string}").expect("yaml")
-    });
+    static METADATA: std::sync::LazyLock<serde_yaml::Value> =
+        std::sync::LazyLock::new(|| serde_yaml::from_str("{type: string}").expect("yaml"));
     if path.first().map(String::as_str) == Some("metadata") {
         return match path.get(1).map(String::as_str) {
             Some("name") if path.len() == 2 => Ok(&METADATA),
             Some("namespace") if path.len() == 2 && namespaced => Ok(&METADATA),
-            _ => Err(format!("{what}: metadata path {path:?} is not readable here")),
+            _ => Err(format!(
+                "{what}: metadata path {path:?} is not readable here"
+            )),
         };
     }
     let mut node = node;
@@ -332,7 +333,10 @@ fn kube_state_metrics_config_reads_fields_the_crds_have() {
     let mut kinds = Vec::new();
     let mut pending_seen = Vec::new();
     let mut read = 0;
-    for resource in config["spec"]["resources"].as_sequence().expect("resources") {
+    for resource in config["spec"]["resources"]
+        .as_sequence()
+        .expect("resources")
+    {
         let gvk = &resource["groupVersionKind"];
         let kind = gvk["kind"].as_str().expect("kind");
         kinds.push(kind.to_string());
@@ -390,23 +394,32 @@ fn kube_state_metrics_config_reads_fields_the_crds_have() {
             };
             // labelsFromPath and valueFrom are read from each element of a list.
             let (element, element_path) = if node["type"] == "array" {
-                (node["items"].clone(), [base.clone(), vec!["0".into()]].concat())
+                (
+                    node["items"].clone(),
+                    [base.clone(), vec!["0".into()]].concat(),
+                )
             } else {
                 (node.clone(), base.clone())
             };
             let relative = |rel: &[String]| [element_path.clone(), rel.to_vec()].concat();
             if let Some(labels) = each["labelsFromPath"].as_mapping() {
                 for (label, path) in labels {
-                    let leaf = check(&relative(&yaml_path(path)), &format!("{name} label {label:?}"))
-                        .unwrap_or_else(|| panic!("{name}: label {label:?}"));
+                    let leaf = check(
+                        &relative(&yaml_path(path)),
+                        &format!("{name} label {label:?}"),
+                    )
+                    .unwrap_or_else(|| panic!("{name}: label {label:?}"));
                     assert_eq!(leaf["type"], "string", "{name} label {label:?}");
                 }
             }
             let value = if each["valueFrom"].is_null() {
                 element.clone()
             } else {
-                check(&relative(&yaml_path(&each["valueFrom"])), &format!("{name} valueFrom"))
-                    .unwrap_or_else(|| panic!("{name}: valueFrom"))
+                check(
+                    &relative(&yaml_path(&each["valueFrom"])),
+                    &format!("{name} valueFrom"),
+                )
+                .unwrap_or_else(|| panic!("{name}: valueFrom"))
             };
             match ty {
                 // Numbers, booleans and RFC 3339 strings become the value.

@@ -247,7 +247,10 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     // point per finished run, each a failure.
     let (rate, window, points) = stats(&c).await;
     assert_eq!(rate, "0%", "{window}");
-    assert!(window.contains("0 of ") && window.contains("ended runs"), "{window}");
+    assert!(
+        window.contains("0 of ") && window.contains("ended runs"),
+        "{window}"
+    );
     assert!(points.len() >= 2, "sparkline points: {points:?}");
     assert!(points.iter().all(|p| p == "FAILURE"), "{points:?}");
     let shot = c.screenshot().await.expect("screenshot");
@@ -278,8 +281,14 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
         .and_then(|n| n.trim().parse().ok())
         .expect("N of M ended runs");
     // The page was read a moment before the count: at most a few runs behind it.
-    assert!(shown >= 2 && shown <= ended && ended - shown <= 5, "{window} (database: {ended})");
-    assert!(points.len() >= 2 && points.iter().all(|p| p == "SUCCESS"), "{points:?}");
+    assert!(
+        shown >= 2 && shown <= ended && ended - shown <= 5,
+        "{window} (database: {ended})"
+    );
+    assert!(
+        points.len() >= 2 && points.iter().all(|p| p == "SUCCESS"),
+        "{points:?}"
+    );
     c.goto(&base).await.expect("jobs page");
     c.wait()
         .at_most(Duration::from_secs(20))
@@ -363,22 +372,30 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     })
     .await;
     let job_path = format!("/api/v1/jobs/{}/breaker", f.ns);
-    let pause = eventually("the health policy pauses the job", Duration::from_secs(90), || async {
-        let pause = scheduled_job(&f.ns, "breaker")["status"]["pause"].clone();
-        pause.is_object().then_some(pause)
-    })
+    let pause = eventually(
+        "the health policy pauses the job",
+        Duration::from_secs(90),
+        || async {
+            let pause = scheduled_job(&f.ns, "breaker")["status"]["pause"].clone();
+            pause.is_object().then_some(pause)
+        },
+    )
     .await;
     // Paused slots are recorded, not run.
-    eventually("a slot skipped while paused", Duration::from_secs(30), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+    eventually(
+        "a slot skipped while paused",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
              WHERE j.name = 'breaker' AND e.state = 'SKIPPED'",
-        )
-        .fetch_one(&f.pool)
-        .await
-        .ok()?;
-        (n >= 1).then_some(())
-    })
+            )
+            .fetch_one(&f.pool)
+            .await
+            .ok()?;
+            (n >= 1).then_some(())
+        },
+    )
     .await;
     let (code, body) = call(&addr, "GET", &job_path, ADMIN);
     assert_eq!(code, 200, "{body}");
@@ -387,7 +404,10 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     assert_eq!(job["pauseReason"], pause["reason"], "{body} vs {pause}");
     assert_eq!(job["healthy"], "False", "{body}");
     assert_eq!(body["canResume"], true, "{body}");
-    let reason = job["pauseReason"].as_str().expect("a pause reason").to_string();
+    let reason = job["pauseReason"]
+        .as_str()
+        .expect("a pause reason")
+        .to_string();
 
     let (_driver, c) = browser().await;
     let base = format!("http://{addr}/");
@@ -413,14 +433,21 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     let row = c
         .wait()
         .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&format!("tr.job[data-name='{}/breaker']", f.ns)))
+        .for_element(Locator::Css(&format!(
+            "tr.job[data-name='{}/breaker']",
+            f.ns
+        )))
         .await
         .expect("the job's row");
     let badge = row
         .find(Locator::Css(".health-cell .paused"))
         .await
         .expect("a paused badge in the jobs table");
-    let title = badge.attr("title").await.expect("title").unwrap_or_default();
+    let title = badge
+        .attr("title")
+        .await
+        .expect("title")
+        .unwrap_or_default();
     assert!(title.contains(&reason), "{title}");
     let health = row
         .find(Locator::Css(".health-cell .health.False"))
@@ -492,9 +519,12 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         "nothing runs while paused"
     );
     let clicked = chrono::Utc::now();
-    c.execute("document.getElementById('resume').focus(); return null;", vec![])
-        .await
-        .expect("focus");
+    c.execute(
+        "document.getElementById('resume').focus(); return null;",
+        vec![],
+    )
+    .await
+    .expect("focus");
     button
         .send_keys(&fantoccini::key::Key::Enter.to_string())
         .await
@@ -524,9 +554,11 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         "resumed through the annotation: {annotations}"
     );
     // The next slot is dispatched.
-    eventually("the next slot dispatched", Duration::from_secs(30), || async {
-        (dispatched(clicked).await? >= 1).then_some(())
-    })
+    eventually(
+        "the next slot dispatched",
+        Duration::from_secs(30),
+        || async { (dispatched(clicked).await? >= 1).then_some(()) },
+    )
     .await;
     // The page re-read the job after the request and drew it again: no pause, or a newer one.
     eventually("the page redrawn", Duration::from_secs(40), || async {
