@@ -497,7 +497,7 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-                 WHERE j.name = 'breaker' AND e.trigger = 'schedule'
+                 WHERE j.name = 'breaker' AND e.trigger <> 'manual'
                    AND e.state NOT IN ('SKIPPED', 'PENDING') AND e.scheduled_for > $1",
             )
             .bind(since)
