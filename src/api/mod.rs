@@ -8,8 +8,8 @@ pub mod task_function;
 
 pub use message_options::MessageOptions;
 pub use scheduled_job::{
-    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, IntervalSchedule, Schedule, ScheduledJob,
-    ScheduledJobSpec, ScheduledJobStatus,
+    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
+    PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};
@@ -18,6 +18,8 @@ use kube::CustomResourceExt;
 
 /// Annotation whose every new value asks for one run now.
 pub const TRIGGER_ANNOTATION: &str = "kubebeat.io/trigger";
+/// Annotation whose every new value resumes a job its health policy paused.
+pub const RESUME_ANNOTATION: &str = "kubebeat.io/resume";
 /// Finalizer that lets kube-beat stop a job's scheduling before the object disappears.
 pub const FINALIZER: &str = "kubebeat.io/cleanup";
 /// The field manager of kube-beat's server-side applies of the spec-derived status
