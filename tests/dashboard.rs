@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Worker, eventually, fixture};
+use common::{Worker, api_call, eventually, fixture};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -81,6 +81,16 @@ async fn sign_in(c: &Client, token: &str) {
         .expect("sign in");
 }
 
+/// Forget the token, open `url` afresh and sign in with `token`.
+async fn sign_in_again(c: &Client, url: &str, token: &str) {
+    c.execute("sessionStorage.clear(); return null;", vec![])
+        .await
+        .expect("sign out");
+    c.goto(url).await.expect("open the page");
+    c.refresh().await.expect("reload");
+    sign_in(c, token).await;
+}
+
 /// The job page's statistics: the success rate, what it was counted over, and the state of each
 /// point of the duration sparkline (oldest first).
 async fn stats(c: &Client) -> (String, String, Vec<String>) {
@@ -104,22 +114,6 @@ async fn stats(c: &Client) -> (String, String, Vec<String>) {
         points.push(class.trim_start_matches("run ").to_string());
     }
     (rate, window, points)
-}
-
-/// (HTTP status, JSON body) of an API call with `token`.
-fn call(addr: &str, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "-X", method, "-w", "\n%{http_code}"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status code"),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
 }
 
 #[tokio::test]
@@ -299,14 +293,7 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     std::fs::write(env.repo.join("target/dashboard.png"), &shot).expect("save screenshot");
 
     // A namespace reader: sees the jobs, gets no trigger button.
-    c.execute("sessionStorage.clear(); return null;", vec![])
-        .await
-        .expect("sign out");
-    c.goto(&format!("{base}#/job/{}/hourly", f.ns))
-        .await
-        .expect("job page");
-    c.refresh().await.expect("reload");
-    sign_in(&c, READER).await;
+    sign_in_again(&c, &format!("{base}#/job/{}/hourly", f.ns), READER).await;
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Id("no-trigger"))
@@ -315,12 +302,7 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     assert!(c.find(Locator::Id("trigger")).await.is_err());
 
     // A bad token is refused.
-    c.execute("sessionStorage.clear(); return null;", vec![])
-        .await
-        .expect("sign out");
-    c.goto(&base).await.expect("jobs page");
-    c.refresh().await.expect("reload");
-    sign_in(&c, "not-a-token").await;
+    sign_in_again(&c, &base, "not-a-token").await;
     let msg = c
         .wait()
         .at_most(Duration::from_secs(20))
@@ -397,7 +379,7 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         },
     )
     .await;
-    let (code, body) = call(&addr, "GET", &job_path, ADMIN);
+    let (code, body) = api_call(&addr, "GET", &job_path, Some(ADMIN));
     assert_eq!(code, 200, "{body}");
     let job = &body["job"];
     assert_eq!(job["paused"], true, "{body}");
@@ -424,12 +406,7 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     assert!(c.find(Locator::Id("resume")).await.is_err());
 
     // The admin: the jobs table marks the job paused, its page shows why and since when.
-    c.execute("sessionStorage.clear(); return null;", vec![])
-        .await
-        .expect("sign out");
-    c.goto(&base).await.expect("jobs page");
-    c.refresh().await.expect("reload");
-    sign_in(&c, ADMIN).await;
+    sign_in_again(&c, &base, ADMIN).await;
     let row = c
         .wait()
         .at_most(Duration::from_secs(20))
@@ -539,7 +516,7 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     // The pause is cleared: the API says so (or, if the next run already failed again, the
     // pause is a new one).
     eventually("the pause cleared", Duration::from_secs(30), || async {
-        let (_, body) = call(&addr, "GET", &job_path, ADMIN);
+        let (_, body) = api_call(&addr, "GET", &job_path, Some(ADMIN));
         let job = &body["job"];
         let newer = job["pausedSince"]
             .as_str()
