@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{Worker, api_call, eventually, fixture};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::json;
 
 const ADMIN: &str = "kbt-api-admin-token";
@@ -66,12 +66,12 @@ async fn browser() -> (Driver, Client) {
 }
 
 async fn sign_in(c: &Client, token: &str) {
-    let field = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#login:not([hidden]) #token"))
-        .await
-        .expect("the token form");
+    let field = wait_for(
+        c,
+        Locator::Css("#login:not([hidden]) #token"),
+        "the token form",
+    )
+    .await;
     field.send_keys(token).await.expect("type the token");
     c.find(Locator::Css("#login button"))
         .await
@@ -79,6 +79,26 @@ async fn sign_in(c: &Client, token: &str) {
         .click()
         .await
         .expect("sign in");
+}
+
+/// The element `loc` finds within 20 seconds; if none appears, the panic says what the page
+/// showed instead.
+async fn wait_for(c: &Client, loc: Locator<'_>, what: &str) -> Element {
+    match c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(loc)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            let shown = match c.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!("{what}: {e}; the page shows:\n{shown}")
+        }
+    }
 }
 
 /// Forget the token, open `url` afresh and sign in with `token`.
@@ -171,12 +191,12 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     c.goto(&base).await.expect("open the dashboard");
     // Without a token: the sign-in form, nothing else.
     sign_in(&c, ADMIN).await;
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&format!("tr.job[data-name='{}/often']", f.ns)))
-        .await
-        .expect("the jobs table shows the real jobs");
+    let row = wait_for(
+        &c,
+        Locator::Css(&format!("tr.job[data-name='{}/often']", f.ns)),
+        "the jobs table shows the real jobs",
+    )
+    .await;
     let text = row.text().await.expect("row text");
     assert!(
         text.contains("kb.echo") && text.contains("every 2s"),
@@ -198,20 +218,14 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     c.goto(&format!("{base}#/job/{}/hourly", f.ns))
         .await
         .expect("job page");
-    let button = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("trigger"))
-        .await
-        .expect("a trigger button for the admin");
+    let button = wait_for(&c, Locator::Id("trigger"), "a trigger button for the admin").await;
     button.click().await.expect("click");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//span[@id='triggered' and contains(., 'triggered')]",
-        ))
-        .await
-        .expect("the page confirms the trigger");
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='triggered' and contains(., 'triggered')]"),
+        "the page confirms the trigger",
+    )
+    .await;
     eventually("the triggered run", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
@@ -227,11 +241,12 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
         .await
         .expect("job page");
     c.refresh().await.expect("reload");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#timeline span.state.FAILURE"))
-        .await
-        .expect("the timeline colours failures");
+    wait_for(
+        &c,
+        Locator::Css("#timeline span.state.FAILURE"),
+        "the timeline colours failures",
+    )
+    .await;
     let history = c
         .find_all(Locator::Css("tr.execution"))
         .await
@@ -255,11 +270,12 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
         .await
         .expect("job page");
     c.refresh().await.expect("reload");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#duration-sparkline circle.SUCCESS"))
-        .await
-        .expect("the sparkline of a succeeding job");
+    wait_for(
+        &c,
+        Locator::Css("#duration-sparkline circle.SUCCESS"),
+        "the sparkline of a succeeding job",
+    )
+    .await;
     let (rate, window, points) = stats(&c).await;
     assert_eq!(rate, "100%", "{window}");
     let ended: i64 = sqlx::query_scalar(
@@ -284,36 +300,26 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
         "{points:?}"
     );
     c.goto(&base).await.expect("jobs page");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("tr.job"))
-        .await
-        .expect("jobs");
+    wait_for(&c, Locator::Css("tr.job"), "jobs").await;
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::write(env.repo.join("target/dashboard.png"), &shot).expect("save screenshot");
 
     // A namespace reader: sees the jobs, gets no trigger button.
     sign_in_again(&c, &format!("{base}#/job/{}/hourly", f.ns), READER).await;
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("no-trigger"))
-        .await
-        .expect("the reader may not trigger");
+    wait_for(&c, Locator::Id("no-trigger"), "the reader may not trigger").await;
     assert!(c.find(Locator::Id("trigger")).await.is_err());
 
     // A bad token is refused.
     sign_in_again(&c, &base, "not-a-token").await;
-    let msg = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//div[@id='message' and contains(., 'Not signed in')]",
-        ))
-        .await
-        .expect("refused")
-        .text()
-        .await
-        .expect("text");
+    let msg = wait_for(
+        &c,
+        Locator::XPath("//div[@id='message' and contains(., 'Not signed in')]"),
+        "refused",
+    )
+    .await
+    .text()
+    .await
+    .expect("text");
     assert!(msg.contains("not accepted"), "{msg}");
     assert!(
         c.find(Locator::Css("tr.job")).await.is_err(),
@@ -398,24 +404,22 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         .await
         .expect("job page");
     sign_in(&c, READER).await;
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#pause #no-resume"))
-        .await
-        .expect("the reader sees the pause without a Resume button");
+    wait_for(
+        &c,
+        Locator::Css("#pause #no-resume"),
+        "the reader sees the pause without a Resume button",
+    )
+    .await;
     assert!(c.find(Locator::Id("resume")).await.is_err());
 
     // The admin: the jobs table marks the job paused, its page shows why and since when.
     sign_in_again(&c, &base, ADMIN).await;
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&format!(
-            "tr.job[data-name='{}/breaker']",
-            f.ns
-        )))
-        .await
-        .expect("the job's row");
+    let row = wait_for(
+        &c,
+        Locator::Css(&format!("tr.job[data-name='{}/breaker']", f.ns)),
+        "the job's row",
+    )
+    .await;
     let badge = row
         .find(Locator::Css(".health-cell .paused"))
         .await
@@ -439,12 +443,12 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     c.goto(&format!("{base}#/job/{}/breaker", f.ns))
         .await
         .expect("job page");
-    let button = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#pause #resume"))
-        .await
-        .expect("a Resume button for the admin");
+    let button = wait_for(
+        &c,
+        Locator::Css("#pause #resume"),
+        "a Resume button for the admin",
+    )
+    .await;
     let text = c
         .find(Locator::Id("pause-text"))
         .await
@@ -506,13 +510,12 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         .send_keys(&fantoccini::key::Key::Enter.to_string())
         .await
         .expect("press Enter on Resume");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//span[@id='resumed' and contains(., 'resume requested')]",
-        ))
-        .await
-        .expect("the page confirms the request");
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='resumed' and contains(., 'resume requested')]"),
+        "the page confirms the request",
+    )
+    .await;
     // The pause is cleared: the API says so (or, if the next run already failed again, the
     // pause is a new one).
     eventually("the pause cleared", Duration::from_secs(30), || async {
