@@ -343,7 +343,11 @@ pub struct ScheduledJobStatus {
     pub consecutive_failures: i64,
 
     /// Set while the job is paused by its health policy (`onBreach: Pause`).
+    // Nullable: when the status writer's apply stops carrying it, the 1.20 apiserver's
+    // server-side apply leaves `pause: null` behind, which a non-nullable object refuses
+    // (and with it every later status write of the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("nullable" = true))]
     pub pause: Option<PauseStatus>,
 
     /// The last value of the `kubebeat.io/trigger` annotation that caused a run.

@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -165,7 +165,9 @@ impl HealthMonitor {
 
     async fn pass(&self) -> Result<(), StoreError> {
         let rows = crate::store::health::health_rows(&self.pool).await?;
-        let now = Utc::now();
+        // Microseconds, as Postgres keeps them: a pause's time in the message then reads back
+        // the same, and the next pass finds nothing changed.
+        let now = Utc::now().trunc_subsecs(6);
         let plan = plan_pass(&rows, now, self.workers.as_ref(), self.metrics_limit);
         if plan.series_dropped > 0 {
             warn!(

@@ -106,7 +106,8 @@ impl ClaimTx {
     }
 
     /// Lock up to `limit` enabled jobs due by `now`, or (under `concurrencyPolicy: Allow`, not
-    /// claimed ahead yet) due by `horizon`, earliest first. Locked rows other replicas hold are
+    /// claimed ahead yet, not paused) due by `horizon`, earliest first. A paused job is judged
+    /// at its slot, so a resume just before the slot is in time for it. Locked rows other replicas hold are
     /// skipped.
     ///
     /// Durations from the row are clamped to their bounds (one year) inside the query: a row
@@ -130,7 +131,8 @@ impl ClaimTx {
              FROM scheduled_jobs j
              WHERE j.enabled AND j.next_run_at <= $3
                AND (j.next_run_at <= $1
-                    OR (j.concurrency_policy = 'Allow' AND COALESCE(j.claimed_until, '-infinity') <= $1))
+                    OR (j.concurrency_policy = 'Allow' AND j.paused_at IS NULL
+                        AND COALESCE(j.claimed_until, '-infinity') <= $1))
              ORDER BY j.next_run_at
              LIMIT $2
              FOR UPDATE OF j SKIP LOCKED",
