@@ -115,7 +115,7 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
     let (dir, rule) = rules_dir(&[]);
     let check = promtool(dir.path(), &["check", "rules", "rules.yaml"]);
     let checked = ok(&check);
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
     let tested = promtool(dir.path(), &["test", "rules", "alerts_test.yaml"]);
     assert!(
         tested.status.success(),
@@ -136,6 +136,18 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
         "{said}"
     );
     assert!(!said.contains("alertname: KubeBeatNoLeader"), "{said}");
+    // So do the job-health ones: waiting 10 minutes, the unhealthy job's alert is not yet there
+    // when it must be.
+    let (slower, _) = rules_dir(&["prometheusRule.jobUnhealthy.for=10m"]);
+    let failed = promtool(slower.path(), &["test", "rules", "alerts_test.yaml"]);
+    let said = String::from_utf8_lossy(&failed.stdout).into_owned()
+        + &String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("alertname: KubeBeatJobUnhealthy"), "{said}");
+    assert!(
+        !said.contains("alertname: KubeBeatDispatchLagHigh"),
+        "{said}"
+    );
 
     // Every alert: a summary, a description, a severity and a runbook section that exists.
     let operations =
@@ -166,7 +178,8 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
             "KubeBeatDispatchFailed",
             "KubeBeatRunsLost",
             "KubeBeatStatusWriteErrors",
-            "KubeBeatReplicasNotReady"
+            "KubeBeatReplicasNotReady",
+            "KubeBeatJobUnhealthy"
         ]
     );
 
@@ -183,24 +196,25 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
     ok(&promtool(custom.path(), &["check", "rules", "rules.yaml"]));
     assert_eq!(rule["metadata"]["labels"]["release"], "prom");
     let all = alerts(&rule);
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 8);
     assert_eq!(all[0]["for"], "80s", "two lease durations");
-    assert_eq!(all[0]["labels"]["team"], "platform");
-    assert!(
-        all[0]["expr"]
-            .as_str()
-            .expect("expr")
-            .contains("kube_beat_leader{service=\"beat\"}"),
-        "{:?}",
-        all[0]["expr"]
-    );
-    assert_eq!(all[6]["alert"], "KubeBeatQueueDeep");
+    for (i, series) in [(0, "kube_beat_leader"), (6, "kube_beat_job_healthy")] {
+        assert_eq!(all[i]["labels"]["team"], "platform");
+        let expr = all[i]["expr"].as_str().expect("expr");
+        assert!(
+            expr.contains(&format!("{series}{{service=\"beat\"}}")),
+            "{expr}"
+        );
+    }
+    assert_eq!(all[7]["alert"], "KubeBeatQueueDeep");
 
     // The values are checked: an unknown key, a duration Prometheus would not parse, a
     // selector that would break out of the braces.
     for bad in [
         "prometheusRule.thresholds=1",
         "prometheusRule.dispatchLag.for=soon",
+        "prometheusRule.jobUnhealthy.for=a while",
+        "prometheusRule.jobUnhealthy.severity=page-everyone",
         "prometheusRule.selector=job=\"x\"}) or vector(1",
     ] {
         let out = Command::new(helm())
@@ -255,11 +269,21 @@ async fn alert_rules_use_only_metrics_kube_beat_exports() {
     let rule = prometheus_rule(&[]);
     let used = rule_metrics(&rule);
     assert!(
-        used.contains("kube_beat_leader") && used.len() == 5,
+        used.contains("kube_beat_leader")
+            && used.contains("kube_beat_job_healthy")
+            && used.len() == 6,
         "{used:?}"
     );
     let env = common::env();
     let f = fixture("kbt-alertmetrics", format!("{}/0", env.redis_url)).await;
+    // The per-job series exist only for jobs that opt in (spec.health.metrics).
+    f.task_function("echo", "kb.echo").await;
+    f.job(
+        "watched",
+        "echo",
+        json!({"schedule": {"interval": {"hours": 1}}, "health": {"metrics": true}}),
+    )
+    .await;
     let op = f.operator(&[]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
         op.http_addr()
@@ -287,6 +311,25 @@ async fn alert_rules_use_only_metrics_kube_beat_exports() {
             scrape()
                 .1
                 .contains("kube_beat_status_write_errors")
+                .then_some(())
+        },
+    )
+    .await;
+    // And the per-job health series, once the leader has judged the job (labels: the job's
+    // namespace and name).
+    let namespace = format!("namespace=\"{}\"", f.ns);
+    let _ = eventually(
+        "the job's health exported",
+        Duration::from_secs(60),
+        || async {
+            scrape()
+                .0
+                .lines()
+                .any(|l| {
+                    l.starts_with("kube_beat_job_healthy{")
+                        && l.contains(&namespace)
+                        && l.contains("name=\"watched\"")
+                })
                 .then_some(())
         },
     )

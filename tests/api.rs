@@ -10,7 +10,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{Worker, eventually, fixture, ok};
+use common::{Worker, api_call as call, eventually, fixture, ok};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "kbt-api-admin-token";
@@ -59,25 +59,6 @@ fn task_functions_by_name(
             )
         })
         .collect()
-}
-
-/// (HTTP status, JSON body).
-fn call(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = cmd
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .expect("curl");
-    let text = ok(&out);
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status code"),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 /// One of the migration plan's monitoring commands, run as written by bash (real `curl` and

@@ -1,7 +1,8 @@
 //! The dashboard in headless Chromium (Debian's chromium + chromedriver, driven over WebDriver):
 //! the page loads, asks for a token, shows the real jobs of a running operator with the leader,
-//! a job page shows the history and a timeline, the trigger button causes a run, a reader gets no
-//! trigger button, and a bad token is refused.
+//! a job page shows the history, a timeline, the success rate and a duration sparkline, the
+//! trigger button causes a run, a reader gets no trigger button, and a bad token is refused. A job
+//! its health policy paused (issue #26) shows the pause, and its Resume button resumes it.
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Worker, eventually, fixture};
-use fantoccini::{Client, ClientBuilder, Locator};
+use common::{Worker, api_call, eventually, fixture};
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::json;
 
 const ADMIN: &str = "kbt-api-admin-token";
@@ -65,12 +66,12 @@ async fn browser() -> (Driver, Client) {
 }
 
 async fn sign_in(c: &Client, token: &str) {
-    let field = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#login:not([hidden]) #token"))
-        .await
-        .expect("the token form");
+    let field = wait_for(
+        c,
+        Locator::Css("#login:not([hidden]) #token"),
+        "the token form",
+    )
+    .await;
     field.send_keys(token).await.expect("type the token");
     c.find(Locator::Css("#login button"))
         .await
@@ -78,6 +79,61 @@ async fn sign_in(c: &Client, token: &str) {
         .click()
         .await
         .expect("sign in");
+}
+
+/// The element `loc` finds within 20 seconds; if none appears, the panic says what the page
+/// showed instead.
+async fn wait_for(c: &Client, loc: Locator<'_>, what: &str) -> Element {
+    match c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(loc)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            let shown = match c.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!("{what}: {e}; the page shows:\n{shown}")
+        }
+    }
+}
+
+/// Forget the token, open `url` afresh and sign in with `token`.
+async fn sign_in_again(c: &Client, url: &str, token: &str) {
+    c.execute("sessionStorage.clear(); return null;", vec![])
+        .await
+        .expect("sign out");
+    c.goto(url).await.expect("open the page");
+    c.refresh().await.expect("reload");
+    sign_in(c, token).await;
+}
+
+/// The job page's statistics: the success rate, what it was counted over, and the state of each
+/// point of the duration sparkline (oldest first).
+async fn stats(c: &Client) -> (String, String, Vec<String>) {
+    let text = |id: &'static str| async move {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .text()
+            .await
+            .expect("text")
+    };
+    let rate = text("success-rate").await;
+    let window = text("success-window").await;
+    let mut points = Vec::new();
+    for dot in c
+        .find_all(Locator::Css("#duration-sparkline circle.run"))
+        .await
+        .expect("sparkline points")
+    {
+        let class = dot.attr("class").await.expect("class").unwrap_or_default();
+        points.push(class.trim_start_matches("run ").to_string());
+    }
+    (rate, window, points)
 }
 
 #[tokio::test]
@@ -135,12 +191,12 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     c.goto(&base).await.expect("open the dashboard");
     // Without a token: the sign-in form, nothing else.
     sign_in(&c, ADMIN).await;
-    let row = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&format!("tr.job[data-name='{}/often']", f.ns)))
-        .await
-        .expect("the jobs table shows the real jobs");
+    let row = wait_for(
+        &c,
+        Locator::Css(&format!("tr.job[data-name='{}/often']", f.ns)),
+        "the jobs table shows the real jobs",
+    )
+    .await;
     let text = row.text().await.expect("row text");
     assert!(
         text.contains("kb.echo") && text.contains("every 2s"),
@@ -162,20 +218,14 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     c.goto(&format!("{base}#/job/{}/hourly", f.ns))
         .await
         .expect("job page");
-    let button = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("trigger"))
-        .await
-        .expect("a trigger button for the admin");
+    let button = wait_for(&c, Locator::Id("trigger"), "a trigger button for the admin").await;
     button.click().await.expect("click");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//span[@id='triggered' and contains(., 'triggered')]",
-        ))
-        .await
-        .expect("the page confirms the trigger");
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='triggered' and contains(., 'triggered')]"),
+        "the page confirms the trigger",
+    )
+    .await;
     eventually("the triggered run", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
@@ -191,67 +241,318 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
         .await
         .expect("job page");
     c.refresh().await.expect("reload");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#timeline span.state.FAILURE"))
-        .await
-        .expect("the timeline colours failures");
+    wait_for(
+        &c,
+        Locator::Css("#timeline span.state.FAILURE"),
+        "the timeline colours failures",
+    )
+    .await;
     let history = c
         .find_all(Locator::Css("tr.execution"))
         .await
         .expect("history");
     assert!(history.len() >= 2, "history rows: {}", history.len());
+    // Every run of kb.fail failed: a success rate of 0 over its ended runs, and a sparkline
+    // point per finished run, each a failure.
+    let (rate, window, points) = stats(&c).await;
+    assert_eq!(rate, "0%", "{window}");
+    assert!(
+        window.contains("0 of ") && window.contains("ended runs"),
+        "{window}"
+    );
+    assert!(points.len() >= 2, "sparkline points: {points:?}");
+    assert!(points.iter().all(|p| p == "FAILURE"), "{points:?}");
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::create_dir_all(env.repo.join("target")).expect("target");
     std::fs::write(env.repo.join("target/dashboard-job.png"), &shot).expect("save screenshot");
-    c.goto(&base).await.expect("jobs page");
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("tr.job"))
+    // Every run of kb.echo succeeded: 100%, over as many ended runs as the database has.
+    c.goto(&format!("{base}#/job/{}/often", f.ns))
         .await
-        .expect("jobs");
+        .expect("job page");
+    c.refresh().await.expect("reload");
+    wait_for(
+        &c,
+        Locator::Css("#duration-sparkline circle.SUCCESS"),
+        "the sparkline of a succeeding job",
+    )
+    .await;
+    let (rate, window, points) = stats(&c).await;
+    assert_eq!(rate, "100%", "{window}");
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'often' AND e.state = 'SUCCESS'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("count");
+    let shown: i64 = window
+        .split(" of ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("N of M ended runs");
+    // The page was read a moment before the count: at most a few runs behind it.
+    assert!(
+        shown >= 2 && shown <= ended && ended - shown <= 5,
+        "{window} (database: {ended})"
+    );
+    assert!(
+        points.len() >= 2 && points.iter().all(|p| p == "SUCCESS"),
+        "{points:?}"
+    );
+    c.goto(&base).await.expect("jobs page");
+    wait_for(&c, Locator::Css("tr.job"), "jobs").await;
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::write(env.repo.join("target/dashboard.png"), &shot).expect("save screenshot");
 
     // A namespace reader: sees the jobs, gets no trigger button.
-    c.execute("sessionStorage.clear(); return null;", vec![])
-        .await
-        .expect("sign out");
-    c.goto(&format!("{base}#/job/{}/hourly", f.ns))
-        .await
-        .expect("job page");
-    c.refresh().await.expect("reload");
-    sign_in(&c, READER).await;
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("no-trigger"))
-        .await
-        .expect("the reader may not trigger");
+    sign_in_again(&c, &format!("{base}#/job/{}/hourly", f.ns), READER).await;
+    wait_for(&c, Locator::Id("no-trigger"), "the reader may not trigger").await;
     assert!(c.find(Locator::Id("trigger")).await.is_err());
 
     // A bad token is refused.
-    c.execute("sessionStorage.clear(); return null;", vec![])
-        .await
-        .expect("sign out");
-    c.goto(&base).await.expect("jobs page");
-    c.refresh().await.expect("reload");
-    sign_in(&c, "not-a-token").await;
-    let msg = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//div[@id='message' and contains(., 'Not signed in')]",
-        ))
-        .await
-        .expect("refused")
-        .text()
-        .await
-        .expect("text");
+    sign_in_again(&c, &base, "not-a-token").await;
+    let msg = wait_for(
+        &c,
+        Locator::XPath("//div[@id='message' and contains(., 'Not signed in')]"),
+        "refused",
+    )
+    .await
+    .text()
+    .await
+    .expect("text");
     assert!(msg.contains("not accepted"), "{msg}");
     assert!(
         c.find(Locator::Css("tr.job")).await.is_err(),
         "no jobs shown"
     );
+    let _ = c.close().await;
+    drop(op);
+    f.finish().await;
+}
+
+/// The ScheduledJob `name` in `ns` as the apiserver has it.
+fn scheduled_job(ns: &str, name: &str) -> serde_json::Value {
+    let out = common::kubectl(&["get", "scheduledjob", name, "-n", ns, "-o", "json"]);
+    serde_json::from_str(&common::ok(&out)).expect("json")
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane, services and Chromium (make test)"]
+async fn dashboard_shows_a_paused_job_and_resumes_it() {
+    let env = common::env();
+    let f = fixture("kbt-dashpause", format!("{}/0", env.redis_url)).await;
+    let backend = format!("{}/1", env.redis_url);
+    let _worker = Worker::start(&f.broker, Some(&backend), &f.queue, &f.db.url);
+    f.grant_api_users();
+    f.task_function_with("fail", "kb.fail", json!({"defaultArgs": ["breaker demo"]}))
+        .await;
+    // The real path to a pause: one failed run breaches the policy.
+    f.job(
+        "breaker",
+        "fail",
+        json!({"schedule": {"interval": {"seconds": 6}},
+               "health": {"maxConsecutiveFailures": 1, "onBreach": "Pause"}}),
+    )
+    .await;
+    let op = f.operator(&["--result-backend", &backend, "--result-poll-ms", "300"]);
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    let job_path = format!("/api/v1/jobs/{}/breaker", f.ns);
+    let pause = eventually(
+        "the health policy pauses the job",
+        Duration::from_secs(90),
+        || async {
+            let pause = scheduled_job(&f.ns, "breaker")["status"]["pause"].clone();
+            pause.is_object().then_some(pause)
+        },
+    )
+    .await;
+    // Paused slots are recorded, not run.
+    eventually(
+        "a slot skipped while paused",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+             WHERE j.name = 'breaker' AND e.state = 'SKIPPED'",
+            )
+            .fetch_one(&f.pool)
+            .await
+            .ok()?;
+            (n >= 1).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = api_call(&addr, "GET", &job_path, Some(ADMIN));
+    assert_eq!(code, 200, "{body}");
+    let job = &body["job"];
+    assert_eq!(job["paused"], true, "{body}");
+    assert_eq!(job["pauseReason"], pause["reason"], "{body} vs {pause}");
+    assert_eq!(job["healthy"], "False", "{body}");
+    assert_eq!(body["canResume"], true, "{body}");
+    let reason = job["pauseReason"]
+        .as_str()
+        .expect("a pause reason")
+        .to_string();
+
+    let (_driver, c) = browser().await;
+    let base = format!("http://{addr}/");
+    // A reader sees the pause, and may not resume it.
+    c.goto(&format!("{base}#/job/{}/breaker", f.ns))
+        .await
+        .expect("job page");
+    sign_in(&c, READER).await;
+    wait_for(
+        &c,
+        Locator::Css("#pause #no-resume"),
+        "the reader sees the pause without a Resume button",
+    )
+    .await;
+    assert!(c.find(Locator::Id("resume")).await.is_err());
+
+    // The admin: the jobs table marks the job paused, its page shows why and since when.
+    sign_in_again(&c, &base, ADMIN).await;
+    let row = wait_for(
+        &c,
+        Locator::Css(&format!("tr.job[data-name='{}/breaker']", f.ns)),
+        "the job's row",
+    )
+    .await;
+    let badge = row
+        .find(Locator::Css(".health-cell .paused"))
+        .await
+        .expect("a paused badge in the jobs table");
+    let title = badge
+        .attr("title")
+        .await
+        .expect("title")
+        .unwrap_or_default();
+    assert!(title.contains(&reason), "{title}");
+    let health = row
+        .find(Locator::Css(".health-cell .health.False"))
+        .await
+        .expect("an unhealthy badge")
+        .attr("title")
+        .await
+        .expect("title")
+        .unwrap_or_default();
+    assert!(!health.is_empty(), "the badge's title carries the message");
+
+    c.goto(&format!("{base}#/job/{}/breaker", f.ns))
+        .await
+        .expect("job page");
+    let button = wait_for(
+        &c,
+        Locator::Css("#pause #resume"),
+        "a Resume button for the admin",
+    )
+    .await;
+    let text = c
+        .find(Locator::Id("pause-text"))
+        .await
+        .expect("pause text")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("Paused") && text.contains(&reason), "{text}");
+    let since_shown = c
+        .find(Locator::Id("paused-since"))
+        .await
+        .expect("since")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        c.find(Locator::Css("#health .health.False")).await.is_ok(),
+        "the page says the job is unhealthy"
+    );
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::create_dir_all(env.repo.join("target")).expect("target");
+    std::fs::write(env.repo.join("target/dashboard-paused.png"), &shot).expect("save screenshot");
+
+    // Resume from the keyboard: focus the button, press Enter.
+    let dispatched = |since: chrono::DateTime<chrono::Utc>| {
+        let pool = f.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+                 WHERE j.name = 'breaker' AND e.trigger <> 'manual'
+                   AND e.state NOT IN ('SKIPPED', 'PENDING') AND e.scheduled_for > $1",
+            )
+            .bind(since)
+            .fetch_one(&pool)
+            .await
+            .ok()
+        }
+    };
+    // While paused, slots are SKIPPED: nothing ran after the pause (one interval of grace for
+    // a run claimed ahead of its slot before the pause).
+    let paused_at = pause["since"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .expect("pause.since, RFC 3339")
+        .with_timezone(&chrono::Utc);
+    assert_eq!(
+        dispatched(paused_at + chrono::Duration::seconds(7)).await,
+        Some(0),
+        "nothing runs while paused"
+    );
+    let clicked = chrono::Utc::now();
+    c.execute(
+        "document.getElementById('resume').focus(); return null;",
+        vec![],
+    )
+    .await
+    .expect("focus");
+    button
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .expect("press Enter on Resume");
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='resumed' and contains(., 'resume requested')]"),
+        "the page confirms the request",
+    )
+    .await;
+    // The pause is cleared: the API says so (or, if the next run already failed again, the
+    // pause is a new one).
+    eventually("the pause cleared", Duration::from_secs(30), || async {
+        let (_, body) = api_call(&addr, "GET", &job_path, Some(ADMIN));
+        let job = &body["job"];
+        let newer = job["pausedSince"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .is_some_and(|s| s > clicked);
+        (job["paused"] == false || newer).then_some(())
+    })
+    .await;
+    let annotations = scheduled_job(&f.ns, "breaker")["metadata"]["annotations"].clone();
+    assert!(
+        annotations["kubebeat.io/resume"].is_string(),
+        "resumed through the annotation: {annotations}"
+    );
+    // The next slot is dispatched.
+    eventually(
+        "the next slot dispatched",
+        Duration::from_secs(30),
+        || async { (dispatched(clicked).await? >= 1).then_some(()) },
+    )
+    .await;
+    // The page re-read the job after the request and drew it again: no pause, or a newer one.
+    eventually("the page redrawn", Duration::from_secs(40), || async {
+        if let Ok(e) = c.find(Locator::Id("resumed")).await
+            && e.text().await.ok()?.contains("resume requested")
+        {
+            return None;
+        }
+        match c.find(Locator::Id("paused-since")).await {
+            Err(_) => Some(()),
+            Ok(e) => (e.text().await.ok()? != since_shown).then_some(()),
+        }
+    })
+    .await;
     let _ = c.close().await;
     drop(op);
     f.finish().await;

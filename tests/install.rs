@@ -72,18 +72,7 @@ mod with_controllers {
 
     /// (HTTP status, JSON body) of a kube-beat API call with a bearer token.
     fn call(addr: &str, method: &str, path: &str, token: &str) -> (u16, Value) {
-        let out = Command::new("curl")
-            .args(["-sS", "-X", method, "-w", "\n%{http_code}"])
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .arg(format!("http://{addr}{path}"))
-            .output()
-            .expect("curl");
-        let body = ok(&out);
-        let (body, code) = body.rsplit_once('\n').expect("status line");
-        (
-            code.trim().parse().expect("status code"),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        common::api_call(addr, method, path, Some(token))
     }
 
     /// Whether the built-in ClusterRole `role` lets its holders `verb` scheduledjobs (its rules as

@@ -111,6 +111,31 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// (HTTP status, JSON body or null) of a kube-beat API call with real `curl`, with a bearer
+/// token if given.
+pub fn api_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl");
+    let text = ok(&out);
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("status code"),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// `kubectl create --validate=false`: only the apiserver's own schema stands in the way.
 /// Whether it was created, and kubectl's stderr.
 pub fn create_unvalidated(ns: &str, manifest: &serde_json::Value) -> (bool, String) {
