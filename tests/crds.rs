@@ -227,6 +227,7 @@ fn examples_apply_and_kubectl_shows_columns_and_docs() {
             "LAST RUN",
             "LAST STATUS",
             "NEXT RUN",
+            "HEALTHY",
             "READY",
             "AGE"
         ],

@@ -101,6 +101,26 @@ async fn wait_for(c: &Client, loc: Locator<'_>, what: &str) -> Element {
     }
 }
 
+/// How many executions of the job `name` match `condition` (SQL on the execution `e`, a
+/// constant of this file), slotted after `after` if given.
+async fn count_runs(
+    pool: &sqlx::PgPool,
+    name: &str,
+    condition: &str,
+    after: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<i64> {
+    let sql = format!(
+        "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = $1 AND ($2::timestamptz IS NULL OR e.scheduled_for > $2) AND {condition}"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .bind(after)
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
 /// Forget the token, open `url` afresh and sign in with `token`.
 async fn sign_in_again(c: &Client, url: &str, token: &str) {
     c.execute("sessionStorage.clear(); return null;", vec![])
@@ -227,13 +247,13 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     )
     .await;
     eventually("the triggered run", Duration::from_secs(30), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-             WHERE j.name = 'hourly' AND e.trigger = 'manual' AND e.state = 'SUCCESS'",
+        let n = count_runs(
+            &f.pool,
+            "hourly",
+            "e.trigger = 'manual' AND e.state = 'SUCCESS'",
+            None,
         )
-        .fetch_one(&f.pool)
-        .await
-        .ok()?;
+        .await?;
         (n == 1).then_some(())
     })
     .await;
@@ -278,13 +298,9 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     .await;
     let (rate, window, points) = stats(&c).await;
     assert_eq!(rate, "100%", "{window}");
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE j.name = 'often' AND e.state = 'SUCCESS'",
-    )
-    .fetch_one(&f.pool)
-    .await
-    .expect("count");
+    let ended = count_runs(&f.pool, "often", "e.state = 'SUCCESS'", None)
+        .await
+        .expect("count");
     let shown: i64 = window
         .split(" of ")
         .next()
@@ -374,13 +390,7 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
         "a slot skipped while paused",
         Duration::from_secs(30),
         || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-             WHERE j.name = 'breaker' AND e.state = 'SKIPPED'",
-            )
-            .fetch_one(&f.pool)
-            .await
-            .ok()?;
+            let n = count_runs(&f.pool, "breaker", "e.state = 'SKIPPED'", None).await?;
             (n >= 1).then_some(())
         },
     )
@@ -476,15 +486,8 @@ async fn dashboard_shows_a_paused_job_and_resumes_it() {
     let dispatched = |since: chrono::DateTime<chrono::Utc>| {
         let pool = f.pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-                 WHERE j.name = 'breaker' AND e.trigger <> 'manual'
-                   AND e.state NOT IN ('SKIPPED', 'PENDING') AND e.scheduled_for > $1",
-            )
-            .bind(since)
-            .fetch_one(&pool)
-            .await
-            .ok()
+            let ran = "e.trigger <> 'manual' AND e.state NOT IN ('SKIPPED', 'PENDING')";
+            count_runs(&pool, "breaker", ran, Some(since)).await
         }
     };
     // While paused, slots are SKIPPED: nothing ran after the pause (one interval of grace for
