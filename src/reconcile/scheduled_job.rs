@@ -213,19 +213,16 @@ async fn manual_trigger(
                 info!(job = %key, trigger = %value, "manual trigger: one run claimed");
                 ctx.wake.notify_one();
                 ctx.feed.touch(job_id);
-                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-                ctx.feed.event(crate::status::JobEvent {
-                    job: crate::status::JobRef {
-                        namespace: namespace.to_string(),
-                        name: name.to_string(),
-                        uid: uid.to_string(),
-                    },
-                    reason: crate::status::Reason::Triggered,
-                    message: format!(
+                job_event(
+                    ctx,
+                    key,
+                    uid,
+                    crate::status::Reason::Triggered,
+                    format!(
                         "manual run requested ({} = {value})",
                         crate::api::TRIGGER_ANNOTATION
                     ),
-                });
+                );
             }
             Ok(Some(value.to_string()))
         }
@@ -253,21 +250,32 @@ async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> R
         info!(job = %key, resume = %value, "resumed: dispatching again");
         ctx.wake.notify_one();
         ctx.feed.touch(job_id);
-        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-        ctx.feed.event(crate::status::JobEvent {
-            job: crate::status::JobRef {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                uid: uid.to_string(),
-            },
-            reason: crate::status::Reason::Resumed,
-            message: format!(
+        job_event(
+            ctx,
+            key,
+            uid,
+            crate::status::Reason::Resumed,
+            format!(
                 "resumed ({} = {value}): the next slot is dispatched",
                 crate::api::RESUME_ANNOTATION
             ),
-        });
+        );
     }
     Ok(())
+}
+
+/// An Event on the job `key` (`namespace/name`).
+fn job_event(ctx: &Context, key: &str, uid: &str, reason: crate::status::Reason, message: String) {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    ctx.feed.event(crate::status::JobEvent {
+        job: crate::status::JobRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+        },
+        reason,
+        message,
+    });
 }
 
 /// ScheduledJobs as untyped objects: read this way, an object whose spec does not match the

@@ -28,6 +28,9 @@ use crate::{
 /// without a probe, always [`WorkerSignal::Unknown`]).
 pub type WorkerSignals = Arc<dyn Fn(&str, &str) -> WorkerSignal + Send + Sync>;
 
+/// How often the per-job series cap is warned about.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(600);
+
 pub struct HealthMonitor {
     pub pool: PgPool,
     pub role: watch::Receiver<Role>,
@@ -145,11 +148,25 @@ pub fn plan_pass(
 impl HealthMonitor {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut was_leading = false;
+        let mut last_cap_warning: Option<std::time::Instant> = None;
         loop {
             let leading = self.role.borrow().epoch().is_some();
             if leading {
-                if let Err(e) = self.pass().await {
-                    warn!(error = %e, "judging job health failed");
+                match self.pass().await {
+                    Err(e) => warn!(error = %e, "judging job health failed"),
+                    // Once per 10 minutes: the cap holds every pass.
+                    Ok((exported, left_out))
+                        if left_out > 0
+                            && last_cap_warning.is_none_or(|t| t.elapsed() > CAP_WARNING_EVERY) =>
+                    {
+                        last_cap_warning = Some(std::time::Instant::now());
+                        warn!(
+                            exported,
+                            left_out,
+                            "more jobs ask for per-job metrics (health.metrics) than --job-metrics-limit allows"
+                        );
+                    }
+                    Ok(_) => {}
                 }
             } else if was_leading {
                 // A follower exports no per-job series: the new leader does.
@@ -163,26 +180,18 @@ impl HealthMonitor {
         }
     }
 
-    async fn pass(&self) -> Result<(), StoreError> {
+    /// One pass; returns how many jobs' series were exported and how many the cap left out.
+    async fn pass(&self) -> Result<(usize, usize), StoreError> {
         let rows = crate::store::health::health_rows(&self.pool).await?;
         // Microseconds, as Postgres keeps them: a pause's time in the message then reads back
         // the same, and the next pass finds nothing changed.
         let now = Utc::now().trunc_subsecs(6);
         let plan = plan_pass(&rows, now, self.workers.as_ref(), self.metrics_limit);
-        if plan.series_dropped > 0 {
-            warn!(
-                exported = plan.series.len(),
-                left_out = plan.series_dropped,
-                "more jobs ask for per-job metrics (health.metrics) than --job-metrics-limit allows"
-            );
-        }
+        let counts = (plan.series.len(), plan.series_dropped);
         METRICS.set_job_series(plan.series);
-        if plan.writes.is_empty() {
-            return Ok(());
-        }
         // Only the leader writes verdicts and pauses; a deposed one stops here.
-        if self.role.borrow().epoch().is_none() {
-            return Ok(());
+        if plan.writes.is_empty() || self.role.borrow().epoch().is_none() {
+            return Ok(counts);
         }
         let paused = crate::store::health::record_verdicts(&self.pool, &plan.writes, now).await?;
         for id in &paused {
@@ -195,7 +204,7 @@ impl HealthMonitor {
         for ev in plan.events {
             self.feed.event(ev);
         }
-        Ok(())
+        Ok(counts)
     }
 }
 

@@ -138,7 +138,14 @@ pub async fn resume(pool: &PgPool, uid: &str, token: &str) -> Result<Resumed, St
          UPDATE scheduled_jobs j SET resume_token = $2,
              paused_at = NULL, pause_reason = NULL,
              consecutive_failures = CASE WHEN old.was_paused THEN 0 ELSE j.consecutive_failures END,
-             health_baseline_at = CASE WHEN old.was_paused THEN now() ELSE j.health_baseline_at END
+             health_baseline_at = CASE WHEN old.was_paused THEN now() ELSE j.health_baseline_at END,
+             -- Not `Paused` any more, and not judged yet: the monitor's next pass says.
+             health_status = CASE WHEN old.was_paused THEN 'Unknown' ELSE j.health_status END,
+             health_reason = CASE WHEN old.was_paused THEN 'Resumed' ELSE j.health_reason END,
+             health_message = CASE WHEN old.was_paused
+                 THEN 'resumed (kubebeat.io/resume = ' || left($2, 253) || '); judged again at the next health check'
+                 ELSE j.health_message END,
+             health_since = CASE WHEN old.was_paused THEN now() ELSE j.health_since END
          FROM old WHERE j.id = old.id
          RETURNING j.id, old.was_paused",
     )
