@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Resume a ScheduledJob its health policy paused (sets the `kubebeat.io/resume`
+    /// annotation; the spec is not touched).
+    Resume {
+        /// The ScheduledJob's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// Check a running kube-beat the way `helm test` does: `/readyz` and `/api/v1/jobs` (with a
     /// ServiceAccount token) must answer 200. One line per check; exit 1 if any failed.
     Check {
@@ -230,6 +239,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!(
                 "scheduledjob {name} triggered ({} = {value})",
                 api::TRIGGER_ANNOTATION
+            );
+            Ok(())
+        }
+        Command::Resume { name, namespace } => {
+            let value =
+                crate::trigger::annotate(&name, namespace.as_deref(), api::RESUME_ANNOTATION)
+                    .await?;
+            println!(
+                "scheduledjob {name}: resume requested ({} = {value})",
+                api::RESUME_ANNOTATION
             );
             Ok(())
         }

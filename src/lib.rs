@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod dispatch;
 pub mod failpoint;
+pub mod health;
 pub mod http;
 pub mod import;
 pub mod leader;

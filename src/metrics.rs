@@ -123,6 +123,21 @@ pub struct Sampled {
     pub workers: Mutex<WorkerSeries>,
     pub finished_ok: AtomicU64,
     pub finished_bad: AtomicU64,
+    /// The per-job series of jobs with `health.metrics: true` (capped by the health monitor).
+    pub jobs: Mutex<Vec<JobSeries>>,
+}
+
+/// One job's opt-in series: the only metrics labelled by job, so only for jobs that ask and at
+/// most `--job-metrics-limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSeries {
+    pub namespace: String,
+    pub name: String,
+    /// 1 when the `Healthy` condition is True.
+    pub healthy: i64,
+    pub consecutive_failures: i64,
+    /// Unix seconds of the last successful run's slot.
+    pub last_success: Option<i64>,
 }
 
 /// Series of the worker probe, at most [`MAX_WORKER_SERIES`] of each.
@@ -291,6 +306,11 @@ impl Metrics {
         *self.sampled.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(feed);
     }
 
+    /// Replace the per-job series (the health monitor, each pass).
+    pub fn set_job_series(&self, series: Vec<JobSeries>) {
+        *self.sampled.jobs.lock().unwrap_or_else(|e| e.into_inner()) = series;
+    }
+
     pub fn set_leader(&self, leading: bool) {
         let was = self.leader.set(i64::from(leading)) == 1;
         if was != leading {
@@ -425,6 +445,10 @@ impl Collector for SampledCollector {
                 }
             }
         }
+        encode_job_series(
+            &mut encoder,
+            &s.jobs.lock().unwrap_or_else(|e| e.into_inner()),
+        )?;
         let ok = s.finished_ok.load(Ordering::Relaxed);
         let bad = s.finished_bad.load(Ordering::Relaxed);
         let ratio = if ok + bad == 0 {
@@ -440,6 +464,47 @@ impl Collector for SampledCollector {
             MetricType::Gauge,
         )?)
     }
+}
+
+/// The opt-in per-job families (nothing when no job asks).
+fn encode_job_series(
+    encoder: &mut DescriptorEncoder,
+    jobs: &[JobSeries],
+) -> Result<(), std::fmt::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    type Value = fn(&JobSeries) -> Option<i64>;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "job_healthy",
+            "1 while the job's Healthy condition is True (jobs with health.metrics: true)",
+            |j| Some(j.healthy),
+        ),
+        (
+            "job_consecutive_failures",
+            "Runs in a row that failed (jobs with health.metrics: true)",
+            |j| Some(j.consecutive_failures),
+        ),
+        (
+            "job_last_success_timestamp_seconds",
+            "Slot time of the job's last successful run (jobs with health.metrics: true)",
+            |j| j.last_success,
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for j in jobs {
+            if let Some(v) = value(j) {
+                let labels = [
+                    ("namespace", j.namespace.as_str()),
+                    ("name", j.name.as_str()),
+                ];
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -78,6 +78,15 @@ pub struct RunArgs {
     /// How often unfinished executions are looked up in the result backend, in milliseconds.
     #[arg(long, env = "RESULT_POLL_MS", default_value_t = 1000)]
     pub result_poll_ms: u64,
+    /// How often the leader judges every job's health (the `Healthy` condition, pauses).
+    #[arg(long, env = "HEALTH_CHECK_SECONDS", default_value_t = 5)]
+    pub health_check_seconds: u64,
+
+    /// Most jobs with `health.metrics: true` exported as per-job series; beyond it the rest are
+    /// left out with a warning (every series costs the Prometheus server memory).
+    #[arg(long, env = "JOB_METRICS_LIMIT", default_value_t = 1000)]
+    pub job_metrics_limit: usize,
+
     /// How often executions beyond each job's `historyLimit` are pruned, in seconds.
     #[arg(long, env = "HISTORY_PRUNE_SECONDS", default_value_t = 60)]
     pub history_prune_seconds: u64,

@@ -8,8 +8,8 @@ pub mod task_function;
 
 pub use message_options::MessageOptions;
 pub use scheduled_job::{
-    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, IntervalSchedule, Schedule, ScheduledJob,
-    ScheduledJobSpec, ScheduledJobStatus,
+    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
+    PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};
@@ -18,6 +18,8 @@ use kube::CustomResourceExt;
 
 /// Annotation whose every new value asks for one run now.
 pub const TRIGGER_ANNOTATION: &str = "kubebeat.io/trigger";
+/// Annotation whose every new value resumes a job its health policy paused.
+pub const RESUME_ANNOTATION: &str = "kubebeat.io/resume";
 /// Finalizer that lets kube-beat stop a job's scheduling before the object disappears.
 pub const FINALIZER: &str = "kubebeat.io/cleanup";
 /// The field manager of kube-beat's server-side applies of the spec-derived status
@@ -79,7 +81,9 @@ pub fn crd_helm_template() -> Result<String, CrdError> {
 ///
 /// `nullable: true` (which schemars puts on every `Option`) is removed: the apiserver's published
 /// OpenAPI v2 drops the type of nullable fields, so `kubectl explain` would show `<>` for them.
-/// kube-beat never writes explicit nulls, so nothing is lost.
+/// kube-beat never writes explicit nulls, so nothing is lost. Except [`KEEP_NULLABLE`]: status
+/// fields a server-side apply removes by leaving them out, which the 1.20 apiserver does by
+/// writing `null` (a non-nullable field would then refuse every later status write).
 pub fn crds() -> Result<Vec<serde_json::Value>, CrdError> {
     let mut out = Vec::new();
     for crd in [TaskFunction::crd(), ScheduledJob::crd()] {
@@ -90,11 +94,25 @@ pub fn crds() -> Result<Vec<serde_json::Value>, CrdError> {
     Ok(out)
 }
 
+/// Status properties that keep `nullable: true` (see [`crds`]).
+const KEEP_NULLABLE: &[&str] = &["pause"];
+
 fn strip_nullable(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             map.remove("nullable");
-            map.values_mut().for_each(strip_nullable);
+            for (key, value) in map.iter_mut() {
+                if KEEP_NULLABLE.contains(&key.as_str())
+                    && let Some(schema) = value.as_object_mut()
+                {
+                    for child in schema.values_mut() {
+                        strip_nullable(child);
+                    }
+                    schema.insert("nullable".into(), serde_json::Value::Bool(true));
+                } else {
+                    strip_nullable(value);
+                }
+            }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
         _ => {}

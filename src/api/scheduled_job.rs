@@ -54,6 +54,12 @@ use super::{MessageOptions, schema};
         description = "When the next run is due (UTC)"
     ),
     printcolumn(
+        name = "Healthy",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Healthy\")].status",
+        description = "Whether the job meets its health policy (spec.health)"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -161,6 +167,59 @@ pub struct ScheduledJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
+
+    /// When the job counts as unhealthy (the `Healthy` condition) and what happens then.
+    /// Every field is optional; without any, the job is judged by the default staleness only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthPolicy>,
+}
+
+/// A job's health policy. A breach sets `Healthy=False` with an `Unhealthy` Event; with
+/// `onBreach: Pause` it also pauses the job (`status.pause`) until it is resumed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthPolicy {
+    /// Unhealthy (`Stale`) when no run has succeeded for this long while the job is due.
+    /// Default: 3 × the interval, or the longest gap between cron slots, plus the job's
+    /// deadline (`startingDeadlineSeconds` + `executionTimeoutSeconds`, at most one more such
+    /// period); one-off (`at`) jobs are never stale. 1 to 31536000 (one year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub stale_after_seconds: Option<i64>,
+
+    /// Unhealthy (`ConsecutiveFailures`) after this many runs in a row ended in FAILURE, LOST,
+    /// DISPATCH_FAILED or MISSED. 1 to 10000; unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_consecutive_failures: Option<i64>,
+
+    /// Unhealthy (`TooSlow`) while a run has been STARTED for longer than this (needs workers
+    /// that report STARTED, Celery's `task_track_started`). 1 to 31536000; unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub max_duration_seconds: Option<i64>,
+
+    /// `Notify` (default): condition and Event only. `Pause`: also stop dispatching (slots are
+    /// recorded as SKIPPED with reason `Paused`) without touching the spec, until the job is
+    /// resumed (annotation `kubebeat.io/resume`, `kube-beat resume`, the API or the dashboard).
+    #[serde(default)]
+    pub on_breach: OnBreach,
+
+    /// Export this job's own Prometheus series (`kube_beat_job_healthy`,
+    /// `kube_beat_job_consecutive_failures`, `kube_beat_job_last_success_timestamp_seconds`,
+    /// with `namespace` and `name`). Capped per operator (`--job-metrics-limit`).
+    #[serde(default)]
+    pub metrics: bool,
+}
+
+/// What a health breach does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnBreach {
+    /// Set the condition and emit an Event.
+    #[default]
+    Notify,
+    /// Also pause the job until it is resumed.
+    Pause,
 }
 
 /// When a job runs. Exactly one of `interval`, `cron` or `at` must be set.
@@ -232,6 +291,8 @@ pub struct ScheduledJobStatus {
     /// `Ready`: the spec is valid and stored. Reasons: `Stored`, `InvalidSchedule`,
     /// `UnknownTaskFunction`, `TaskFunctionNotReady`, `NamespaceNotAllowed`, `QueueNotAllowed`,
     /// `InvalidSpec`.
+    /// `Healthy`: the job meets its health policy. Reasons: `Healthy`, `Stale`,
+    /// `ConsecutiveFailures`, `TooSlow`, `NoWorkers`, `TaskNotRegistered`, `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<schema::Condition>,
@@ -276,9 +337,32 @@ pub struct ScheduledJobStatus {
     #[serde(default)]
     pub skipped: i64,
 
+    /// Runs in a row that ended in FAILURE, LOST, DISPATCH_FAILED or MISSED (since the last
+    /// SUCCESS or resume).
+    #[serde(default)]
+    pub consecutive_failures: i64,
+
+    /// Set while the job is paused by its health policy (`onBreach: Pause`).
+    // Nullable: when the status writer's apply stops carrying it, the 1.20 apiserver's
+    // server-side apply leaves `pause: null` behind, which a non-nullable object refuses
+    // (and with it every later status write of the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("nullable" = true))]
+    pub pause: Option<PauseStatus>,
+
     /// The last value of the `kubebeat.io/trigger` annotation that caused a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<String>,
+}
+
+/// Why and since when a job is paused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStatus {
+    /// The breach that paused it, e.g. `ConsecutiveFailures: 3 runs in a row failed`.
+    pub reason: String,
+    /// When it was paused (RFC 3339).
+    pub since: String,
 }
 
 /// One execution, as shown in status.

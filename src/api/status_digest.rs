@@ -8,8 +8,13 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::Value;
 
-/// The status fields the status writer (the run fields) owns and applies as a whole.
-pub const RUN_STATUS_FIELDS: [&str; 10] = [
+/// The condition the status writer owns (in `conditions`, a list-map keyed by type: the other
+/// entries are the reconciler's or other controllers').
+pub const HEALTHY: &str = "Healthy";
+
+/// The status fields the status writer (the run fields) owns and applies as a whole, besides
+/// its [`HEALTHY`] condition.
+pub const RUN_STATUS_FIELDS: [&str; 12] = [
     "nextScheduleTime",
     "lastScheduleTime",
     "lastSuccessfulTime",
@@ -20,6 +25,8 @@ pub const RUN_STATUS_FIELDS: [&str; 10] = [
     "failed",
     "missed",
     "skipped",
+    "consecutiveFailures",
+    "pause",
 ];
 
 /// A digest of the run fields ([`RUN_STATUS_FIELDS`]), from a whole status as read back or from
@@ -54,6 +61,16 @@ pub fn written_digest(status: &Value) -> u64 {
             feed(v, &mut h);
         }
     }
+    let healthy = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(HEALTHY));
+    if let Some(c) = healthy {
+        HEALTHY.hash(&mut h);
+        feed(c, &mut h);
+    }
     h.finish()
 }
 
@@ -76,6 +93,7 @@ mod tests {
         };
         let current = serde_json::to_value(&status).expect("status");
         let wanted = json!({"skipped": 0, "missed": 0, "failed": 0, "succeeded": 0,
+            "consecutiveFailures": 0,
             "totalRuns": 3, "active": null, "nextScheduleTime": null,
             "lastExecution": {"state": "SUCCESS", "taskId": "a", "message": null,
                 "scheduledFor": "", "trigger": ""}});
@@ -93,6 +111,24 @@ mod tests {
         assert_ne!(
             written_digest(&json!({})),
             written_digest(&json!({"lastExecution": {"taskId": "a"}}))
+        );
+    }
+
+    #[test]
+    fn only_the_healthy_condition_counts_among_the_conditions() {
+        let healthy = json!({"type": "Healthy", "status": "True", "reason": "Healthy",
+            "message": "m", "lastTransitionTime": "2026-03-01T12:00:00Z"});
+        let ready = json!({"type": "Ready", "status": "True", "reason": "Stored",
+            "message": "valid and stored", "lastTransitionTime": "2026-03-01T11:00:00Z"});
+        let written = json!({"totalRuns": 1, "conditions": [healthy.clone()]});
+        let shown = json!({"totalRuns": 1, "conditions": [ready, healthy]});
+        assert_eq!(written_digest(&written), written_digest(&shown));
+        let mut flipped = shown.clone();
+        flipped["conditions"][1]["status"] = json!("False");
+        assert_ne!(written_digest(&written), written_digest(&flipped));
+        assert_ne!(
+            written_digest(&written),
+            written_digest(&json!({"totalRuns": 1}))
         );
     }
 }

@@ -30,6 +30,8 @@ pub struct DueJob {
     pub policy: ConcurrencyPolicy,
     /// Whether an earlier execution is still unfinished (for Forbid/Replace).
     pub active: bool,
+    /// Paused by its health policy.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub enum Outcome {
     Missed,
     /// `concurrencyPolicy: Forbid` and the previous run is unfinished.
     Skipped,
+    /// Paused by its health policy (recorded as SKIPPED, reason `Paused`).
+    Paused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +98,8 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
         })
     };
     let outcome = match job.starting_deadline_seconds {
+        // First: a paused job's slot is not a failure, however late.
+        _ if job.paused => Outcome::Paused,
         Some(d) if late > deadline(d) => Outcome::Missed,
         _ if job.active && job.policy == ConcurrencyPolicy::Forbid => Outcome::Skipped,
         _ => Outcome::Run,
@@ -192,6 +198,7 @@ pub fn plan_batch(
                 _ => ConcurrencyPolicy::Allow,
             },
             active: row.active,
+            paused: row.paused,
         };
         // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
         let p = plan(&due, now.max(row.next_run_at));
@@ -220,7 +227,7 @@ impl BatchPlan {
         let (state, runs, missed, skipped) = match p.outcome {
             Outcome::Run => (run_state, 1, p.coalesced.saturating_sub(1), 0),
             Outcome::Missed => ("MISSED", 0, p.coalesced, 0),
-            Outcome::Skipped => ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1),
+            Outcome::Skipped | Outcome::Paused => ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1),
         };
         match p.outcome {
             Outcome::Missed => stats.events.push(JobEvent {
@@ -237,6 +244,14 @@ impl BatchPlan {
                 reason: Reason::Skipped,
                 message: format!(
                     "run {} skipped: the previous run is unfinished (concurrencyPolicy: Forbid)",
+                    rfc3339(p.slot)
+                ),
+            }),
+            Outcome::Paused => stats.events.push(JobEvent {
+                job,
+                reason: Reason::Skipped,
+                message: format!(
+                    "run {} skipped: the job is paused by its health policy (resume with the kubebeat.io/resume annotation)",
                     rfc3339(p.slot)
                 ),
             }),
@@ -261,6 +276,7 @@ impl BatchPlan {
             state,
             coalesced: i32::try_from(p.coalesced).unwrap_or(i32::MAX),
             publish_after: p.due_at,
+            error: (p.outcome == Outcome::Paused).then_some("Paused"),
         });
         self.advances.push(JobAdvance {
             job_id,
@@ -271,6 +287,7 @@ impl BatchPlan {
             missed,
             skipped,
             claimed_until: Some(p.due_at),
+            failed_run: i64::from(p.outcome == Outcome::Missed),
         });
     }
 }

@@ -30,6 +30,7 @@ fn job(seconds: i64, slot: &str) -> DueJob {
         jitter_seconds: 0,
         policy: ConcurrencyPolicy::Allow,
         active: false,
+        paused: false,
     }
 }
 
@@ -177,6 +178,7 @@ fn due_row(id: i64, every: i64, next_run: &str) -> DueRow {
         starting_deadline_seconds: None,
         jitter_seconds: 0,
         active: false,
+        paused: false,
     }
 }
 
@@ -228,6 +230,7 @@ fn a_batch_plans_one_row_and_one_update_per_job() {
             missed: 0,
             skipped: 0,
             claimed_until: Some(t("2026-01-01T00:00:10Z")),
+            failed_run: 0,
         }
     );
     assert_eq!(b.advances[1].next_run, Some(t("2026-01-01T00:00:30Z")));
@@ -263,6 +266,9 @@ fn late_slots_are_missed_skipped_or_replaced_by_policy() {
     assert_eq!(b.executions[0].coalesced, 6);
     assert_eq!(b.executions[3].trigger, "catchup");
     assert_eq!((b.advances[0].runs, b.advances[0].missed), (0, 6));
+    // One MISSED row: the failure streak grows by one, not by the slots it stands for.
+    assert_eq!(b.advances[0].failed_run, 1);
+    assert_eq!(b.advances[3].failed_run, 0);
     assert_eq!((b.advances[1].runs, b.advances[1].skipped), (0, 1));
     assert_eq!((b.advances[3].runs, b.advances[3].missed), (1, 5));
     assert_eq!(
@@ -303,4 +309,22 @@ fn an_unreadable_stored_schedule_parks_its_job_and_the_batch_goes_on() {
     );
     assert_eq!(b.stats.events[0].reason, Reason::DispatchFailed);
     assert!(b.stats.events[0].message.contains("re-apply the job"));
+}
+
+#[test]
+fn a_paused_job_records_its_slot_as_skipped_with_reason_paused_even_when_late() {
+    let now = t("2026-01-01T00:01:05Z");
+    let mut paused = due_row(1, 10, "2026-01-01T00:00:10Z");
+    (paused.paused, paused.starting_deadline_seconds) = (true, Some(3));
+    let b = plan_batch(vec![paused], now, false, ids());
+    let e = &b.executions[0];
+    assert_eq!((e.state, e.error), ("SKIPPED", Some("Paused")));
+    assert_eq!(
+        b.advances[0].failed_run, 0,
+        "a paused slot is not a failure"
+    );
+    assert_eq!((b.advances[0].runs, b.advances[0].skipped), (0, 1));
+    assert_eq!(b.advances[0].next_run, Some(t("2026-01-01T00:01:10Z")));
+    assert_eq!(b.stats.events[0].reason, Reason::Skipped);
+    assert!(b.stats.events[0].message.contains("paused"));
 }

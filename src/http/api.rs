@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
-    api::{ScheduledJob, TRIGGER_ANNOTATION},
+    api::{RESUME_ANNOTATION, ScheduledJob, TRIGGER_ANNOTATION},
     leader::Role,
     store::{
         StoreError,
@@ -65,6 +65,10 @@ pub fn routes(state: Arc<ApiState>) -> Router {
             .route(
                 &format!("{prefix}/jobs/{{namespace}}/{{name}}/trigger"),
                 post(trigger),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/resume"),
+                post(resume),
             )
             .route(&format!("{prefix}/executions"), get(executions))
             .route(&format!("{prefix}/job-types"), get(job_types))
@@ -319,10 +323,9 @@ async fn job(
         )
     })?;
     let recent = views::recent_executions(&s.pool, row.id).await?;
-    let can_trigger = s.auth.allowed(&caller, "patch", &namespace, &name).await?;
-    Ok(Json(
-        json!({"job": row, "executions": recent, "canTrigger": can_trigger}),
-    ))
+    let can_patch = s.auth.allowed(&caller, "patch", &namespace, &name).await?;
+    Ok(Json(json!({"job": row, "executions": recent,
+                   "canTrigger": can_patch, "canResume": can_patch})))
 }
 
 async fn executions(
@@ -411,19 +414,42 @@ async fn trigger(
     creds: Credentials,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    annotate(&s, creds, namespace, name, TRIGGER_ANNOTATION, "trigger").await
+}
+
+/// Resume a job its health policy paused: the same path as `kube-beat resume` (a new value of
+/// the resume annotation, acted on once by the reconciler).
+async fn resume(
+    State(s): State<Arc<ApiState>>,
+    creds: Credentials,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    annotate(&s, creds, namespace, name, RESUME_ANNOTATION, "resume").await
+}
+
+/// Set `annotation` on a ScheduledJob to a fresh value as the API's own identity, after checking
+/// that the caller may `patch` it; answers 202 with the value under `key`.
+async fn annotate(
+    s: &ApiState,
+    creds: Credentials,
+    namespace: String,
+    name: String,
+    annotation: &str,
+    key: &str,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let caller = s.auth.authenticate(&creds).await?;
     s.auth.require(&caller, "patch", &namespace, &name).await?;
     let value = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: value}}});
+    let patch = json!({"metadata": {"annotations": {annotation: value}}});
     match Api::<ScheduledJob>::namespaced(s.client.clone(), &namespace)
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {
-            tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), trigger = %value, "manual trigger requested through the API");
+            tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), %annotation, %value, "requested through the API");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"namespace": namespace, "name": name, "trigger": value})),
+                Json(json!({"namespace": namespace, "name": name, key: value})),
             ))
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Err(ApiError::new(
@@ -432,7 +458,7 @@ async fn trigger(
         )),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            format!("setting the trigger annotation failed: {e}"),
+            format!("setting the {annotation} annotation failed: {e}"),
         )),
     }
 }

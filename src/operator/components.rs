@@ -121,6 +121,7 @@ pub(super) fn build(
         broker_options.clone(),
     )?);
     parts.push(housekeeping_part(args, &s));
+    parts.push(health_part(args, &s));
     parts.push((
         "heartbeat",
         Box::pin(tasks::heartbeat(
@@ -345,6 +346,32 @@ fn housekeeping_part(args: &RunArgs, s: &Shared) -> Part {
         tasks::housekeeping(pool.clone(), retention, every, role.clone(), stop.clone())
     });
     ("housekeeping", Box::pin(housekeeping))
+}
+
+/// The health monitor (leader only): the `Healthy` condition, pauses, per-job series.
+fn health_part(args: &RunArgs, s: &Shared) -> Part {
+    let (pool, role, feed, stop) = (
+        s.pool.clone(),
+        s.role.clone(),
+        s.feed.clone(),
+        s.stop.clone(),
+    );
+    let every = Duration::from_secs(args.health_check_seconds.max(1));
+    let metrics_limit = args.job_metrics_limit;
+    let workers: crate::status::health_monitor::WorkerSignals =
+        Arc::new(|_: &str, _: &str| crate::health::WorkerSignal::Unknown);
+    let monitor = supervise("health monitor", s.stop.clone(), move || {
+        crate::status::health_monitor::HealthMonitor {
+            pool: pool.clone(),
+            role: role.clone(),
+            feed: feed.clone(),
+            every,
+            metrics_limit,
+            workers: workers.clone(),
+        }
+        .run(stop.clone())
+    });
+    ("health monitor", Box::pin(monitor))
 }
 
 /// The HTTP server: health, metrics, the API and the dashboard.

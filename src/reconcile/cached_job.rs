@@ -103,8 +103,10 @@ pub struct CachedJob {
     /// allocates nothing).
     finalized: bool,
     other_finalizers: Box<[Box<str>]>,
-    /// The trigger annotation, the only annotation the operator reads.
+    /// The trigger annotation.
     trigger: Option<Box<str>>,
+    /// The resume annotation (with the trigger, the only annotations the operator reads).
+    resume: Option<Box<str>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
@@ -209,6 +211,11 @@ impl CachedJob {
         self.trigger.as_deref()
     }
 
+    /// The resume annotation's value.
+    pub fn resume(&self) -> Option<&str> {
+        self.resume.as_deref()
+    }
+
     /// The spec, parsed from the cached JSON, or why the object does not deserialize.
     ///
     /// `None` when the cache let go of it: the status shows this generation stored and Ready, so
@@ -274,6 +281,8 @@ impl CachedJob {
             Err(e) => (Err(e.to_string().into_boxed_str()), None),
         };
         let finalizers = meta.finalizers.unwrap_or_default();
+        let mut annotations = meta.annotations.unwrap_or_default();
+        let mut annotation = |key: &str| annotations.remove(key).map(String::into_boxed_str);
         CachedJob {
             name: meta.name.unwrap_or_default().into_boxed_str(),
             namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
@@ -288,10 +297,8 @@ impl CachedJob {
                 .filter(|f| f != FINALIZER)
                 .map(String::into_boxed_str)
                 .collect(),
-            trigger: meta
-                .annotations
-                .and_then(|mut a| a.remove(crate::api::TRIGGER_ANNOTATION))
-                .map(String::into_boxed_str),
+            trigger: annotation(crate::api::TRIGGER_ANNOTATION),
+            resume: annotation(crate::api::RESUME_ANNOTATION),
             spec,
             task_function,
             status,

@@ -168,14 +168,15 @@ impl CacheFiller {
     }
 }
 
-/// What a job reconcile depends on: the spec (generation), the trigger annotation, deletion and
-/// finalizers. Status changes are not in it.
+/// What a job reconcile depends on: the spec (generation), the trigger and resume annotations,
+/// deletion and finalizers. Status changes are not in it.
 pub fn reconcile_worthy(job: &CachedJob) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     job.key().hash(&mut h);
     job.generation().hash(&mut h);
     job.trigger().hash(&mut h);
+    job.resume().hash(&mut h);
     job.deleting().hash(&mut h);
     // Not `finalizers()`: that builds a Vec of Strings, once per watch event.
     job.finalized().hash(&mut h);

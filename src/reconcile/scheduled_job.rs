@@ -111,6 +111,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             )
             .await?
             .or(stored.last_trigger.clone());
+            resume_stage(&ctx, obj.as_ref(), &uid, &key).await?;
             let message = if row.suspended {
                 "valid and stored; suspended"
             } else if stored.next_run_at.is_none() {
@@ -233,6 +234,40 @@ async fn manual_trigger(
             Err(Error::Store(store::StoreError::Query(e)))
         }
     }
+}
+
+/// A new value of the resume annotation resumes a job its health policy paused (each value
+/// once: see [`store::health::resume`]). The status writer then drops `status.pause`, and the
+/// health monitor judges the job afresh (its failure streak and staleness start anew).
+async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> Result<(), Error> {
+    let Some(value) = obj.resume() else {
+        return Ok(());
+    };
+    if value.chars().count() > validate::MAX_TRIGGER_CHARS {
+        debug!(job = %key, "resume annotation too long: ignored");
+        return Ok(());
+    }
+    if let store::health::Resumed::Resumed { job_id } =
+        store::health::resume(&ctx.pool, uid, value).await?
+    {
+        info!(job = %key, resume = %value, "resumed: dispatching again");
+        ctx.wake.notify_one();
+        ctx.feed.touch(job_id);
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        ctx.feed.event(crate::status::JobEvent {
+            job: crate::status::JobRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+            },
+            reason: crate::status::Reason::Resumed,
+            message: format!(
+                "resumed ({} = {value}): the next slot is dispatched",
+                crate::api::RESUME_ANNOTATION
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// ScheduledJobs as untyped objects: read this way, an object whose spec does not match the

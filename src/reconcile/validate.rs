@@ -232,6 +232,8 @@ pub struct JobRow {
     pub next_slot_at: Option<DateTime<Utc>>,
     /// When that slot is dispatched: the slot plus the job's deterministic jitter.
     pub next_run_at: Option<DateTime<Utc>>,
+    /// `spec.health`, resolved (with the default staleness).
+    pub health: crate::health::ResolvedHealth,
 }
 
 /// Identity of a ScheduledJob object.
@@ -278,6 +280,15 @@ pub fn scheduled_job(
     merged.extend(fields.kwargs);
     check_size(&args, &merged).map_err(spec_err)?;
 
+    let execution_timeout_seconds = fields.execution_timeout_seconds.unwrap_or(3600);
+    let health = crate::health::policy::resolve(
+        spec.health.as_ref(),
+        &schedule,
+        fields.starting_deadline_seconds,
+        execution_timeout_seconds,
+        now,
+    )
+    .map_err(|e| spec_err(e.0))?;
     let schedule_config =
         serde_json::to_value(&spec.schedule).map_err(|e| spec_err(e.to_string()))?;
     let next_slot_at = if spec.suspend {
@@ -313,11 +324,12 @@ pub fn scheduled_job(
         concurrency_policy: spec.concurrency_policy,
         starting_deadline_seconds: fields.starting_deadline_seconds,
         jitter_seconds: jitter_secs,
-        execution_timeout_seconds: fields.execution_timeout_seconds.unwrap_or(3600),
+        execution_timeout_seconds,
         history_limit: fields.history_limit,
         description: spec.description.clone(),
         next_slot_at,
         next_run_at,
+        health,
     })
 }
 

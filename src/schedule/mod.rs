@@ -227,6 +227,38 @@ impl JobSchedule {
         }
     }
 
+    /// The fixed period of an interval or `@every` schedule.
+    pub fn period(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::Periodic(p) | Kind::Every(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The longest gap between consecutive slots among the next `max_slots` after `from` (and
+    /// within about a year of it); `None` with fewer than two slots. For a cron schedule this is
+    /// the longest time a healthy job goes without a run.
+    pub fn longest_gap(&self, from: DateTime<Utc>, max_slots: usize) -> Option<Duration> {
+        if let Some(p) = self.period() {
+            return Some(p);
+        }
+        let horizon = from.checked_add_signed(Duration::days(400))?;
+        let mut prev = self.next_after(from)?;
+        let mut longest: Option<Duration> = None;
+        for _ in 1..max_slots {
+            let Some(next) = self.next_after(prev) else {
+                break;
+            };
+            let gap = next.signed_duration_since(prev);
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            if next > horizon {
+                break;
+            }
+            prev = next;
+        }
+        longest
+    }
+
     /// Human summary for `status.schedule`.
     pub fn summary(&self) -> &str {
         &self.text
@@ -365,6 +397,11 @@ use chrono::Timelike;
 /// RFC 3339 in UTC with a `Z`, the format used everywhere in status and output.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// RFC 3339 in whole seconds, as the apiserver stores a condition's `lastTransitionTime`.
+pub fn rfc3339_seconds(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `5400` → `1h30m`.

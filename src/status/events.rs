@@ -54,6 +54,14 @@ pub enum Reason {
     Skipped,
     DispatchFailed,
     Triggered,
+    /// The job's health policy is breached (the `Healthy` condition went False).
+    Unhealthy,
+    /// The job is healthy again.
+    Recovered,
+    /// Its health policy paused the job (`onBreach: Pause`).
+    Paused,
+    /// A paused job was resumed.
+    Resumed,
 }
 
 impl Reason {
@@ -66,12 +74,18 @@ impl Reason {
             Reason::Skipped => "Skipped",
             Reason::DispatchFailed => "DispatchFailed",
             Reason::Triggered => "Triggered",
+            Reason::Unhealthy => "Unhealthy",
+            Reason::Recovered => "Recovered",
+            Reason::Paused => "Paused",
+            Reason::Resumed => "Resumed",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            Reason::Triggered | Reason::Skipped => EventType::Normal,
+            Reason::Triggered | Reason::Skipped | Reason::Recovered | Reason::Resumed => {
+                EventType::Normal
+            }
             _ => EventType::Warning,
         }
     }

@@ -10,6 +10,7 @@
 //! [`crate::metrics`] by sampling ([`FeedStats`] is a [`crate::metrics::Sampler`]).
 
 pub mod events;
+pub mod health_monitor;
 mod write_queue;
 pub mod writer;
 

@@ -191,11 +191,35 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
         ("failed", r.failed),
         ("missed", r.missed),
         ("skipped", r.skipped),
+        ("consecutiveFailures", r.consecutive_failures),
     ] {
         put(key, json!(n));
     }
+    if let Some(since) = r.paused_at {
+        put(
+            "pause",
+            json!({"reason": r.pause_reason.as_deref().unwrap_or_default(), "since": rfc3339(since)}),
+        );
+    }
+    // The `Healthy` condition: this manager's only condition (a list-map entry keyed by type,
+    // so the reconciler's `Ready` and other controllers' conditions stay theirs).
+    if let (Some(status), Some(since)) = (&r.health_status, r.health_since) {
+        put(
+            "conditions",
+            json!([{
+                "type": HEALTHY,
+                "status": status,
+                "reason": r.health_reason.as_deref().unwrap_or_default(),
+                "message": r.health_message.as_deref().unwrap_or_default(),
+                "lastTransitionTime": crate::schedule::rfc3339_seconds(since),
+            }]),
+        );
+    }
     Value::Object(fields)
 }
+
+/// The condition type the status writer owns.
+pub const HEALTHY: &str = crate::api::status_digest::HEALTHY;
 
 /// What the status writer works with.
 #[derive(Clone)]

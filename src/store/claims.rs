@@ -56,6 +56,8 @@ pub struct DueRow {
     pub jitter_seconds: i64,
     /// An earlier run is unfinished (only computed for Forbid and Replace jobs).
     pub active: bool,
+    /// Paused by its health policy: its slots are recorded as SKIPPED (reason `Paused`).
+    pub paused: bool,
 }
 
 /// One execution row a claim inserts (a run, or a MISSED / SKIPPED slot).
@@ -70,6 +72,8 @@ pub struct NewExecution {
     pub state: &'static str,
     pub coalesced: i32,
     pub publish_after: DateTime<Utc>,
+    /// Why a slot was not run (`Paused`), shown as the execution's error.
+    pub error: Option<&'static str>,
 }
 
 /// How a claim moves a job on. All `None` and zero parks the job (its schedule is unreadable).
@@ -83,6 +87,8 @@ pub struct JobAdvance {
     pub missed: i64,
     pub skipped: i64,
     pub claimed_until: Option<DateTime<Utc>>,
+    /// 1 when this claim's row is a MISSED slot: it extends the job's failure streak.
+    pub failed_run: i64,
 }
 
 /// A claim transaction: the epoch is checked when it begins, and nothing is visible until
@@ -100,7 +106,8 @@ impl ClaimTx {
     }
 
     /// Lock up to `limit` enabled jobs due by `now`, or (under `concurrencyPolicy: Allow`, not
-    /// claimed ahead yet) due by `horizon`, earliest first. Locked rows other replicas hold are
+    /// claimed ahead yet, not paused) due by `horizon`, earliest first. A paused job is judged
+    /// at its slot, so a resume just before the slot is in time for it. Locked rows other replicas hold are
     /// skipped.
     ///
     /// Durations from the row are clamped to their bounds (one year) inside the query: a row
@@ -119,11 +126,13 @@ impl ClaimTx {
                     (j.concurrency_policy <> 'Allow' AND EXISTS (
                         SELECT 1 FROM job_executions e
                         WHERE e.job_id = j.id AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
-                          AND e.claimed_at > $1 - make_interval(secs => LEAST(j.execution_timeout_seconds, 31536000)))) AS active
+                          AND e.claimed_at > $1 - make_interval(secs => LEAST(j.execution_timeout_seconds, 31536000)))) AS active,
+                    j.paused_at IS NOT NULL AS paused
              FROM scheduled_jobs j
              WHERE j.enabled AND j.next_run_at <= $3
                AND (j.next_run_at <= $1
-                    OR (j.concurrency_policy = 'Allow' AND COALESCE(j.claimed_until, '-infinity') <= $1))
+                    OR (j.concurrency_policy = 'Allow' AND j.paused_at IS NULL
+                        AND COALESCE(j.claimed_until, '-infinity') <= $1))
              ORDER BY j.next_run_at
              LIMIT $2
              FOR UPDATE OF j SKIP LOCKED",
@@ -175,12 +184,15 @@ impl ClaimTx {
         let coalesced: Vec<i32> = rows.iter().map(|r| r.coalesced).collect();
         sqlx::query(
             "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,
-                                         coalesced_slots, leader_epoch, finished_at, publish_after)
+                                         coalesced_slots, leader_epoch, finished_at, publish_after,
+                                         error)
              SELECT u.job_id, u.slot_key, u.task_id, u.scheduled_for, u.trigger, u.state, u.coalesced, $8,
-                    CASE WHEN u.state IN ('MISSED', 'SKIPPED') THEN now() END, u.publish_after
+                    CASE WHEN u.state IN ('MISSED', 'SKIPPED') THEN now() END, u.publish_after,
+                    u.error
              FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
-                         $7::int[], $9::timestamptz[])
-                  AS u(job_id, slot_key, task_id, scheduled_for, trigger, state, coalesced, publish_after)
+                         $7::int[], $9::timestamptz[], $10::text[])
+                  AS u(job_id, slot_key, task_id, scheduled_for, trigger, state, coalesced, publish_after,
+                       error)
              ON CONFLICT (job_id, slot_key) DO NOTHING",
         )
         .bind(&job_ids)
@@ -192,6 +204,7 @@ impl ClaimTx {
         .bind(&coalesced)
         .bind(self.epoch)
         .bind(times(|r| r.publish_after))
+        .bind(rows.iter().map(|r| r.error).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -212,10 +225,12 @@ impl ClaimTx {
                  last_run_at = COALESCE(u.last_run, j.last_run_at),
                  total_runs = j.total_runs + u.runs, missed = j.missed + u.missed,
                  skipped = j.skipped + u.skipped,
-                 claimed_until = COALESCE(u.claimed_until, j.claimed_until)
+                 claimed_until = COALESCE(u.claimed_until, j.claimed_until),
+                 consecutive_failures = j.consecutive_failures + u.failed_run
              FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
-                         $5::bigint[], $6::bigint[], $7::bigint[], $8::timestamptz[])
-                  AS u(id, next_run, next_slot, last_run, runs, missed, skipped, claimed_until)
+                         $5::bigint[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::bigint[])
+                  AS u(id, next_run, next_slot, last_run, runs, missed, skipped, claimed_until,
+                       failed_run)
              WHERE j.id = u.id",
         )
         .bind(&ids)
@@ -226,6 +241,7 @@ impl ClaimTx {
         .bind(counts(|r| r.missed))
         .bind(counts(|r| r.skipped))
         .bind(times(|r| r.claimed_until))
+        .bind(counts(|r| r.failed_run))
         .execute(&mut *self.tx)
         .await?;
         Ok(())

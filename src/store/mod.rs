@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod foreign;
+pub mod health;
 pub mod jobs;
 pub mod leader;
 pub mod migrate;

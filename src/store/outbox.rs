@@ -67,7 +67,8 @@ pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<End
                                                             + LEAST(j.jitter_seconds, 86400)) < $1
              RETURNING e.job_id, j.namespace, j.name, j.uid, e.task_id, e.scheduled_for
          ), c AS (
-             UPDATE scheduled_jobs j SET missed = j.missed + n.n, total_runs = j.total_runs - n.n
+             UPDATE scheduled_jobs j SET missed = j.missed + n.n, total_runs = j.total_runs - n.n,
+                    consecutive_failures = j.consecutive_failures + n.n
              FROM (SELECT job_id, count(*) AS n FROM m GROUP BY job_id) n WHERE j.id = n.job_id
          )
          SELECT * FROM m",
@@ -231,7 +232,8 @@ pub async fn mark_publish_failed(
              WHERE id = ANY($1) AND state = 'PENDING'
              RETURNING job_id, task_id, scheduled_for, state
          ), c AS (
-             UPDATE scheduled_jobs j SET failed = j.failed + n.n
+             UPDATE scheduled_jobs j SET failed = j.failed + n.n,
+                    consecutive_failures = j.consecutive_failures + n.n
              FROM (SELECT job_id, count(*) AS n FROM f WHERE state = 'DISPATCH_FAILED' GROUP BY job_id) n
              WHERE j.id = n.job_id
          )

@@ -30,6 +30,14 @@ pub struct JobStatusRow {
     pub dispatched_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// Health (see `store::health`).
+    pub consecutive_failures: i64,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub pause_reason: Option<String>,
+    pub health_status: Option<String>,
+    pub health_reason: Option<String>,
+    pub health_message: Option<String>,
+    pub health_since: Option<DateTime<Utc>>,
 }
 
 /// An unfinished execution of a job.
@@ -68,7 +76,8 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
         " AS last_run_at,
                 j.last_success_at, j.total_runs, j.succeeded, j.failed, j.missed, j.skipped,
                 e.task_id, e.scheduled_for, e.trigger, e.state, e.dispatched_at, e.finished_at,
-                e.error
+                e.error, j.consecutive_failures, j.paused_at, j.pause_reason, j.health_status,
+                j.health_reason, j.health_message, j.health_since
          FROM scheduled_jobs j
          LEFT JOIN LATERAL (
              SELECT task_id, scheduled_for, trigger, state, dispatched_at, finished_at, error

@@ -67,7 +67,7 @@ pub struct TransitionWrite {
 
 /// Write `writes` in one statement, each only if its row is still in `old_state` (a Replace
 /// revocation may have ended it meanwhile), and count final outcomes (SUCCESS; FAILURE, LOST,
-/// REVOKED) and the latest success on their jobs. Run inside the caller's transaction, after
+/// REVOKED), the latest success and the failure streak on their jobs. Run inside the caller's transaction, after
 /// its fencing check. Returns the execution ids changed.
 pub async fn record_transitions(
     conn: &mut PgConnection,
@@ -111,12 +111,22 @@ pub async fn record_transitions(
              UPDATE scheduled_jobs j SET
                  succeeded = j.succeeded + c.ok,
                  failed = j.failed + c.bad,
-                 last_success_at = GREATEST(j.last_success_at, c.last_ok)
-             FROM (SELECT job_id,
-                          count(*) FILTER (WHERE state = 'SUCCESS') AS ok,
-                          count(*) FILTER (WHERE state IN ('FAILURE', 'LOST', 'REVOKED')) AS bad,
-                          max(scheduled_for) FILTER (WHERE state = 'SUCCESS') AS last_ok
-                   FROM changed GROUP BY job_id) c
+                 last_success_at = GREATEST(j.last_success_at, c.last_ok),
+                 -- The failure streak, by slot: a success ends it (the failures of this batch
+                 -- after the batch's latest success start the next one). REVOKED is someone's
+                 -- decision, not a failure of the job.
+                 consecutive_failures = CASE WHEN c.ok > 0 THEN c.streak_after_ok
+                                             ELSE j.consecutive_failures + c.streak END
+             FROM (SELECT job_id, ok, bad, last_ok, streak,
+                          count(*) FILTER (WHERE failing AND scheduled_for > last_ok) AS streak_after_ok
+                   FROM (SELECT job_id, scheduled_for,
+                                state IN ('FAILURE', 'LOST') AS failing,
+                                count(*) FILTER (WHERE state = 'SUCCESS') OVER w AS ok,
+                                count(*) FILTER (WHERE state IN ('FAILURE', 'LOST', 'REVOKED')) OVER w AS bad,
+                                max(scheduled_for) FILTER (WHERE state = 'SUCCESS') OVER w AS last_ok,
+                                count(*) FILTER (WHERE state IN ('FAILURE', 'LOST')) OVER w AS streak
+                         FROM changed WINDOW w AS (PARTITION BY job_id)) per_run
+                   GROUP BY job_id, ok, bad, last_ok, streak) c
              WHERE j.id = c.job_id
          )
          SELECT id FROM changed",

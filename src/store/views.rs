@@ -37,6 +37,15 @@ pub struct JobView {
     pub missed: i64,
     pub skipped: i64,
     pub description: Option<String>,
+    /// The `Healthy` condition as last judged (`None` until the leader judged it).
+    pub healthy: Option<String>,
+    pub health_reason: Option<String>,
+    pub health_message: Option<String>,
+    pub health_since: Option<DateTime<Utc>>,
+    pub consecutive_failures: i64,
+    pub paused: bool,
+    pub pause_reason: Option<String>,
+    pub paused_since: Option<DateTime<Utc>>,
 }
 
 const JOB_COLUMNS: &str = concat!(
@@ -48,7 +57,10 @@ const JOB_COLUMNS: &str = concat!(
     (SELECT e.state FROM job_executions e WHERE e.job_id = j.id AND ",
     visible_run_sql!(),
     " ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1) AS last_status,
-    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description"
+    j.total_runs, j.succeeded, j.failed, j.missed, j.skipped, j.description,
+    j.health_status AS healthy, j.health_reason, j.health_message, j.health_since,
+    j.consecutive_failures, j.paused_at IS NOT NULL AS paused, j.pause_reason,
+    j.paused_at AS paused_since"
 );
 
 /// An execution as the API shows it (snake_case, as the migration plan's commands read it).

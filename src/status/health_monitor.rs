@@ -1,0 +1,204 @@
+//! The health monitor (leader only): every few seconds it judges every job
+//! ([`crate::health::judge`]) from Postgres and the worker probe, stores what changed (the
+//! verdict, a pause), emits `Unhealthy` / `Recovered` / `Paused` Events, asks the status writer
+//! to show it, and keeps the opt-in per-job series.
+//!
+//! The pass is planned by a pure function ([`plan_pass`]); this file's I/O is one read, one
+//! batched write and the notifications.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{Feed, JobEvent, JobRef, Reason};
+use crate::{
+    health::{self, HealthInput, WorkerSignal, verdict::PAUSED},
+    leader::Role,
+    metrics::{JobSeries, METRICS},
+    store::{
+        StoreError,
+        health::{HealthRow, VerdictWrite},
+    },
+};
+
+/// What the worker probe says about a task on a queue (production: the probe's latest census;
+/// without a probe, always [`WorkerSignal::Unknown`]).
+pub type WorkerSignals = Arc<dyn Fn(&str, &str) -> WorkerSignal + Send + Sync>;
+
+pub struct HealthMonitor {
+    pub pool: PgPool,
+    pub role: watch::Receiver<Role>,
+    pub feed: Feed,
+    pub every: Duration,
+    /// Most jobs exported as per-job series.
+    pub metrics_limit: usize,
+    pub workers: WorkerSignals,
+}
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct PassPlan {
+    pub writes: Vec<VerdictWrite>,
+    pub events: Vec<JobEvent>,
+    pub series: Vec<JobSeries>,
+    /// Jobs with `health.metrics: true` left out by the cap.
+    pub series_dropped: usize,
+}
+
+/// Judge every row: the verdicts that changed (to store), their Events, and the per-job series.
+pub fn plan_pass(
+    rows: &[HealthRow],
+    now: DateTime<Utc>,
+    workers: &dyn Fn(&str, &str) -> WorkerSignal,
+    metrics_limit: usize,
+) -> PassPlan {
+    let mut out = PassPlan::default();
+    for row in rows {
+        let policy = &row.health.0;
+        let mut input = HealthInput {
+            policy,
+            enabled: row.enabled,
+            due: row.due,
+            paused: row
+                .paused_at
+                .map(|t| (t, row.pause_reason.as_deref().unwrap_or_default())),
+            consecutive_failures: row.consecutive_failures,
+            last_success_at: row.last_success_at,
+            baseline: row.health_baseline_at,
+            oldest_started: row.oldest_started,
+            workers: workers(&row.task_name, &row.queue),
+            now,
+        };
+        let mut verdict = health::judge(&input);
+        // A breach under `onBreach: Pause` pauses the job in this same write: the condition goes
+        // straight to Paused, naming the breach.
+        let pause = (verdict.breach && policy.pause_on_breach && row.paused_at.is_none())
+            .then(|| format!("{}: {}", verdict.reason, verdict.message));
+        if let Some(why) = &pause {
+            input.paused = Some((now, why.as_str()));
+            verdict = health::judge(&input);
+        }
+        let status = verdict.status.as_str();
+        if policy.metrics {
+            if out.series.len() < metrics_limit {
+                out.series.push(JobSeries {
+                    namespace: row.namespace.clone(),
+                    name: row.name.clone(),
+                    healthy: i64::from(status == "True"),
+                    consecutive_failures: row.consecutive_failures,
+                    last_success: row.last_success_at.map(|t| t.timestamp()),
+                });
+            } else {
+                out.series_dropped = out.series_dropped.saturating_add(1);
+            }
+        }
+        let same = row.health_status.as_deref() == Some(status)
+            && row.health_reason.as_deref() == Some(verdict.reason)
+            && row.health_message.as_deref() == Some(verdict.message.as_str());
+        if same {
+            continue;
+        }
+        let job = JobRef {
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+            uid: row.uid.clone(),
+        };
+        let was = row.health_status.as_deref();
+        let event = if pause.is_some() {
+            Some((Reason::Paused, verdict.message.clone()))
+        } else if status == "False"
+            && (was != Some("False") || row.health_reason.as_deref() != Some(verdict.reason))
+            && verdict.reason != PAUSED
+        {
+            Some((
+                Reason::Unhealthy,
+                format!("{}: {}", verdict.reason, verdict.message),
+            ))
+        } else if status == "True" && was == Some("False") {
+            Some((Reason::Recovered, verdict.message.clone()))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = event {
+            out.events.push(JobEvent {
+                job,
+                reason,
+                message,
+            });
+        }
+        out.writes.push(VerdictWrite {
+            id: row.id,
+            status,
+            reason: verdict.reason,
+            message: verdict.message,
+            flipped: was != Some(status),
+            pause,
+            baseline: row.health_baseline_at,
+        });
+    }
+    out
+}
+
+impl HealthMonitor {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut was_leading = false;
+        loop {
+            let leading = self.role.borrow().epoch().is_some();
+            if leading {
+                if let Err(e) = self.pass().await {
+                    warn!(error = %e, "judging job health failed");
+                }
+            } else if was_leading {
+                // A follower exports no per-job series: the new leader does.
+                METRICS.set_job_series(Vec::new());
+            }
+            was_leading = leading;
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn pass(&self) -> Result<(), StoreError> {
+        let rows = crate::store::health::health_rows(&self.pool).await?;
+        // Microseconds, as Postgres keeps them: a pause's time in the message then reads back
+        // the same, and the next pass finds nothing changed.
+        let now = Utc::now().trunc_subsecs(6);
+        let plan = plan_pass(&rows, now, self.workers.as_ref(), self.metrics_limit);
+        if plan.series_dropped > 0 {
+            warn!(
+                exported = plan.series.len(),
+                left_out = plan.series_dropped,
+                "more jobs ask for per-job metrics (health.metrics) than --job-metrics-limit allows"
+            );
+        }
+        METRICS.set_job_series(plan.series);
+        if plan.writes.is_empty() {
+            return Ok(());
+        }
+        // Only the leader writes verdicts and pauses; a deposed one stops here.
+        if self.role.borrow().epoch().is_none() {
+            return Ok(());
+        }
+        let paused = crate::store::health::record_verdicts(&self.pool, &plan.writes, now).await?;
+        for id in &paused {
+            if let Some(w) = plan.writes.iter().find(|w| w.id == *id) {
+                info!(job_id = id, reason = ?w.pause, "paused by its health policy");
+            }
+        }
+        debug!(changed = plan.writes.len(), "job health changed");
+        self.feed.touch_all(plan.writes.iter().map(|w| w.id));
+        for ev in plan.events {
+            self.feed.event(ev);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "health_monitor_tests.rs"]
+mod tests;

@@ -1,0 +1,152 @@
+use super::*;
+use crate::health::ResolvedHealth;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn row(id: i64, policy: ResolvedHealth) -> HealthRow {
+    HealthRow {
+        id,
+        uid: format!("uid-{id}"),
+        namespace: "team-a".into(),
+        name: format!("job-{id}"),
+        task_name: "kb.echo".into(),
+        queue: "q".into(),
+        task_function: "echo".into(),
+        enabled: true,
+        due: true,
+        health: sqlx::types::Json(policy),
+        consecutive_failures: 0,
+        last_success_at: Some(t("2026-03-01T11:59:55Z")),
+        health_baseline_at: t("2026-03-01T00:00:00Z"),
+        paused_at: None,
+        pause_reason: None,
+        oldest_started: None,
+        health_status: None,
+        health_reason: None,
+        health_message: None,
+    }
+}
+
+fn pausing() -> ResolvedHealth {
+    ResolvedHealth {
+        stale_after_seconds: Some(60),
+        max_consecutive_failures: Some(3),
+        pause_on_breach: true,
+        metrics: true,
+        ..Default::default()
+    }
+}
+
+fn ready(_: &str, _: &str) -> WorkerSignal {
+    WorkerSignal::Ready
+}
+
+const NOW: &str = "2026-03-01T12:00:00Z";
+
+#[test]
+fn a_new_healthy_job_is_written_once_without_an_event() {
+    let rows = [row(1, pausing())];
+    let plan = plan_pass(&rows, t(NOW), &ready, 10);
+    assert_eq!(plan.writes.len(), 1);
+    assert_eq!(
+        (plan.writes[0].status, plan.writes[0].reason),
+        ("True", "Healthy")
+    );
+    assert!(plan.writes[0].flipped && plan.writes[0].pause.is_none());
+    assert!(plan.events.is_empty());
+    // Stored as judged: the next pass writes nothing.
+    let mut stored = row(1, pausing());
+    let w = &plan.writes[0];
+    (
+        stored.health_status,
+        stored.health_reason,
+        stored.health_message,
+    ) = (
+        Some(w.status.into()),
+        Some(w.reason.into()),
+        Some(w.message.clone()),
+    );
+    let again = plan_pass(&[stored], t(NOW), &ready, 10);
+    assert!(again.writes.is_empty() && again.events.is_empty());
+}
+
+#[test]
+fn a_breach_under_pause_pauses_in_the_same_write_with_one_event() {
+    let mut r = row(1, pausing());
+    r.consecutive_failures = 3;
+    r.health_status = Some("True".into());
+    r.health_reason = Some("Healthy".into());
+    let plan = plan_pass(&[r], t(NOW), &ready, 10);
+    let w = &plan.writes[0];
+    assert_eq!((w.status, w.reason), ("False", "Paused"));
+    assert_eq!(
+        w.pause.as_deref(),
+        Some("ConsecutiveFailures: 3 runs in a row failed (maxConsecutiveFailures: 3)")
+    );
+    assert!(w.flipped);
+    assert_eq!(plan.events.len(), 1);
+    assert_eq!(plan.events[0].reason, Reason::Paused);
+    assert!(plan.events[0].message.contains("ConsecutiveFailures"));
+}
+
+#[test]
+fn notify_only_marks_unhealthy_then_recovered() {
+    let mut policy = pausing();
+    policy.pause_on_breach = false;
+    let mut r = row(1, policy.clone());
+    r.last_success_at = Some(t("2026-03-01T11:50:00Z"));
+    r.health_status = Some("True".into());
+    let plan = plan_pass(&[r], t(NOW), &ready, 10);
+    assert_eq!(
+        (plan.writes[0].reason, plan.writes[0].pause.is_none()),
+        ("Stale", true)
+    );
+    assert_eq!(plan.events[0].reason, Reason::Unhealthy);
+    assert!(plan.events[0].message.starts_with("Stale: "));
+    // Succeeds again: Recovered.
+    let mut r = row(1, policy);
+    r.health_status = Some("False".into());
+    r.health_reason = Some("Stale".into());
+    let plan = plan_pass(&[r], t(NOW), &ready, 10);
+    assert_eq!(plan.events[0].reason, Reason::Recovered);
+    assert!(plan.writes[0].flipped);
+}
+
+#[test]
+fn a_new_reason_while_unhealthy_is_a_new_event_but_no_flip() {
+    let mut policy = pausing();
+    policy.pause_on_breach = false;
+    let mut r = row(1, policy);
+    r.health_status = Some("False".into());
+    r.health_reason = Some("Stale".into());
+    let not_registered =
+        |_: &str, _: &str| WorkerSignal::TaskNotRegistered("nobody has kb.echo".into());
+    let plan = plan_pass(&[r], t(NOW), &not_registered, 10);
+    assert_eq!(plan.writes[0].reason, "TaskNotRegistered");
+    assert!(!plan.writes[0].flipped, "still False: health_since stays");
+    assert_eq!(plan.events[0].reason, Reason::Unhealthy);
+}
+
+#[test]
+fn per_job_series_are_capped() {
+    let rows: Vec<_> = (1..=5).map(|i| row(i, pausing())).collect();
+    let plan = plan_pass(&rows, t(NOW), &ready, 3);
+    assert_eq!(plan.series.len(), 3);
+    assert_eq!(plan.series_dropped, 2);
+    assert_eq!(plan.series[0].healthy, 1);
+    assert_eq!(
+        plan.series[0].last_success,
+        Some(t("2026-03-01T11:59:55Z").timestamp())
+    );
+    let mut quiet = pausing();
+    quiet.metrics = false;
+    assert!(
+        plan_pass(&[row(9, quiet)], t(NOW), &ready, 3)
+            .series
+            .is_empty()
+    );
+}
