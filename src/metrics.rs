@@ -401,6 +401,7 @@ fn counter(
 impl Collector for SampledCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
+        encode_worker_series(&mut encoder, s)?;
         let feed = s.feed.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for sample in feed.iter().flat_map(|f| f.samples()) {
             match sample.kind {
@@ -448,7 +449,6 @@ impl Collector for SampledCollector {
             &mut encoder,
             &s.jobs.lock().unwrap_or_else(|e| e.into_inner()),
         )?;
-        encode_worker_series(&mut encoder, s)?;
         let ok = s.finished_ok.load(Ordering::Relaxed);
         let bad = s.finished_bad.load(Ordering::Relaxed);
         let ratio = if ok + bad == 0 {
@@ -507,6 +507,29 @@ fn encode_job_series(
     Ok(())
 }
 
+#[cfg(test)]
+mod build_info_tests {
+    use super::METRICS;
+
+    #[test]
+    fn build_info_and_the_alerted_series_are_there_from_the_start() {
+        let text = METRICS.render();
+        assert!(
+            text.contains(&format!(
+                "kube_beat_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        for series in [
+            "kube_beat_dispatches_total{outcome=\"dispatch_failed\"} ",
+            "kube_beat_executions_total{state=\"LOST\"} ",
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
+    }
+}
+
 fn encode_worker_series(
     encoder: &mut DescriptorEncoder,
     s: &Sampled,
@@ -538,29 +561,6 @@ fn encode_worker_series(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod build_info_tests {
-    use super::METRICS;
-
-    #[test]
-    fn build_info_and_the_alerted_series_are_there_from_the_start() {
-        let text = METRICS.render();
-        assert!(
-            text.contains(&format!(
-                "kube_beat_build_info{{version=\"{}\"}} 1",
-                env!("CARGO_PKG_VERSION")
-            )),
-            "{text}"
-        );
-        for series in [
-            "kube_beat_dispatches_total{outcome=\"dispatch_failed\"} ",
-            "kube_beat_executions_total{state=\"LOST\"} ",
-        ] {
-            assert!(text.contains(series), "{series} in {text}");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,25 @@ async fn wait_for(
     .await
 }
 
+/// A ScheduledJob's `Healthy` condition: (status, reason, message), once it is (status, reason).
+async fn wait_healthy(f: &common::Fixture, job: &str, status: &str, reason: &str) -> String {
+    eventually(
+        &format!("{job}: Healthy={status} {reason}"),
+        WITHIN,
+        || async {
+            let s = f.status(job).await;
+            let c = s["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Healthy")?
+                .clone();
+            (c["status"] == status && c["reason"] == reason)
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    )
+    .await
+}
+
 fn scrape(addr: &str) -> String {
     let out = Command::new("curl")
         .args(["-sSf", &format!("http://{addr}/metrics")])
@@ -89,7 +108,12 @@ async fn probe_on(broker: String) {
         "threads",
         &[("KB_REMOTE_CONTROL", "0")],
     );
-    let op = f.operator(&["--worker-probe-seconds", &PERIOD.to_string()]);
+    let op = f.operator(&[
+        "--worker-probe-seconds",
+        &PERIOD.to_string(),
+        "--health-check-seconds",
+        "1",
+    ]);
     let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
         op.http_addr()
     })
@@ -102,6 +126,10 @@ async fn probe_on(broker: String) {
         .await;
     f.task_function_with("silent", "kb.echo", json!({"queue": silent}))
         .await;
+    // Jobs of the unregistered task and of the deaf worker's queue (hourly: judged before a slot).
+    let hourly = json!({"schedule": {"interval": {"seconds": 3600}}});
+    f.job("ghost-job", "ghost", hourly.clone()).await;
+    f.job("silent-job", "silent", hourly).await;
 
     let (_, _, message, workers) = wait_for(&f.client, &name("echo"), "True", "WorkersReady").await;
     assert_eq!(workers, 1, "{message}");
@@ -116,6 +144,10 @@ async fn probe_on(broker: String) {
         "{broker}: TaskNotRegistered shown {:?} after the TaskFunctions were created",
         created.elapsed()
     );
+    // The job of that TaskFunction: Healthy=False with the same reason (the lead's health monitor
+    // reading the probe's census).
+    let message = wait_healthy(&f, "ghost-job", "False", "TaskNotRegistered").await;
+    assert!(message.contains(&ghost_task), "{message}");
     let (_, _, message, _) = wait_for(&f.client, &name("nowhere"), "False", "NoConsumer").await;
     assert!(message.contains(&nowhere), "{message}");
     let (_, _, message, _) = wait_for(
@@ -181,6 +213,7 @@ async fn probe_on(broker: String) {
         "{broker}: cleared {:?} after the worker was started (its start included)",
         started.elapsed()
     );
+    wait_healthy(&f, "ghost-job", "True", "Healthy").await;
     eventually("kube_beat_task_registered of ghost 1", WITHIN, || async {
         (registered(&scrape(&addr), "ghost") == Some(1.0)).then_some(())
     })
@@ -195,6 +228,8 @@ async fn probe_on(broker: String) {
         (status.as_str(), reason.as_str()),
         ("Unknown", "RemoteControlDisabled")
     );
+    // Its job: Unknown workers are no alarm.
+    wait_healthy(&f, "silent-job", "True", "Healthy").await;
     // A TaskFunction gone is a series gone.
     common::ok(&common::kubectl(&[
         "delete",

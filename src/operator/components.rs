@@ -39,7 +39,6 @@ struct Shared {
     stop: watch::Receiver<bool>,
     shadow: bool,
     /// The worker probe's latest census; consumed by the health monitor (issue #26).
-    #[allow(dead_code)]
     census: crate::workers::CensusWatch,
 }
 
@@ -358,9 +357,22 @@ fn health_part(args: &RunArgs, s: &Shared) -> Part {
     );
     let every = Duration::from_secs(args.health_check_seconds.max(1));
     let metrics_limit = args.job_metrics_limit;
+    // From the worker probe's latest census, trusted for three probe periods (and 30 s of
+    // slack for its reply wait and a slow apiserver).
     let census = s.census.clone();
+    let max_age =
+        chrono::Duration::seconds((args.worker_probe_seconds.min(86_400) * 3 + 30) as i64);
     let workers: crate::status::health_monitor::WorkerSignals =
-        Arc::new(move |task: &str, queue: &str| worker_signal(&census, task, queue));
+        Arc::new(move |task: &str, queue: &str| {
+            let census = census.borrow().clone();
+            crate::workers::worker_signal(
+                census.as_deref(),
+                task,
+                queue,
+                chrono::Utc::now(),
+                max_age,
+            )
+        });
     let monitor = supervise("health monitor", s.stop.clone(), move || {
         crate::status::health_monitor::HealthMonitor {
             pool: pool.clone(),
@@ -373,32 +385,6 @@ fn health_part(args: &RunArgs, s: &Shared) -> Part {
         .run(stop.clone())
     });
     ("health monitor", Box::pin(monitor))
-}
-
-/// A census older than this says nothing any more (the probe stopped, or lost the leadership).
-const CENSUS_STALE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
-
-/// What the worker probe's latest census says about `task` on `queue`, for a job's health.
-fn worker_signal(
-    census: &crate::workers::CensusWatch,
-    task: &str,
-    queue: &str,
-) -> crate::health::WorkerSignal {
-    use crate::{health::WorkerSignal, workers::Readiness};
-    let census = census.borrow();
-    match census.as_deref() {
-        Some(c) if chrono::Utc::now() - c.taken_at < CENSUS_STALE => {
-            match crate::workers::readiness(c, task, queue) {
-                Readiness::Ready { .. } => WorkerSignal::Ready,
-                Readiness::NoConsumer { message } => WorkerSignal::NoWorkers(message),
-                Readiness::TaskNotRegistered { message } => {
-                    WorkerSignal::TaskNotRegistered(message)
-                }
-                Readiness::Unknown { .. } => WorkerSignal::Unknown,
-            }
-        }
-        _ => WorkerSignal::Unknown,
-    }
 }
 
 /// The HTTP server: health, metrics, the API and the dashboard.

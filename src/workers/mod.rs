@@ -43,6 +43,29 @@ pub struct Census {
 /// The latest census (`None` until the first probe as leader, and again while not leading).
 pub type CensusWatch = tokio::sync::watch::Receiver<Option<Arc<Census>>>;
 
+/// The health monitor's view of the workers for a job's `task` on `queue`: the [`readiness`]
+/// of the latest census, `Unknown` without one or when it is older than `max_age` (the probe has
+/// been failing: stale knowledge is no reason for an alarm). `NoConsumer` is the job's
+/// `NoWorkers`.
+pub fn worker_signal(
+    census: Option<&Census>,
+    task: &str,
+    queue: &str,
+    now: DateTime<Utc>,
+    max_age: chrono::Duration,
+) -> crate::health::WorkerSignal {
+    use crate::health::WorkerSignal;
+    let Some(census) = census.filter(|c| now.signed_duration_since(c.taken_at) <= max_age) else {
+        return WorkerSignal::Unknown;
+    };
+    match readiness(census, task, queue) {
+        Readiness::Ready { .. } => WorkerSignal::Ready,
+        Readiness::NoConsumer { message } => WorkerSignal::NoWorkers(message),
+        Readiness::TaskNotRegistered { message } => WorkerSignal::TaskNotRegistered(message),
+        Readiness::Unknown { .. } => WorkerSignal::Unknown,
+    }
+}
+
 /// The channel the probe publishes on.
 pub fn census_channel() -> (tokio::sync::watch::Sender<Option<Arc<Census>>>, CensusWatch) {
     tokio::sync::watch::channel(None)

@@ -180,6 +180,33 @@ fn redis_queue_never_declared_is_no_consumer() {
 }
 
 #[test]
+fn the_health_monitor_sees_the_readiness_of_a_fresh_census_only() {
+    use crate::health::WorkerSignal;
+    let now = chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(10);
+    let max_age = chrono::Duration::seconds(90);
+    let c = census(
+        "amqp",
+        vec![worker("a@h", &["t"], &["q"])],
+        &[("q", Some(1)), ("empty", Some(0)), ("deaf", Some(2))],
+    );
+    let signal = |task, queue| worker_signal(Some(&c), task, queue, now, max_age);
+    assert_eq!(signal("t", "q"), WorkerSignal::Ready);
+    assert!(matches!(signal("x", "q"), WorkerSignal::TaskNotRegistered(m) if m.contains("task x")));
+    assert!(matches!(signal("t", "empty"), WorkerSignal::NoWorkers(m) if m.contains("empty")));
+    assert_eq!(signal("t", "deaf"), WorkerSignal::Unknown);
+    // No census yet, or one older than max_age: never an alarm.
+    assert_eq!(
+        worker_signal(None, "x", "q", now, max_age),
+        WorkerSignal::Unknown
+    );
+    let later = chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(91);
+    assert_eq!(
+        worker_signal(Some(&c), "x", "q", later, max_age),
+        WorkerSignal::Unknown
+    );
+}
+
+#[test]
 fn census_channel_starts_empty() {
     let (tx, rx) = census_channel();
     assert!(rx.borrow().is_none());
