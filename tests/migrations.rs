@@ -70,6 +70,23 @@ async fn up_down_up() {
         .expect("columns")
     };
     assert!(has_message_options().await);
+    let health_columns = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = 'scheduled_jobs'
+               AND column_name IN ('health', 'consecutive_failures', 'paused_at', 'resume_token')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
+    assert_eq!(health_columns().await, 4);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the health step");
+    assert_eq!(reverted, [7]);
+    assert_eq!(health_columns().await, 0, "the health step undone");
+    assert!(has_message_options().await);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down one step");
@@ -131,7 +148,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 6, "each migration applied once");
+    assert_eq!(applied, 7, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)
