@@ -6,7 +6,7 @@
 //! The pass is planned by a pure function ([`plan_pass`]); this file's I/O is one read, one
 //! batched write and the notifications.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
@@ -59,8 +59,15 @@ pub fn plan_pass(
     metrics_limit: usize,
 ) -> PassPlan {
     let mut out = PassPlan::default();
+    // One question to the probe per (task, queue) in a pass: thousands of jobs usually share a
+    // handful of tasks, and each question clones the census.
+    let mut asked: HashMap<(&str, &str), WorkerSignal> = HashMap::new();
     for row in rows {
         let policy = &row.health.0;
+        let signal = asked
+            .entry((row.task_name.as_str(), row.queue.as_str()))
+            .or_insert_with(|| workers(&row.task_name, &row.queue))
+            .clone();
         let mut input = HealthInput {
             policy,
             enabled: row.enabled,
@@ -72,7 +79,7 @@ pub fn plan_pass(
             last_success_at: row.last_success_at,
             baseline: row.health_baseline_at,
             oldest_started: row.oldest_started,
-            workers: workers(&row.task_name, &row.queue),
+            workers: signal,
             now,
         };
         let mut verdict = health::judge(&input);

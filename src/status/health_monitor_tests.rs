@@ -150,3 +150,31 @@ fn per_job_series_are_capped() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_probe_is_asked_once_per_task_and_queue_in_a_pass() {
+    let mut rows: Vec<_> = (1..=6).map(|i| row(i, pausing())).collect();
+    rows[4].queue = "other".into();
+    rows[5].task_name = "kb.fail".into();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let probe = |task: &str, queue: &str| {
+        asked
+            .lock()
+            .expect("lock")
+            .push(format!("{task}@{queue}"));
+        if queue == "other" {
+            WorkerSignal::NoWorkers
+        } else {
+            WorkerSignal::Ready
+        }
+    };
+    let plan = plan_pass(&rows, t(NOW), &probe, 10);
+    let mut asked = asked.into_inner().expect("lock");
+    asked.sort();
+    assert_eq!(asked, ["kb.echo@other", "kb.echo@q", "kb.fail@q"]);
+    // Each job still gets its own (task, queue)'s answer.
+    let reasons: Vec<_> = plan.writes.iter().map(|w| (w.id, w.reason)).collect();
+    assert_eq!(reasons.len(), 6);
+    assert!(reasons.contains(&(5, "NoWorkers")));
+    assert!(reasons.iter().filter(|(_, r)| *r == "Healthy").count() == 5);
+}
