@@ -163,7 +163,7 @@ fn the_probe_is_asked_once_per_task_and_queue_in_a_pass() {
             .expect("lock")
             .push(format!("{task}@{queue}"));
         if queue == "other" {
-            WorkerSignal::NoWorkers
+            WorkerSignal::NoWorkers("no consumer".into())
         } else {
             WorkerSignal::Ready
         }
