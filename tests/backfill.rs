@@ -18,9 +18,7 @@ use std::{
 };
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::{
-    FAST_LEASE, Operator, Worker, api_call, assert_no_duplicates, eventually, fixture,
-};
+use common::{FAST_LEASE, Operator, Worker, api_call, assert_no_duplicates, eventually, fixture};
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -94,7 +92,7 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
         FAST_LEASE.as_slice(),
         &[
             "--result-backend",
-            &backend,
+            backend.as_str(),
             "--result-poll-ms",
             "300",
             "--status-interval-seconds",
@@ -121,7 +119,16 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
 
     // --dry-run: the 20 slots, and nothing changes.
     let out = kube_beat(&[
-        "backfill", "bf", "-n", &f.ns, "--from", &from_s, "--to", &to_s, "--max-parallel", "3",
+        "backfill",
+        "bf",
+        "-n",
+        &f.ns,
+        "--from",
+        &from_s,
+        "--to",
+        &to_s,
+        "--max-parallel",
+        "3",
         "--dry-run",
     ]);
     let listed = common::ok(&out);
@@ -148,7 +155,12 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
         let out = Command::new("curl")
             .args(["-sS", "-X", "POST", "-w", "\n%{http_code}"])
             .args(["-H", &format!("Authorization: Bearer {EDITOR}")])
-            .args(["-H", "Content-Type: application/json", "-d", &body.to_string()])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body.to_string(),
+            ])
             .arg(format!("http://{addr}/api/v1/jobs/{}/bf/backfill", f.ns))
             .output()
             .expect("curl");
@@ -161,10 +173,18 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
     };
     let (code, body) = post(&addr, json!({"from": huge_from, "to": huge_to}));
     assert_eq!(code, 422, "{body}");
-    assert!(body["error"].as_str().unwrap_or("").contains("more than 10000 slots"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than 10000 slots")
+    );
     let (code, body) = post(&addr, json!({"from": "yesterday", "to": to_s}));
     assert_eq!(code, 400, "{body}");
-    let (code, body) = post(&addr, json!({"from": from_s, "to": to_s, "maxParallel": 101}));
+    let (code, body) = post(
+        &addr,
+        json!({"from": from_s, "to": to_s, "maxParallel": 101}),
+    );
     assert_eq!(code, 400, "{body}");
     let (code, body) = post(&addr, json!({"from": to_s, "to": from_s}));
     assert_eq!(code, 422, "{body}");
@@ -179,18 +199,23 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
                 .expect("annotate");
         }
     };
-    annotate(
-        json!({"id": "huge", "from": huge_from, "to": huge_to, "maxParallel": 3}).to_string(),
+    annotate(json!({"id": "huge", "from": huge_from, "to": huge_to, "maxParallel": 3}).to_string())
+        .await;
+    let refused = eventually(
+        "the huge backfill refused",
+        Duration::from_secs(30),
+        || async {
+            let b = f.status("bf").await["backfill"].clone();
+            (b["id"] == "huge").then_some(b)
+        },
     )
-    .await;
-    let refused = eventually("the huge backfill refused", Duration::from_secs(30), || async {
-        let b = f.status("bf").await["backfill"].clone();
-        (b["id"] == "huge").then_some(b)
-    })
     .await;
     assert_eq!(refused["state"], "Failed", "{refused}");
     assert!(
-        refused["message"].as_str().unwrap_or("").contains("more than 10000 slots"),
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than 10000 slots"),
         "{refused}"
     );
     let dry_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_executions")
@@ -222,14 +247,29 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
 
     // The backfill, through the CLI; the leader is SIGKILLed in the middle.
     let out = kube_beat(&[
-        "backfill", "bf", "-n", &f.ns, "--from", &from_s, "--to", &to_s, "--max-parallel", "3",
-        "--id", "first",
+        "backfill",
+        "bf",
+        "-n",
+        &f.ns,
+        "--from",
+        &from_s,
+        "--to",
+        &to_s,
+        "--max-parallel",
+        "3",
+        "--id",
+        "first",
     ]);
     let said = common::ok(&out);
-    assert!(said.contains("backfill first requested: 20 slot(s)"), "{said}");
-    eventually("a third of the slots run", Duration::from_secs(60), || async {
-        (backfill_runs(&f).await.len() >= 6).then_some(())
-    })
+    assert!(
+        said.contains("backfill first requested: 20 slot(s)"),
+        "{said}"
+    );
+    eventually(
+        "a third of the slots run",
+        Duration::from_secs(60),
+        || async { (backfill_runs(&f).await.len() >= 6).then_some(()) },
+    )
     .await;
     let leader = eventually("a leader", Duration::from_secs(10), || async {
         leader_of(&ops)
@@ -239,7 +279,10 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
     let mut dead = ops.remove(leader);
     assert!(dead.wait_exit(Duration::from_secs(5)));
     let ran_at_kill = backfill_runs(&f).await.len();
-    assert!(ran_at_kill < SLOTS as usize, "killed in the middle: {ran_at_kill} ran");
+    assert!(
+        ran_at_kill < SLOTS as usize,
+        "killed in the middle: {ran_at_kill} ran"
+    );
     ops.push(f.operator(&extra));
     // The API of a replica still running.
     let addr = eventually("the HTTP address", Duration::from_secs(30), || async {
@@ -247,10 +290,14 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
     })
     .await;
 
-    let done = eventually("the backfill complete", Duration::from_secs(120), || async {
-        let b = f.status("bf").await["backfill"].clone();
-        (b["id"] == "first" && b["state"] == "Complete" && b["succeeded"] == SLOTS).then_some(b)
-    })
+    let done = eventually(
+        "the backfill complete",
+        Duration::from_secs(120),
+        || async {
+            let b = f.status("bf").await["backfill"].clone();
+            (b["id"] == "first" && b["state"] == "Complete" && b["succeeded"] == SLOTS).then_some(b)
+        },
+    )
     .await;
     sampling.store(false, Ordering::Relaxed);
     sampler.await.expect("sampler");
@@ -273,18 +320,32 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
     assert_no_duplicates(&f.record().await);
 
     // The same range again, through the API: every slot ran already, nothing runs.
-    let (code, body) = post(&addr, json!({"from": from_s, "to": to_s, "maxParallel": 3, "id": "second"}));
+    let (code, body) = post(
+        &addr,
+        json!({"from": from_s, "to": to_s, "maxParallel": 3, "id": "second"}),
+    );
     assert_eq!(code, 202, "{body}");
-    assert_eq!((body["id"].clone(), body["slots"].clone()), (json!("second"), json!(SLOTS)));
-    let again = eventually("the second backfill complete", Duration::from_secs(60), || async {
-        let b = f.status("bf").await["backfill"].clone();
-        (b["id"] == "second" && b["state"] == "Complete").then_some(b)
-    })
+    assert_eq!(
+        (body["id"].clone(), body["slots"].clone()),
+        (json!("second"), json!(SLOTS))
+    );
+    let again = eventually(
+        "the second backfill complete",
+        Duration::from_secs(60),
+        || async {
+            let b = f.status("bf").await["backfill"].clone();
+            (b["id"] == "second" && b["state"] == "Complete").then_some(b)
+        },
+    )
     .await;
     assert_eq!(again["alreadyRan"], SLOTS, "{again}");
     assert_eq!(again["dispatched"], 0, "{again}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(backfill_runs(&f).await.len(), SLOTS as usize, "nothing ran twice");
+    assert_eq!(
+        backfill_runs(&f).await.len(),
+        SLOTS as usize,
+        "nothing ran twice"
+    );
 
     // The API lists the three backfills, newest first.
     let (code, list) = api_call(
@@ -302,12 +363,11 @@ async fn backfill_runs_each_slot_once_across_a_leader_kill() {
         .collect();
     assert_eq!(ids, ["second", "first", "huge"]);
     // The executions carry the trigger and the backfill.
-    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT trigger, backfill_id FROM job_executions ORDER BY scheduled_for",
-    )
-    .fetch_all(&f.pool)
-    .await
-    .expect("executions");
+    let rows: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT trigger, backfill_id FROM job_executions ORDER BY scheduled_for")
+            .fetch_all(&f.pool)
+            .await
+            .expect("executions");
     assert_eq!(rows.len(), SLOTS as usize);
     assert!(rows.iter().all(|(t, b)| t == "backfill" && b.is_some()));
     let _ = dead.exited();

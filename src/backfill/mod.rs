@@ -248,10 +248,12 @@ pub fn next_slots(
 ) -> Vec<DateTime<Utc>> {
     let mut out = Vec::with_capacity(n.min(MAX_PARALLEL as usize));
     let mut next = match cursor {
-        Some(c) => schedule.next_after(c.max(
-            from.checked_sub_signed(TimeDelta::nanoseconds(1))
-                .unwrap_or(from),
-        )),
+        Some(c) => schedule.next_after(
+            c.max(
+                from.checked_sub_signed(TimeDelta::nanoseconds(1))
+                    .unwrap_or(from),
+            ),
+        ),
         None => first_slot(schedule, from),
     };
     while out.len() < n {

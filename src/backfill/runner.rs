@@ -18,7 +18,7 @@ use crate::{
     schedule::JobSchedule,
     status::Feed,
     store::{
-        backfills::{BackfillTx, Pass, RunningBackfill},
+        backfills::{BackfillTx, Pass, RunCounts, RunningBackfill},
         claims::ClaimError,
     },
 };
@@ -96,24 +96,14 @@ impl Runner {
     }
 
     /// One pass over one backfill, in one fenced transaction.
-    async fn step(
-        &self,
-        epoch: i64,
-        b: &RunningBackfill,
-    ) -> Result<Outcome, ClaimError> {
+    async fn step(&self, epoch: i64, b: &RunningBackfill) -> Result<Outcome, ClaimError> {
         let mut tx = BackfillTx::begin(&self.pool, epoch).await?;
         let Some(cursor) = tx.lock(b.id).await? else {
             return Ok(Outcome::default()); // finished meanwhile
         };
         let counts = tx.counts(b.id).await?;
-        let stop = |state, message| Pass {
-            counts,
-            state,
-            message: Some(message),
-            ..Pass::default()
-        };
         if b.job_deleted {
-            tx.record(b.id, &stop("Cancelled", "the job was deleted"))
+            tx.record(b.id, &stopped(counts, "Cancelled", "the job was deleted"))
                 .await?;
             tx.commit().await?;
             return Ok(Outcome {
@@ -121,20 +111,23 @@ impl Runner {
                 ..Outcome::default()
             });
         }
-        let schedule =
-            match JobSchedule::from_stored(&b.schedule_config, &b.time_zone, b.start_time, b.anchor_time)
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    let why = format!("the stored schedule cannot be read: {e}");
-                    tx.record(b.id, &stop("Failed", &why)).await?;
-                    tx.commit().await?;
-                    return Ok(Outcome {
-                        finished: true,
-                        ..Outcome::default()
-                    });
-                }
-            };
+        let schedule = match JobSchedule::from_stored(
+            &b.schedule_config,
+            &b.time_zone,
+            b.start_time,
+            b.anchor_time,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("the stored schedule cannot be read: {e}");
+                tx.record(b.id, &stopped(counts, "Failed", &why)).await?;
+                tx.commit().await?;
+                return Ok(Outcome {
+                    finished: true,
+                    ..Outcome::default()
+                });
+            }
+        };
         let mut room = super::room(b.max_parallel, counts.unfinished);
         let mut pass = Pass {
             cursor,
@@ -153,8 +146,11 @@ impl Runner {
                 exhausted = true;
                 break;
             }
-            let recorded: std::collections::HashSet<String> =
-                tx.recorded_slots(b.job_id, &candidates).await?.into_iter().collect();
+            let recorded: std::collections::HashSet<String> = tx
+                .recorded_slots(b.job_id, &candidates)
+                .await?
+                .into_iter()
+                .collect();
             let take = super::take_slots(&candidates, &recorded, room);
             let inserted = tx
                 .insert_runs(b.job_id, b.id, &take.run, self.shadow)
@@ -182,5 +178,15 @@ impl Runner {
             dispatched: pass.dispatched,
             finished,
         })
+    }
+}
+
+/// A pass that ends a backfill (`state`, and why).
+fn stopped<'a>(counts: RunCounts, state: &'a str, message: &'a str) -> Pass<'a> {
+    Pass {
+        counts,
+        state,
+        message: Some(message),
+        ..Pass::default()
     }
 }

@@ -112,17 +112,43 @@ fn requests_are_bounded() {
     .expect("valid");
     assert_eq!(ok.max_parallel, DEFAULT_MAX_PARALLEL);
     assert_eq!(ok.to, t("2026-04-30T23:00:00Z"));
-    let invalid = |v: RequestValue| matches!(Request::check(&v, now), Err(BackfillError::Invalid(_)));
-    let refused = |v: RequestValue| matches!(Request::check(&v, now), Err(BackfillError::Refused(_)));
+    let invalid =
+        |v: RequestValue| matches!(Request::check(&v, now), Err(BackfillError::Invalid(_)));
+    let refused =
+        |v: RequestValue| matches!(Request::check(&v, now), Err(BackfillError::Refused(_)));
     assert!(invalid(value("yesterday", "2026-05-01T00:00:00Z", None)));
     assert!(invalid(value("2026-05-01T00:00:00Z", "2026-05-02", None)));
-    assert!(invalid(value("2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z", Some(0))));
-    assert!(invalid(value("2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z", Some(101))));
-    assert!(invalid(value("2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z", Some(-1))));
-    assert!(!invalid(value("2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z", Some(100))));
+    assert!(invalid(value(
+        "2026-05-01T00:00:00Z",
+        "2026-05-02T00:00:00Z",
+        Some(0)
+    )));
+    assert!(invalid(value(
+        "2026-05-01T00:00:00Z",
+        "2026-05-02T00:00:00Z",
+        Some(101)
+    )));
+    assert!(invalid(value(
+        "2026-05-01T00:00:00Z",
+        "2026-05-02T00:00:00Z",
+        Some(-1)
+    )));
+    assert!(!invalid(value(
+        "2026-05-01T00:00:00Z",
+        "2026-05-02T00:00:00Z",
+        Some(100)
+    )));
     // from after to; to in the future (refused, not clamped).
-    assert!(refused(value("2026-05-02T00:00:00Z", "2026-05-01T00:00:00Z", None)));
-    assert!(refused(value("2026-05-01T00:00:00Z", "2026-06-01T00:00:01Z", None)));
+    assert!(refused(value(
+        "2026-05-02T00:00:00Z",
+        "2026-05-01T00:00:00Z",
+        None
+    )));
+    assert!(refused(value(
+        "2026-05-01T00:00:00Z",
+        "2026-06-01T00:00:01Z",
+        None
+    )));
     assert!(!refused(value("2026-05-01T00:00:00Z", NOW, None)));
     let mut bad_id = value("2026-05-01T00:00:00Z", NOW, None);
     bad_id.id = "a b".into();
@@ -176,7 +202,10 @@ fn next_slots_continue_from_the_cursor_within_the_range() {
     let s = every_minute("2026-03-01T00:00:00Z");
     let (from, to) = (t("2026-03-01T10:00:00Z"), t("2026-03-01T10:04:00Z"));
     let first = next_slots(&s, from, to, None, 2);
-    assert_eq!(first, [t("2026-03-01T10:00:00Z"), t("2026-03-01T10:01:00Z")]);
+    assert_eq!(
+        first,
+        [t("2026-03-01T10:00:00Z"), t("2026-03-01T10:01:00Z")]
+    );
     let next = next_slots(&s, from, to, first.last().copied(), 10);
     assert_eq!(
         next,
@@ -200,13 +229,16 @@ fn slots_that_ran_are_passed_over_without_using_up_the_room() {
         .map(String::from)
         .collect();
     let take = take_slots(&candidates, &recorded, 2);
-    assert_eq!(take.run, [t("2026-03-01T10:01:00Z"), t("2026-03-01T10:03:00Z")]);
+    assert_eq!(
+        take.run,
+        [t("2026-03-01T10:01:00Z"), t("2026-03-01T10:03:00Z")]
+    );
     assert_eq!(take.already_ran, 2);
     // The cursor stops at the last slot dealt with, not at the first one without room.
     assert_eq!(take.cursor, Some(t("2026-03-01T10:03:00Z")));
     // No room: slots that ran are still passed over, up to the first that would run.
     let take = take_slots(&candidates, &recorded, 0);
-    assert_eq!(take.run, []);
+    assert!(take.run.is_empty());
     assert_eq!(take.already_ran, 1);
     assert_eq!(take.cursor, Some(t("2026-03-01T10:00:00Z")));
     let take = take_slots(&[], &recorded, 5);

@@ -338,8 +338,10 @@ async fn job(
     let backfills = crate::store::backfills::for_job(&s.pool, &namespace, &name, 3)
         .await?
         .unwrap_or_default();
-    Ok(Json(json!({"job": row, "executions": recent, "backfills": backfills,
-                   "canTrigger": can_patch, "canResume": can_patch})))
+    Ok(Json(
+        json!({"job": row, "executions": recent, "backfills": backfills,
+                   "canTrigger": can_patch, "canResume": can_patch}),
+    ))
 }
 
 async fn executions(

@@ -11,11 +11,7 @@ use crate::{
     backfill::{self, Request},
     schedule::rfc3339,
     status::Reason,
-    store::{
-        self,
-        backfills::NewBackfill,
-        claims::ClaimError,
-    },
+    store::{self, backfills::NewBackfill, claims::ClaimError},
 };
 
 pub(super) async fn backfill_stage(
@@ -67,7 +63,10 @@ pub(super) async fn backfill_stage(
         to,
         max_parallel: i32::try_from(max_parallel).unwrap_or(1),
         total,
-        requested_by: value.by.as_deref(),
+        // Bounded even on a refused request (its `by` is not checked then).
+        requested_by: value.by.as_deref().filter(|b| {
+            b.chars().count() <= backfill::MAX_BY_CHARS && !b.chars().any(char::is_control)
+        }),
         refused: refused.as_deref(),
     };
     match store::backfills::create(&ctx.pool, epoch, &new).await {

@@ -266,7 +266,13 @@ async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> R
 }
 
 /// An Event on the job `key` (`namespace/name`).
-pub(super) fn job_event(ctx: &Context, key: &str, uid: &str, reason: crate::status::Reason, message: String) {
+pub(super) fn job_event(
+    ctx: &Context,
+    key: &str,
+    uid: &str,
+    reason: crate::status::Reason,
+    message: String,
+) {
     let (namespace, name) = key.split_once('/').unwrap_or(("", key));
     ctx.feed.event(crate::status::JobEvent {
         job: crate::status::JobRef {

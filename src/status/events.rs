@@ -93,9 +93,7 @@ impl Reason {
             | Reason::Skipped
             | Reason::Recovered
             | Reason::Resumed
-            | Reason::BackfillStarted => {
-                EventType::Normal
-            }
+            | Reason::BackfillStarted => EventType::Normal,
             _ => EventType::Warning,
         }
     }

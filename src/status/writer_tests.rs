@@ -339,7 +339,11 @@ fn the_latest_backfill_is_shown_and_reads_back_with_the_same_digest() {
     assert_eq!(b["id"], "bf-1");
     assert_eq!(b["from"], "2027-01-15T08:00:00Z");
     assert_eq!(
-        (b["total"].clone(), b["alreadyRan"].clone(), b["unfinished"].clone()),
+        (
+            b["total"].clone(),
+            b["alreadyRan"].clone(),
+            b["unfinished"].clone()
+        ),
         (json!(20), json!(2), json!(2))
     );
     assert!(b.get("message").is_none(), "no null message: {b}");

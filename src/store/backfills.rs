@@ -29,12 +29,13 @@ macro_rules! schedule_sql {
 
 /// The stored schedule of the live job with this uid.
 pub async fn job_schedule(pool: &PgPool, uid: &str) -> Result<Option<StoredSchedule>, StoreError> {
-    Ok(
-        sqlx::query_as(concat!(schedule_sql!(), " WHERE uid = $1 AND deleted_at IS NULL"))
-            .bind(uid)
-            .fetch_optional(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(concat!(
+        schedule_sql!(),
+        " WHERE uid = $1 AND deleted_at IS NULL"
+    ))
+    .bind(uid)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The stored schedule of the live job `namespace/name`.
@@ -171,10 +172,7 @@ impl BackfillTx {
 
     /// Lock the backfill; its cursor as stored now (`None` inside: no slot handed out yet), or
     /// `None` if it is no longer running.
-    pub async fn lock(
-        &mut self,
-        id: i64,
-    ) -> Result<Option<Option<DateTime<Utc>>>, sqlx::Error> {
+    pub async fn lock(&mut self, id: i64) -> Result<Option<Option<DateTime<Utc>>>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT cursor FROM backfills WHERE id = $1 AND state = 'Running' FOR UPDATE",
         )
@@ -243,7 +241,7 @@ impl BackfillTx {
         .bind(job_id)
         .bind(&keys)
         .bind(&task_ids)
-        .bind(slots)
+        .bind(slots.to_vec())
         .bind(if shadow { "SHADOW" } else { "PENDING" })
         .bind(self.epoch)
         .bind(backfill_id)
@@ -341,7 +339,6 @@ macro_rules! backfill_view_sql {
          b.requested_by, b.created_at, b.finished_at"
     };
 }
-pub(crate) use backfill_view_sql;
 
 /// The newest `limit` backfills of the live job `namespace/name`, newest first; `None` if there
 /// is no such job.
@@ -367,7 +364,10 @@ pub async fn for_job(
 }
 
 /// The latest backfill of each of `job_ids` (for `status.backfill`).
-pub async fn latest(pool: &PgPool, job_ids: &[i64]) -> Result<Vec<(i64, BackfillView)>, StoreError> {
+pub async fn latest(
+    pool: &PgPool,
+    job_ids: &[i64],
+) -> Result<Vec<(i64, BackfillView)>, StoreError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         job_id: i64,

@@ -84,13 +84,17 @@ pub(super) async fn start(
         ))
     })?;
     let value = RequestValue {
-        id: body
-            .id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        id: body.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         from: body.from,
         to: body.to,
         max_parallel: body.max_parallel,
-        by: Some(caller.name().chars().take(crate::backfill::MAX_BY_CHARS).collect()),
+        by: Some(
+            caller
+                .name()
+                .chars()
+                .take(crate::backfill::MAX_BY_CHARS)
+                .collect(),
+        ),
     };
     let request = Request::check(&value, chrono::Utc::now()).map_err(refusal)?;
     let stored = backfills::job_schedule_by_name(&s.pool, &namespace, &name)
@@ -105,7 +109,8 @@ pub(super) async fn start(
                         "slots": shown.len(), "slotTimes": shown})),
         ));
     }
-    let patch = json!({"metadata": {"annotations": {BACKFILL_ANNOTATION: request.annotation_value()}}});
+    let patch =
+        json!({"metadata": {"annotations": {BACKFILL_ANNOTATION: request.annotation_value()}}});
     match Api::<ScheduledJob>::namespaced(s.client.clone(), &namespace)
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -115,9 +120,11 @@ pub(super) async fn start(
                            backfill = %request.id, slots = slots.len(), "backfill requested through the API");
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"namespace": namespace, "name": name, "id": request.id,
+                Json(
+                    json!({"namespace": namespace, "name": name, "id": request.id,
                             "slots": slots.len(), "from": rfc3339(request.from),
-                            "to": rfc3339(request.to), "maxParallel": request.max_parallel})),
+                            "to": rfc3339(request.to), "maxParallel": request.max_parallel}),
+                ),
             ))
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Err(no_job(&namespace, &name)),
@@ -138,5 +145,7 @@ pub(super) async fn list(
     let rows = backfills::for_job(&s.pool, &namespace, &name, LISTED)
         .await?
         .ok_or_else(|| no_job(&namespace, &name))?;
-    Ok(Json(json!({"namespace": namespace, "name": name, "backfills": rows})))
+    Ok(Json(
+        json!({"namespace": namespace, "name": name, "backfills": rows}),
+    ))
 }
