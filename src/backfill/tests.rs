@@ -83,8 +83,9 @@ fn cron_slots_across_a_dst_change_are_the_schedules_own() {
 #[test]
 fn more_than_ten_thousand_slots_or_none_are_refused() {
     let s = every_minute("2026-01-01T00:00:00Z");
-    // 10,000 slots exactly: minutes 0..=9999.
-    let to = t("2026-01-01T00:00:00Z") + chrono::TimeDelta::minutes(9_999);
+    // 10,000 slots exactly: minutes 1..=10000 (an interval's first slot is one period after
+    // its anchor).
+    let to = t("2026-01-01T00:00:00Z") + chrono::TimeDelta::minutes(10_000);
     assert_eq!(
         slots_in_range(&s, t("2026-01-01T00:00:00Z"), to)
             .expect("at the bound")
@@ -106,7 +107,7 @@ fn more_than_ten_thousand_slots_or_none_are_refused() {
 fn requests_are_bounded() {
     let now = t(NOW);
     let ok = Request::check(
-        &value("2026-05-01T00:00:00Z", "2026-05-01T01:00:00+02:00", None),
+        &value("2026-04-30T00:00:00Z", "2026-05-01T01:00:00+02:00", None),
         now,
     )
     .expect("valid");
