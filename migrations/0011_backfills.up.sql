@@ -38,3 +38,8 @@ ALTER TABLE job_executions
     ADD COLUMN backfill_id bigint REFERENCES backfills (id) ON DELETE SET NULL;
 CREATE INDEX job_executions_backfill ON job_executions (backfill_id, state)
     WHERE backfill_id IS NOT NULL;
+
+-- Backfill runs are recorded with trigger `backfill`.
+ALTER TABLE job_executions DROP CONSTRAINT job_executions_trigger_check;
+ALTER TABLE job_executions ADD CONSTRAINT job_executions_trigger_check
+    CHECK (trigger IN ('schedule', 'manual', 'catchup', 'backfill'));
