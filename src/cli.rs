@@ -63,6 +63,9 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Run every slot of a ScheduledJob's schedule in a past range once (sets the
+    /// `kubebeat.io/backfill` annotation; slots that already ran are not run again).
+    Backfill(Box<crate::backfill::cli::BackfillArgs>),
     /// Resume a ScheduledJob its health policy paused (sets the `kubebeat.io/resume`
     /// annotation; the spec is not touched).
     Resume {
@@ -242,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Backfill(args) => crate::backfill::cli::run(&args).await,
         Command::Resume { name, namespace } => {
             let value =
                 crate::trigger::annotate(&name, namespace.as_deref(), api::RESUME_ANNOTATION)

@@ -16,7 +16,8 @@ async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
     .expect("list tables")
 }
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
+    "backfills",
     "job_executions",
     "scheduled_jobs",
     "scheduler_job_types",
@@ -80,6 +81,23 @@ async fn up_down_up() {
         .await
         .expect("columns")
     };
+    assert_eq!(health_columns().await, 4);
+    let backfill_column = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_name = 'job_executions' AND column_name = 'backfill_id')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
+    assert!(backfill_column().await);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the backfill step");
+    assert_eq!(reverted, [11]);
+    assert!(!backfill_column().await, "the backfill step undone");
+    assert!(!tables(&pool).await.contains(&"backfills".to_string()));
     assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -148,7 +166,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 7, "each migration applied once");
+    assert_eq!(applied, 8, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

@@ -8,8 +8,9 @@ pub mod task_function;
 
 pub use message_options::MessageOptions;
 pub use scheduled_job::{
-    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
-    PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
+    ActiveExecution, BackfillStatus, ConcurrencyPolicy, ExecutionSummary, HealthPolicy,
+    IntervalSchedule, OnBreach, PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec,
+    ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};
@@ -20,6 +21,9 @@ use kube::CustomResourceExt;
 pub const TRIGGER_ANNOTATION: &str = "kubebeat.io/trigger";
 /// Annotation whose every new value resumes a job its health policy paused.
 pub const RESUME_ANNOTATION: &str = "kubebeat.io/resume";
+/// Annotation whose every new `id` asks for one backfill (JSON `{"id", "from", "to",
+/// "maxParallel"}`; see `crate::backfill`).
+pub const BACKFILL_ANNOTATION: &str = "kubebeat.io/backfill";
 /// Finalizer that lets kube-beat stop a job's scheduling before the object disappears.
 pub const FINALIZER: &str = "kubebeat.io/cleanup";
 /// The field manager of kube-beat's server-side applies of the spec-derived status

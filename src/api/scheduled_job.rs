@@ -350,6 +350,12 @@ pub struct ScheduledJobStatus {
     #[schemars(extend("nullable" = true))]
     pub pause: Option<PauseStatus>,
 
+    /// The latest backfill (`kube-beat backfill`, `POST .../backfill`) and its progress.
+    // Nullable for the same reason as `pause`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("nullable" = true))]
+    pub backfill: Option<BackfillStatus>,
+
     /// The last value of the `kubebeat.io/trigger` annotation that caused a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<String>,
@@ -363,6 +369,41 @@ pub struct PauseStatus {
     pub reason: String,
     /// When it was paused (RFC 3339).
     pub since: String,
+}
+
+/// A backfill's progress, as shown in status (the latest backfill of the job).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillStatus {
+    /// The request's id.
+    #[schemars(length(max = 64))]
+    pub id: String,
+    /// The range's first and last instant (RFC 3339, both included).
+    pub from: String,
+    pub to: String,
+    /// Running, Complete, Failed or Cancelled.
+    pub state: String,
+    /// Slots in the range.
+    #[serde(default)]
+    pub total: i64,
+    /// Slots run by this backfill.
+    #[serde(default)]
+    pub dispatched: i64,
+    /// Slots that already had an execution (not run again).
+    #[serde(default)]
+    pub already_ran: i64,
+    /// Runs of this backfill that ended in SUCCESS.
+    #[serde(default)]
+    pub succeeded: i64,
+    /// Runs of this backfill that ended in FAILURE, LOST, REVOKED, DISPATCH_FAILED or MISSED.
+    #[serde(default)]
+    pub failed: i64,
+    /// Runs of this backfill not finished yet (at most its maxParallel).
+    #[serde(default)]
+    pub unfinished: i64,
+    /// Why it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One execution, as shown in status.

@@ -14,7 +14,7 @@ pub const HEALTHY: &str = "Healthy";
 
 /// The status fields the status writer (the run fields) owns and applies as a whole, besides
 /// its [`HEALTHY`] condition.
-pub const RUN_STATUS_FIELDS: [&str; 12] = [
+pub const RUN_STATUS_FIELDS: [&str; 13] = [
     "nextScheduleTime",
     "lastScheduleTime",
     "lastSuccessfulTime",
@@ -27,6 +27,7 @@ pub const RUN_STATUS_FIELDS: [&str; 12] = [
     "skipped",
     "consecutiveFailures",
     "pause",
+    "backfill",
 ];
 
 /// A digest of the run fields ([`RUN_STATUS_FIELDS`]), from a whole status as read back or from

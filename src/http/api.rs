@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+mod backfill;
+
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
     api::{RESUME_ANNOTATION, ScheduledJob, TRIGGER_ANNOTATION},
@@ -69,6 +71,14 @@ pub fn routes(state: Arc<ApiState>) -> Router {
             .route(
                 &format!("{prefix}/jobs/{{namespace}}/{{name}}/resume"),
                 post(resume),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/backfill"),
+                post(backfill::start),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/backfills"),
+                get(backfill::list),
             )
             .route(&format!("{prefix}/executions"), get(executions))
             .route(&format!("{prefix}/job-types"), get(job_types))
@@ -324,8 +334,14 @@ async fn job(
     })?;
     let recent = views::recent_executions(&s.pool, row.id).await?;
     let can_patch = s.auth.allowed(&caller, "patch", &namespace, &name).await?;
-    Ok(Json(json!({"job": row, "executions": recent,
-                   "canTrigger": can_patch, "canResume": can_patch})))
+    // The newest backfills, for the dashboard's progress line.
+    let backfills = crate::store::backfills::for_job(&s.pool, &namespace, &name, 3)
+        .await?
+        .unwrap_or_default();
+    Ok(Json(
+        json!({"job": row, "executions": recent, "backfills": backfills,
+                   "canTrigger": can_patch, "canResume": can_patch}),
+    ))
 }
 
 async fn executions(

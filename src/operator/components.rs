@@ -111,6 +111,7 @@ pub(super) fn build(
     parts.extend(status_parts(args, &s, feed_rx, cache));
     let (broker_options, backend_options) = super::transport_options(args)?;
     parts.push(tracker_part(args, &s, backend_url, backend_options));
+    parts.push(backfill_part(&s, wake.clone()));
     parts.push(dispatcher_part(
         args,
         url,
@@ -335,6 +336,28 @@ fn worker_probe_part(
         )
     });
     ("worker probe", Box::pin(then_wait(probe, s.stop.clone())))
+}
+
+/// The backfill runner (leader only; `crate::backfill::runner`).
+fn backfill_part(s: &Shared, wake: Arc<tokio::sync::Notify>) -> Part {
+    let (pool, role, feed, stop, shadow) = (
+        s.pool.clone(),
+        s.role.clone(),
+        s.feed.clone(),
+        s.stop.clone(),
+        s.shadow,
+    );
+    let runner = supervise("backfill", s.stop.clone(), move || {
+        crate::backfill::runner::Runner {
+            pool: pool.clone(),
+            role: role.clone(),
+            feed: feed.clone(),
+            wake: wake.clone(),
+            shadow,
+        }
+        .run(stop.clone())
+    });
+    ("backfill", Box::pin(runner))
 }
 
 fn housekeeping_part(args: &RunArgs, s: &Shared) -> Part {

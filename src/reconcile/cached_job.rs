@@ -105,8 +105,11 @@ pub struct CachedJob {
     other_finalizers: Box<[Box<str>]>,
     /// The trigger annotation.
     trigger: Option<Box<str>>,
-    /// The resume annotation (with the trigger, the only annotations the operator reads).
+    /// The resume annotation (with the trigger and the backfill, the only annotations the
+    /// operator reads).
     resume: Option<Box<str>>,
+    /// The backfill annotation (JSON; see `crate::backfill`).
+    backfill: Option<Box<str>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
@@ -216,6 +219,11 @@ impl CachedJob {
         self.resume.as_deref()
     }
 
+    /// The backfill annotation's value.
+    pub fn backfill(&self) -> Option<&str> {
+        self.backfill.as_deref()
+    }
+
     /// The spec, parsed from the cached JSON, or why the object does not deserialize.
     ///
     /// `None` when the cache let go of it: the status shows this generation stored and Ready, so
@@ -299,6 +307,7 @@ impl CachedJob {
                 .collect(),
             trigger: annotation(crate::api::TRIGGER_ANNOTATION),
             resume: annotation(crate::api::RESUME_ANNOTATION),
+            backfill: annotation(crate::api::BACKFILL_ANNOTATION),
             spec,
             task_function,
             status,

@@ -168,7 +168,8 @@ impl CacheFiller {
     }
 }
 
-/// What a job reconcile depends on: the spec (generation), the trigger and resume annotations,
+/// What a job reconcile depends on: the spec (generation), the trigger, resume and backfill
+/// annotations,
 /// deletion and finalizers. Status changes are not in it.
 pub fn reconcile_worthy(job: &CachedJob) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -177,6 +178,7 @@ pub fn reconcile_worthy(job: &CachedJob) -> u64 {
     job.generation().hash(&mut h);
     job.trigger().hash(&mut h);
     job.resume().hash(&mut h);
+    job.backfill().hash(&mut h);
     job.deleting().hash(&mut h);
     // Not `finalizers()`: that builds a Vec of Strings, once per watch event.
     job.finalized().hash(&mut h);

@@ -11,6 +11,7 @@
 //! [`finalizer`] the finalizer stage; [`drift`] the hourly check against Postgres; [`watch`]
 //! the watch plumbing; [`selector`] `--task-function-selector`.
 
+mod backfill;
 pub mod cached_job;
 pub mod conditions;
 pub mod context;

@@ -112,6 +112,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             .await?
             .or(stored.last_trigger.clone());
             resume_stage(&ctx, obj.as_ref(), &uid, &key).await?;
+            super::backfill::backfill_stage(&ctx, obj.as_ref(), &uid, &key).await?;
             let message = if row.suspended {
                 "valid and stored; suspended"
             } else if stored.next_run_at.is_none() {
@@ -265,7 +266,13 @@ async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> R
 }
 
 /// An Event on the job `key` (`namespace/name`).
-fn job_event(ctx: &Context, key: &str, uid: &str, reason: crate::status::Reason, message: String) {
+pub(super) fn job_event(
+    ctx: &Context,
+    key: &str,
+    uid: &str,
+    reason: crate::status::Reason,
+    message: String,
+) {
     let (namespace, name) = key.split_once('/').unwrap_or(("", key));
     ctx.feed.event(crate::status::JobEvent {
         job: crate::status::JobRef {

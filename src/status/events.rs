@@ -62,6 +62,10 @@ pub enum Reason {
     Paused,
     /// A paused job was resumed.
     Resumed,
+    /// A backfill was accepted (`kubebeat.io/backfill`).
+    BackfillStarted,
+    /// A backfill request was refused (its message says why).
+    BackfillRefused,
 }
 
 impl Reason {
@@ -78,14 +82,18 @@ impl Reason {
             Reason::Recovered => "Recovered",
             Reason::Paused => "Paused",
             Reason::Resumed => "Resumed",
+            Reason::BackfillStarted => "BackfillStarted",
+            Reason::BackfillRefused => "BackfillRefused",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            Reason::Triggered | Reason::Skipped | Reason::Recovered | Reason::Resumed => {
-                EventType::Normal
-            }
+            Reason::Triggered
+            | Reason::Skipped
+            | Reason::Recovered
+            | Reason::Resumed
+            | Reason::BackfillStarted => EventType::Normal,
             _ => EventType::Warning,
         }
     }

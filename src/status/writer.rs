@@ -72,7 +72,12 @@ impl StatusSource for PgPool {
     }
 
     async fn load(&self, ids: &[i64]) -> Result<(Vec<JobStatusRow>, Vec<ActiveRow>), StoreError> {
-        let rows = crate::store::status::job_status_rows(self, ids).await?;
+        let mut rows = crate::store::status::job_status_rows(self, ids).await?;
+        for (job_id, view) in crate::store::backfills::latest(self, ids).await? {
+            if let Some(row) = rows.iter_mut().find(|r| r.id == job_id) {
+                row.backfill = Some(view);
+            }
+        }
         let active = crate::store::status::active_executions(self, ids, ACTIVE_SHOWN).await?;
         Ok((rows, active))
     }
@@ -201,6 +206,9 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
             json!({"reason": r.pause_reason.as_deref().unwrap_or_default(), "since": rfc3339(since)}),
         );
     }
+    if let Some(b) = &r.backfill {
+        put("backfill", backfill_fields(b));
+    }
     // The `Healthy` condition: this manager's only condition (a list-map entry keyed by type,
     // so the reconciler's `Ready` and other controllers' conditions stay theirs).
     if let (Some(status), Some(since)) = (&r.health_status, r.health_since) {
@@ -216,6 +224,19 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
         );
     }
     Value::Object(fields)
+}
+
+/// `status.backfill`: the latest backfill's progress.
+fn backfill_fields(b: &crate::store::backfills::BackfillView) -> Value {
+    let mut v = json!({
+        "id": b.id, "from": rfc3339(b.from), "to": rfc3339(b.to), "state": b.state,
+        "total": b.total, "dispatched": b.dispatched, "alreadyRan": b.already_ran,
+        "succeeded": b.succeeded, "failed": b.failed, "unfinished": b.unfinished,
+    });
+    if let Some(m) = &b.message {
+        v["message"] = json!(crate::tracker::decode::cut_front(m, 1024));
+    }
+    v
 }
 
 /// The condition type the status writer owns.

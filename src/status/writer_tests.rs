@@ -308,3 +308,60 @@ fn the_applied_fields_are_the_run_fields_without_nulls() {
     assert_eq!(fields["active"][0]["taskId"], "t-2");
     assert_eq!(fields["totalRuns"], 4);
 }
+
+#[test]
+fn the_latest_backfill_is_shown_and_reads_back_with_the_same_digest() {
+    let at = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).expect("time");
+    let row = JobStatusRow {
+        id: 1,
+        enabled: true,
+        backfill: Some(crate::store::backfills::BackfillView {
+            id: "bf-1".into(),
+            from: at(0),
+            to: at(1140),
+            max_parallel: 3,
+            state: "Running".into(),
+            message: None,
+            total: 20,
+            dispatched: 7,
+            already_ran: 2,
+            succeeded: 4,
+            failed: 1,
+            unfinished: 2,
+            requested_by: Some("alice".into()),
+            created_at: at(-5),
+            finished_at: None,
+        }),
+        ..Default::default()
+    };
+    let fields = status_fields(&row, &[]);
+    let b = &fields["backfill"];
+    assert_eq!(b["id"], "bf-1");
+    assert_eq!(b["from"], "2027-01-15T08:00:00Z");
+    assert_eq!(
+        (
+            b["total"].clone(),
+            b["alreadyRan"].clone(),
+            b["unfinished"].clone()
+        ),
+        (json!(20), json!(2), json!(2))
+    );
+    assert!(b.get("message").is_none(), "no null message: {b}");
+    // What the apiserver shows, read back through the typed status (as the job cache does).
+    let typed: crate::api::ScheduledJobStatus =
+        serde_json::from_value(fields.clone()).expect("typed");
+    let shown = serde_json::to_value(&typed).expect("json");
+    assert_eq!(
+        crate::api::status_digest::written_digest(&shown),
+        crate::api::status_digest::written_digest(&fields)
+    );
+    let mut done = row.clone();
+    if let Some(b) = done.backfill.as_mut() {
+        b.state = "Complete".into();
+    }
+    assert_ne!(
+        crate::api::status_digest::written_digest(&status_fields(&done, &[])),
+        crate::api::status_digest::written_digest(&fields),
+        "a change of the backfill is a change of the status"
+    );
+}

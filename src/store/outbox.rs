@@ -61,7 +61,7 @@ pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<End
              UPDATE job_executions e SET state = 'MISSED', finished_at = $1,
                     error = 'not published within startingDeadlineSeconds'
              FROM scheduled_jobs j
-             WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger <> 'manual'
+             WHERE e.job_id = j.id AND e.state = 'PENDING' AND e.trigger NOT IN ('manual', 'backfill')
                AND j.starting_deadline_seconds IS NOT NULL
                AND e.scheduled_for + make_interval(secs => LEAST(j.starting_deadline_seconds, 31536000)
                                                             + LEAST(j.jitter_seconds, 86400)) < $1

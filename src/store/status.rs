@@ -38,6 +38,9 @@ pub struct JobStatusRow {
     pub health_reason: Option<String>,
     pub health_message: Option<String>,
     pub health_since: Option<DateTime<Utc>>,
+    /// The job's latest backfill (`status.backfill`), read by `store::backfills::latest`.
+    #[sqlx(skip)]
+    pub backfill: Option<super::backfills::BackfillView>,
 }
 
 /// An unfinished execution of a job.
