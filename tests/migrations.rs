@@ -91,6 +91,16 @@ async fn up_down_up() {
         .await
         .expect("columns")
     };
+    let end_columns = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = 'scheduled_jobs'
+               AND column_name IN ('end_time', 'max_runs', 'scheduled_runs', 'last_scheduled_run_at')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
     assert!(backfill_column().await);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -98,6 +108,12 @@ async fn up_down_up() {
     assert_eq!(reverted, [11]);
     assert!(!backfill_column().await, "the backfill step undone");
     assert!(!tables(&pool).await.contains(&"backfills".to_string()));
+    assert_eq!(end_columns().await, 4);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the schedules-end step");
+    assert_eq!(reverted, [8]);
+    assert_eq!(end_columns().await, 0, "the schedules-end step undone");
     assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
