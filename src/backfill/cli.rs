@@ -73,12 +73,7 @@ pub async fn run(args: &BackfillArgs) -> Result<()> {
         .map(|t| crate::reconcile::scheduled_job::to_chrono(t.0))
         .context("the scheduledjob has no creationTimestamp")?;
     // The anchor the operator stores is the object's creation time (see `validate`).
-    let schedule = JobSchedule::from_spec(
-        &job.spec.schedule,
-        job.spec.time_zone.as_deref(),
-        job.spec.start_time.as_deref(),
-        created,
-    )
+    let schedule = JobSchedule::from_job_spec(&job.spec, created)
     .with_context(|| format!("scheduledjob {name}: its schedule"))?;
     let slots = slots_in_range(&schedule, request.from, request.to)
         .with_context(|| format!("scheduledjob {name}"))?;
