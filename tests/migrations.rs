@@ -16,8 +16,9 @@ async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
     .expect("list tables")
 }
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "job_executions",
+    "schedule_calendars",
     "scheduled_jobs",
     "scheduler_job_types",
     "scheduler_leader",
@@ -80,6 +81,28 @@ async fn up_down_up() {
         .await
         .expect("columns")
     };
+    assert_eq!(health_columns().await, 4);
+    let has_calendars = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_name = 'scheduled_jobs' AND column_name = 'calendars')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
+    assert!(has_calendars().await);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the calendars step");
+    assert_eq!(reverted, [9]);
+    assert!(!has_calendars().await, "the calendars step undone");
+    assert!(
+        !tables(&pool)
+            .await
+            .contains(&"schedule_calendars".to_string()),
+        "the calendars table dropped"
+    );
     assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -148,7 +171,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 7, "each migration applied once");
+    assert_eq!(applied, 8, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

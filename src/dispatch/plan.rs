@@ -44,6 +44,9 @@ pub enum Outcome {
     Skipped,
     /// Paused by its health policy (recorded as SKIPPED, reason `Paused`).
     Paused,
+    /// Excluded by one of the job's calendars (recorded as SKIPPED, reason
+    /// `Calendar: <name>: <reason>`). Not a failure: it neither misses nor makes the job stale.
+    Calendar,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +160,7 @@ pub fn plan_batch(
 ) -> BatchPlan {
     let mut out = BatchPlan::default();
     out.stats.jobs = rows.len();
+    let mut calendars = super::calendars::BatchCalendars::default();
     for row in rows {
         let job = JobRef {
             namespace: row.namespace.clone(),
@@ -201,12 +205,18 @@ pub fn plan_batch(
             paused: row.paused,
         };
         // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
-        let p = plan(&due, now.max(row.next_run_at));
+        let mut p = plan(&due, now.max(row.next_run_at));
+        // The calendars as stored now judge the slot (a claim ahead too: an excluded slot is
+        // never published). Paused stays Paused; otherwise a calendar beats a deadline.
+        let excluded = calendars.verdict(row.calendars.as_ref(), p.slot);
+        if excluded.is_some() && p.outcome != Outcome::Paused {
+            p.outcome = Outcome::Calendar;
+        }
         if p.due_at <= now {
             out.stats.due_now = out.stats.due_now.saturating_add(1);
         }
         let run_state = if shadow { "SHADOW" } else { "PENDING" };
-        out.add(row.id, job, &due, &p, run_state, task_id());
+        out.add(row.id, job, &due, &p, run_state, task_id(), excluded);
     }
     out
 }
@@ -221,13 +231,16 @@ impl BatchPlan {
         p: &Plan,
         run_state: &'static str,
         task_id: String,
+        excluded: Option<String>,
     ) {
         let stats = &mut self.stats;
         stats.job_ids.push(job_id);
         let (state, runs, missed, skipped) = match p.outcome {
             Outcome::Run => (run_state, 1, p.coalesced.saturating_sub(1), 0),
             Outcome::Missed => ("MISSED", 0, p.coalesced, 0),
-            Outcome::Skipped | Outcome::Paused => ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1),
+            Outcome::Skipped | Outcome::Paused | Outcome::Calendar => {
+                ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1)
+            }
         };
         match p.outcome {
             Outcome::Missed => stats.events.push(JobEvent {
@@ -255,6 +268,15 @@ impl BatchPlan {
                     rfc3339(p.slot)
                 ),
             }),
+            Outcome::Calendar => stats.events.push(JobEvent {
+                job,
+                reason: Reason::Skipped,
+                message: format!(
+                    "run {} skipped: {}",
+                    rfc3339(p.slot),
+                    excluded.as_deref().unwrap_or("Calendar")
+                ),
+            }),
             Outcome::Run if due.active && due.policy == ConcurrencyPolicy::Replace => {
                 self.replace.push(job_id)
             }
@@ -276,7 +298,11 @@ impl BatchPlan {
             state,
             coalesced: i32::try_from(p.coalesced).unwrap_or(i32::MAX),
             publish_after: p.due_at,
-            error: (p.outcome == Outcome::Paused).then_some("Paused"),
+            error: match p.outcome {
+                Outcome::Paused => Some("Paused".to_string()),
+                Outcome::Calendar => excluded,
+                _ => None,
+            },
         });
         self.advances.push(JobAdvance {
             job_id,
@@ -288,6 +314,7 @@ impl BatchPlan {
             skipped,
             claimed_until: Some(p.due_at),
             failed_run: i64::from(p.outcome == Outcome::Missed),
+            excused_at: (p.outcome == Outcome::Calendar).then_some(p.slot),
         });
     }
 }
