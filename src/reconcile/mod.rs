@@ -12,6 +12,7 @@
 //! the watch plumbing; [`selector`] `--task-function-selector`.
 
 pub mod cached_job;
+pub mod calendars;
 pub mod conditions;
 pub mod context;
 pub mod controllers;

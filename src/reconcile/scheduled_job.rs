@@ -88,7 +88,18 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 created,
                 trigger: obj.trigger(),
             };
-            judge(&meta, &spec, tf.as_deref(), now)
+            match judge(&meta, &spec, tf.as_deref(), now) {
+                // A missing or invalid calendar stops the job like a missing TaskFunction.
+                Verdict::Valid(row) => {
+                    match super::calendars::resolve(&row.calendars, |c| {
+                        super::calendars::lookup(&ctx, c)
+                    }) {
+                        Ok(()) => Verdict::Valid(row),
+                        Err(invalid) => Verdict::Invalid(invalid),
+                    }
+                }
+                invalid => invalid,
+            }
         }
     };
     // Only `Ready` is read: other conditions are other controllers', left alone by the apply.
