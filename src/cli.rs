@@ -301,6 +301,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             if !calendars.is_empty() {
                 eprint!("{}", runs.skipped_report());
             }
+            if runs.runs.is_empty() {
+                anyhow::bail!("no run found: the calendars exclude every slot looked at");
+            }
             Ok(())
         }
         Command::Validate {
