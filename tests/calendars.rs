@@ -102,9 +102,11 @@ async fn holidays_and_freezes_skip_the_right_slots_in_two_time_zones() {
     )
     .await;
     // The freeze: a few seconds, starting once the operator has had time to start.
+    // Whole seconds: the calendar says them in RFC 3339 without fractions.
+    let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
     let (freeze_from, freeze_to) = (
-        now + chrono::Duration::seconds(14),
-        now + chrono::Duration::seconds(20),
+        whole(now + chrono::Duration::seconds(14)),
+        whole(now + chrono::Duration::seconds(20)),
     );
     create_calendar(
         &f,

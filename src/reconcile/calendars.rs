@@ -114,6 +114,33 @@ pub(super) fn lookup(ctx: &Context, name: &str) -> CalendarRef {
     }
 }
 
+/// Make sure the (valid, cached) calendars a job names have their rows, before the job is
+/// stored: the claim reads them from there.
+pub(super) async fn store_missing(ctx: &Context, names: &[String]) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    for name in names {
+        let Some(obj) = ctx
+            .calendars
+            .get(&ObjectRef::<Guarded<ScheduleCalendar>>::new(name))
+        else {
+            continue;
+        };
+        if let Ok(cal) = &obj.0
+            && let (Some(uid), Ok(spec)) =
+                (cal.metadata.uid.clone(), serde_json::to_value(&cal.spec))
+        {
+            rows.push((
+                name.clone(),
+                uid,
+                cal.metadata.generation.unwrap_or(0),
+                spec,
+            ));
+        }
+    }
+    store::calendars::insert_missing(&ctx.pool, &rows).await?;
+    Ok(())
+}
+
 /// Reconcile one calendar: finalizer → verdict → store → status. The jobs naming it are swept
 /// (re-reconciled) by the watch when the calendar changes, not from here.
 pub async fn reconcile(

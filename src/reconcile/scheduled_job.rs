@@ -107,6 +107,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
 
     let (ready, summary, last_trigger) = match verdict {
         Verdict::Valid(row) => {
+            super::calendars::store_missing(&ctx, &row.calendars).await?;
             let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).

@@ -35,6 +35,35 @@ pub async fn upsert_calendar(
     Ok(())
 }
 
+/// Store the calendars a job names that have no row yet (`(name, uid, generation, spec)`),
+/// leaving existing rows alone: a job reconciled (and stored) before the calendar controller
+/// stored its calendar must not have its first slots skipped as "calendar not found".
+pub async fn insert_missing(
+    pool: &PgPool,
+    rows: &[(String, String, i64, serde_json::Value)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let uids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let generations: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let specs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.3).collect();
+    sqlx::query(
+        "INSERT INTO schedule_calendars (name, uid, generation, spec, valid)
+         SELECT u.name, u.uid, u.generation, u.spec, true
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::jsonb[]) AS u(name, uid, generation, spec)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&names)
+    .bind(&uids)
+    .bind(&generations)
+    .bind(&specs)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The calendar is being deleted: the jobs naming it skip their slots from the next claim on
 /// (`Calendar: <name>: calendar not found`) until they are reconciled as `CalendarNotFound`.
 pub async fn delete_calendar(pool: &PgPool, name: &str) -> Result<(), StoreError> {
