@@ -223,6 +223,8 @@ pub fn plan_batch(
 
 impl BatchPlan {
     /// Record one planned job; `run_state` is what a run is recorded as (PENDING or SHADOW).
+    // The planned job's parts, as `plan_batch` holds them (the calendar verdict last).
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         job_id: i64,
