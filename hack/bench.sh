@@ -13,7 +13,7 @@ hack/control-plane.sh up "$cp_dir"
 source "$cp_dir/env"
 trap 'hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 log "building kube-beat (release)"
 cargo build --release --quiet
 export KUBE_BEAT="$PWD/target/release/kube-beat" BENCH_PYTHON="$venv/bin/python"

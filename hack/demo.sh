@@ -43,7 +43,7 @@ CELERY_BROKER_URL=$BROKER_URL CELERY_RESULT_BACKEND=$RESULT_BACKEND \
 echo $! >"$demo/worker.pid"
 
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 "$KUBECTL" get namespace $ns >/dev/null 2>&1 || "$KUBECTL" create namespace $ns >/dev/null
 "$KUBECTL" apply -n $ns -f examples/
 

@@ -69,7 +69,7 @@ export KB_REDIS_URL="${KB_REDIS_URL:-redis://127.0.0.1:6379}"
 export KB_AMQP_URL="${KB_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
 
 "$KUBECTL" apply -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 hack/cron-oracle.sh --check
 
 if [ "$mode" = compat ]; then
@@ -101,7 +101,7 @@ hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true
 hack/control-plane.sh up "$run_dir/cp-tenants"
 source "$run_dir/cp-tenants/env"
 "$KUBECTL" apply -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 cargo test --locked "${features[@]}" --test tenants -- --include-ignored
 
 # The install suite (tests/install.rs) needs the real controllers: the Job controller runs Helm's
@@ -113,7 +113,7 @@ hack/control-plane.sh down "$run_dir/cp-tenants" >/dev/null 2>&1 || true
 KB_CONTROLLERS=1 hack/control-plane.sh up "$run_dir/cp-install"
 source "$run_dir/cp-install/env"
 "$KUBECTL" apply -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 cargo test --locked "${features[@]}" --test install -- --include-ignored with_controllers::
 
 # The upgrade test installs the previous release's chart, CRDs included: on an apiserver of its

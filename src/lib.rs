@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod backfill;
+pub mod calendar;
 pub mod celery;
 pub mod check;
 pub mod cli;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{install_crds, kubectl, kubectl_stdin, namespace, ok};
-use kube_beat::api::{ScheduledJob, TaskFunction};
+use kube_beat::api::{ScheduleCalendar, ScheduledJob, TaskFunction};
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
@@ -49,9 +49,11 @@ fn generated_crds_do_not_drift() {
 fn examples_deserialize_and_round_trip() {
     let mut jobs = 0;
     let mut functions = 0;
+    let mut calendars = 0;
     for file in [
         "examples/task-functions.yaml",
         "examples/scheduled-jobs.yaml",
+        "examples/calendars.yaml",
     ] {
         for doc in documents(&repo_file(file)) {
             let kind = doc["kind"].as_str().expect("kind").to_string();
@@ -69,6 +71,15 @@ fn examples_deserialize_and_round_trip() {
                         serde_json::from_value(original.clone()).expect("a TaskFunction");
                     serde_json::to_value(&tf).expect("serialize")
                 }
+                "ScheduleCalendar" => {
+                    calendars += 1;
+                    let cal: ScheduleCalendar =
+                        serde_json::from_value(original.clone()).expect("a ScheduleCalendar");
+                    let name = cal.metadata.name.clone().unwrap_or_default();
+                    kube_beat::calendar::Calendar::from_spec(&name, &cal.spec)
+                        .expect("the example calendar is valid");
+                    serde_json::to_value(&cal).expect("serialize")
+                }
                 other => panic!("unexpected kind {other} in {file}"),
             };
             // Everything the user wrote survives (defaults may be added, nothing is lost or changed).
@@ -76,9 +87,9 @@ fn examples_deserialize_and_round_trip() {
         }
     }
     assert_eq!(
-        (jobs, functions),
-        (4, 4),
-        "the four default jobs and their task functions"
+        (jobs, functions, calendars),
+        (5, 4, 2),
+        "the four default jobs and their task functions, and the calendars' example"
     );
 }
 
@@ -245,11 +256,30 @@ fn examples_apply_and_kubectl_shows_columns_and_docs() {
         "deployment-job-cleanup",
         "weekday-report",
         "three-syncs",
+        "daily-report",
     ] {
         assert!(table.contains(name), "{name} listed:\n{table}");
     }
     let short = ok(&kubectl(&["get", "sj", "-n", &ns, "-o", "name"]));
-    assert_eq!(short.lines().count(), 6, "short name sj works:\n{short}");
+    assert_eq!(short.lines().count(), 7, "short name sj works:\n{short}");
+    let cals = ok(&kubectl(&["get", "cal"]));
+    let header: Vec<&str> = cals
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "TIMEZONE", "JOBS", "READY", "AGE"],
+        "{cals}"
+    );
+    assert!(
+        cals.contains("de-holidays") && cals.contains("Europe/Berlin"),
+        "{cals}"
+    );
     let tfs = ok(&kubectl(&["get", "tf"]));
     assert!(
         tfs.contains("tasks.ad_sync_tasks.sync_domain_users_task"),

@@ -16,9 +16,10 @@ async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
     .expect("list tables")
 }
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "backfills",
     "job_executions",
+    "schedule_calendars",
     "scheduled_jobs",
     "scheduler_job_types",
     "scheduler_leader",
@@ -82,38 +83,47 @@ async fn up_down_up() {
         .expect("columns")
     };
     assert_eq!(health_columns().await, 4);
-    let backfill_column = || async {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-             WHERE table_name = 'job_executions' AND column_name = 'backfill_id')",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("columns")
+    // One closure per later step: whether its columns exist.
+    let column_count = |table: &'static str, columns: &'static [&'static str]| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM information_schema.columns
+                 WHERE table_name = $1 AND column_name = ANY($2)",
+            )
+            .bind(table)
+            .bind(columns)
+            .fetch_one(&pool)
+            .await
+            .expect("columns")
+        }
     };
-    let end_columns = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM information_schema.columns
-             WHERE table_name = 'scheduled_jobs'
-               AND column_name IN ('end_time', 'max_runs', 'scheduled_runs', 'last_scheduled_run_at')",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("columns")
-    };
-    assert!(backfill_column().await);
+    const END: &[&str] = &["end_time", "max_runs", "scheduled_runs", "last_scheduled_run_at"];
+    assert_eq!(column_count("job_executions", &["backfill_id"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down the backfill step");
     assert_eq!(reverted, [11]);
-    assert!(!backfill_column().await, "the backfill step undone");
+    assert_eq!(column_count("job_executions", &["backfill_id"]).await, 0);
     assert!(!tables(&pool).await.contains(&"backfills".to_string()));
-    assert_eq!(end_columns().await, 4);
+    assert_eq!(column_count("scheduled_jobs", &["calendars"]).await, 1);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the calendars step");
+    assert_eq!(reverted, [9]);
+    assert_eq!(column_count("scheduled_jobs", &["calendars"]).await, 0);
+    assert!(
+        !tables(&pool)
+            .await
+            .contains(&"schedule_calendars".to_string()),
+        "the calendars table dropped"
+    );
+    assert_eq!(column_count("scheduled_jobs", END).await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down the schedules-end step");
     assert_eq!(reverted, [8]);
-    assert_eq!(end_columns().await, 0, "the schedules-end step undone");
+    assert_eq!(column_count("scheduled_jobs", END).await, 0, "the schedules-end step undone");
     assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -182,7 +192,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 8, "each migration applied once");
+    assert_eq!(applied, 11, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

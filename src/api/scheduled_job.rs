@@ -201,6 +201,14 @@ pub struct ScheduledJobSpec {
     /// Every field is optional; without any, the job is judged by the default staleness only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthPolicy>,
+
+    /// Names of ScheduleCalendars (cluster-scoped) whose excluded days and windows this job
+    /// skips: such a slot is recorded SKIPPED with reason `Calendar: <name>: <reason>`. A
+    /// missing calendar makes the job not Ready (`CalendarNotFound`) and stops it until the
+    /// calendar exists. At most 16 names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub calendars: Vec<String>,
 }
 
 /// A job's health policy. A breach sets `Healthy=False` with an `Unhealthy` Event; with
@@ -361,7 +369,7 @@ pub struct ScheduledJobStatus {
 
     /// `Ready`: the spec is valid and stored. Reasons: `Stored`, `InvalidSchedule`,
     /// `UnknownTaskFunction`, `TaskFunctionNotReady`, `NamespaceNotAllowed`, `QueueNotAllowed`,
-    /// `InvalidSpec`.
+    /// `InvalidSpec`, `CalendarNotFound`, `CalendarInvalid`.
     /// `Healthy`: the job meets its health policy. Reasons: `Healthy`, `Stale`,
     /// `ConsecutiveFailures`, `TooSlow`, `NoWorkers`, `TaskNotRegistered`, `Paused`.
     /// `Complete` (only once true): the job has ended. Reasons: `EndTimeReached`,
@@ -406,7 +414,7 @@ pub struct ScheduledJobStatus {
     /// Slots not dispatched because they were later than `startingDeadlineSeconds`.
     #[serde(default)]
     pub missed: i64,
-    /// Slots skipped by `concurrencyPolicy: Forbid`.
+    /// Slots skipped by `concurrencyPolicy: Forbid`, a pause, or a calendar.
     #[serde(default)]
     pub skipped: i64,
 

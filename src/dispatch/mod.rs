@@ -7,6 +7,7 @@
 //! `encode` (runs → Celery messages), `publisher` (messages → broker, failures, the publish
 //! ledger) and `recorder` (published runs → DISPATCHED, in the background).
 
+mod calendars;
 mod claimer;
 mod encode;
 mod ledger;

@@ -55,6 +55,9 @@ pub enum Outcome {
     Skipped,
     /// Paused by its health policy (recorded as SKIPPED, reason `Paused`).
     Paused,
+    /// Excluded by one of the job's calendars (recorded as SKIPPED, reason
+    /// `Calendar: <name>: <reason>`). Not a failure: it neither misses nor makes the job stale.
+    Calendar,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +175,7 @@ pub fn plan_batch(
 ) -> BatchPlan {
     let mut out = BatchPlan::default();
     out.stats.jobs = rows.len();
+    let mut calendars = super::calendars::BatchCalendars::default();
     for row in rows {
         let job = JobRef {
             namespace: row.namespace.clone(),
@@ -228,18 +232,26 @@ pub fn plan_batch(
             continue;
         }
         // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
-        let p = plan(&due, now.max(row.next_run_at));
+        let mut p = plan(&due, now.max(row.next_run_at));
+        // The calendars as stored now judge the slot (a claim ahead too: an excluded slot is
+        // never published). Paused stays Paused; otherwise a calendar beats a deadline.
+        let excluded = calendars.verdict(row.calendars.as_ref(), p.slot);
+        if excluded.is_some() && p.outcome != Outcome::Paused {
+            p.outcome = Outcome::Calendar;
+        }
         if p.due_at <= now {
             out.stats.due_now = out.stats.due_now.saturating_add(1);
         }
         let run_state = if shadow { "SHADOW" } else { "PENDING" };
-        out.add(row.id, job, &due, &p, run_state, task_id());
+        out.add(row.id, job, &due, &p, run_state, task_id(), excluded);
     }
     out
 }
 
 impl BatchPlan {
     /// Record one planned job; `run_state` is what a run is recorded as (PENDING or SHADOW).
+    // The planned job's parts, as `plan_batch` holds them (the calendar verdict last).
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         job_id: i64,
@@ -248,13 +260,16 @@ impl BatchPlan {
         p: &Plan,
         run_state: &'static str,
         task_id: String,
+        excluded: Option<String>,
     ) {
         let stats = &mut self.stats;
         stats.job_ids.push(job_id);
         let (state, runs, missed, skipped) = match p.outcome {
             Outcome::Run => (run_state, 1, p.coalesced.saturating_sub(1), 0),
             Outcome::Missed => ("MISSED", 0, p.coalesced, 0),
-            Outcome::Skipped | Outcome::Paused => ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1),
+            Outcome::Skipped | Outcome::Paused | Outcome::Calendar => {
+                ("SKIPPED", 0, p.coalesced.saturating_sub(1), 1)
+            }
         };
         match p.outcome {
             Outcome::Missed => stats.events.push(JobEvent {
@@ -282,6 +297,15 @@ impl BatchPlan {
                     rfc3339(p.slot)
                 ),
             }),
+            Outcome::Calendar => stats.events.push(JobEvent {
+                job,
+                reason: Reason::Skipped,
+                message: format!(
+                    "run {} skipped: {}",
+                    rfc3339(p.slot),
+                    excluded.as_deref().unwrap_or("Calendar")
+                ),
+            }),
             Outcome::Run if due.active && due.policy == ConcurrencyPolicy::Replace => {
                 self.replace.push(job_id)
             }
@@ -303,7 +327,11 @@ impl BatchPlan {
             state,
             coalesced: i32::try_from(p.coalesced).unwrap_or(i32::MAX),
             publish_after: p.due_at,
-            error: (p.outcome == Outcome::Paused).then_some("Paused"),
+            error: match p.outcome {
+                Outcome::Paused => Some("Paused".to_string()),
+                Outcome::Calendar => excluded,
+                _ => None,
+            },
         });
         self.advances.push(JobAdvance {
             job_id,
@@ -315,6 +343,7 @@ impl BatchPlan {
             skipped,
             claimed_until: Some(p.due_at),
             failed_run: i64::from(p.outcome == Outcome::Missed),
+            excused_at: (p.outcome == Outcome::Calendar).then_some(p.slot),
         });
     }
 }

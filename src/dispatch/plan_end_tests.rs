@@ -52,6 +52,7 @@ fn row(id: i64, config: serde_json::Value, next_run: &str) -> DueRow {
         end_time: None,
         max_runs: None,
         scheduled_runs: 0,
+        calendars: None,
     }
 }
 

@@ -184,6 +184,7 @@ fn due_row(id: i64, every: i64, next_run: &str) -> DueRow {
         end_time: None,
         max_runs: None,
         scheduled_runs: 0,
+        calendars: None,
     }
 }
 
@@ -236,6 +237,7 @@ fn a_batch_plans_one_row_and_one_update_per_job() {
             skipped: 0,
             claimed_until: Some(t("2026-01-01T00:00:10Z")),
             failed_run: 0,
+            excused_at: None,
         }
     );
     assert_eq!(b.advances[1].next_run, Some(t("2026-01-01T00:00:30Z")));
@@ -323,7 +325,7 @@ fn a_paused_job_records_its_slot_as_skipped_with_reason_paused_even_when_late() 
     (paused.paused, paused.starting_deadline_seconds) = (true, Some(3));
     let b = plan_batch(vec![paused], now, false, ids());
     let e = &b.executions[0];
-    assert_eq!((e.state, e.error), ("SKIPPED", Some("Paused")));
+    assert_eq!((e.state, e.error.as_deref()), ("SKIPPED", Some("Paused")));
     assert_eq!(
         b.advances[0].failed_run, 0,
         "a paused slot is not a failure"

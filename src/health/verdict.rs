@@ -143,7 +143,7 @@ pub fn judge(input: &HealthInput<'_>) -> Verdict {
                     format!("since its last success at {}", rfc3339(t))
                 }
                 Some(_) | None => format!(
-                    "since {} (stored, rescheduled or resumed)",
+                    "since {} (stored, rescheduled, resumed or skipped by a calendar)",
                     rfc3339(input.baseline)
                 ),
             };

@@ -115,6 +115,8 @@ pub struct CachedJob {
     spec: Result<Option<Box<str>>, Box<str>>,
     /// `spec.taskFunction` of a spec that deserializes.
     task_function: Option<Arc<str>>,
+    /// `spec.calendars` of a spec that deserializes (empty for most jobs: no allocation).
+    calendars: Box<[Arc<str>]>,
     /// What the status shows, as far as the status writers need to know.
     pub status: SeenStatus,
 }
@@ -242,6 +244,11 @@ impl CachedJob {
         self.task_function.as_deref()
     }
 
+    /// `spec.calendars`, when the spec deserializes.
+    pub fn calendars(&self) -> &[Arc<str>] {
+        &self.calendars
+    }
+
     /// The `Ready` condition as last written, for
     /// [`crate::reconcile::conditions::ready_condition`] (which reads only its status and
     /// transition time). Other types are not kube-beat's: its apply leaves them as they are.
@@ -281,12 +288,19 @@ impl CachedJob {
             },
         };
         let spec_value = take(&mut value, "spec").unwrap_or(Value::Null);
-        let (spec, task_function) = match ScheduledJobSpec::deserialize(&spec_value) {
+        let (spec, task_function, calendars) = match ScheduledJobSpec::deserialize(&spec_value) {
             Ok(parsed) => (
                 Ok((!stored).then(|| spec_value.to_string().into_boxed_str())),
                 Some(intern(&parsed.task_function)),
+                // Bounded like the schema, for objects stored without it.
+                parsed
+                    .calendars
+                    .iter()
+                    .take(super::calendars::MAX_JOB_CALENDARS)
+                    .map(|c| intern(c))
+                    .collect(),
             ),
-            Err(e) => (Err(e.to_string().into_boxed_str()), None),
+            Err(e) => (Err(e.to_string().into_boxed_str()), None, Box::default()),
         };
         let finalizers = meta.finalizers.unwrap_or_default();
         let mut annotations = meta.annotations.unwrap_or_default();
@@ -310,6 +324,7 @@ impl CachedJob {
             backfill: annotation(crate::api::BACKFILL_ANNOTATION),
             spec,
             task_function,
+            calendars,
             status,
         }
     }

@@ -22,7 +22,7 @@ use super::{
     selector::LabelSelector,
     sweep,
 };
-use crate::api::TaskFunction;
+use crate::api::{ScheduleCalendar, TaskFunction};
 
 /// Shared by both controllers.
 pub struct Context {
@@ -30,10 +30,13 @@ pub struct Context {
     pub pool: PgPool,
     pub jobs: JobCache,
     pub functions: Store<Guarded<TaskFunction>>,
+    /// ScheduleCalendars, for the jobs' `spec.calendars` (`CalendarNotFound`).
+    pub calendars: Store<Guarded<ScheduleCalendar>>,
     /// Which TaskFunctions this installation manages.
     pub selector: LabelSelector,
     pub(super) jobs_listed: Arc<AtomicBool>,
     pub(super) functions_listed: Arc<AtomicBool>,
+    pub(super) calendars_listed: Arc<AtomicBool>,
     /// Only the leader writes; followers keep their caches warm.
     pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
     /// Tells the dispatcher that what is due may have changed.
@@ -108,14 +111,15 @@ impl Context {
             .is_some_and(|tf| !self.selector.matches(tf.labels()))
     }
 
-    /// Wait until both caches have listed once: before that, a missing TaskFunction may only be
-    /// one we have not seen yet. Polls flags rather than `Store::wait_until_ready`: that future
+    /// Wait until every cache has listed once: before that, a missing TaskFunction (or
+    /// calendar) may only be one we have not seen yet. Polls flags rather than `Store::wait_until_ready`: that future
     /// wakes only its most recent poller, so waiting on it beside the controller's own runner
     /// can stall one of them for good.
     async fn caches_ready(&self) -> Result<(), Error> {
         let start = std::time::Instant::now();
         while !(self.jobs_listed.load(Ordering::Acquire)
-            && self.functions_listed.load(Ordering::Acquire))
+            && self.functions_listed.load(Ordering::Acquire)
+            && self.calendars_listed.load(Ordering::Acquire))
         {
             if start.elapsed() > Duration::from_secs(60) {
                 return Err(Error::CacheNotReady("no initial list within 60 s".into()));

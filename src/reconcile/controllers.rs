@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use super::{
     Guarded, RECONCILE_CONCURRENCY,
     cached_job::{Uid, WatchedJob},
+    calendars,
     context::{Context, SeenTaskFunction},
     drift::drift_checks,
     error::Error,
@@ -36,7 +37,7 @@ use super::{
     sweep, task_function,
     watch::{log_controller_error, on_becoming_leader, reflected, watch_backoff},
 };
-use crate::api::TaskFunction;
+use crate::api::{ScheduleCalendar, TaskFunction};
 
 /// What the controllers need besides the cluster and the database.
 pub struct RunOptions {
@@ -52,7 +53,7 @@ pub struct RunOptions {
 /// The two controllers with their caches.
 pub struct Controllers {
     jobs: JobCache,
-    listed: [Arc<AtomicBool>; 2],
+    listed: [Arc<AtomicBool>; 3],
     run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -62,10 +63,10 @@ impl Controllers {
         self.jobs.clone()
     }
 
-    /// Whether both caches hold their first list (shared flags: valid after `run` starts).
+    /// Whether every cache holds its first list (shared flags: valid after `run` starts).
     pub fn synced(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let [a, b] = self.listed.clone();
-        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire)
+        let [a, b, c] = self.listed.clone();
+        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire) && c.load(Ordering::Acquire)
     }
 
     /// Run both controllers until `shutdown` resolves.
@@ -79,12 +80,17 @@ impl Controllers {
 struct Listed {
     jobs: Arc<AtomicBool>,
     functions: Arc<AtomicBool>,
+    calendars: Arc<AtomicBool>,
 }
 
 impl Listed {
     fn both(&self) -> impl Fn() -> bool + Clone + Send + Sync + use<> {
-        let (a, b) = (self.jobs.clone(), self.functions.clone());
-        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire)
+        let (a, b, c) = (
+            self.jobs.clone(),
+            self.functions.clone(),
+            self.calendars.clone(),
+        );
+        move || a.load(Ordering::Acquire) && b.load(Ordering::Acquire) && c.load(Ordering::Acquire)
     }
 }
 
@@ -107,6 +113,7 @@ pub fn controllers(
     let sweeps = Arc::new(sweep::Sweeps::default());
     let (functions, functions_stream) =
         watch_task_functions(&client, &listed, seen.clone(), sweeps.clone());
+    let (calendars, calendars_stream) = watch_calendars(&client, &listed, sweeps.clone());
 
     // One watch of the jobs feeds the cache, the job queue, and the TaskFunctions' job counts
     // (only a new job, a spec change or a deletion can change a count, not the status writes
@@ -137,6 +144,7 @@ pub fn controllers(
         pool,
         jobs: jobs.clone(),
         functions,
+        calendars,
         selector: selector_or_none(task_function_selector.as_deref()),
         role,
         wake,
@@ -144,6 +152,7 @@ pub fn controllers(
         feed,
         jobs_listed: listed.jobs.clone(),
         functions_listed: listed.functions.clone(),
+        calendars_listed: listed.calendars.clone(),
         seen_functions: seen,
         failures: Mutex::new(HashMap::new()),
         sweeps,
@@ -152,13 +161,14 @@ pub fn controllers(
         ctx,
         listed.clone(),
         functions_stream,
+        calendars_stream,
         job_changes,
         recount_rx,
         shutdown,
     );
     Controllers {
         jobs,
-        listed: [listed.jobs, listed.functions],
+        listed: [listed.jobs, listed.functions, listed.calendars],
         run: Box::pin(run),
     }
 }
@@ -208,12 +218,44 @@ fn watch_task_functions(
     (functions, stream)
 }
 
-/// Run the job queue (fed by job changes, sweeps and drift checks), the TaskFunction
-/// controller, and the leadership trigger, until `shutdown`.
+/// The ScheduleCalendar cache and its watch. A change the jobs depend on (see
+/// [`calendars::fingerprint`]: it appears, goes, turns (un)readable, a new generation) asks for
+/// a sweep of the jobs naming it; status-only updates do not.
+fn watch_calendars(
+    client: &Client,
+    listed: &Listed,
+    sweeps: Arc<sweep::Sweeps>,
+) -> (
+    Store<Guarded<ScheduleCalendar>>,
+    impl futures::Stream<Item = Result<Guarded<ScheduleCalendar>, watcher::Error>> + Send + 'static,
+) {
+    let api: Api<Guarded<ScheduleCalendar>> = Api::all(client.clone());
+    let (store, stream) = reflected(api, watcher::Config::default(), listed.calendars.clone());
+    let synced = listed.both();
+    type Seen = (Option<String>, Option<i64>, bool, bool);
+    let seen: Mutex<HashMap<String, Seen>> = Mutex::default();
+    let stream = stream.inspect(move |cal| {
+        let Ok(cal) = cal else { return };
+        let now_seen = calendars::fingerprint(cal);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(cal.name_any(), now_seen.clone()) != Some(now_seen) && synced() {
+            sweeps.ask(calendars::sweep_for(cal));
+        }
+    });
+    (store, stream)
+}
+
+/// Run the job queue (fed by job changes, sweeps and drift checks), the TaskFunction and
+/// ScheduleCalendar controllers, and the leadership trigger, until `shutdown`.
+// One argument per stream it runs.
+#[allow(clippy::too_many_arguments)]
 fn run_all(
     ctx: Arc<Context>,
     listed: Listed,
     functions_stream: impl futures::Stream<Item = Result<Guarded<TaskFunction>, watcher::Error>>
+    + Send
+    + 'static,
+    calendars_stream: impl futures::Stream<Item = Result<Guarded<ScheduleCalendar>, watcher::Error>>
     + Send
     + 'static,
     job_changes: impl futures::Stream<Item = Uid> + Send + 'static,
@@ -261,13 +303,32 @@ fn run_all(
         )
         .trigger_backoff(watch_backoff())
         .reconcile_on(recount_rx)
+        .reconcile_all_on(on_becoming_leader(role.clone()))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(task_function::reconcile, error_policy, ctx.clone())
+        .for_each(log_controller_error);
+    let calendars_done = Controller::for_stream(calendars_stream, ctx.calendars.clone())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(500))
+                .concurrency(RECONCILE_CONCURRENCY),
+        )
+        .trigger_backoff(watch_backoff())
         .reconcile_all_on(on_becoming_leader(role))
         .graceful_shutdown_on(shutdown)
-        .run(task_function::reconcile, error_policy, ctx)
+        .run(calendars::reconcile, calendar_error_policy, ctx)
         .for_each(log_controller_error);
     async move {
-        futures::join!(jobs_done, functions_done, becoming_leader);
+        futures::join!(jobs_done, functions_done, calendars_done, becoming_leader);
     }
+}
+
+fn calendar_error_policy(
+    obj: Arc<Guarded<ScheduleCalendar>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    Action::requeue(ctx.retry_delay(format!("calendar/{}", obj.name_any()), err))
 }
 
 fn error_policy(obj: Arc<Guarded<TaskFunction>>, err: &Error, ctx: Arc<Context>) -> Action {

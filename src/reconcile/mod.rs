@@ -13,6 +13,7 @@
 
 mod backfill;
 pub mod cached_job;
+pub mod calendars;
 pub mod conditions;
 pub mod context;
 pub mod controllers;

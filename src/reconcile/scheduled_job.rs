@@ -88,7 +88,18 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 created,
                 trigger: obj.trigger(),
             };
-            judge(&meta, &spec, tf.as_deref(), now)
+            match judge(&meta, &spec, tf.as_deref(), now) {
+                // A missing or invalid calendar stops the job like a missing TaskFunction.
+                Verdict::Valid(row) => {
+                    match super::calendars::resolve(&row.calendars, |c| {
+                        super::calendars::lookup(&ctx, c)
+                    }) {
+                        Ok(()) => Verdict::Valid(row),
+                        Err(invalid) => Verdict::Invalid(invalid),
+                    }
+                }
+                invalid => invalid,
+            }
         }
     };
     // Only `Ready` is read: other conditions are other controllers', left alone by the apply.
@@ -96,6 +107,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
 
     let (ready, summary, last_trigger) = match verdict {
         Verdict::Valid(row) => {
+            super::calendars::store_missing(&ctx, &row.calendars).await?;
             let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).

@@ -35,6 +35,8 @@ pub enum Sweep {
     All,
     /// The jobs that name this TaskFunction.
     TaskFunction(String),
+    /// The jobs that name this ScheduleCalendar in `spec.calendars`.
+    Calendar(String),
 }
 
 impl Sweep {
@@ -42,6 +44,7 @@ impl Sweep {
         match self {
             Sweep::All => true,
             Sweep::TaskFunction(name) => job.task_function() == Some(name.as_str()),
+            Sweep::Calendar(name) => job.calendars().iter().any(|c| c.as_ref() == name),
         }
     }
 }

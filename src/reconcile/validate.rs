@@ -104,6 +104,10 @@ pub enum Reason {
     TaskFunctionNotReady,
     NamespaceNotAllowed,
     QueueNotAllowed,
+    /// A ScheduleCalendar named in `spec.calendars` does not exist.
+    CalendarNotFound,
+    /// A ScheduleCalendar named in `spec.calendars` is not valid.
+    CalendarInvalid,
 }
 
 impl Reason {
@@ -115,6 +119,8 @@ impl Reason {
             Reason::TaskFunctionNotReady => "TaskFunctionNotReady",
             Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
             Reason::QueueNotAllowed => "QueueNotAllowed",
+            Reason::CalendarNotFound => "CalendarNotFound",
+            Reason::CalendarInvalid => "CalendarInvalid",
         }
     }
 }
@@ -240,6 +246,8 @@ pub struct JobRow {
     pub next_run_at: Option<DateTime<Utc>>,
     /// `spec.health`, resolved (with the default staleness).
     pub health: crate::health::ResolvedHealth,
+    /// `spec.calendars` (names checked; their existence is the reconciler's to check).
+    pub calendars: Vec<String>,
 }
 
 /// Identity of a ScheduledJob object.
@@ -266,6 +274,7 @@ pub fn scheduled_job(
     let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
     let schedule = checked_schedule(meta, spec)?;
     let fields = JobFields::checked(meta, spec).map_err(spec_err)?;
+    crate::reconcile::calendars::check_names(&spec.calendars).map_err(spec_err)?;
     let tf = resolved(spec, tf)?;
     let queue = allowed_queue(meta, spec, tf)?;
     let message_options =
@@ -338,6 +347,7 @@ pub fn scheduled_job(
         next_slot_at,
         next_run_at,
         health,
+        calendars: spec.calendars.clone(),
     })
 }
 

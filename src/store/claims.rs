@@ -62,6 +62,10 @@ pub struct DueRow {
     pub end_time: Option<DateTime<Utc>>,
     pub max_runs: Option<i64>,
     pub scheduled_runs: i64,
+    /// The job's calendars, in its order, as read with the claim: a JSON array of
+    /// `{"name", "spec", "invalid"}` (`spec` null for a calendar not stored, `invalid` the
+    /// reconciler's message for an invalid one); `None` when it names none.
+    pub calendars: Option<Value>,
 }
 
 /// One execution row a claim inserts (a run, or a MISSED / SKIPPED slot).
@@ -76,8 +80,9 @@ pub struct NewExecution {
     pub state: &'static str,
     pub coalesced: i32,
     pub publish_after: DateTime<Utc>,
-    /// Why a slot was not run (`Paused`), shown as the execution's error.
-    pub error: Option<&'static str>,
+    /// Why a slot was not run (`Paused`, `Calendar: <name>: <reason>`), shown as the
+    /// execution's error.
+    pub error: Option<String>,
 }
 
 /// How a claim moves a job on. All `None` and zero parks the job (its schedule is unreadable).
@@ -93,6 +98,9 @@ pub struct JobAdvance {
     pub claimed_until: Option<DateTime<Utc>>,
     /// 1 when this claim's row is a MISSED slot: it extends the job's failure streak.
     pub failed_run: i64,
+    /// A slot a calendar excluded: the job was not due then, so its staleness counts from
+    /// here (`health_baseline_at` moves forward to it).
+    pub excused_at: Option<DateTime<Utc>>,
 }
 
 /// A claim transaction: the epoch is checked when it begins, and nothing is visible until
@@ -131,7 +139,14 @@ impl ClaimTx {
                         SELECT 1 FROM job_executions e
                         WHERE e.job_id = j.id AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
                           AND e.claimed_at > $1 - make_interval(secs => LEAST(j.execution_timeout_seconds, 31536000)))) AS active,
-                    j.paused_at IS NOT NULL AS paused, j.end_time, j.max_runs, j.scheduled_runs
+                    j.paused_at IS NOT NULL AS paused, j.end_time, j.max_runs, j.scheduled_runs,
+                    CASE WHEN cardinality(j.calendars) > 0 THEN
+                        (SELECT jsonb_agg(jsonb_build_object('name', n.name, 'spec', c.spec,
+                                                             'invalid', c.invalid_message)
+                                          ORDER BY n.ord)
+                         FROM unnest(j.calendars) WITH ORDINALITY AS n(name, ord)
+                         LEFT JOIN schedule_calendars c ON c.name = n.name)
+                    END AS calendars
              FROM scheduled_jobs j
              WHERE j.enabled AND j.next_run_at <= $3
                AND (j.next_run_at <= $1
@@ -208,7 +223,7 @@ impl ClaimTx {
         .bind(&coalesced)
         .bind(self.epoch)
         .bind(times(|r| r.publish_after))
-        .bind(rows.iter().map(|r| r.error).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -233,11 +248,13 @@ impl ClaimTx {
                                               ELSE j.last_scheduled_run_at END,
                  skipped = j.skipped + u.skipped,
                  claimed_until = COALESCE(u.claimed_until, j.claimed_until),
-                 consecutive_failures = j.consecutive_failures + u.failed_run
+                 consecutive_failures = j.consecutive_failures + u.failed_run,
+                 health_baseline_at = GREATEST(j.health_baseline_at, u.excused_at)
              FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
-                         $5::bigint[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::bigint[])
+                         $5::bigint[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::bigint[],
+                         $10::timestamptz[])
                   AS u(id, next_run, next_slot, last_run, runs, missed, skipped, claimed_until,
-                       failed_run)
+                       failed_run, excused_at)
              WHERE j.id = u.id",
         )
         .bind(&ids)
@@ -249,6 +266,7 @@ impl ClaimTx {
         .bind(counts(|r| r.skipped))
         .bind(times(|r| r.claimed_until))
         .bind(counts(|r| r.failed_run))
+        .bind(times(|r| r.excused_at))
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -44,11 +44,11 @@ pub async fn upsert_job(
              args, kwargs, queue, priority, expires_seconds, enabled, suspended, valid,
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
              execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at,
-             spec, spec_generation, message_options, health, end_time, max_runs)
+             spec, spec_generation, message_options, health, end_time, max_runs, calendars)
          VALUES ($1, $2, $3, $4, $5, (SELECT id FROM task_functions WHERE name = $5), $6,
                  (SELECT id FROM scheduler_job_types WHERE name = $7), $8, $9, $10, $11, $12,
                  $13, $14, $15, $16, $17, NOT $18, $18, true,
-                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4, $28, $29, $30, $31)
+                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4, $28, $29, $30, $31, $32)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -68,6 +68,7 @@ pub async fn upsert_job(
              spec = EXCLUDED.spec, spec_generation = EXCLUDED.spec_generation,
              message_options = EXCLUDED.message_options, health = EXCLUDED.health,
              end_time = EXCLUDED.end_time, max_runs = EXCLUDED.max_runs,
+             calendars = EXCLUDED.calendars,
              -- Staleness restarts when the job starts scheduling anew (re-enabled or
              -- rescheduled): the quiet time before was not the schedule's fault.
              health_baseline_at = CASE
@@ -143,6 +144,7 @@ pub async fn upsert_job(
     .bind(sqlx::types::Json(&row.health))
     .bind(row.end_time)
     .bind(row.max_runs)
+    .bind(&row.calendars)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;

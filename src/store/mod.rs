@@ -2,6 +2,7 @@
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
 pub mod backfills;
+pub mod calendars;
 pub mod claims;
 pub mod foreign;
 pub mod health;

@@ -158,6 +158,7 @@ pub fn install_crds() {
         "crd",
         "scheduledjobs.kubebeat.io",
         "taskfunctions.kubebeat.io",
+        "schedulecalendars.kubebeat.io",
     ]);
     if !installed.status.success() {
         let path = env.repo.join("crds/kube-beat-crds.yaml");
@@ -173,11 +174,13 @@ pub fn install_crds() {
         "--timeout=60s",
         "crd/scheduledjobs.kubebeat.io",
         "crd/taskfunctions.kubebeat.io",
+        "crd/schedulecalendars.kubebeat.io",
     ]));
     // Established comes a moment before discovery serves the new kinds; kubectl needs discovery.
     let start = Instant::now();
     while !(kubectl(&["get", "scheduledjobs", "-A"]).status.success()
-        && kubectl(&["get", "taskfunctions"]).status.success())
+        && kubectl(&["get", "taskfunctions"]).status.success()
+        && kubectl(&["get", "schedulecalendars"]).status.success())
     {
         assert!(
             start.elapsed() < Duration::from_secs(60),

@@ -1,0 +1,2 @@
+ALTER TABLE scheduled_jobs DROP COLUMN calendars;
+DROP TABLE schedule_calendars;
