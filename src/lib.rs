@@ -18,6 +18,7 @@ pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod plan;
 pub mod options;
 pub mod reconcile;
 pub mod redact;
