@@ -247,9 +247,9 @@ spec: {{taskFunction: {tf}, schedule: {{cron: "@daily"}}}}
     );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    let plan: Value = serde_json::from_str(&stdout).expect("JSON");
+    let planned: Value = serde_json::from_str(&stdout).expect("JSON");
     let job = |name: &str| -> Value {
-        plan["jobs"]
+        planned["jobs"]
             .as_array()
             .and_then(|jobs| jobs.iter().find(|j| j["name"] == name).cloned())
             .unwrap_or_else(|| panic!("no job {name} in {stdout}"))

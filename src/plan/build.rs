@@ -25,7 +25,6 @@ struct Prepared<'a> {
     anchor: DateTime<Utc>,
     anchor_from: &'static str,
     tz: Tz,
-    calendars: Vec<Arc<dyn Exclude>>,
     notes: Vec<String>,
     /// Index into the distinct schedules, when the job runs (valid, not suspended).
     key: Option<usize>,
@@ -142,7 +141,6 @@ fn prepare<'a>(
         anchor,
         anchor_from,
         tz,
-        calendars,
         notes,
         key,
         end,
@@ -221,8 +219,13 @@ fn job_plan(p: Prepared<'_>, enumerated: &[Enumerated], input: &Input, cap: usiz
             .collect(),
     };
     let valid = p.input.error.is_none();
-    let mut zones: Vec<Tz> = p.parts.iter().map(|x| x.tz).collect::<BTreeSet<_>>().into_iter().collect();
-    zones.retain(|z| *z != Tz::UTC);
+    // Each zone once, in the order of the job's schedules; UTC has no transitions.
+    let mut zones: Vec<Tz> = Vec::new();
+    for tz in p.parts.iter().map(|x| x.tz) {
+        if tz != Tz::UTC && !zones.contains(&tz) {
+            zones.push(tz);
+        }
+    }
     let dst_transitions = if valid {
         zones
             .iter()
