@@ -186,7 +186,11 @@ fn apiserver_rejects_invalid_objects_naming_the_field() {
     let job: ScheduledJob = serde_json::from_str(&got).expect("reads back as a ScheduledJob");
     assert_eq!(job.spec.priority, Some(9));
     assert_eq!(
-        job.spec.schedule.interval.as_ref().map(|i| i.minutes),
+        job.spec
+            .schedule
+            .as_ref()
+            .and_then(|s| s.interval.as_ref())
+            .map(|i| i.minutes),
         Some(5)
     );
     assert_eq!(
@@ -228,6 +232,7 @@ fn examples_apply_and_kubectl_shows_columns_and_docs() {
             "LAST STATUS",
             "NEXT RUN",
             "HEALTHY",
+            "COMPLETE",
             "READY",
             "AGE"
         ],
@@ -238,11 +243,13 @@ fn examples_apply_and_kubectl_shows_columns_and_docs() {
         "token-cleanup",
         "desktop-session-cleanup",
         "deployment-job-cleanup",
+        "weekday-report",
+        "three-syncs",
     ] {
         assert!(table.contains(name), "{name} listed:\n{table}");
     }
     let short = ok(&kubectl(&["get", "sj", "-n", &ns, "-o", "name"]));
-    assert_eq!(short.lines().count(), 4, "short name sj works:\n{short}");
+    assert_eq!(short.lines().count(), 6, "short name sj works:\n{short}");
     let tfs = ok(&kubectl(&["get", "tf"]));
     assert!(
         tfs.contains("tasks.ad_sync_tasks.sync_domain_users_task"),

@@ -9,7 +9,7 @@ pub mod task_function;
 pub use message_options::MessageOptions;
 pub use scheduled_job::{
     ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
-    PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
+    PauseStatus, Schedule, ScheduleEntry, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};

@@ -60,6 +60,12 @@ use super::{MessageOptions, schema};
         description = "Whether the job meets its health policy (spec.health)"
     ),
     printcolumn(
+        name = "Complete",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Complete\")].status",
+        description = "Whether the job has ended (spec.endTime or spec.maxRuns reached)"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -71,14 +77,37 @@ use super::{MessageOptions, schema};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["schedule"]}, {"required": ["schedules"]}]))]
 pub struct ScheduledJobSpec {
     /// Name of the cluster-scoped TaskFunction that says which Celery task runs, on which queue,
     /// with which default arguments.
     #[schemars(length(min = 1, max = 253))]
     pub task_function: String,
 
-    /// When the job runs: exactly one of `interval`, `cron` or `at`.
-    pub schedule: Schedule,
+    /// When the job runs: exactly one of `interval`, `cron` or `at`. Exactly one of `schedule`
+    /// and `schedules` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+
+    /// Several schedules (1 to 16), instead of `schedule`: the job runs at every slot of each,
+    /// an instant shared by two of them once. Each entry is one of `interval`, `cron` or `at`,
+    /// with an optional `timeZone` (default: the job's `timeZone`, else UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub schedules: Option<Vec<ScheduleEntry>>,
+
+    /// No run is scheduled after this instant (RFC 3339); past it the job is `Complete`
+    /// (reason `EndTimeReached`). Moving it later makes the job run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
+    pub end_time: Option<String>,
+
+    /// The job stops after this many scheduled runs (triggers `schedule` and `catchup`; manual
+    /// runs and SKIPPED or MISSED slots do not count) and is `Complete` (reason
+    /// `MaxRunsReached`). Raising it makes the job run again. 1 to 1000000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_runs: Option<i64>,
 
     /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`. Default `UTC`.
     /// At most 64 characters.
@@ -250,6 +279,48 @@ pub struct Schedule {
     pub at: Option<String>,
 }
 
+/// One of a job's `schedules`: exactly one of `interval`, `cron` or `at`, read in `timeZone`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [
+    {"required": ["interval"]},
+    {"required": ["cron"]},
+    {"required": ["at"]}
+]))]
+pub struct ScheduleEntry {
+    /// Run every `hours`h `minutes`m `seconds`s (total at least 1 s), from the job's first
+    /// store or its `startTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IntervalSchedule>,
+
+    /// A Kubernetes CronJob expression (as `schedule.cron`), read in this entry's `timeZone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub cron: Option<String>,
+
+    /// Run once at this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
+    pub at: Option<String>,
+
+    /// IANA time zone of this entry. Default: the job's `timeZone`, else `UTC`. At most 64
+    /// characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+}
+
+impl ScheduleEntry {
+    /// The entry's schedule without its zone.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            interval: self.interval.clone(),
+            cron: self.cron.clone(),
+            at: self.at.clone(),
+        }
+    }
+}
+
 /// A fixed interval; the parts are added together.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -293,6 +364,8 @@ pub struct ScheduledJobStatus {
     /// `InvalidSpec`.
     /// `Healthy`: the job meets its health policy. Reasons: `Healthy`, `Stale`,
     /// `ConsecutiveFailures`, `TooSlow`, `NoWorkers`, `TaskNotRegistered`, `Paused`.
+    /// `Complete` (only once true): the job has ended. Reasons: `EndTimeReached`,
+    /// `MaxRunsReached`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<schema::Condition>,

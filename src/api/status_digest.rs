@@ -11,9 +11,11 @@ use serde_json::Value;
 /// The condition the status writer owns (in `conditions`, a list-map keyed by type: the other
 /// entries are the reconciler's or other controllers').
 pub const HEALTHY: &str = "Healthy";
+/// The status writer's other condition: the job's schedule has ended (`endTime`, `maxRuns`).
+pub const COMPLETE: &str = "Complete";
 
 /// The status fields the status writer (the run fields) owns and applies as a whole, besides
-/// its [`HEALTHY`] condition.
+/// its [`HEALTHY`] and [`COMPLETE`] conditions.
 pub const RUN_STATUS_FIELDS: [&str; 12] = [
     "nextScheduleTime",
     "lastScheduleTime",
@@ -61,15 +63,17 @@ pub fn written_digest(status: &Value) -> u64 {
             feed(v, &mut h);
         }
     }
-    let healthy = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(HEALTHY));
-    if let Some(c) = healthy {
-        HEALTHY.hash(&mut h);
-        feed(c, &mut h);
+    for kind in [HEALTHY, COMPLETE] {
+        let condition = status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind));
+        if let Some(c) = condition {
+            kind.hash(&mut h);
+            feed(c, &mut h);
+        }
     }
     h.finish()
 }

@@ -32,6 +32,17 @@ pub struct DueJob {
     pub active: bool,
     /// Paused by its health policy.
     pub paused: bool,
+    /// `maxRuns`, and the scheduled runs so far (`endTime` is in `schedule`).
+    pub max_runs: Option<i64>,
+    pub scheduled_runs: i64,
+}
+
+impl DueJob {
+    /// Scheduled runs left before `maxRuns` (`None`: no limit).
+    fn runs_left(&self) -> Option<i64> {
+        self.max_runs
+            .map(|m| m.saturating_sub(self.scheduled_runs).max(0))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +95,7 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
         steps = steps.saturating_add(1);
     }
     let jitter = |s: DateTime<Utc>| crate::schedule::jitter(&job.uid, s, job.jitter_seconds);
-    let next_slot = job.schedule.next_after(latest.max(now));
-    // A slot so close to the end of time that its jitter overflows has no next run.
-    let next_run = next_slot.and_then(|s| s.checked_add_signed(jitter(s)));
+    let mut next_slot = job.schedule.next_after(latest.max(now));
     let due_at = latest.checked_add_signed(jitter(latest)).unwrap_or(latest);
     let late = now.signed_duration_since(due_at);
     // A deadline too large for a TimeDelta never passes (one too negative always has).
@@ -104,6 +113,12 @@ pub fn plan(job: &DueJob, now: DateTime<Utc>) -> Plan {
         _ if job.active && job.policy == ConcurrencyPolicy::Forbid => Outcome::Skipped,
         _ => Outcome::Run,
     };
+    // maxRuns: after the last run there is no next slot (SKIPPED and MISSED slots do not count).
+    if outcome == Outcome::Run && job.runs_left().is_some_and(|left| left <= 1) {
+        next_slot = None;
+    }
+    // A slot so close to the end of time that its jitter overflows has no next run.
+    let next_run = next_slot.and_then(|s| s.checked_add_signed(jitter(s)));
     Plan {
         slot: latest,
         outcome,
@@ -169,7 +184,7 @@ pub fn plan_batch(
             row.start_time,
             row.anchor_time,
         ) {
-            Ok(s) => s,
+            Ok(s) => s.with_end(row.end_time),
             Err(e) => {
                 out.stats.unreadable = out.stats.unreadable.saturating_add(1);
                 out.stats.events.push(JobEvent {
@@ -199,7 +214,19 @@ pub fn plan_batch(
             },
             active: row.active,
             paused: row.paused,
+            max_runs: row.max_runs,
+            scheduled_runs: row.scheduled_runs,
         };
+        // maxRuns already reached, or the slot past endTime (either lowered after this slot was
+        // planned): nothing runs, the job stops, and its status shows it complete.
+        if due.runs_left() == Some(0) || due.schedule.end().is_some_and(|end| due.slot > end) {
+            out.stats.job_ids.push(row.id);
+            out.advances.push(JobAdvance {
+                job_id: row.id,
+                ..Default::default()
+            });
+            continue;
+        }
         // A job claimed ahead is planned as at its due time (it is not late, nothing coalesces).
         let p = plan(&due, now.max(row.next_run_at));
         if p.due_at <= now {
@@ -295,3 +322,7 @@ impl BatchPlan {
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "plan_end_tests.rs"]
+mod end_tests;

@@ -31,6 +31,8 @@ fn job(seconds: i64, slot: &str) -> DueJob {
         policy: ConcurrencyPolicy::Allow,
         active: false,
         paused: false,
+        max_runs: None,
+        scheduled_runs: 0,
     }
 }
 
@@ -179,6 +181,9 @@ fn due_row(id: i64, every: i64, next_run: &str) -> DueRow {
         jitter_seconds: 0,
         active: false,
         paused: false,
+        end_time: None,
+        max_runs: None,
+        scheduled_runs: 0,
     }
 }
 

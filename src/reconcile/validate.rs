@@ -32,6 +32,8 @@ pub const MAX_HISTORY_LIMIT: i64 = 100_000;
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 /// Longest `kubebeat.io/trigger` value: it becomes the run's slot key, in a unique index.
 pub const MAX_TRIGGER_CHARS: usize = 253;
+/// Largest `maxRuns`.
+pub const MAX_RUNS: i64 = 1_000_000;
 /// Longest time zone name (the longest IANA name is ~32 characters).
 pub const MAX_TIME_ZONE_LEN: usize = 64;
 /// Most entries in `allowedNamespaces` and `allowedQueues`.
@@ -228,6 +230,10 @@ pub struct JobRow {
     pub execution_timeout_seconds: i64,
     pub history_limit: i32,
     pub description: Option<String>,
+    /// `endTime`: no slot after it.
+    pub end_time: Option<DateTime<Utc>>,
+    /// `maxRuns`: no scheduled run after this many.
+    pub max_runs: Option<i64>,
     /// The next slot after `now`, used when the schedule changed or the job (re)starts.
     pub next_slot_at: Option<DateTime<Utc>>,
     /// When that slot is dispatched: the slot plus the job's deterministic jitter.
@@ -290,7 +296,7 @@ pub fn scheduled_job(
     )
     .map_err(|e| spec_err(e.0))?;
     let schedule_config =
-        serde_json::to_value(&spec.schedule).map_err(|e| spec_err(e.to_string()))?;
+        crate::schedule::stored_config(spec).map_err(|e| spec_err(e.to_string()))?;
     let next_slot_at = if spec.suspend {
         None
     } else {
@@ -327,6 +333,8 @@ pub fn scheduled_job(
         execution_timeout_seconds,
         history_limit: fields.history_limit,
         description: spec.description.clone(),
+        end_time: schedule.end(),
+        max_runs: fields.max_runs,
         next_slot_at,
         next_run_at,
         health,
@@ -369,25 +377,36 @@ fn checked_schedule(meta: &JobMeta<'_>, spec: &ScheduledJobSpec) -> Result<JobSc
             format!("timeZone is longer than {MAX_TIME_ZONE_LEN} bytes"),
         ));
     }
-    let schedule = JobSchedule::from_spec(
-        &spec.schedule,
-        spec.time_zone.as_deref(),
-        spec.start_time.as_deref(),
-        meta.created,
-    )
-    .map_err(|e| invalid(Reason::InvalidSchedule, e.0))?;
-    // A one-shot job created after its instant would silently never run.
-    if let Some(at) = schedule.once_at()
-        && at <= meta.created
-    {
+    let long_zone = spec.schedules.iter().flatten().position(|e| {
+        e.time_zone
+            .as_ref()
+            .is_some_and(|tz| tz.len() > MAX_TIME_ZONE_LEN)
+    });
+    if let Some(i) = long_zone {
         return Err(invalid(
             Reason::InvalidSchedule,
-            format!(
-                "at {} is in the past (the job was created at {})",
-                crate::schedule::rfc3339(at),
-                crate::schedule::rfc3339(meta.created)
-            ),
+            format!("schedules[{i}].timeZone is longer than {MAX_TIME_ZONE_LEN} bytes"),
         ));
+    }
+    let schedule = JobSchedule::from_job_spec(spec, meta.created)
+        .map_err(|e| invalid(Reason::InvalidSchedule, e.0))?;
+    // A one-shot job created after its instant would silently never run.
+    for (i, at) in schedule.one_shots() {
+        if at <= meta.created {
+            let field = if spec.schedules.is_some() {
+                format!("schedules[{i}].at")
+            } else {
+                "at".to_string()
+            };
+            return Err(invalid(
+                Reason::InvalidSchedule,
+                format!(
+                    "{field} {} is in the past (the job was created at {})",
+                    crate::schedule::rfc3339(at),
+                    crate::schedule::rfc3339(meta.created)
+                ),
+            ));
+        }
     }
     Ok(schedule)
 }
@@ -402,6 +421,7 @@ struct JobFields {
     jitter_seconds: Option<i64>,
     execution_timeout_seconds: Option<i64>,
     history_limit: i32,
+    max_runs: Option<i64>,
 }
 
 impl JobFields {
@@ -440,6 +460,12 @@ impl JobFields {
             .ok()
             .filter(|h| i64::from(*h) <= MAX_HISTORY_LIMIT)
             .ok_or_else(|| format!("historyLimit must be at most {MAX_HISTORY_LIMIT}"))?;
+        let max_runs = match spec.max_runs {
+            Some(n) if !(1..=MAX_RUNS).contains(&n) => {
+                return Err(format!("maxRuns must be between 1 and {MAX_RUNS}, got {n}"));
+            }
+            n => n,
+        };
         check_description(spec.description.as_deref())?;
         check_message_options(&spec.message)?;
         if let Some(t) = meta.trigger {
@@ -454,6 +480,7 @@ impl JobFields {
             jitter_seconds,
             execution_timeout_seconds,
             history_limit,
+            max_runs,
         })
     }
 }
@@ -518,3 +545,7 @@ use checks::*;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "validate/schedules_tests.rs"]
+mod schedules_tests;

@@ -16,6 +16,8 @@
 
 pub mod cron;
 pub mod duration;
+mod job;
+pub use job::{MAX_SCHEDULES, stored_config};
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -23,13 +25,26 @@ use chrono_tz::Tz;
 use crate::api::Schedule;
 use cron::{CronExpr, CronFields};
 
-/// A validated schedule, ready to answer "what is the next slot after t".
+/// A validated schedule, ready to answer "what is the next slot after t": one or several parts
+/// (a job's `schedule`, or each of its `schedules`), whose slots are the union (an instant two
+/// parts share is one slot), bounded by `startTime` and `endTime`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSchedule {
+    /// At least one; the first is the job's "main" part (its zone is [`JobSchedule::time_zone`]).
+    parts: Vec<Part>,
+    start: Option<DateTime<Utc>>,
+    /// `endTime`: no slot after it.
+    end: Option<DateTime<Utc>>,
+    anchor: DateTime<Utc>,
+    /// The status summary: the parts' texts joined by `; `.
+    text: String,
+}
+
+/// One schedule of a job: a kind read in a zone.
+#[derive(Debug, Clone, PartialEq)]
+struct Part {
     kind: Kind,
     tz: Tz,
-    start: Option<DateTime<Utc>>,
-    anchor: DateTime<Utc>,
     /// The text the user wrote, for the status summary.
     text: String,
 }
@@ -82,18 +97,10 @@ pub fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, ScheduleE
         .map_err(|e| ScheduleError(format!("{field}: {text:?} is not an RFC 3339 time: {e}")))
 }
 
-impl JobSchedule {
-    /// Validate a ScheduledJob's schedule. `anchor` is when the job was first stored.
-    pub fn from_spec(
-        schedule: &Schedule,
-        time_zone: Option<&str>,
-        start_time: Option<&str>,
-        anchor: DateTime<Utc>,
-    ) -> Result<JobSchedule, ScheduleError> {
-        let tz = parse_tz(time_zone.unwrap_or("UTC"))?;
-        let start = start_time
-            .map(|s| parse_instant("startTime", s))
-            .transpose()?;
+impl Part {
+    /// Validate one schedule read in `tz`. The error names no field of the spec: the caller
+    /// says where the schedule came from.
+    fn parse(schedule: &Schedule, tz: Tz) -> Result<Part, ScheduleError> {
         let set = [
             schedule.interval.is_some(),
             schedule.cron.is_some(),
@@ -142,23 +149,102 @@ impl JobSchedule {
             let at = parse_instant("at", text)?;
             (Kind::At(at), format!("at {}", rfc3339(at)))
         };
-        let s = JobSchedule {
-            kind,
-            tz,
-            start,
-            anchor,
-            text,
-        };
-        if let (Kind::At(at), Some(start)) = (&s.kind, s.start)
-            && *at < start
+        Ok(Part { kind, tz, text })
+    }
+
+    /// The first slot of this part strictly after `after` (`start` and `anchor` as the job's).
+    fn next_after(
+        &self,
+        start: Option<DateTime<Utc>>,
+        anchor: DateTime<Utc>,
+        after: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            Kind::At(at) => (*at > after).then_some(*at),
+            Kind::Periodic(period) => periodic_next(start.unwrap_or(anchor), *period, after),
+            Kind::Every(period) => {
+                periodic_next(start.unwrap_or(anchor).trunc_subsecs(0), *period, after)
+            }
+            Kind::Cron(fields) => cron_next(fields, self.tz, after),
+        }
+    }
+
+    fn job_type(&self) -> JobType {
+        match &self.kind {
+            Kind::At(_) => JobType::Date,
+            Kind::Periodic(_) => JobType::Interval,
+            Kind::Every(_) | Kind::Cron(_) => JobType::Cron,
+        }
+    }
+}
+
+impl JobSchedule {
+    /// Validate one schedule (a job's `schedule`) in `time_zone` (default UTC). `anchor` is
+    /// when the job was first stored. Jobs are built with [`JobSchedule::from_job_spec`].
+    pub fn from_spec(
+        schedule: &Schedule,
+        time_zone: Option<&str>,
+        start_time: Option<&str>,
+        anchor: DateTime<Utc>,
+    ) -> Result<JobSchedule, ScheduleError> {
+        let tz = parse_tz(time_zone.unwrap_or("UTC"))?;
+        let start = start_time
+            .map(|s| parse_instant("startTime", s))
+            .transpose()?;
+        let part = Part::parse(schedule, tz)?;
+        JobSchedule::from_parts(vec![part], false, start, None, anchor)
+    }
+
+    /// Assemble validated parts (`listed`: from `schedules`, for the field names in errors);
+    /// refuses a one-shot part before `startTime` (it would never run). `parts` must not be
+    /// empty.
+    fn from_parts(
+        parts: Vec<Part>,
+        listed: bool,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        anchor: DateTime<Utc>,
+    ) -> Result<JobSchedule, ScheduleError> {
+        if parts.is_empty() {
+            return Err(ScheduleError("no schedule given".into()));
+        }
+        for (i, p) in parts.iter().enumerate() {
+            if let (Kind::At(at), Some(start)) = (&p.kind, start)
+                && *at < start
+            {
+                let field = if listed {
+                    format!("schedules[{i}].at")
+                } else {
+                    "at".to_string()
+                };
+                return Err(ScheduleError(format!(
+                    "{field} ({}) is before startTime ({}): the job would never run",
+                    rfc3339(*at),
+                    rfc3339(start)
+                )));
+            }
+        }
+        if let (Some(start), Some(end)) = (start, end)
+            && end < start
         {
             return Err(ScheduleError(format!(
-                "at ({}) is before startTime ({}): the job would never run",
-                rfc3339(*at),
+                "endTime ({}) is before startTime ({}): the job would never run",
+                rfc3339(end),
                 rfc3339(start)
             )));
         }
-        Ok(s)
+        let text = parts
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(JobSchedule {
+            parts,
+            start,
+            end,
+            anchor,
+            text,
+        })
     }
 
     /// Parse what a user types into `kube-beat next`: a cron expression or a Go-style interval
@@ -198,41 +284,71 @@ impl JobSchedule {
         JobSchedule::from_spec(&schedule, Some(tz), None, from)
     }
 
-    /// Rebuild a stored job's schedule (the row holds the spec's `schedule` as JSON).
-    pub fn from_stored(
-        config: &serde_json::Value,
-        time_zone: &str,
-        start: Option<DateTime<Utc>>,
-        anchor: DateTime<Utc>,
-    ) -> Result<JobSchedule, ScheduleError> {
-        let schedule: Schedule = serde_json::from_value(config.clone())
-            .map_err(|e| ScheduleError(format!("stored schedule is unreadable: {e}")))?;
-        let start = start.map(rfc3339);
-        JobSchedule::from_spec(&schedule, Some(time_zone), start.as_deref(), anchor)
-    }
-
     pub fn job_type(&self) -> JobType {
-        match &self.kind {
-            Kind::At(_) => JobType::Date,
-            Kind::Periodic(_) => JobType::Interval,
-            Kind::Every(_) | Kind::Cron(_) => JobType::Cron,
+        let first = self.parts.first().map_or(JobType::Cron, Part::job_type);
+        // A union of different kinds is calendar-like: "cron".
+        if self.parts.iter().all(|p| p.job_type() == first) {
+            first
+        } else {
+            JobType::Cron
         }
     }
 
-    /// The instant of a one-shot (`at`) schedule.
+    /// The last instant of a schedule made only of one-shot (`at`) parts: after it, it never
+    /// runs again. `None` when any part repeats.
     pub fn once_at(&self) -> Option<DateTime<Utc>> {
-        match self.kind {
-            Kind::At(at) => Some(at),
+        self.parts
+            .iter()
+            .map(|p| match p.kind {
+                Kind::At(at) => Some(at),
+                _ => None,
+            })
+            .try_fold(None::<DateTime<Utc>>, |last, at| {
+                at.map(|a| Some(last.map_or(a, |l| l.max(a))))
+            })
+            .flatten()
+    }
+
+    /// The fixed period of a single interval or `@every` schedule (a union of several parts
+    /// has none).
+    pub fn period(&self) -> Option<Duration> {
+        match self.parts.as_slice() {
+            [
+                Part {
+                    kind: Kind::Periodic(p) | Kind::Every(p),
+                    ..
+                },
+            ] => Some(*p),
             _ => None,
         }
     }
 
-    /// The fixed period of an interval or `@every` schedule.
-    pub fn period(&self) -> Option<Duration> {
-        match self.kind {
-            Kind::Periodic(p) | Kind::Every(p) => Some(p),
-            _ => None,
-        }
+    /// The one-shot (`at`) parts: (index of the part, instant).
+    pub fn one_shots(&self) -> Vec<(usize, DateTime<Utc>)> {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p.kind {
+                Kind::At(at) => Some((i, at)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many schedules this is the union of.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// `endTime`, if any.
+    pub fn end(&self) -> Option<DateTime<Utc>> {
+        self.end
+    }
+
+    /// The same schedule ending at `end` (`endTime` stored apart from the schedule).
+    pub fn with_end(mut self, end: Option<DateTime<Utc>>) -> JobSchedule {
+        self.end = end;
+        self
     }
 
     /// The longest gap between consecutive slots among the next `max_slots` after `from` (and
@@ -264,8 +380,9 @@ impl JobSchedule {
         &self.text
     }
 
+    /// The zone of the first part (the job's `timeZone` for a single schedule).
     pub fn time_zone(&self) -> Tz {
-        self.tz
+        self.parts.first().map_or(Tz::UTC, |p| p.tz)
     }
 
     pub fn anchor(&self) -> DateTime<Utc> {
@@ -276,25 +393,23 @@ impl JobSchedule {
         self.start
     }
 
-    /// The first slot strictly after `after`, or `None` if there is none (an `at` in the past,
-    /// or a cron expression with no match in the next five years).
+    /// The first slot strictly after `after`: the earliest of the parts' next slots, so an
+    /// instant two parts share comes once. `None` if there is none (past `endTime`, an `at` in
+    /// the past, or a cron expression with no match in the next five years).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // No slot before startTime: search from just before it.
         let after = match self.start {
             Some(start) if after < start => start.checked_sub_signed(Duration::nanoseconds(1))?,
             _ => after,
         };
-        match &self.kind {
-            Kind::At(at) => (*at > after).then_some(*at),
-            Kind::Periodic(period) => {
-                let anchor = self.start.unwrap_or(self.anchor);
-                periodic_next(anchor, *period, after)
-            }
-            Kind::Every(period) => {
-                let anchor = self.start.unwrap_or(self.anchor).trunc_subsecs(0);
-                periodic_next(anchor, *period, after)
-            }
-            Kind::Cron(fields) => cron_next(fields, self.tz, after),
+        let next = self
+            .parts
+            .iter()
+            .filter_map(|p| p.next_after(self.start, self.anchor, after))
+            .min()?;
+        match self.end {
+            Some(end) if next > end => None,
+            _ => Some(next),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! nothing; the Events publisher ([`events`]) folds repeats. Their counters are reported to
 //! [`crate::metrics`] by sampling ([`FeedStats`] is a [`crate::metrics::Sampler`]).
 
+mod complete;
 pub mod events;
 pub mod health_monitor;
 mod write_queue;

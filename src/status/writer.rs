@@ -201,19 +201,21 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
             json!({"reason": r.pause_reason.as_deref().unwrap_or_default(), "since": rfc3339(since)}),
         );
     }
-    // The `Healthy` condition: this manager's only condition (a list-map entry keyed by type,
+    // The `Healthy` and `Complete` conditions: this manager's (list-map entries keyed by type,
     // so the reconciler's `Ready` and other controllers' conditions stay theirs).
+    let mut conditions = Vec::new();
     if let (Some(status), Some(since)) = (&r.health_status, r.health_since) {
-        put(
-            "conditions",
-            json!([{
-                "type": HEALTHY,
-                "status": status,
-                "reason": r.health_reason.as_deref().unwrap_or_default(),
-                "message": r.health_message.as_deref().unwrap_or_default(),
-                "lastTransitionTime": crate::schedule::rfc3339_seconds(since),
-            }]),
-        );
+        conditions.push(json!({
+            "type": HEALTHY,
+            "status": status,
+            "reason": r.health_reason.as_deref().unwrap_or_default(),
+            "message": r.health_message.as_deref().unwrap_or_default(),
+            "lastTransitionTime": crate::schedule::rfc3339_seconds(since),
+        }));
+    }
+    conditions.extend(super::complete::condition(r));
+    if !conditions.is_empty() {
+        put("conditions", Value::Array(conditions));
     }
     Value::Object(fields)
 }

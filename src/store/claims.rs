@@ -58,6 +58,10 @@ pub struct DueRow {
     pub active: bool,
     /// Paused by its health policy: its slots are recorded as SKIPPED (reason `Paused`).
     pub paused: bool,
+    /// `endTime` and `maxRuns`, and the scheduled runs so far (what `maxRuns` counts).
+    pub end_time: Option<DateTime<Utc>>,
+    pub max_runs: Option<i64>,
+    pub scheduled_runs: i64,
 }
 
 /// One execution row a claim inserts (a run, or a MISSED / SKIPPED slot).
@@ -127,7 +131,7 @@ impl ClaimTx {
                         SELECT 1 FROM job_executions e
                         WHERE e.job_id = j.id AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
                           AND e.claimed_at > $1 - make_interval(secs => LEAST(j.execution_timeout_seconds, 31536000)))) AS active,
-                    j.paused_at IS NOT NULL AS paused
+                    j.paused_at IS NOT NULL AS paused, j.end_time, j.max_runs, j.scheduled_runs
              FROM scheduled_jobs j
              WHERE j.enabled AND j.next_run_at <= $3
                AND (j.next_run_at <= $1
@@ -224,6 +228,9 @@ impl ClaimTx {
                  next_run_at = u.next_run, next_slot_at = u.next_slot,
                  last_run_at = COALESCE(u.last_run, j.last_run_at),
                  total_runs = j.total_runs + u.runs, missed = j.missed + u.missed,
+                 scheduled_runs = j.scheduled_runs + u.runs,
+                 last_scheduled_run_at = CASE WHEN u.runs > 0 THEN u.last_run
+                                              ELSE j.last_scheduled_run_at END,
                  skipped = j.skipped + u.skipped,
                  claimed_until = COALESCE(u.claimed_until, j.claimed_until),
                  consecutive_failures = j.consecutive_failures + u.failed_run

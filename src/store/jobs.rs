@@ -16,8 +16,8 @@ pub struct StoredJob {
 }
 
 /// Insert or update a valid job in one transaction. The dispatcher owns `next_run_at`; it is
-/// replaced only when the schedule itself changed or the job is (re)enabled — resuming never
-/// replays the suspended period. Returns `None` if the job was already deleted.
+/// replaced only when the schedule itself (or its `endTime`) changed or the job is (re)enabled —
+/// resuming never replays the suspended period — and cleared while `maxRuns` is reached. Returns `None` if the job was already deleted.
 /// `spec` is the ScheduledJob spec the row was built from (see [`stored_spec`]).
 // Long because its SQL is: one upsert statement of every column, then one read-back.
 pub async fn upsert_job(
@@ -44,11 +44,11 @@ pub async fn upsert_job(
              args, kwargs, queue, priority, expires_seconds, enabled, suspended, valid,
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
              execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at,
-             spec, spec_generation, message_options, health)
+             spec, spec_generation, message_options, health, end_time, max_runs)
          VALUES ($1, $2, $3, $4, $5, (SELECT id FROM task_functions WHERE name = $5), $6,
                  (SELECT id FROM scheduler_job_types WHERE name = $7), $8, $9, $10, $11, $12,
                  $13, $14, $15, $16, $17, NOT $18, $18, true,
-                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4, $28, $29)
+                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4, $28, $29, $30, $31)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -67,34 +67,43 @@ pub async fn upsert_job(
              history_limit = EXCLUDED.history_limit, description = EXCLUDED.description,
              spec = EXCLUDED.spec, spec_generation = EXCLUDED.spec_generation,
              message_options = EXCLUDED.message_options, health = EXCLUDED.health,
+             end_time = EXCLUDED.end_time, max_runs = EXCLUDED.max_runs,
              -- Staleness restarts when the job starts scheduling anew (re-enabled or
              -- rescheduled): the quiet time before was not the schedule's fault.
              health_baseline_at = CASE
                  WHEN EXCLUDED.enabled AND NOT (scheduled_jobs.enabled
                       AND scheduled_jobs.schedule_config = EXCLUDED.schedule_config
                       AND scheduled_jobs.time_zone = EXCLUDED.time_zone
-                      AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time)
+                      AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time
+                      AND scheduled_jobs.end_time IS NOT DISTINCT FROM EXCLUDED.end_time
+                      AND scheduled_jobs.max_runs IS NOT DISTINCT FROM EXCLUDED.max_runs)
                      THEN now()
                  ELSE scheduled_jobs.health_baseline_at
              END,
              next_run_at = CASE
                  WHEN NOT EXCLUDED.enabled THEN NULL
+                 -- maxRuns reached (and not raised): the job stays complete.
+                 WHEN scheduled_jobs.scheduled_runs >= EXCLUDED.max_runs THEN NULL
                  WHEN scheduled_jobs.enabled
                       AND scheduled_jobs.schedule_config = EXCLUDED.schedule_config
                       AND scheduled_jobs.time_zone = EXCLUDED.time_zone
                       AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time
                       AND scheduled_jobs.jitter_seconds = EXCLUDED.jitter_seconds
+                      AND scheduled_jobs.end_time IS NOT DISTINCT FROM EXCLUDED.end_time
                       AND scheduled_jobs.next_run_at IS NOT NULL
                      THEN scheduled_jobs.next_run_at
                  ELSE EXCLUDED.next_run_at
              END,
              next_slot_at = CASE
                  WHEN NOT EXCLUDED.enabled THEN NULL
+                 -- maxRuns reached (and not raised): the job stays complete.
+                 WHEN scheduled_jobs.scheduled_runs >= EXCLUDED.max_runs THEN NULL
                  WHEN scheduled_jobs.enabled
                       AND scheduled_jobs.schedule_config = EXCLUDED.schedule_config
                       AND scheduled_jobs.time_zone = EXCLUDED.time_zone
                       AND scheduled_jobs.start_time IS NOT DISTINCT FROM EXCLUDED.start_time
                       AND scheduled_jobs.jitter_seconds = EXCLUDED.jitter_seconds
+                      AND scheduled_jobs.end_time IS NOT DISTINCT FROM EXCLUDED.end_time
                       AND scheduled_jobs.next_run_at IS NOT NULL
                      THEN scheduled_jobs.next_slot_at
                  ELSE EXCLUDED.next_slot_at
@@ -132,6 +141,8 @@ pub async fn upsert_job(
     .bind(spec)
     .bind(sqlx::types::Json(&row.message_options))
     .bind(sqlx::types::Json(&row.health))
+    .bind(row.end_time)
+    .bind(row.max_runs)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;

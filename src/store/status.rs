@@ -38,6 +38,15 @@ pub struct JobStatusRow {
     pub health_reason: Option<String>,
     pub health_message: Option<String>,
     pub health_since: Option<DateTime<Utc>>,
+    /// The job's end (see `claims`): `endTime`, `maxRuns`, the scheduled runs so far and the
+    /// slot of the last one.
+    pub end_time: Option<DateTime<Utc>>,
+    pub max_runs: Option<i64>,
+    pub scheduled_runs: i64,
+    pub last_scheduled_run_at: Option<DateTime<Utc>>,
+    /// The latest slot claimed is due (none is claimed ahead): a job is only shown complete
+    /// once its last run has gone out.
+    pub last_slot_due: bool,
 }
 
 /// An unfinished execution of a job.
@@ -77,7 +86,9 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
                 j.last_success_at, j.total_runs, j.succeeded, j.failed, j.missed, j.skipped,
                 e.task_id, e.scheduled_for, e.trigger, e.state, e.dispatched_at, e.finished_at,
                 e.error, j.consecutive_failures, j.paused_at, j.pause_reason, j.health_status,
-                j.health_reason, j.health_message, j.health_since
+                j.health_reason, j.health_message, j.health_since, j.end_time, j.max_runs,
+                j.scheduled_runs, j.last_scheduled_run_at,
+                (j.last_run_at IS NULL OR j.last_run_at <= now()) AS last_slot_due
          FROM scheduled_jobs j
          LEFT JOIN LATERAL (
              SELECT task_id, scheduled_for, trigger, state, dispatched_at, finished_at, error

@@ -156,7 +156,12 @@ async fn judge_job(
     report: &mut Report,
 ) -> Result<(), crate::reconcile::validate::Invalid> {
     let result = judge_job_at(d, namespace, functions, lookup, looked, now, report).await;
-    let once = d.value.pointer("/spec/schedule/at").is_some();
+    // A one-shot `schedule`, or `schedules` with a one-shot entry.
+    let once = d.value.pointer("/spec/schedule/at").is_some()
+        || d.value
+            .pointer("/spec/schedules")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|list| list.iter().any(|e| e.get("at").is_some()));
     match result {
         Err(e) if once && e.reason == crate::reconcile::validate::Reason::InvalidSchedule => {
             // Judged as if applied before its instant (the epoch): if that passes, the only

@@ -118,10 +118,10 @@ fn every_bad_input_has_a_reason_and_a_message() {
         (
             "bad cron",
             |s| {
-                s.schedule = Schedule {
+                s.schedule = Some(Schedule {
                     cron: Some("61 * * * *".into()),
                     ..Default::default()
-                }
+                })
             },
             Reason::InvalidSchedule,
             "above maximum (59)",
@@ -129,10 +129,10 @@ fn every_bad_input_has_a_reason_and_a_message() {
         (
             "unknown zone",
             |s| {
-                s.schedule = Schedule {
+                s.schedule = Some(Schedule {
                     cron: Some("0 * * * *".into()),
                     ..Default::default()
-                };
+                });
                 s.time_zone = Some("Mars/Olympus".into());
             },
             Reason::InvalidSchedule,
@@ -141,10 +141,10 @@ fn every_bad_input_has_a_reason_and_a_message() {
         (
             "zero interval",
             |s| {
-                s.schedule = Schedule {
+                s.schedule = Some(Schedule {
                     interval: Some(IntervalSchedule::default()),
                     ..Default::default()
-                }
+                })
             },
             Reason::InvalidSchedule,
             "at least 1 second",
@@ -152,17 +152,21 @@ fn every_bad_input_has_a_reason_and_a_message() {
         (
             "at in the past",
             |s| {
-                s.schedule = Schedule {
+                s.schedule = Some(Schedule {
                     at: Some("2025-06-01T00:00:00Z".into()),
                     ..Default::default()
-                }
+                })
             },
             Reason::InvalidSchedule,
             "is in the past",
         ),
         (
             "two schedules",
-            |s| s.schedule.cron = Some("* * * * *".into()),
+            |s| {
+                if let Some(one) = &mut s.schedule {
+                    one.cron = Some("* * * * *".into())
+                }
+            },
             Reason::InvalidSchedule,
             "exactly one of",
         ),
