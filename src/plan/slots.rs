@@ -12,18 +12,13 @@ use crate::{
     schedule::{self, JobSchedule, ScheduleError},
 };
 
-/// The job's whole schedule: every slot it runs at. The one place the plan builds it, so the
-/// several-schedules entry point replaces only this.
+/// The job's whole schedule (`schedule` or `schedules`, `startTime`, `endTime`): every slot it
+/// runs at, as the reconcile and the dispatcher build it.
 pub fn job_schedule(
     spec: &ScheduledJobSpec,
     anchor: DateTime<Utc>,
 ) -> Result<JobSchedule, ScheduleError> {
-    JobSchedule::from_spec(
-        &spec.schedule,
-        spec.time_zone.as_deref(),
-        spec.start_time.as_deref(),
-        anchor,
-    )
+    JobSchedule::from_job_spec(spec, anchor)
 }
 
 /// One of a job's schedules, on its own: which slots it gives and in which zone they are read.

@@ -99,6 +99,10 @@ pub async fn judge(
         })
         .collect();
     let mut looked = Looked::new();
+    // Jobs whose verdict inputs are the same (spec, namespace, creation time, trigger: the
+    // name and uid only reach the row, never the verdict) are judged once: generated
+    // manifests repeat one spec thousands of times, and each verdict walks the schedule.
+    let mut seen: HashMap<String, (Option<String>, Vec<String>)> = HashMap::new();
     for d in docs {
         let Some(k) = kind(&d.value) else {
             verdicts.push(None);
@@ -110,7 +114,20 @@ pub async fn judge(
                 verdict::task_function(&verdict::read_task_function(d.value.clone()))
             }
             Kind::ScheduledJob => {
-                judge_job(
+                let head = heading(d, k, namespace);
+                let key = verdict_key(&d.value, namespace);
+                if let Some((verdict, notes)) = seen.get(&key) {
+                    for n in notes {
+                        report.notes.push(format!("{head}: {n}"));
+                    }
+                    if let Some(message) = verdict {
+                        report.errors.push(format!("{head}: {message}"));
+                    }
+                    verdicts.push(verdict.clone());
+                    continue;
+                }
+                let before = report.notes.len();
+                let result = judge_job(
                     d,
                     namespace,
                     &functions,
@@ -119,7 +136,15 @@ pub async fn judge(
                     now,
                     report,
                 )
-                .await
+                .await;
+                let prefix = format!("{head}: ");
+                let notes = report.notes[before..]
+                    .iter()
+                    .map(|n| n.strip_prefix(&prefix).unwrap_or(n).to_string())
+                    .collect();
+                let verdict = result.as_ref().err().map(|e| one_line(&e.message));
+                seen.insert(key, (verdict, notes));
+                result
             }
         };
         let verdict = result.err().map(|invalid| one_line(&invalid.message));
@@ -136,6 +161,22 @@ pub async fn judge(
         *line = one_line(line);
     }
     verdicts
+}
+
+/// What a job's verdict depends on, as one string.
+fn verdict_key(job: &Value, namespace: &str) -> String {
+    let ns = job
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(namespace);
+    json!([
+        job.get("spec"),
+        ns,
+        job.pointer("/metadata/creationTimestamp"),
+        job.pointer("/metadata/annotations"),
+        job.get("apiVersion"),
+    ])
+    .to_string()
 }
 
 /// `text` with every run of whitespace (newlines included) made one space.
