@@ -1,12 +1,16 @@
 //! API types: the two custom resources and their generated CRD YAML.
 
 pub mod message_options;
+pub mod schedule_calendar;
 pub mod scheduled_job;
 mod schema;
 pub mod status_digest;
 pub mod task_function;
 
 pub use message_options::MessageOptions;
+pub use schedule_calendar::{
+    CalendarEntry, ScheduleCalendar, ScheduleCalendarSpec, ScheduleCalendarStatus,
+};
 pub use scheduled_job::{
     ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
     PauseStatus, Schedule, ScheduleEntry, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
@@ -86,7 +90,11 @@ pub fn crd_helm_template() -> Result<String, CrdError> {
 /// writing `null` (a non-nullable field would then refuse every later status write).
 pub fn crds() -> Result<Vec<serde_json::Value>, CrdError> {
     let mut out = Vec::new();
-    for crd in [TaskFunction::crd(), ScheduledJob::crd()] {
+    for crd in [
+        TaskFunction::crd(),
+        ScheduledJob::crd(),
+        ScheduleCalendar::crd(),
+    ] {
         let mut value = serde_json::to_value(&crd)?;
         strip_nullable(&mut value);
         out.push(value);
