@@ -156,6 +156,43 @@ fn golden_cases_show_what_they_are_about() {
     );
     assert_eq!(job(&invalid, "fine")["valid"], true);
 
+    let several = json("several-schedules");
+    let overlapping = job(&several, "overlapping");
+    let shared: Vec<&Value> = overlapping["runs"]["shown"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|s| s["utc"] == "2026-10-22T12:00:00Z")
+        .collect();
+    assert_eq!(shared.len(), 1, "a shared instant runs once");
+    assert_eq!(shared[0]["schedules"], serde_json::json!([0, 1]));
+    // Nothing after endTime.
+    assert_eq!(overlapping["runs"]["count"], 8);
+
+    let holiday = json("calendar-holiday");
+    let invoices = job(&holiday, "invoices");
+    let excluded: Vec<(&str, &str, &str)> = invoices["exclusions"]["shown"]
+        .as_array()
+        .expect("exclusions")
+        .iter()
+        .map(|x| {
+            (
+                x["slot"]["utc"].as_str().unwrap_or_default(),
+                x["calendar"].as_str().unwrap_or_default(),
+                x["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        excluded,
+        vec![
+            ("2026-12-25T23:00:00Z", "us-holidays", "Christmas Day"),
+            ("2026-12-28T23:00:00Z", "us-holidays", "year-end change freeze"),
+            ("2027-01-01T23:00:00Z", "us-holidays", "New Year's Day"),
+        ]
+    );
+    assert_eq!(invoices["runs"]["count"], 7);
+
     let interval = json("interval-and-at");
     assert_eq!(job(&interval, "every-6h")["anchor"]["from"], "now");
     assert_eq!(job(&interval, "once")["runs"]["count"], 1);

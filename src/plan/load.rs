@@ -18,7 +18,8 @@ use super::{
     parse_window,
 };
 use crate::{
-    api::ScheduledJob,
+    api::{ScheduledJob, schedule_calendar::ScheduleCalendarSpec},
+    calendar::Calendar,
     webhook::{offline, verdict::Kind},
 };
 
@@ -159,9 +160,14 @@ fn is_calendar(v: &Value) -> bool {
     text("apiVersion").split('/').next() == Some("kubebeat.io") && text("kind") == "ScheduleCalendar"
 }
 
-/// A calendar object as the model the dispatcher uses.
-fn calendar_model(_name: &str, _obj: &Value) -> Result<Arc<dyn Exclude>, String> {
-    Err("this build has no calendar model".into())
+/// A calendar object as the model the dispatcher uses (the same verdicts and reasons).
+fn calendar_model(name: &str, obj: &Value) -> Result<Arc<dyn Exclude>, String> {
+    let spec: ScheduleCalendarSpec =
+        serde_json::from_value(obj.get("spec").cloned().unwrap_or(Value::Null)).map_err(|e| {
+            offline::one_line(&format!("does not match the ScheduleCalendar schema: {e}"))
+        })?;
+    let calendar = Calendar::from_spec(name, &spec).map_err(|e| offline::one_line(&e.0))?;
+    Ok(Arc::new(calendar))
 }
 
 /// With the cluster read, a calendar a job names that exists neither in the files nor in the

@@ -50,6 +50,12 @@ pub trait Exclude: Send + Sync {
     fn verdict(&self, t: DateTime<Utc>) -> Option<String>;
 }
 
+impl Exclude for crate::calendar::Calendar {
+    fn verdict(&self, t: DateTime<Utc>) -> Option<String> {
+        crate::calendar::Calendar::verdict(self, t)
+    }
+}
+
 /// Calendars by name: the model, or why the calendar is not usable.
 pub type Calendars = BTreeMap<String, Result<Arc<dyn Exclude>, String>>;
 
