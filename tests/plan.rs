@@ -72,7 +72,11 @@ fn golden_cases() {
     for dir in &dirs {
         let args_text = std::fs::read_to_string(dir.join("args")).expect("args");
         let args: Vec<&str> = args_text.split_whitespace().collect();
-        assert!(args.contains(&"--now"), "{}: args without --now", dir.display());
+        assert!(
+            args.contains(&"--now"),
+            "{}: args without --now",
+            dir.display()
+        );
         let exit: i32 = std::fs::read_to_string(dir.join("exit"))
             .expect("exit")
             .trim()
@@ -137,7 +141,10 @@ fn golden_cases_show_what_they_are_about() {
         .iter()
         .filter_map(|s| s["local"].as_str())
         .collect();
-    assert!(local.contains(&"2026-03-29 03:00:00 CEST (+02:00)"), "{local:?}");
+    assert!(
+        local.contains(&"2026-03-29 03:00:00 CEST (+02:00)"),
+        "{local:?}"
+    );
 
     let busy = json("busiest-second");
     assert!(busy["busiest"]["secondsOverThreshold"].as_u64() > Some(0));
@@ -187,7 +194,11 @@ fn golden_cases_show_what_they_are_about() {
         excluded,
         vec![
             ("2026-12-25T23:00:00Z", "us-holidays", "Christmas Day"),
-            ("2026-12-28T23:00:00Z", "us-holidays", "year-end change freeze"),
+            (
+                "2026-12-28T23:00:00Z",
+                "us-holidays",
+                "year-end change freeze"
+            ),
             ("2027-01-01T23:00:00Z", "us-holidays", "New Year's Day"),
         ]
     );
@@ -210,9 +221,16 @@ fn bad_command_lines_are_refused() {
         assert_ne!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).is_empty(), "{args:?}");
     }
-    let out = plan(&dir, &["-f", "no-such-file.yaml", "--now", "2026-01-01T00:00:00Z"]);
+    let out = plan(
+        &dir,
+        &["-f", "no-such-file.yaml", "--now", "2026-01-01T00:00:00Z"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("error: no-such-file.yaml"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("error: no-such-file.yaml"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// `--against-cluster`: a job created in the cluster, then planned from a changed file.
@@ -275,12 +293,20 @@ spec: {{taskFunction: {tf}, schedule: {{cron: "@daily"}}}}
         ),
     )
     .expect("writing the file");
-    let now = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:00:00Z")
-        .to_string();
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z").to_string();
     let out = plan(
         dir.path(),
-        &["--against-cluster", "-f", "jobs.yaml", "--now", &now, "--window", "6h", "-o", "json"],
+        &[
+            "--against-cluster",
+            "-f",
+            "jobs.yaml",
+            "--now",
+            &now,
+            "--window",
+            "6h",
+            "-o",
+            "json",
+        ],
     );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
@@ -294,7 +320,10 @@ spec: {{taskFunction: {tf}, schedule: {{cron: "@daily"}}}}
 
     let report = job("report");
     assert_eq!(report["valid"], true, "{report}");
-    assert!(report["notes"].as_array().is_some_and(Vec::is_empty), "the TaskFunction came from the cluster: {report}");
+    assert!(
+        report["notes"].as_array().is_some_and(Vec::is_empty),
+        "the TaskFunction came from the cluster: {report}"
+    );
     let changes = &report["changes"];
     assert_eq!(changes["state"], "changed", "{report}");
     assert_eq!(
@@ -305,7 +334,12 @@ spec: {{taskFunction: {tf}, schedule: {{cron: "@daily"}}}}
     assert_eq!(changes["runsAdded"]["count"], 6, "{report}");
     assert_eq!(changes["runsRemoved"]["count"], 3, "{report}");
     for removed in changes["runsRemoved"]["shown"].as_array().expect("removed") {
-        assert!(removed["utc"].as_str().is_some_and(|t| t.ends_with(":00:00Z")), "{removed}");
+        assert!(
+            removed["utc"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(":00:00Z")),
+            "{removed}"
+        );
     }
 
     let ticker = job("ticker");
@@ -323,9 +357,16 @@ spec: {{taskFunction: {tf}, schedule: {{cron: "@daily"}}}}
         ),
     )
     .expect("writing the file");
-    let out = plan(dir.path(), &["--against-cluster", "-f", "bad.yaml", "--now", &now]);
+    let out = plan(
+        dir.path(),
+        &["--against-cluster", "-f", "bad.yaml", "--now", &now],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("does not exist"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("does not exist"),
+        "{}",
+        text(&out.stdout)
+    );
 
     ok(&kubectl(&["delete", "namespace", &ns, "--wait=false"]));
     ok(&kubectl(&["delete", "taskfunction", &tf, "--wait=false"]));

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use serde_json::Value;
 
 use super::{
-    Anchor, BusySecond, Busiest, Calendars, Changes, Exclude, Exclusion, ExclusionList,
+    Anchor, Busiest, BusySecond, Calendars, Changes, Exclude, Exclusion, ExclusionList,
     FieldChange, InCluster, Input, JobInput, JobPlan, MAX_SLOTS_PER_SCHEDULE, MAX_SLOTS_TOTAL,
     MAX_VALUE_CHARS, MIN_SLOTS_PER_SCHEDULE, Plan, SchedulePart, SlotList, dst,
     slots::{self, Enumerated, Part},
@@ -33,9 +33,14 @@ struct Prepared<'a> {
 
 /// Build the plan.
 pub fn build(input: &Input) -> Plan {
-    let end = input.now.checked_add_signed(input.window).unwrap_or(input.now);
+    let end = input
+        .now
+        .checked_add_signed(input.window)
+        .unwrap_or(input.now);
     let mut jobs: Vec<&JobInput> = input.jobs.iter().collect();
-    jobs.sort_by(|a, b| (&a.namespace, &a.name, &a.source).cmp(&(&b.namespace, &b.name, &b.source)));
+    jobs.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.source).cmp(&(&b.namespace, &b.name, &b.source))
+    });
 
     // First pass: each job's schedule, keyed so jobs with the same schedule (thousands on
     // `0 * * * *`) share one enumeration.
@@ -45,8 +50,10 @@ pub fn build(input: &Input) -> Plan {
         .into_iter()
         .map(|job| prepare(job, input, end, &mut keys, &mut schedules))
         .collect();
-    let per_schedule = (MAX_SLOTS_TOTAL / schedules.len().max(1))
-        .clamp(MIN_SLOTS_PER_SCHEDULE.max(input.limits.shown), MAX_SLOTS_PER_SCHEDULE);
+    let per_schedule = (MAX_SLOTS_TOTAL / schedules.len().max(1)).clamp(
+        MIN_SLOTS_PER_SCHEDULE.max(input.limits.shown),
+        MAX_SLOTS_PER_SCHEDULE,
+    );
     let enumerated: Vec<Enumerated> = schedules
         .iter()
         .map(|(schedule, calendars, to)| {
@@ -83,7 +90,11 @@ pub fn build(input: &Input) -> Plan {
     }
 }
 
-type Distinct = Vec<(crate::schedule::JobSchedule, Vec<Arc<dyn Exclude>>, DateTime<Utc>)>;
+type Distinct = Vec<(
+    crate::schedule::JobSchedule,
+    Vec<Arc<dyn Exclude>>,
+    DateTime<Utc>,
+)>;
 
 fn prepare<'a>(
     job: &'a JobInput,
@@ -328,7 +339,10 @@ fn changes(p: &Prepared<'_>, mine: &Enumerated, input: &Input, cap: usize) -> Op
         Some(spec) if !spec.suspend => {
             let spec_value = cluster.get("spec").cloned().unwrap_or(Value::Null);
             let calendars = calendars_of(&spec_value, &input.cluster_calendars, &mut ignored);
-            let window_end = input.now.checked_add_signed(input.window).unwrap_or(input.now);
+            let window_end = input
+                .now
+                .checked_add_signed(input.window)
+                .unwrap_or(input.now);
             let end = end_time(&spec_value).map_or(window_end, |t| t.min(window_end));
             match slots::job_schedule(spec, p.anchor) {
                 Ok(schedule) => slots::enumerate(&schedule, &calendars, input.now, end, cap),
@@ -339,7 +353,12 @@ fn changes(p: &Prepared<'_>, mine: &Enumerated, input: &Input, cap: usize) -> Op
     };
     let now_set: BTreeSet<_> = mine.runs.iter().collect();
     let before_set: BTreeSet<_> = before_runs.runs.iter().collect();
-    let added: Vec<DateTime<Utc>> = mine.runs.iter().filter(|t| !before_set.contains(t)).copied().collect();
+    let added: Vec<DateTime<Utc>> = mine
+        .runs
+        .iter()
+        .filter(|t| !before_set.contains(t))
+        .copied()
+        .collect();
     let removed: Vec<DateTime<Utc>> = before_runs
         .runs
         .iter()
@@ -350,7 +369,11 @@ fn changes(p: &Prepared<'_>, mine: &Enumerated, input: &Input, cap: usize) -> Op
     let shown = input.limits.shown;
     let before_parts = slots::parts(cluster.get("spec").unwrap_or(&Value::Null), p.anchor);
     Some(Changes {
-        state: if fields.is_empty() { "unchanged" } else { "changed" },
+        state: if fields.is_empty() {
+            "unchanged"
+        } else {
+            "changed"
+        },
         error: None,
         fields,
         runs_added: slot_list(&added, capped, &p.parts, p.tz, shown),
@@ -405,7 +428,9 @@ fn busiest(prepared: &[Prepared<'_>], enumerated: &[Enumerated], input: &Input) 
         if p.spec.as_ref().and_then(|s| s.jitter_seconds).unwrap_or(0) > 0 {
             entry.1 += 1;
         }
-        entry.2.push(format!("{}/{}", p.input.namespace, p.input.name));
+        entry
+            .2
+            .push(format!("{}/{}", p.input.namespace, p.input.name));
     }
     let mut per_second: HashMap<i64, u64> = HashMap::new();
     for (e, (count, _, _)) in enumerated.iter().zip(&users) {
@@ -424,10 +449,7 @@ fn busiest(prepared: &[Prepared<'_>], enumerated: &[Enumerated], input: &Input) 
             let mut jobs = Vec::new();
             let mut jittered = 0;
             for (e, (_, jit, names)) in enumerated.iter().zip(&users) {
-                let hit = e
-                    .runs
-                    .binary_search_by(|t| t.timestamp().cmp(&sec))
-                    .is_ok();
+                let hit = e.runs.binary_search_by(|t| t.timestamp().cmp(&sec)).is_ok();
                 if hit {
                     jittered += jit;
                     jobs.extend(names.iter().cloned());

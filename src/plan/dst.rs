@@ -75,9 +75,15 @@ pub fn transition(change: &Change, tz: Tz, parts: &[Part], shown: usize) -> DstT
     let gap = change.after > change.before;
     // The affected wall-clock range: [from, to) does not exist (gap) or happens twice (overlap).
     let (from, to) = if gap {
-        (wall(change.at, change.before), wall(change.at, change.after))
+        (
+            wall(change.at, change.before),
+            wall(change.at, change.after),
+        )
     } else {
-        (wall(change.at, change.after), wall(change.at, change.before))
+        (
+            wall(change.at, change.after),
+            wall(change.at, change.before),
+        )
     };
     let fmt = |n: Option<NaiveDateTime>| {
         n.map(|n| n.format("%Y-%m-%d %H:%M:%S").to_string())

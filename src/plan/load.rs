@@ -48,13 +48,14 @@ pub struct Options {
 pub async fn load(opts: &Options) -> Result<Input, PlanError> {
     let window = parse_window(&opts.window)?;
     let now = match &opts.now {
-        Some(text) => crate::schedule::parse_instant("--now", text)
-            .map_err(|e| PlanError(e.0))?,
+        Some(text) => crate::schedule::parse_instant("--now", text).map_err(|e| PlanError(e.0))?,
         None => Utc::now(),
     };
     let client = if opts.against_cluster {
         Some(kube::Client::try_default().await.map_err(|e| {
-            PlanError(format!("connecting to the cluster (--against-cluster): {e}"))
+            PlanError(format!(
+                "connecting to the cluster (--against-cluster): {e}"
+            ))
         })?)
     } else {
         None
@@ -157,7 +158,8 @@ fn kind_of(v: &Value) -> Option<Kind> {
 
 fn is_calendar(v: &Value) -> bool {
     let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
-    text("apiVersion").split('/').next() == Some("kubebeat.io") && text("kind") == "ScheduleCalendar"
+    text("apiVersion").split('/').next() == Some("kubebeat.io")
+        && text("kind") == "ScheduleCalendar"
 }
 
 /// A calendar object as the model the dispatcher uses (the same verdicts and reasons).

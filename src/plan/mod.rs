@@ -347,7 +347,11 @@ pub fn parse_window(text: &str) -> Result<Duration, PlanError> {
             'h' => 3_600,
             'm' => 60,
             's' => 1,
-            _ => return Err(bad("expected numbers with units w, d, h, m or s, e.g. 7d or 36h")),
+            _ => {
+                return Err(bad(
+                    "expected numbers with units w, d, h, m or s, e.g. 7d or 36h",
+                ));
+            }
         };
         let n: i64 = number
             .parse()

@@ -31,7 +31,11 @@ pub fn text(plan: &Plan) -> String {
         plural(r.files, "file", "files"),
         plural(r.scheduled_jobs, "ScheduledJob", "ScheduledJobs"),
         plural(r.task_functions, "TaskFunction", "TaskFunctions"),
-        plural(r.schedule_calendars, "ScheduleCalendar", "ScheduleCalendars"),
+        plural(
+            r.schedule_calendars,
+            "ScheduleCalendar",
+            "ScheduleCalendars"
+        ),
         plural(r.other, "other object", "other objects"),
     );
     for e in &plan.errors {
@@ -70,7 +74,11 @@ fn slot_line(o: &mut String, indent: &str, s: &Slot) {
 }
 
 fn slots_text(o: &mut String, indent: &str, title: &str, list: &SlotList) {
-    let more = if list.capped { " or more (enumeration capped)" } else { "" };
+    let more = if list.capped {
+        " or more (enumeration capped)"
+    } else {
+        ""
+    };
     let _ = writeln!(o, "{indent}{title}: {}{more}", list.count);
     for s in &list.shown {
         slot_line(o, &format!("{indent}  "), s);

@@ -46,12 +46,14 @@ pub fn parts(spec: &Value, anchor: DateTime<Utc>) -> Vec<Part> {
             let tz = entry.get("timeZone").and_then(Value::as_str).or(job_tz);
             let parsed: Schedule = serde_json::from_value(entry.clone()).ok()?;
             let schedule = JobSchedule::from_spec(&parsed, tz, start, anchor).ok()?;
-            let cron = parsed.cron.as_deref().and_then(|expr| {
-                match schedule::cron::parse(expr).ok()? {
-                    schedule::cron::CronExpr::Fields(f) => Some(f),
-                    schedule::cron::CronExpr::Every(_) => None,
-                }
-            });
+            let cron =
+                parsed
+                    .cron
+                    .as_deref()
+                    .and_then(|expr| match schedule::cron::parse(expr).ok()? {
+                        schedule::cron::CronExpr::Fields(f) => Some(f),
+                        schedule::cron::CronExpr::Every(_) => None,
+                    });
             Some(Part {
                 tz: schedule.time_zone(),
                 schedule,

@@ -83,7 +83,14 @@ fn berlin_transitions_to_the_second() {
             },
         ]
     );
-    assert!(dst::changes(Tz::UTC, t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z")).is_empty());
+    assert!(
+        dst::changes(
+            Tz::UTC,
+            t("2026-01-01T00:00:00Z"),
+            t("2027-01-01T00:00:00Z")
+        )
+        .is_empty()
+    );
     assert_eq!(dst::offset_text(-34_200), "-09:30");
 }
 
@@ -95,7 +102,14 @@ fn effects(spec: Value, now: &str) -> Vec<(String, &'static str, Vec<String>, Ve
         .flat_map(|tr| {
             tr.effects
                 .iter()
-                .map(|e| (tr.kind.to_string(), e.effect, e.local_times.clone(), e.runs_at.clone()))
+                .map(|e| {
+                    (
+                        tr.kind.to_string(),
+                        e.effect,
+                        e.local_times.clone(),
+                        e.runs_at.clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -108,24 +122,43 @@ fn dst_effects_follow_the_schedule_rules() {
     let cron = |c: &str| json!({"taskFunction": "f", "schedule": {"cron": c}, "timeZone": "Europe/Berlin"});
     assert_eq!(
         effects(cron("30 2 * * *"), spring),
-        vec![("gap".into(), "moved", vec!["02:30".into()], vec!["2026-03-29T01:00:00Z".into()])]
+        vec![(
+            "gap".into(),
+            "moved",
+            vec!["02:30".into()],
+            vec!["2026-03-29T01:00:00Z".into()]
+        )]
     );
     let skipped = effects(cron("15 * * * *"), spring);
     assert_eq!(skipped[0].1, "skipped");
     assert_eq!(skipped[0].2, vec!["02:15".to_string()]);
     assert_eq!(
         effects(cron("30 2 * * *"), fall),
-        vec![("overlap".into(), "once", vec!["02:30".into()], vec!["2026-10-25T00:30:00Z".into()])]
+        vec![(
+            "overlap".into(),
+            "once",
+            vec!["02:30".into()],
+            vec!["2026-10-25T00:30:00Z".into()]
+        )]
     );
     assert_eq!(
         effects(cron("30 * * * *"), fall)[0].3,
-        vec!["2026-10-25T00:30:00Z".to_string(), "2026-10-25T01:30:00Z".to_string()]
+        vec![
+            "2026-10-25T00:30:00Z".to_string(),
+            "2026-10-25T01:30:00Z".to_string()
+        ]
     );
     assert_eq!(effects(cron("0 9 * * *"), spring)[0].1, "none");
     let interval = json!({"taskFunction": "f", "schedule": {"interval": {"hours": 1}}, "timeZone": "Europe/Berlin"});
     assert_eq!(effects(interval, spring)[0].1, "realTime");
     // UTC has no transitions to show.
-    assert!(effects(json!({"taskFunction": "f", "schedule": {"cron": "30 2 * * *"}}), spring).is_empty());
+    assert!(
+        effects(
+            json!({"taskFunction": "f", "schedule": {"cron": "30 2 * * *"}}),
+            spring
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -133,11 +166,18 @@ fn runs_in_the_window_in_local_time() {
     let plan = build(&input(
         "2026-03-27T00:00:00Z",
         "3d",
-        vec![job("j", json!({"taskFunction": "f", "schedule": {"cron": "30 2 * * *"}, "timeZone": "Europe/Berlin"}))],
+        vec![job(
+            "j",
+            json!({"taskFunction": "f", "schedule": {"cron": "30 2 * * *"}, "timeZone": "Europe/Berlin"}),
+        )],
     ));
     let runs = &plan.jobs[0].runs;
     assert_eq!(runs.count, 3);
-    let got: Vec<(&str, &str)> = runs.shown.iter().map(|s| (s.utc.as_str(), s.local.as_str())).collect();
+    let got: Vec<(&str, &str)> = runs
+        .shown
+        .iter()
+        .map(|s| (s.utc.as_str(), s.local.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -151,9 +191,16 @@ fn runs_in_the_window_in_local_time() {
 #[test]
 fn an_interval_without_start_time_is_anchored_at_now_or_its_creation() {
     let spec = json!({"taskFunction": "f", "schedule": {"interval": {"minutes": 40}}});
-    let plan = build(&input("2026-01-01T00:00:10Z", "2h", vec![job("j", spec.clone())]));
+    let plan = build(&input(
+        "2026-01-01T00:00:10Z",
+        "2h",
+        vec![job("j", spec.clone())],
+    ));
     let j = &plan.jobs[0];
-    assert_eq!(j.anchor.as_ref().map(|a| (a.time.as_str(), a.from)), Some(("2026-01-01T00:00:10Z", "now")));
+    assert_eq!(
+        j.anchor.as_ref().map(|a| (a.time.as_str(), a.from)),
+        Some(("2026-01-01T00:00:10Z", "now"))
+    );
     assert_eq!(j.runs.shown[0].utc, "2026-01-01T00:40:10Z");
     assert_eq!(j.runs.count, 3);
 
@@ -182,31 +229,55 @@ fn calendar_exclusions_are_not_runs() {
     let mut i = input(
         "2026-12-24T00:00:00Z",
         "3d",
-        vec![job("j", json!({"taskFunction": "f", "schedule": {"cron": "0 9 * * *"}, "calendars": ["holidays", "gone"]}))],
+        vec![job(
+            "j",
+            json!({"taskFunction": "f", "schedule": {"cron": "0 9 * * *"}, "calendars": ["holidays", "gone"]}),
+        )],
     );
-    let holiday: Arc<dyn Exclude> = Arc::new(Holiday(t("2026-12-25T00:00:00Z"), t("2026-12-26T00:00:00Z")));
+    let holiday: Arc<dyn Exclude> = Arc::new(Holiday(
+        t("2026-12-25T00:00:00Z"),
+        t("2026-12-26T00:00:00Z"),
+    ));
     i.calendars.insert("holidays".into(), Ok(holiday));
     let plan = build(&i);
     let j = &plan.jobs[0];
     assert_eq!(j.runs.count, 2);
     assert_eq!(j.exclusions.count, 1);
     let x = &j.exclusions.shown[0];
-    assert_eq!((x.slot.utc.as_str(), x.calendar.as_str(), x.reason.as_str()), ("2026-12-25T09:00:00Z", "holidays", "Christmas"));
-    assert!(j.notes.iter().any(|n| n.contains("\"gone\"")), "{:?}", j.notes);
+    assert_eq!(
+        (x.slot.utc.as_str(), x.calendar.as_str(), x.reason.as_str()),
+        ("2026-12-25T09:00:00Z", "holidays", "Christmas")
+    );
+    assert!(
+        j.notes.iter().any(|n| n.contains("\"gone\"")),
+        "{:?}",
+        j.notes
+    );
     assert_eq!(plan.busiest.top.len(), 2);
 }
 
 #[test]
 fn busiest_seconds_share_one_enumeration_and_warn() {
     let jobs: Vec<JobInput> = (0..1500)
-        .map(|i| job(&format!("j{i:04}"), json!({"taskFunction": "f", "schedule": {"cron": "0 * * * *"}})))
-        .chain([job("quiet", json!({"taskFunction": "f", "schedule": {"cron": "30 * * * *"}, "jitterSeconds": 30}))])
+        .map(|i| {
+            job(
+                &format!("j{i:04}"),
+                json!({"taskFunction": "f", "schedule": {"cron": "0 * * * *"}}),
+            )
+        })
+        .chain([job(
+            "quiet",
+            json!({"taskFunction": "f", "schedule": {"cron": "30 * * * *"}, "jitterSeconds": 30}),
+        )])
         .collect();
     let plan = build(&input("2026-01-01T00:00:00Z", "3h", jobs));
     let b = &plan.busiest;
     assert_eq!(b.seconds_over_threshold, 3);
     assert_eq!(b.top.len(), 5);
-    assert_eq!((b.top[0].at.as_str(), b.top[0].runs), ("2026-01-01T01:00:00Z", 1500));
+    assert_eq!(
+        (b.top[0].at.as_str(), b.top[0].runs),
+        ("2026-01-01T01:00:00Z", 1500)
+    );
     assert_eq!(b.top[0].jobs.len(), 10);
     assert_eq!(b.top[0].jobs[0], "team/j0000");
     assert_eq!((b.top[3].runs, b.top[3].jittered), (1, 1));
@@ -216,9 +287,15 @@ fn busiest_seconds_share_one_enumeration_and_warn() {
 
 #[test]
 fn invalid_and_suspended_jobs_have_no_runs() {
-    let mut bad = job("bad", json!({"taskFunction": "f", "schedule": {"cron": "61 * * * *"}}));
+    let mut bad = job(
+        "bad",
+        json!({"taskFunction": "f", "schedule": {"cron": "61 * * * *"}}),
+    );
     bad.error = Some("invalid cron expression".into());
-    let suspended = job("off", json!({"taskFunction": "f", "schedule": {"cron": "@hourly"}, "suspend": true}));
+    let suspended = job(
+        "off",
+        json!({"taskFunction": "f", "schedule": {"cron": "@hourly"}, "suspend": true}),
+    );
     let plan = build(&input("2026-01-01T00:00:00Z", "1d", vec![bad, suspended]));
     assert_eq!(plan.invalid, 1);
     assert!(plan.jobs.iter().all(|j| j.runs.count == 0));
@@ -228,12 +305,18 @@ fn invalid_and_suspended_jobs_have_no_runs() {
 
 #[test]
 fn changes_against_the_cluster() {
-    let mut changed = job("j", json!({"taskFunction": "f", "schedule": {"cron": "30 * * * *"}}));
+    let mut changed = job(
+        "j",
+        json!({"taskFunction": "f", "schedule": {"cron": "30 * * * *"}}),
+    );
     changed.cluster = InCluster::Present(json!({
         "metadata": {"name": "j", "creationTimestamp": "2025-01-01T00:00:00Z"},
         "spec": {"taskFunction": "f", "schedule": {"cron": "0 */2 * * *"}, "suspend": false, "concurrencyPolicy": "Allow"},
     }));
-    let mut new = job("n", json!({"taskFunction": "f", "schedule": {"cron": "@daily"}}));
+    let mut new = job(
+        "n",
+        json!({"taskFunction": "f", "schedule": {"cron": "@daily"}}),
+    );
     new.cluster = InCluster::Absent;
     let plan = build(&input("2026-01-01T00:00:00Z", "4h", vec![changed, new]));
     let c = plan.jobs[0].changes.clone().expect("changes");
@@ -247,8 +330,16 @@ fn changes_against_the_cluster() {
         }]
     );
     assert_eq!(c.runs_added.count, 4);
-    let removed: Vec<&str> = c.runs_removed.shown.iter().map(|s| s.utc.as_str()).collect();
-    assert_eq!(removed, vec!["2026-01-01T02:00:00Z", "2026-01-01T04:00:00Z"]);
+    let removed: Vec<&str> = c
+        .runs_removed
+        .shown
+        .iter()
+        .map(|s| s.utc.as_str())
+        .collect();
+    assert_eq!(
+        removed,
+        vec!["2026-01-01T02:00:00Z", "2026-01-01T04:00:00Z"]
+    );
     assert_eq!(plan.jobs[1].changes.as_ref().map(|c| c.state), Some("new"));
 }
 
@@ -267,9 +358,18 @@ fn garbage_is_planned_not_a_panic() {
     let jobs = vec![
         job("a", json!(null)),
         job("b", json!({"schedule": 7})),
-        job("c", json!({"taskFunction": "f", "schedules": [{"cron": "x"}, 3], "timeZone": 9})),
-        job("d", json!({"taskFunction": "f", "schedule": {"at": "9999-12-31T23:59:59Z"}, "endTime": "zz"})),
-        job("e", json!({"taskFunction": "f", "schedule": {"interval": {"seconds": 1}}, "startTime": "-262143-01-01T00:00:00Z"})),
+        job(
+            "c",
+            json!({"taskFunction": "f", "schedules": [{"cron": "x"}, 3], "timeZone": 9}),
+        ),
+        job(
+            "d",
+            json!({"taskFunction": "f", "schedule": {"at": "9999-12-31T23:59:59Z"}, "endTime": "zz"}),
+        ),
+        job(
+            "e",
+            json!({"taskFunction": "f", "schedule": {"interval": {"seconds": 1}}, "startTime": "-262143-01-01T00:00:00Z"}),
+        ),
     ];
     let plan = build(&input("2026-01-01T00:00:00Z", "400d", jobs));
     assert_eq!(plan.jobs.len(), 5);

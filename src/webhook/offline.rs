@@ -127,16 +127,8 @@ pub async fn judge(
                     continue;
                 }
                 let before = report.notes.len();
-                let result = judge_job(
-                    d,
-                    namespace,
-                    &functions,
-                    lookup,
-                    &mut looked,
-                    now,
-                    report,
-                )
-                .await;
+                let result =
+                    judge_job(d, namespace, &functions, lookup, &mut looked, now, report).await;
                 let prefix = format!("{head}: ");
                 let notes = report.notes[before..]
                     .iter()
