@@ -193,6 +193,10 @@ pub struct PlanArgs {
     /// Runs (and exclusions, runs added and removed) listed per job.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_shown: u64,
+    /// List only the invalid jobs (with the counts, the busiest seconds and the warnings): for
+    /// large sets, where every job's runs would flood a CI log.
+    #[arg(long)]
+    pub summary: bool,
     /// Busiest seconds listed.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub top: u64,
@@ -367,7 +371,10 @@ async fn plan(args: &PlanArgs) -> Result<()> {
         },
     };
     let input = plan::load::load(&opts).await?;
-    let plan = plan::build(&input);
+    let mut plan = plan::build(&input);
+    if args.summary {
+        plan.jobs.retain(|j| !j.valid);
+    }
     match args.output {
         PlanFormat::Text => print!("{}", plan::render::text(&plan)),
         PlanFormat::Json => print!("{}", plan::render::json(&plan)?),

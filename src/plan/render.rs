@@ -53,11 +53,12 @@ pub fn text(plan: &Plan) -> String {
     for w in &plan.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
+    let jobs = plan.read.scheduled_jobs;
     let _ = writeln!(
         o,
         "\n{}: {} valid, {} invalid; {}",
-        plural(plan.jobs.len(), "job", "jobs"),
-        plan.jobs.len() - plan.invalid,
+        plural(jobs, "job", "jobs"),
+        jobs.saturating_sub(plan.invalid),
         plan.invalid,
         plural(plan.errors.len(), "error", "errors"),
     );
