@@ -27,7 +27,10 @@ fn input(now: &str, window: &str, jobs: Vec<JobInput>) -> Input {
         window: parse_window(window).expect("window"),
         window_text: window.to_string(),
         limits: limits(),
-        counts: Counts::default(),
+        counts: Counts {
+            scheduled_jobs: jobs.len(),
+            ..Counts::default()
+        },
         errors: Vec::new(),
         notes: Vec::new(),
         jobs,
