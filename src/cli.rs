@@ -109,6 +109,11 @@ pub enum Command {
         #[arg(long)]
         cluster: bool,
     },
+    /// What manifests will do to the schedule, for pull-request CI: per ScheduledJob its
+    /// validity (as `validate`), next runs in its time zone, DST transitions and calendar
+    /// exclusions in the window and, with `--against-cluster`, what changes against the
+    /// cluster; for the whole set the busiest seconds. Exit 1 if any job is invalid.
+    Plan(Box<PlanArgs>),
     /// Print the version.
     Version,
     /// Resolve a host name the way the operator's connections do, and print its addresses (a
@@ -160,6 +165,55 @@ pub struct ImportArgs {
     /// `--from apscheduler`: the job store's table name.
     #[arg(long, default_value = "apscheduler_jobs")]
     pub apscheduler_table: String,
+}
+
+/// `kube-beat plan`.
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// A YAML (multi-document) or JSON file, or a directory searched for .yaml, .yml and .json
+    /// files (recursively, in name order). Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Namespace of documents that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Compare with the kubeconfig's cluster: each job's current version (new job, changed
+    /// spec fields, runs added and removed in the window), and TaskFunctions and
+    /// ScheduleCalendars missing from the files read from there.
+    #[arg(long)]
+    pub against_cluster: bool,
+    /// How far ahead to look: numbers with units w, d, h, m, s (`7d`, `36h`, `1d12h`); at most
+    /// 400d.
+    #[arg(long, default_value = "7d", value_parser = crate::plan::window_arg)]
+    pub window: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: PlanFormat,
+    /// Plan as of this instant (RFC 3339) instead of the clock, for reproducible output (golden
+    /// tests). Also the interval anchor of jobs not in the cluster.
+    #[arg(long, value_parser = crate::plan::now_arg)]
+    pub now: Option<String>,
+    /// Warn when more than this many runs are due in one second of the window (all jobs
+    /// together).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub busy_threshold: u64,
+    /// Runs (and exclusions, runs added and removed) listed per job.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_shown: u64,
+    /// List only the invalid jobs (with the counts, the busiest seconds and the warnings): for
+    /// large sets, where every job's runs would flood a CI log.
+    #[arg(long)]
+    pub summary: bool,
+    /// Busiest seconds listed.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub top: u64,
+}
+
+/// `kube-beat plan -o`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -316,7 +370,43 @@ pub async fn run(cli: Cli) -> Result<()> {
             cluster,
         } => validate(&files, &namespace, cluster).await,
         Command::Import(args) => import(&args).await,
+        Command::Plan(args) => plan(&args).await,
     }
+}
+
+/// `kube-beat plan`: the plan on standard output (all of it, invalid jobs included); exit 1
+/// when a job is invalid or a file could not be read.
+async fn plan(args: &PlanArgs) -> Result<()> {
+    use crate::plan;
+    let opts = plan::load::Options {
+        files: args.files.clone(),
+        namespace: args.namespace.clone(),
+        against_cluster: args.against_cluster,
+        now: args.now.clone(),
+        window: args.window.clone(),
+        limits: plan::Limits {
+            shown: usize::try_from(args.max_shown).unwrap_or(10),
+            top: usize::try_from(args.top).unwrap_or(5),
+            busy_threshold: args.busy_threshold,
+        },
+    };
+    let input = plan::load::load(&opts).await?;
+    let mut plan = plan::build(&input);
+    if args.summary {
+        plan.jobs.retain(|j| !j.valid);
+    }
+    match args.output {
+        PlanFormat::Text => print!("{}", plan::render::text(&plan)),
+        PlanFormat::Json => print!("{}", plan::render::json(&plan)?),
+    }
+    if plan.invalid > 0 || !plan.errors.is_empty() {
+        anyhow::bail!(
+            "{} invalid job(s), {} error(s)",
+            plan.invalid,
+            plan.errors.len()
+        );
+    }
+    Ok(())
 }
 
 /// `kube-beat next`: the next `count` activations, as RFC 3339 UTC lines.

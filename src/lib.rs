@@ -21,6 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod options;
+pub mod plan;
 pub mod reconcile;
 pub mod redact;
 pub mod redis_target;

@@ -23,11 +23,11 @@ pub const MAX_FILES: usize = 100_000;
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One document of one file (or one item of a `kind: List` document).
-struct Document {
-    file: String,
+pub struct Document {
+    pub file: String,
     /// `DOC` or, for an item of a List, `DOC.ITEM`.
-    index: String,
-    value: Value,
+    pub index: String,
+    pub value: Value,
 }
 
 /// What `kube-beat validate` found.
@@ -40,6 +40,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// ScheduledJobs and TaskFunctions judged.
     pub checked: usize,
+    /// Files read.
+    pub files: usize,
 }
 
 /// Where the TaskFunctions not in the files come from.
@@ -56,16 +58,38 @@ type Looked = HashMap<String, Result<Option<Guarded<TaskFunction>>, String>>;
 /// Judge every ScheduledJob and TaskFunction in `paths` (files, or directories searched for
 /// `.yaml`, `.yml` and `.json` files). `namespace` stands in for documents that name none.
 pub async fn validate(paths: &[PathBuf], namespace: &str, lookup: &Lookup) -> Report {
-    let now = Utc::now();
     let mut report = Report::default();
+    let docs = read_all(paths, &mut report);
+    judge(&docs, namespace, lookup, Utc::now(), &mut report).await;
+    report
+}
+
+/// Every document of the files under `paths` (unreadable files and documents are errors in
+/// `report`). Shared with `kube-beat plan`, which reads the same files the same way.
+pub fn read_all(paths: &[PathBuf], report: &mut Report) -> Vec<Document> {
     let mut files = Vec::new();
     for p in paths {
-        collect(p, &mut files, &mut report);
+        collect(p, &mut files, report);
     }
+    report.files += files.len();
     let mut docs = Vec::new();
     for f in &files {
-        read_documents(f, &mut docs, &mut report);
+        read_documents(f, &mut docs, report);
     }
+    docs
+}
+
+/// Judge every ScheduledJob and TaskFunction among `docs` as of `now`: each error is a line of
+/// `report.errors`, and the verdict of document `i` is `verdicts[i]` (`None`: valid, or not a
+/// kind kube-beat judges), so `kube-beat plan` shows the very words `validate` prints.
+pub async fn judge(
+    docs: &[Document],
+    namespace: &str,
+    lookup: &Lookup,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Vec<Option<String>> {
+    let mut verdicts = Vec::with_capacity(docs.len());
     let functions: HashMap<String, Guarded<TaskFunction>> = docs
         .iter()
         .filter(|d| kind(&d.value) == Some(Kind::TaskFunction))
@@ -75,38 +99,81 @@ pub async fn validate(paths: &[PathBuf], namespace: &str, lookup: &Lookup) -> Re
         })
         .collect();
     let mut looked = Looked::new();
-    for d in &docs {
-        let Some(k) = kind(&d.value) else { continue };
+    // Jobs whose verdict inputs are the same (spec, namespace, creation time, trigger: the
+    // name and uid only reach the row, never the verdict) are judged once: generated
+    // manifests repeat one spec thousands of times, and each verdict walks the schedule.
+    let mut seen: HashMap<String, (Option<String>, Vec<String>)> = HashMap::new();
+    for d in docs {
+        let Some(k) = kind(&d.value) else {
+            verdicts.push(None);
+            continue;
+        };
         report.checked += 1;
         let result = match k {
             Kind::TaskFunction => {
                 verdict::task_function(&verdict::read_task_function(d.value.clone()))
             }
             Kind::ScheduledJob => {
-                judge_job(
-                    d,
-                    namespace,
-                    &functions,
-                    lookup,
-                    &mut looked,
-                    now,
-                    &mut report,
-                )
-                .await
+                let head = heading(d, k, namespace);
+                let key = verdict_key(&d.value, namespace);
+                if let Some((verdict, notes)) = seen.get(&key) {
+                    for n in notes {
+                        report.notes.push(format!("{head}: {n}"));
+                    }
+                    if let Some(message) = verdict {
+                        report.errors.push(format!("{head}: {message}"));
+                    }
+                    verdicts.push(verdict.clone());
+                    continue;
+                }
+                let before = report.notes.len();
+                let result =
+                    judge_job(d, namespace, &functions, lookup, &mut looked, now, report).await;
+                let prefix = format!("{head}: ");
+                let notes = report.notes[before..]
+                    .iter()
+                    .map(|n| n.strip_prefix(&prefix).unwrap_or(n).to_string())
+                    .collect();
+                let verdict = result.as_ref().err().map(|e| one_line(&e.message));
+                seen.insert(key, (verdict, notes));
+                result
             }
         };
-        if let Err(invalid) = result {
+        let verdict = result.err().map(|invalid| one_line(&invalid.message));
+        if let Some(message) = &verdict {
             report
                 .errors
-                .push(format!("{}: {}", heading(d, k, namespace), invalid.message));
+                .push(format!("{}: {message}", heading(d, k, namespace)));
         }
+        verdicts.push(verdict);
     }
     // One line each: a message with a newline (a YAML error, a nested cause) would read as two
     // entries in CI logs.
     for line in report.errors.iter_mut().chain(report.notes.iter_mut()) {
-        *line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        *line = one_line(line);
     }
-    report
+    verdicts
+}
+
+/// What a job's verdict depends on, as one string.
+fn verdict_key(job: &Value, namespace: &str) -> String {
+    let ns = job
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(namespace);
+    json!([
+        job.get("spec"),
+        ns,
+        job.pointer("/metadata/creationTimestamp"),
+        job.pointer("/metadata/annotations"),
+        job.get("apiVersion"),
+    ])
+    .to_string()
+}
+
+/// `text` with every run of whitespace (newlines included) made one space.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A job's verdict, a one-shot job whose `at` has passed noted rather than refused: a committed
