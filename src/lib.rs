@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arguments;
 pub mod celery;
 pub mod check;
 pub mod cli;

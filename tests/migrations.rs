@@ -81,6 +81,23 @@ async fn up_down_up() {
         .expect("columns")
     };
     assert_eq!(health_columns().await, 4);
+    let argument_columns = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE (table_name = 'job_executions' AND column_name IN ('args', 'kwargs', 'requested_by'))
+                OR (table_name = 'task_functions' AND column_name = 'parameters')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("columns")
+    };
+    assert_eq!(argument_columns().await, 4);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the run arguments step");
+    assert_eq!(reverted, [10]);
+    assert_eq!(argument_columns().await, 0, "the run arguments step undone");
+    assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down the health step");
@@ -148,7 +165,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 7, "each migration applied once");
+    assert_eq!(applied, 8, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

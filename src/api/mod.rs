@@ -8,8 +8,9 @@ pub mod task_function;
 
 pub use message_options::MessageOptions;
 pub use scheduled_job::{
-    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule, OnBreach,
-    PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
+    ActiveExecution, ConcurrencyPolicy, ExecutionSummary, HealthPolicy, IntervalSchedule,
+    ManualRunSummary, OnBreach, PauseStatus, Schedule, ScheduledJob, ScheduledJobSpec,
+    ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};

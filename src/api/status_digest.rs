@@ -14,11 +14,12 @@ pub const HEALTHY: &str = "Healthy";
 
 /// The status fields the status writer (the run fields) owns and applies as a whole, besides
 /// its [`HEALTHY`] condition.
-pub const RUN_STATUS_FIELDS: [&str; 12] = [
+pub const RUN_STATUS_FIELDS: [&str; 13] = [
     "nextScheduleTime",
     "lastScheduleTime",
     "lastSuccessfulTime",
     "lastExecution",
+    "lastManualRun",
     "active",
     "totalRuns",
     "succeeded",

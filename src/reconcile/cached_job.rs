@@ -105,8 +105,12 @@ pub struct CachedJob {
     other_finalizers: Box<[Box<str>]>,
     /// The trigger annotation.
     trigger: Option<Box<str>>,
-    /// The resume annotation (with the trigger, the only annotations the operator reads).
+    /// The resume annotation.
     resume: Option<Box<str>>,
+    /// A manual run's overrides (`kubebeat.io/trigger-args`, `-kwargs`), read with the trigger
+    /// (with it and the resume annotation, the only annotations the operator reads). Usually
+    /// absent: nothing allocated.
+    trigger_overrides: Option<Box<(Option<Box<str>>, Option<Box<str>>)>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
@@ -216,6 +220,14 @@ impl CachedJob {
         self.resume.as_deref()
     }
 
+    /// The override annotations' values (args, kwargs) that come with the trigger.
+    pub fn trigger_overrides(&self) -> (Option<&str>, Option<&str>) {
+        match &self.trigger_overrides {
+            Some(o) => (o.0.as_deref(), o.1.as_deref()),
+            None => (None, None),
+        }
+    }
+
     /// The spec, parsed from the cached JSON, or why the object does not deserialize.
     ///
     /// `None` when the cache let go of it: the status shows this generation stored and Ready, so
@@ -283,6 +295,12 @@ impl CachedJob {
         let finalizers = meta.finalizers.unwrap_or_default();
         let mut annotations = meta.annotations.unwrap_or_default();
         let mut annotation = |key: &str| annotations.remove(key).map(String::into_boxed_str);
+        let overrides = (
+            annotation(crate::arguments::TRIGGER_ARGS_ANNOTATION),
+            annotation(crate::arguments::TRIGGER_KWARGS_ANNOTATION),
+        );
+        let trigger_overrides =
+            (overrides.0.is_some() || overrides.1.is_some()).then(|| Box::new(overrides));
         CachedJob {
             name: meta.name.unwrap_or_default().into_boxed_str(),
             namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
@@ -299,6 +317,7 @@ impl CachedJob {
                 .collect(),
             trigger: annotation(crate::api::TRIGGER_ANNOTATION),
             resume: annotation(crate::api::RESUME_ANNOTATION),
+            trigger_overrides,
             spec,
             task_function,
             status,

@@ -102,6 +102,8 @@ pub enum Reason {
     TaskFunctionNotReady,
     NamespaceNotAllowed,
     QueueNotAllowed,
+    /// The job's effective args/kwargs do not satisfy its TaskFunction's `parameters`.
+    InvalidArguments,
 }
 
 impl Reason {
@@ -113,6 +115,7 @@ impl Reason {
             Reason::TaskFunctionNotReady => "TaskFunctionNotReady",
             Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
             Reason::QueueNotAllowed => "QueueNotAllowed",
+            Reason::InvalidArguments => "InvalidArguments",
         }
     }
 }
@@ -146,6 +149,10 @@ pub struct ValidTaskFunction {
     pub description: Option<String>,
     /// Message option defaults (checked on their own; the job's are merged over them).
     pub message: crate::api::MessageOptions,
+    /// `spec.parameters`, compiled (none set: any arguments).
+    pub parameters: crate::arguments::Parameters,
+    /// `spec.parameters` as written (stored, for the API to check a manual run's overrides).
+    pub parameters_json: Option<Value>,
 }
 
 pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFunction, Invalid> {
@@ -166,6 +173,8 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
     let default_kwargs =
         as_object("defaultKwargs", spec.default_kwargs.as_ref()).map_err(spec_err)?;
     check_size(&default_args, &default_kwargs).map_err(spec_err)?;
+    let parameters =
+        crate::arguments::Parameters::compile(spec.parameters.as_ref()).map_err(spec_err)?;
     for ns in &spec.allowed_namespaces {
         if !is_dns_label(ns) {
             return Err(spec_err(format!(
@@ -189,6 +198,8 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
         },
         description: spec.description.clone(),
         message: spec.message.clone(),
+        parameters,
+        parameters_json: spec.parameters.clone().filter(|p| !p.is_null()),
     })
 }
 
@@ -234,6 +245,8 @@ pub struct JobRow {
     pub next_run_at: Option<DateTime<Utc>>,
     /// `spec.health`, resolved (with the default staleness).
     pub health: crate::health::ResolvedHealth,
+    /// The TaskFunction's parameters: a manual run's overrides are checked against them.
+    pub parameters: crate::arguments::Parameters,
 }
 
 /// Identity of a ScheduledJob object.
@@ -279,6 +292,9 @@ pub fn scheduled_job(
     let mut merged = tf.default_kwargs.clone();
     merged.extend(fields.kwargs);
     check_size(&args, &merged).map_err(spec_err)?;
+    tf.parameters
+        .check(&args, &merged)
+        .map_err(|m| invalid(Reason::InvalidArguments, m))?;
 
     let execution_timeout_seconds = fields.execution_timeout_seconds.unwrap_or(3600);
     let health = crate::health::policy::resolve(
@@ -330,6 +346,7 @@ pub fn scheduled_job(
         next_slot_at,
         next_run_at,
         health,
+        parameters: tf.parameters.clone(),
     })
 }
 
@@ -518,3 +535,6 @@ use checks::*;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod arguments_tests;

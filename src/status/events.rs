@@ -62,6 +62,8 @@ pub enum Reason {
     Paused,
     /// A paused job was resumed.
     Resumed,
+    /// A manual run's arguments were refused (its TaskFunction's parameters); nothing ran.
+    TriggerRefused,
 }
 
 impl Reason {
@@ -78,6 +80,7 @@ impl Reason {
             Reason::Recovered => "Recovered",
             Reason::Paused => "Paused",
             Reason::Resumed => "Resumed",
+            Reason::TriggerRefused => "TriggerRefused",
         }
     }
 

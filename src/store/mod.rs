@@ -1,6 +1,7 @@
 //! Postgres: the scheduler's working state. Every write here is idempotent and keyed by the
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
+pub mod arguments;
 pub mod claims;
 pub mod foreign;
 pub mod health;

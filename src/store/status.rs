@@ -38,6 +38,15 @@ pub struct JobStatusRow {
     pub health_reason: Option<String>,
     pub health_message: Option<String>,
     pub health_since: Option<DateTime<Utc>>,
+    /// The latest manual run (`status.lastManualRun`): all `None` when the job has none.
+    pub manual_request_id: Option<String>,
+    pub manual_requested_by: Option<String>,
+    pub manual_task_id: Option<String>,
+    pub manual_state: Option<String>,
+    pub manual_dispatched_at: Option<DateTime<Utc>>,
+    pub manual_finished_at: Option<DateTime<Utc>>,
+    /// Its error, or its result as JSON (cut to 1 KiB).
+    pub manual_message: Option<String>,
 }
 
 /// An unfinished execution of a job.
@@ -77,7 +86,11 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
                 j.last_success_at, j.total_runs, j.succeeded, j.failed, j.missed, j.skipped,
                 e.task_id, e.scheduled_for, e.trigger, e.state, e.dispatched_at, e.finished_at,
                 e.error, j.consecutive_failures, j.paused_at, j.pause_reason, j.health_status,
-                j.health_reason, j.health_message, j.health_since
+                j.health_reason, j.health_message, j.health_since,
+                m.request_id AS manual_request_id, m.requested_by AS manual_requested_by,
+                m.task_id AS manual_task_id, m.state AS manual_state,
+                m.dispatched_at AS manual_dispatched_at, m.finished_at AS manual_finished_at,
+                m.message AS manual_message
          FROM scheduled_jobs j
          LEFT JOIN LATERAL (
              SELECT task_id, scheduled_for, trigger, state, dispatched_at, finished_at, error
@@ -86,6 +99,13 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
         visible_run_sql!(),
         " ORDER BY scheduled_for DESC, id DESC LIMIT 1
          ) e ON true
+         LEFT JOIN LATERAL (
+             SELECT substr(slot_key, 8) AS request_id, requested_by, task_id, state,
+                    dispatched_at, finished_at, COALESCE(error, left(result::text, 1024)) AS message
+             FROM job_executions
+             WHERE job_id = j.id AND trigger = 'manual'
+             ORDER BY id DESC LIMIT 1
+         ) m ON true
          WHERE j.id = ANY($1) AND j.deleted_at IS NULL",
     ))
     .bind(ids)
