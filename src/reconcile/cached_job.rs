@@ -110,7 +110,7 @@ pub struct CachedJob {
     /// A manual run's overrides (`kubebeat.io/trigger-args`, `-kwargs`), read with the trigger
     /// (with it and the resume annotation, the only annotations the operator reads). Usually
     /// absent: nothing allocated.
-    trigger_overrides: Option<Box<(Option<Box<str>>, Option<Box<str>>)>>,
+    trigger_overrides: Option<Box<TriggerOverrides>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
@@ -119,6 +119,9 @@ pub struct CachedJob {
     /// What the status shows, as far as the status writers need to know.
     pub status: SeenStatus,
 }
+
+/// The override annotations' values: (args, kwargs).
+type TriggerOverrides = (Option<Box<str>>, Option<Box<str>>);
 
 /// The form a ScheduledJob is watched in: the job as cached, and the metadata kube's watcher
 /// reads (name, namespace, resourceVersion). Dropped once its event is applied to the cache.
