@@ -59,13 +59,27 @@ pub enum Command {
     /// `-o`); every entry not converted and every semantic difference that applies is reported
     /// on standard error (and as JSON with `--report`).
     Import(Box<ImportArgs>),
-    /// Ask for one run of a ScheduledJob now (sets the `kubebeat.io/trigger` annotation).
+    /// Ask for one run of a ScheduledJob now (sets the `kubebeat.io/trigger` annotation, and
+    /// `kubebeat.io/trigger-args` / `-kwargs` for overrides). With `--wait`, prints the run's
+    /// final state and result; exit 0 on SUCCESS, 1 otherwise (and on timeout).
     Trigger {
         /// The ScheduledJob's name.
         name: String,
         /// Its namespace (default: the kubeconfig's).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// Positional arguments for this run (a JSON array): replace the job's.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        /// Keyword arguments for this run (a JSON object): merged over the job's.
+        #[arg(long, value_name = "JSON")]
+        kwargs: Option<String>,
+        /// Follow the run to its final state.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "S", default_value_t = 300, requires = "wait")]
+        timeout: u64,
     },
     /// Run every slot of a ScheduledJob's schedule in a past range once (sets the
     /// `kubebeat.io/backfill` annotation; slots that already ran are not run again).
@@ -295,13 +309,42 @@ pub async fn run(cli: Cli) -> Result<()> {
             init_logging(args.log_format);
             crate::operator::run(*args).await
         }
-        Command::Trigger { name, namespace } => {
-            let value = crate::trigger::trigger(&name, namespace.as_deref()).await?;
-            println!(
-                "scheduledjob {name} triggered ({} = {value})",
-                api::TRIGGER_ANNOTATION
-            );
-            Ok(())
+        Command::Trigger {
+            name,
+            namespace,
+            args,
+            kwargs,
+            wait,
+            timeout,
+        } => {
+            let options = crate::trigger::TriggerOptions {
+                args,
+                kwargs,
+                wait: wait.then(|| std::time::Duration::from_secs(timeout.min(86_400))),
+            };
+            match crate::trigger::trigger(&name, namespace.as_deref(), &options).await? {
+                crate::trigger::Outcome::Requested(value) => {
+                    println!(
+                        "scheduledjob {name} triggered ({} = {value})",
+                        api::TRIGGER_ANNOTATION
+                    );
+                    Ok(())
+                }
+                crate::trigger::Outcome::Finished(run) => {
+                    let state = run.state.as_deref().unwrap_or("UNKNOWN");
+                    println!("state: {state}");
+                    println!("task id: {}", run.task_id.as_deref().unwrap_or("-"));
+                    println!("result: {}", run.message.as_deref().unwrap_or("-"));
+                    if state == "SUCCESS" {
+                        Ok(())
+                    } else {
+                        anyhow::bail!(
+                            "run {} of scheduledjob {name} ended {state}",
+                            run.request_id
+                        )
+                    }
+                }
+            }
         }
         Command::Backfill(args) => crate::backfill::cli::run(&args).await,
         Command::Resume { name, namespace } => {

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod backfill;
 pub mod calendar;
+pub mod arguments;
 pub mod celery;
 pub mod check;
 pub mod cli;

@@ -106,6 +106,15 @@ async fn up_down_up() {
     assert_eq!(reverted, [11]);
     assert_eq!(column_count("job_executions", &["backfill_id"]).await, 0);
     assert!(!tables(&pool).await.contains(&"backfills".to_string()));
+    const ARGUMENTS: &[&str] = &["args", "kwargs", "requested_by"];
+    assert_eq!(column_count("job_executions", ARGUMENTS).await, 3);
+    assert_eq!(column_count("task_functions", &["parameters"]).await, 1);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the run arguments step");
+    assert_eq!(reverted, [10]);
+    assert_eq!(column_count("job_executions", ARGUMENTS).await, 0);
+    assert_eq!(column_count("task_functions", &["parameters"]).await, 0, "the run arguments step undone");
     assert_eq!(column_count("scheduled_jobs", &["calendars"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await

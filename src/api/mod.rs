@@ -13,8 +13,8 @@ pub use schedule_calendar::{
 };
 pub use scheduled_job::{
     ActiveExecution, BackfillStatus, ConcurrencyPolicy, ExecutionSummary, HealthPolicy,
-    IntervalSchedule, OnBreach, PauseStatus, Schedule, ScheduleEntry, ScheduledJob,
-    ScheduledJobSpec, ScheduledJobStatus,
+    IntervalSchedule, ManualRunSummary, OnBreach, PauseStatus, Schedule, ScheduleEntry,
+    ScheduledJob, ScheduledJobSpec, ScheduledJobStatus,
 };
 pub use schema::Condition;
 pub use task_function::{TaskFunction, TaskFunctionSpec, TaskFunctionStatus};

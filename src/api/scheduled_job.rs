@@ -369,7 +369,7 @@ pub struct ScheduledJobStatus {
 
     /// `Ready`: the spec is valid and stored. Reasons: `Stored`, `InvalidSchedule`,
     /// `UnknownTaskFunction`, `TaskFunctionNotReady`, `NamespaceNotAllowed`, `QueueNotAllowed`,
-    /// `InvalidSpec`, `CalendarNotFound`, `CalendarInvalid`.
+    /// `InvalidArguments`, `InvalidSpec`, `CalendarNotFound`, `CalendarInvalid`.
     /// `Healthy`: the job meets its health policy. Reasons: `Healthy`, `Stale`,
     /// `ConsecutiveFailures`, `TooSlow`, `NoWorkers`, `TaskNotRegistered`, `Paused`.
     /// `Complete` (only once true): the job has ended. Reasons: `EndTimeReached`,
@@ -436,6 +436,11 @@ pub struct ScheduledJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("nullable" = true))]
     pub backfill: Option<BackfillStatus>,
+
+    /// The most recent manual run (`kubebeat.io/trigger`, the API, `kube-beat trigger`):
+    /// what `kube-beat trigger --wait` follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_manual_run: Option<ManualRunSummary>,
 
     /// The last value of the `kubebeat.io/trigger` annotation that caused a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -507,6 +512,32 @@ pub struct ExecutionSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     /// Error or result summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A manual run, as shown in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualRunSummary {
+    /// The request id: the trigger value without its ` by=<user>` part.
+    pub request_id: String,
+    /// Who asked (the API caller, the kubeconfig user, or the value's `by=` part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// The Celery task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The run's state (final: SUCCESS, FAILURE, REVOKED, LOST, DISPATCH_FAILED, SHADOW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// When the message was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<String>,
+    /// When a final state was observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Its error, or its result as JSON (cut to 1 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -32,3 +32,15 @@ pub fn message_headers(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true
     })
 }
+
+/// `TaskFunction.spec.parameters`: `{args, kwargs}`, each a JSON Schema of the supported subset
+/// (checked by validation, which names the path of what it refuses).
+pub fn parameters(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "properties": {
+            "args": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "kwargs": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+        }
+    })
+}

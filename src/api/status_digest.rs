@@ -16,11 +16,12 @@ pub const COMPLETE: &str = "Complete";
 
 /// The status fields the status writer (the run fields) owns and applies as a whole, besides
 /// its [`HEALTHY`] and [`COMPLETE`] conditions.
-pub const RUN_STATUS_FIELDS: [&str; 13] = [
+pub const RUN_STATUS_FIELDS: [&str; 14] = [
     "nextScheduleTime",
     "lastScheduleTime",
     "lastSuccessfulTime",
     "lastExecution",
+    "lastManualRun",
     "active",
     "totalRuns",
     "succeeded",

@@ -90,6 +90,16 @@ pub struct TaskFunctionSpec {
     #[schemars(schema_with = "schema::any_object")]
     pub default_kwargs: Option<serde_json::Value>,
 
+    /// JSON Schemas the arguments of its jobs and of manual runs must satisfy: `args` (for the
+    /// positional arguments array) and `kwargs` (for the keyword arguments object). Only the
+    /// keywords `type`, `properties`, `required`, `enum`, `minimum`, `maximum`, `minLength`,
+    /// `maxLength`, `items`, `additionalProperties` and `description` are supported; each
+    /// schema at most 32 KiB and 16 levels deep. A job whose arguments do not validate is not
+    /// Ready (reason `InvalidArguments`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::parameters")]
+    pub parameters: Option<serde_json::Value>,
+
     /// Namespaces whose ScheduledJobs may use this task. Empty: every namespace. At most 256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]

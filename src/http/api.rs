@@ -27,9 +27,10 @@ mod backfill;
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
     api::{RESUME_ANNOTATION, ScheduledJob, TRIGGER_ANNOTATION},
+    arguments::{TRIGGER_ARGS_ANNOTATION, TRIGGER_KWARGS_ANNOTATION},
     leader::Role,
     store::{
-        StoreError,
+        self, StoreError,
         views::{self, ExecutionFilter},
     },
 };
@@ -338,8 +339,14 @@ async fn job(
     let backfills = crate::store::backfills::for_job(&s.pool, &namespace, &name, 3)
         .await?
         .unwrap_or_default();
+    // What "Run now" prefills and whether it asks for arguments (the TaskFunction has
+    // parameters).
+    let arguments = store::arguments::job_arguments(&s.pool, &namespace, &name)
+        .await?
+        .map(|a| json!({"args": a.args, "kwargs": a.kwargs, "parameters": a.parameters}));
     Ok(Json(
-        json!({"job": row, "executions": recent, "backfills": backfills,
+        json!({"job": row, "executions": recent, "arguments": arguments,
+                    "backfills": backfills,
                    "canTrigger": can_patch, "canResume": can_patch}),
     ))
 }
@@ -424,13 +431,50 @@ async fn task_functions(
 }
 
 /// A manual run: the same path as `kube-beat trigger` (a new value of the trigger annotation,
-/// claimed exactly once by the leader's reconciler and recorded as `trigger=manual`).
+/// claimed exactly once per request id by the leader's reconciler and recorded as
+/// `trigger=manual`). An optional JSON body `{"args": [...], "kwargs": {...}, "requestId": "..."}`
+/// overrides the job's arguments (args replace, kwargs are merged over the job's); they are
+/// checked against the TaskFunction's parameters first (422 with the path, nothing written).
 async fn trigger(
     State(s): State<Arc<ApiState>>,
     creds: Credentials,
     Path((namespace, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    annotate(&s, creds, namespace, name, TRIGGER_ANNOTATION, "trigger").await
+    let caller = s.auth.authenticate(&creds).await?;
+    s.auth.require(&caller, "patch", &namespace, &name).await?;
+    let request = super::trigger_body::TriggerRequest::parse(&body)
+        .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    if !request.overrides.is_empty() {
+        let job = store::arguments::job_arguments(&s.pool, &namespace, &name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no scheduledjob {namespace}/{name} (or it is not stored yet)"),
+                )
+            })?;
+        super::trigger_body::check(&request.overrides, &job)
+            .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    }
+    let request_id = request.request_id.unwrap_or_else(fresh_value);
+    let value = crate::arguments::trigger_value(&request_id, Some(caller.name()));
+    let (args, kwargs) = request.overrides.annotation_values();
+    let annotations = json!({
+        TRIGGER_ANNOTATION: value,
+        TRIGGER_ARGS_ANNOTATION: args,
+        TRIGGER_KWARGS_ANNOTATION: kwargs,
+    });
+    annotate(&s, &caller, &namespace, &name, annotations).await?;
+    tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), request_id = %request_id,
+                   overrides = !request.overrides.is_empty(), "manual run requested through the API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"namespace": namespace, "name": name, "trigger": value,
+                    "requestId": request_id}),
+        ),
+    ))
 }
 
 /// Resume a job its health policy paused: the same path as `kube-beat resume` (a new value of
@@ -440,42 +484,55 @@ async fn resume(
     creds: Credentials,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    annotate(&s, creds, namespace, name, RESUME_ANNOTATION, "resume").await
-}
-
-/// Set `annotation` on a ScheduledJob to a fresh value as the API's own identity, after checking
-/// that the caller may `patch` it; answers 202 with the value under `key`.
-async fn annotate(
-    s: &ApiState,
-    creds: Credentials,
-    namespace: String,
-    name: String,
-    annotation: &str,
-    key: &str,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
     let caller = s.auth.authenticate(&creds).await?;
     s.auth.require(&caller, "patch", &namespace, &name).await?;
-    let value = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let patch = json!({"metadata": {"annotations": {annotation: value}}});
-    match Api::<ScheduledJob>::namespaced(s.client.clone(), &namespace)
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    let value = fresh_value();
+    annotate(
+        &s,
+        &caller,
+        &namespace,
+        &name,
+        json!({RESUME_ANNOTATION: value}),
+    )
+    .await?;
+    tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), %value, "resume requested through the API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"namespace": namespace, "name": name, "resume": value})),
+    ))
+}
+
+/// A fresh annotation value: the time, to the microsecond.
+fn fresh_value() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Set `annotations` on a ScheduledJob in one merge patch as the API's own identity (the caller
+/// was checked for `patch` on it); a `null` value removes an annotation.
+async fn annotate(
+    s: &ApiState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+    annotations: Value,
+) -> Result<(), ApiError> {
+    let patch = json!({"metadata": {"annotations": annotations}});
+    match Api::<ScheduledJob>::namespaced(s.client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => {
-            tracing::info!(job = %format!("{namespace}/{name}"), by = caller.name(), %annotation, %value, "requested through the API");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"namespace": namespace, "name": name, key: value})),
-            ))
-        }
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no scheduledjob {namespace}/{name}"),
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("setting the {annotation} annotation failed: {e}"),
-        )),
+        Err(e) => {
+            tracing::warn!(job = %format!("{namespace}/{name}"), by = caller.name(), error = %e, "annotating failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("setting the annotation failed: {e}"),
+            ))
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::{
 pub mod api;
 pub mod auth;
 pub mod limits;
+mod trigger_body;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::sync::watch;

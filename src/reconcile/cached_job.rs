@@ -110,6 +110,10 @@ pub struct CachedJob {
     resume: Option<Box<str>>,
     /// The backfill annotation (JSON; see `crate::backfill`).
     backfill: Option<Box<str>>,
+    /// A manual run's overrides (`kubebeat.io/trigger-args`, `-kwargs`), read with the trigger
+    /// (with it and the resume annotation, the only annotations the operator reads). Usually
+    /// absent: nothing allocated.
+    trigger_overrides: Option<Box<TriggerOverrides>>,
     /// The spec as JSON (`None` once the job is stored: see [`CachedJob::spec`]), or why it
     /// does not deserialize as a [`ScheduledJobSpec`].
     spec: Result<Option<Box<str>>, Box<str>>,
@@ -120,6 +124,9 @@ pub struct CachedJob {
     /// What the status shows, as far as the status writers need to know.
     pub status: SeenStatus,
 }
+
+/// The override annotations' values: (args, kwargs).
+type TriggerOverrides = (Option<Box<str>>, Option<Box<str>>);
 
 /// The form a ScheduledJob is watched in: the job as cached, and the metadata kube's watcher
 /// reads (name, namespace, resourceVersion). Dropped once its event is applied to the cache.
@@ -226,6 +233,14 @@ impl CachedJob {
         self.backfill.as_deref()
     }
 
+    /// The override annotations' values (args, kwargs) that come with the trigger.
+    pub fn trigger_overrides(&self) -> (Option<&str>, Option<&str>) {
+        match &self.trigger_overrides {
+            Some(o) => (o.0.as_deref(), o.1.as_deref()),
+            None => (None, None),
+        }
+    }
+
     /// The spec, parsed from the cached JSON, or why the object does not deserialize.
     ///
     /// `None` when the cache let go of it: the status shows this generation stored and Ready, so
@@ -305,6 +320,12 @@ impl CachedJob {
         let finalizers = meta.finalizers.unwrap_or_default();
         let mut annotations = meta.annotations.unwrap_or_default();
         let mut annotation = |key: &str| annotations.remove(key).map(String::into_boxed_str);
+        let overrides = (
+            annotation(crate::arguments::TRIGGER_ARGS_ANNOTATION),
+            annotation(crate::arguments::TRIGGER_KWARGS_ANNOTATION),
+        );
+        let trigger_overrides =
+            (overrides.0.is_some() || overrides.1.is_some()).then(|| Box::new(overrides));
         CachedJob {
             name: meta.name.unwrap_or_default().into_boxed_str(),
             namespace: intern(meta.namespace.as_deref().unwrap_or_default()),
@@ -322,6 +343,7 @@ impl CachedJob {
             trigger: annotation(crate::api::TRIGGER_ANNOTATION),
             resume: annotation(crate::api::RESUME_ANNOTATION),
             backfill: annotation(crate::api::BACKFILL_ANNOTATION),
+            trigger_overrides,
             spec,
             task_function,
             calendars,

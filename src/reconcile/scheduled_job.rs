@@ -117,7 +117,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             let last_trigger = manual_trigger(
                 &ctx,
                 obj.as_ref(),
-                &uid,
+                &row,
                 &key,
                 stored.last_trigger.as_deref(),
             )
@@ -200,12 +200,14 @@ fn judge(
     }
 }
 
-/// A new value of the trigger annotation asks for one run now: claimed once per value (the
-/// value is the slot key), so applying the same value twice runs once.
+/// A new value of the trigger annotation asks for one run now: claimed once per request id
+/// (the value without its `by=` part is the slot key), so applying the same value twice runs
+/// once. The override annotations that came with it are checked again here (whoever wrote
+/// them): arguments the TaskFunction's parameters refuse run nothing, with a Warning Event.
 async fn manual_trigger(
     ctx: &Context,
     obj: &CachedJob,
-    uid: &str,
+    row: &validate::JobRow,
     key: &str,
     last: Option<&str>,
 ) -> Result<Option<String>, Error> {
@@ -218,9 +220,36 @@ async fn manual_trigger(
     let Some(epoch) = ctx.epoch() else {
         return Ok(None);
     };
-    match crate::store::claims::claim_manual(&ctx.pool, epoch, uid, value, Utc::now(), ctx.shadow)
-        .await
-    {
+    let uid = row.uid.as_str();
+    let parsed = crate::arguments::parse_trigger(value);
+    let arguments = match run_arguments(obj, row) {
+        Ok(arguments) => arguments,
+        Err(why) => {
+            store::claims::refuse_manual(&ctx.pool, uid, value)
+                .await
+                .map_err(|e| Error::Store(store::StoreError::Query(e)))?;
+            info!(job = %key, trigger = %value, %why, "manual trigger refused");
+            job_event(
+                ctx,
+                key,
+                uid,
+                crate::status::Reason::TriggerRefused,
+                format!(
+                    "manual run not started ({} = {value}): {why}",
+                    crate::api::TRIGGER_ANNOTATION
+                ),
+            );
+            return Ok(Some(value.to_string()));
+        }
+    };
+    let run = store::claims::ManualRun {
+        value,
+        request_id: parsed.request_id,
+        requested_by: parsed.requested_by,
+        args: arguments.as_ref().map(|a| &a.0),
+        kwargs: arguments.as_ref().map(|a| &a.1),
+    };
+    match store::claims::claim_manual(&ctx.pool, epoch, uid, run, Utc::now(), ctx.shadow).await {
         Ok(claimed) => {
             if let Some(job_id) = claimed {
                 info!(job = %key, trigger = %value, "manual trigger: one run claimed");
@@ -239,11 +268,29 @@ async fn manual_trigger(
             }
             Ok(Some(value.to_string()))
         }
-        Err(crate::store::claims::ClaimError::Fenced { .. }) => Ok(None),
-        Err(crate::store::claims::ClaimError::Db(e)) => {
-            Err(Error::Store(store::StoreError::Query(e)))
-        }
+        Err(store::claims::ClaimError::Fenced { .. }) => Ok(None),
+        Err(store::claims::ClaimError::Db(e)) => Err(Error::Store(store::StoreError::Query(e))),
     }
+}
+
+/// The arguments a manual run is sent with when its annotations override the job's (`None`:
+/// the job's own), or why it may not run.
+fn run_arguments(
+    obj: &CachedJob,
+    row: &validate::JobRow,
+) -> Result<Option<(serde_json::Value, serde_json::Value)>, String> {
+    let (args, kwargs) = obj.trigger_overrides();
+    let overrides = crate::arguments::Overrides::from_annotations(args, kwargs)?;
+    if overrides.is_empty() {
+        return Ok(None);
+    }
+    let (job_args, job_kwargs) = crate::arguments::stored(&row.args, &row.kwargs);
+    let (args, kwargs) = overrides.apply(&job_args, &job_kwargs)?;
+    row.parameters.check(&args, &kwargs)?;
+    Ok(Some((
+        serde_json::Value::Array(args),
+        serde_json::Value::Object(kwargs),
+    )))
 }
 
 /// A new value of the resume annotation resumes a job its health policy paused (each value

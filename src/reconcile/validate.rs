@@ -108,6 +108,8 @@ pub enum Reason {
     CalendarNotFound,
     /// A ScheduleCalendar named in `spec.calendars` is not valid.
     CalendarInvalid,
+    /// The job's effective args/kwargs do not satisfy its TaskFunction's `parameters`.
+    InvalidArguments,
 }
 
 impl Reason {
@@ -121,6 +123,7 @@ impl Reason {
             Reason::QueueNotAllowed => "QueueNotAllowed",
             Reason::CalendarNotFound => "CalendarNotFound",
             Reason::CalendarInvalid => "CalendarInvalid",
+            Reason::InvalidArguments => "InvalidArguments",
         }
     }
 }
@@ -154,6 +157,10 @@ pub struct ValidTaskFunction {
     pub description: Option<String>,
     /// Message option defaults (checked on their own; the job's are merged over them).
     pub message: crate::api::MessageOptions,
+    /// `spec.parameters`, compiled (none set: any arguments).
+    pub parameters: crate::arguments::Parameters,
+    /// `spec.parameters` as written (stored, for the API to check a manual run's overrides).
+    pub parameters_json: Option<Value>,
 }
 
 pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFunction, Invalid> {
@@ -174,6 +181,8 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
     let default_kwargs =
         as_object("defaultKwargs", spec.default_kwargs.as_ref()).map_err(spec_err)?;
     check_size(&default_args, &default_kwargs).map_err(spec_err)?;
+    let parameters =
+        crate::arguments::Parameters::compile(spec.parameters.as_ref()).map_err(spec_err)?;
     for ns in &spec.allowed_namespaces {
         if !is_dns_label(ns) {
             return Err(spec_err(format!(
@@ -197,6 +206,8 @@ pub fn task_function(name: &str, spec: &TaskFunctionSpec) -> Result<ValidTaskFun
         },
         description: spec.description.clone(),
         message: spec.message.clone(),
+        parameters,
+        parameters_json: spec.parameters.clone().filter(|p| !p.is_null()),
     })
 }
 
@@ -248,6 +259,8 @@ pub struct JobRow {
     pub health: crate::health::ResolvedHealth,
     /// `spec.calendars` (names checked; their existence is the reconciler's to check).
     pub calendars: Vec<String>,
+    /// The TaskFunction's parameters: a manual run's overrides are checked against them.
+    pub parameters: crate::arguments::Parameters,
 }
 
 /// Identity of a ScheduledJob object.
@@ -294,6 +307,9 @@ pub fn scheduled_job(
     let mut merged = tf.default_kwargs.clone();
     merged.extend(fields.kwargs);
     check_size(&args, &merged).map_err(spec_err)?;
+    tf.parameters
+        .check(&args, &merged)
+        .map_err(|m| invalid(Reason::InvalidArguments, m))?;
 
     let execution_timeout_seconds = fields.execution_timeout_seconds.unwrap_or(3600);
     let health = crate::health::policy::resolve(
@@ -348,6 +364,7 @@ pub fn scheduled_job(
         next_run_at,
         health,
         calendars: spec.calendars.clone(),
+        parameters: tf.parameters.clone(),
     })
 }
 
@@ -559,3 +576,6 @@ mod tests;
 #[cfg(test)]
 #[path = "validate/schedules_tests.rs"]
 mod schedules_tests;
+
+#[cfg(test)]
+mod arguments_tests;

@@ -66,6 +66,8 @@ pub enum Reason {
     BackfillStarted,
     /// A backfill request was refused (its message says why).
     BackfillRefused,
+    /// A manual run's arguments were refused (its TaskFunction's parameters); nothing ran.
+    TriggerRefused,
 }
 
 impl Reason {
@@ -84,6 +86,7 @@ impl Reason {
             Reason::Resumed => "Resumed",
             Reason::BackfillStarted => "BackfillStarted",
             Reason::BackfillRefused => "BackfillRefused",
+            Reason::TriggerRefused => "TriggerRefused",
         }
     }
 

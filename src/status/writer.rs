@@ -180,6 +180,25 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
             .collect();
         put("lastExecution", Value::Object(exec));
     }
+    if let Some(request_id) = &r.manual_request_id {
+        let run = json!({
+            "requestId": request_id,
+            "requestedBy": r.manual_requested_by,
+            "taskId": r.manual_task_id,
+            "state": r.manual_state,
+            "dispatchedAt": r.manual_dispatched_at.map(rfc3339),
+            "finishedAt": r.manual_finished_at.map(rfc3339),
+            "message": r.manual_message.as_deref().map(|m| crate::tracker::decode::cut_front(m, 1024)),
+        });
+        let run: serde_json::Map<String, Value> = run
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        put("lastManualRun", Value::Object(run));
+    }
     if !active.is_empty() {
         let active: Vec<Value> = active
             .iter()

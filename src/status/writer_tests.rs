@@ -365,3 +365,27 @@ fn the_latest_backfill_is_shown_and_reads_back_with_the_same_digest() {
         "a change of the backfill is a change of the status"
     );
 }
+
+#[test]
+fn the_latest_manual_run_is_shown_with_its_request_id() {
+    let row = JobStatusRow {
+        id: 1,
+        manual_request_id: Some("req-1".into()),
+        manual_requested_by: Some("alice".into()),
+        manual_task_id: Some("t-9".into()),
+        manual_state: Some("SUCCESS".into()),
+        manual_finished_at: DateTime::<Utc>::from_timestamp(1_800_000_000, 0),
+        manual_message: Some("{\"ok\": true}".into()),
+        ..Default::default()
+    };
+    let fields = status_fields(&row, &[]);
+    assert_eq!(
+        fields["lastManualRun"],
+        serde_json::json!({"requestId": "req-1", "requestedBy": "alice", "taskId": "t-9",
+                           "state": "SUCCESS", "finishedAt": "2027-01-15T08:00:00Z",
+                           "message": "{\"ok\": true}"})
+    );
+    assert!(crate::api::status_digest::RUN_STATUS_FIELDS.contains(&"lastManualRun"));
+    let none = status_fields(&JobStatusRow::default(), &[]);
+    assert!(none.get("lastManualRun").is_none());
+}

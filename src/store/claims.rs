@@ -192,7 +192,8 @@ impl ClaimTx {
     }
 
     /// Insert the batch's executions in one statement (UNNEST of column arrays, not one
-    /// statement per job). A (job, slot) that already has one keeps it.
+    /// statement per job). A (job, slot) that already has one keeps it. A run (PENDING,
+    /// SHADOW) records its job's arguments as of its claim: what it is published with.
     pub async fn insert_executions(&mut self, rows: &[NewExecution]) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
@@ -204,14 +205,18 @@ impl ClaimTx {
         sqlx::query(
             "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,
                                          coalesced_slots, leader_epoch, finished_at, publish_after,
-                                         error)
+                                         error, args, kwargs)
              SELECT u.job_id, u.slot_key, u.task_id, u.scheduled_for, u.trigger, u.state, u.coalesced, $8,
                     CASE WHEN u.state IN ('MISSED', 'SKIPPED') THEN now() END, u.publish_after,
-                    u.error
+                    u.error,
+                    CASE WHEN u.state IN ('PENDING', 'SHADOW') THEN j.args END,
+                    CASE WHEN u.state IN ('PENDING', 'SHADOW') THEN j.kwargs END
              FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
                          $7::int[], $9::timestamptz[], $10::text[])
                   AS u(job_id, slot_key, task_id, scheduled_for, trigger, state, coalesced, publish_after,
                        error)
+             JOIN scheduled_jobs j ON j.id = u.job_id
+             WHERE true -- a JOIN's ON right before ON CONFLICT would read ambiguously
              ON CONFLICT (job_id, slot_key) DO NOTHING",
         )
         .bind(&job_ids)
@@ -277,31 +282,49 @@ impl ClaimTx {
     }
 }
 
-/// A manual run for a trigger value, exactly once per value (the slot key is the value).
-/// Returns the job's id if a new execution was claimed.
+/// A manual run as asked for: its key (the trigger value without its `by=` part), who asked,
+/// and its arguments when they differ from the job's (overrides applied and validated).
+#[derive(Debug, Clone, Copy)]
+pub struct ManualRun<'a> {
+    /// The whole annotation value (recorded as the job's `last_trigger`).
+    pub value: &'a str,
+    pub request_id: &'a str,
+    pub requested_by: Option<&'a str>,
+    pub args: Option<&'a Value>,
+    pub kwargs: Option<&'a Value>,
+}
+
+/// A manual run for a trigger value, exactly once per request id (the slot key is
+/// `manual:<request id>`). Returns the job's id if a new execution was claimed.
 pub async fn claim_manual(
     pool: &PgPool,
     epoch: i64,
     uid: &str,
-    value: &str,
+    run: ManualRun<'_>,
     now: DateTime<Utc>,
     shadow: bool,
 ) -> Result<Option<i64>, ClaimError> {
     let mut tx = pool.begin().await?;
     check_epoch(&mut tx, epoch).await?;
     let job_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state, leader_epoch)
-         SELECT id, 'manual:' || $2, $3, $4, 'manual', $5, $6 FROM scheduled_jobs
+        "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,
+                                     leader_epoch, args, kwargs, requested_by)
+         SELECT id, 'manual:' || $2, $3, $4, 'manual', $5, $6, COALESCE($7, args),
+                COALESCE($8, kwargs), $9
+         FROM scheduled_jobs
          WHERE uid = $1 AND deleted_at IS NULL
          ON CONFLICT (job_id, slot_key) DO NOTHING
          RETURNING job_id",
     )
     .bind(uid)
-    .bind(value)
+    .bind(run.request_id)
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(now)
     .bind(if shadow { "SHADOW" } else { "PENDING" })
     .bind(epoch)
+    .bind(run.args)
+    .bind(run.kwargs)
+    .bind(run.requested_by)
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(
@@ -310,13 +333,24 @@ pub async fn claim_manual(
          WHERE uid = $1",
     )
     .bind(uid)
-    .bind(value)
+    .bind(run.value)
     .bind(i64::from(job_id.is_some()))
     .bind(now)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(job_id)
+}
+
+/// A trigger value that asked for arguments its job may not run with: remembered as seen, so
+/// it is not judged again, and nothing runs.
+pub async fn refuse_manual(pool: &PgPool, uid: &str, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE scheduled_jobs SET last_trigger = $2 WHERE uid = $1")
+        .bind(uid)
+        .bind(value)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// When a claim next has something to claim, right after a pass that claimed everything it

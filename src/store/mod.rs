@@ -3,6 +3,7 @@
 
 pub mod backfills;
 pub mod calendars;
+pub mod arguments;
 pub mod claims;
 pub mod foreign;
 pub mod health;

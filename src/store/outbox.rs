@@ -139,7 +139,7 @@ pub fn pending_by_ids_stream<'a>(
 /// The columns in [`OutboxRow`]'s order (it is decoded by position).
 const PENDING_BY_IDS: &str = "SELECT e.id, e.task_id, e.scheduled_for, e.trigger,
         COALESCE(e.publish_after, e.claimed_at), j.namespace, j.name,
-        j.task_name, j.args, j.kwargs, j.queue, j.priority, j.expires_seconds,
+        j.task_name, COALESCE(e.args, j.args), COALESCE(e.kwargs, j.kwargs), j.queue, j.priority, j.expires_seconds,
         j.message_options
     FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
     WHERE e.id = ANY($1) AND e.state = 'PENDING'";

@@ -50,6 +50,15 @@ pub struct JobStatusRow {
     /// The latest slot claimed is due (none is claimed ahead): a job is only shown complete
     /// once its last run has gone out.
     pub last_slot_due: bool,
+    /// The latest manual run (`status.lastManualRun`): all `None` when the job has none.
+    pub manual_request_id: Option<String>,
+    pub manual_requested_by: Option<String>,
+    pub manual_task_id: Option<String>,
+    pub manual_state: Option<String>,
+    pub manual_dispatched_at: Option<DateTime<Utc>>,
+    pub manual_finished_at: Option<DateTime<Utc>>,
+    /// Its error, or its result as JSON (cut to 1 KiB).
+    pub manual_message: Option<String>,
 }
 
 /// An unfinished execution of a job.
@@ -91,7 +100,12 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
                 e.error, j.consecutive_failures, j.paused_at, j.pause_reason, j.health_status,
                 j.health_reason, j.health_message, j.health_since, j.end_time, j.max_runs,
                 j.scheduled_runs, j.last_scheduled_run_at,
-                (j.last_run_at IS NULL OR j.last_run_at <= now()) AS last_slot_due
+                (j.last_run_at IS NULL OR j.last_run_at <= now()) AS last_slot_due,
+                j.health_reason, j.health_message, j.health_since,
+                m.request_id AS manual_request_id, m.requested_by AS manual_requested_by,
+                m.task_id AS manual_task_id, m.state AS manual_state,
+                m.dispatched_at AS manual_dispatched_at, m.finished_at AS manual_finished_at,
+                m.message AS manual_message
          FROM scheduled_jobs j
          LEFT JOIN LATERAL (
              SELECT task_id, scheduled_for, trigger, state, dispatched_at, finished_at, error
@@ -100,6 +114,13 @@ pub async fn job_status_rows(pool: &PgPool, ids: &[i64]) -> Result<Vec<JobStatus
         visible_run_sql!(),
         " ORDER BY scheduled_for DESC, id DESC LIMIT 1
          ) e ON true
+         LEFT JOIN LATERAL (
+             SELECT substr(slot_key, 8) AS request_id, requested_by, task_id, state,
+                    dispatched_at, finished_at, COALESCE(error, left(result::text, 1024)) AS message
+             FROM job_executions
+             WHERE job_id = j.id AND trigger = 'manual'
+             ORDER BY id DESC LIMIT 1
+         ) m ON true
          WHERE j.id = ANY($1) AND j.deleted_at IS NULL",
     ))
     .bind(ids)

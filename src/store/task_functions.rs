@@ -14,15 +14,17 @@ pub async fn upsert_task_function(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO task_functions (name, uid, generation, task, queue, priority, expires_seconds,
-                                     default_args, default_kwargs, allowed_namespaces, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                     default_args, default_kwargs, allowed_namespaces, description,
+                                     parameters)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (name) DO UPDATE SET
              uid = EXCLUDED.uid, generation = EXCLUDED.generation, task = EXCLUDED.task,
              queue = EXCLUDED.queue, priority = EXCLUDED.priority,
              expires_seconds = EXCLUDED.expires_seconds, default_args = EXCLUDED.default_args,
              default_kwargs = EXCLUDED.default_kwargs,
              allowed_namespaces = EXCLUDED.allowed_namespaces,
-             description = EXCLUDED.description, updated_at = now()",
+             description = EXCLUDED.description, parameters = EXCLUDED.parameters,
+             updated_at = now()",
     )
     .bind(&tf.name)
     .bind(uid)
@@ -35,6 +37,7 @@ pub async fn upsert_task_function(
     .bind(serde_json::Value::Object(tf.default_kwargs.clone()))
     .bind(&tf.allowed_namespaces)
     .bind(&tf.description)
+    .bind(&tf.parameters_json)
     .execute(pool)
     .await?;
     Ok(())

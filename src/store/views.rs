@@ -79,11 +79,17 @@ pub struct ExecutionView {
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub result: Option<Value>,
+    /// The arguments the run was sent with (`None`: claimed by an earlier release, or not a
+    /// run: SKIPPED, MISSED).
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    /// Who asked for a manual run.
+    pub requested_by: Option<String>,
 }
 
 const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
     e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
-    e.error, e.result";
+    e.error, e.result, e.args, e.kwargs, e.requested_by";
 
 /// The filter of [`executions`] and [`count_executions`]: $1 namespaces, $2 job id, $3 state.
 const EXECUTION_FILTER: &str =

@@ -33,6 +33,7 @@ fn tf_spec() -> TaskFunctionSpec {
         allowed_queues: vec![],
         description: None,
         message: Default::default(),
+        parameters: None,
     }
 }
 
