@@ -7,9 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arguments;
 pub mod backfill;
 pub mod calendar;
-pub mod arguments;
 pub mod celery;
 pub mod check;
 pub mod cli;

@@ -98,7 +98,12 @@ async fn up_down_up() {
             .expect("columns")
         }
     };
-    const END: &[&str] = &["end_time", "max_runs", "scheduled_runs", "last_scheduled_run_at"];
+    const END: &[&str] = &[
+        "end_time",
+        "max_runs",
+        "scheduled_runs",
+        "last_scheduled_run_at",
+    ];
     assert_eq!(column_count("job_executions", &["backfill_id"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -114,7 +119,11 @@ async fn up_down_up() {
         .expect("down the run arguments step");
     assert_eq!(reverted, [10]);
     assert_eq!(column_count("job_executions", ARGUMENTS).await, 0);
-    assert_eq!(column_count("task_functions", &["parameters"]).await, 0, "the run arguments step undone");
+    assert_eq!(
+        column_count("task_functions", &["parameters"]).await,
+        0,
+        "the run arguments step undone"
+    );
     assert_eq!(column_count("scheduled_jobs", &["calendars"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -132,7 +141,11 @@ async fn up_down_up() {
         .await
         .expect("down the schedules-end step");
     assert_eq!(reverted, [8]);
-    assert_eq!(column_count("scheduled_jobs", END).await, 0, "the schedules-end step undone");
+    assert_eq!(
+        column_count("scheduled_jobs", END).await,
+        0,
+        "the schedules-end step undone"
+    );
     assert_eq!(health_columns().await, 4);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await

@@ -74,7 +74,7 @@ pub async fn run(args: &BackfillArgs) -> Result<()> {
         .context("the scheduledjob has no creationTimestamp")?;
     // The anchor the operator stores is the object's creation time (see `validate`).
     let schedule = JobSchedule::from_job_spec(&job.spec, created)
-    .with_context(|| format!("scheduledjob {name}: its schedule"))?;
+        .with_context(|| format!("scheduledjob {name}: its schedule"))?;
     let slots = slots_in_range(&schedule, request.from, request.to)
         .with_context(|| format!("scheduledjob {name}"))?;
     if args.dry_run {

@@ -160,10 +160,7 @@ fn the_probe_is_asked_once_per_task_and_queue_in_a_pass() {
     rows[5].task_name = "kb.fail".into();
     let asked = std::sync::Mutex::new(Vec::new());
     let probe = |task: &str, queue: &str| {
-        asked
-            .lock()
-            .expect("lock")
-            .push(format!("{task}@{queue}"));
+        asked.lock().expect("lock").push(format!("{task}@{queue}"));
         if queue == "other" {
             WorkerSignal::NoWorkers("no consumer".into())
         } else {

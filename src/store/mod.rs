@@ -1,9 +1,9 @@
 //! Postgres: the scheduler's working state. Every write here is idempotent and keyed by the
 //! Kubernetes object's identity, so replays and concurrent replicas converge.
 
+pub mod arguments;
 pub mod backfills;
 pub mod calendars;
-pub mod arguments;
 pub mod claims;
 pub mod foreign;
 pub mod health;
