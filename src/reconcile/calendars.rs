@@ -27,39 +27,8 @@ use crate::{
     store,
 };
 
-/// Most calendars one job may name.
-pub const MAX_JOB_CALENDARS: usize = 16;
 /// How often a calendar's `jobCount` is refreshed (jobs are not watched per calendar).
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
-
-/// `spec.calendars` of a ScheduledJob: at most [`MAX_JOB_CALENDARS`] DNS-1123 names (the names
-/// of cluster-scoped objects).
-pub fn check_names(names: &[String]) -> Result<(), String> {
-    if names.len() > MAX_JOB_CALENDARS {
-        return Err(format!(
-            "calendars: at most {MAX_JOB_CALENDARS} names ({} given)",
-            names.len()
-        ));
-    }
-    for name in names {
-        if !is_dns_subdomain(name) {
-            let shown: String = name.chars().take(64).collect();
-            return Err(format!(
-                "calendars: {shown:?} is not a valid ScheduleCalendar name (lowercase letters, digits, '-' and '.', at most 253)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes().all(|b| alnum(b) || b == b'-' || b == b'.')
-        && s.bytes().next().is_some_and(alnum)
-        && s.bytes().last().is_some_and(alnum)
-}
 
 /// A calendar as the job reconcile finds it.
 pub enum CalendarRef {
@@ -269,18 +238,6 @@ pub fn sweep_for(obj: &Guarded<ScheduleCalendar>) -> Sweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_calendar_names_are_bounded_dns_names() {
-        assert!(check_names(&[]).is_ok());
-        assert!(check_names(&["holidays".into(), "eu.business-days".into()]).is_ok());
-        assert!(check_names(&vec!["a".to_string(); 17]).is_err_and(|e| e.contains("at most 16")));
-        for bad in ["", "Holidays", "-x", "x-", "a b", &"a".repeat(254)] {
-            assert!(check_names(&[bad.to_string()]).is_err(), "{bad:?}");
-        }
-        let e = check_names(&["X".repeat(10_000)]).expect_err("refused");
-        assert!(e.len() < 300, "the message does not echo a huge name");
-    }
 
     #[test]
     fn the_first_missing_or_invalid_calendar_is_the_reason() {

@@ -54,6 +54,26 @@ pub struct Context {
 }
 
 impl Context {
+    /// An Event on the job `key` (`namespace/name`).
+    pub(super) fn job_event(
+        &self,
+        key: &str,
+        uid: &str,
+        reason: crate::status::Reason,
+        message: String,
+    ) {
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        self.feed.event(crate::status::JobEvent {
+            job: crate::status::JobRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+            },
+            reason,
+            message,
+        });
+    }
+
     fn failed(&self, key: String) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(key).or_insert(0);

@@ -229,8 +229,7 @@ async fn manual_trigger(
                 .await
                 .map_err(|e| Error::Store(store::StoreError::Query(e)))?;
             info!(job = %key, trigger = %value, %why, "manual trigger refused");
-            job_event(
-                ctx,
+            ctx.job_event(
                 key,
                 uid,
                 crate::status::Reason::TriggerRefused,
@@ -255,8 +254,7 @@ async fn manual_trigger(
                 info!(job = %key, trigger = %value, "manual trigger: one run claimed");
                 ctx.wake.notify_one();
                 ctx.feed.touch(job_id);
-                job_event(
-                    ctx,
+                ctx.job_event(
                     key,
                     uid,
                     crate::status::Reason::Triggered,
@@ -310,8 +308,7 @@ async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> R
         info!(job = %key, resume = %value, "resumed: dispatching again");
         ctx.wake.notify_one();
         ctx.feed.touch(job_id);
-        job_event(
-            ctx,
+        ctx.job_event(
             key,
             uid,
             crate::status::Reason::Resumed,
@@ -322,26 +319,6 @@ async fn resume_stage(ctx: &Context, obj: &CachedJob, uid: &str, key: &str) -> R
         );
     }
     Ok(())
-}
-
-/// An Event on the job `key` (`namespace/name`).
-pub(super) fn job_event(
-    ctx: &Context,
-    key: &str,
-    uid: &str,
-    reason: crate::status::Reason,
-    message: String,
-) {
-    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-    ctx.feed.event(crate::status::JobEvent {
-        job: crate::status::JobRef {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            uid: uid.to_string(),
-        },
-        reason,
-        message,
-    });
 }
 
 /// ScheduledJobs as untyped objects: read this way, an object whose spec does not match the

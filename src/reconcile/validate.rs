@@ -287,7 +287,7 @@ pub fn scheduled_job(
     let spec_err = |m: String| invalid(Reason::InvalidSpec, m);
     let schedule = checked_schedule(meta, spec)?;
     let fields = JobFields::checked(meta, spec).map_err(spec_err)?;
-    crate::reconcile::calendars::check_names(&spec.calendars).map_err(spec_err)?;
+    check_names(&spec.calendars).map_err(spec_err)?;
     let tf = resolved(spec, tf)?;
     let queue = allowed_queue(meta, spec, tf)?;
     let message_options =

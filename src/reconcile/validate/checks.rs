@@ -3,7 +3,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::{api::MessageOptions, celery::SendOptions};
+use crate::{
+    api::{MessageOptions, scheduled_job::MAX_JOB_CALENDARS},
+    celery::SendOptions,
+};
 
 use super::{
     MAX_ARGUMENTS_BYTES, MAX_DESCRIPTION_CHARS, MAX_DURATION_SECONDS, MAX_HEADERS,
@@ -318,4 +321,33 @@ pub(super) fn resolve_message_options(
         soft_time_limit,
         ignore_result: job.ignore_result.or(tf.ignore_result).unwrap_or(false),
     })
+}
+
+/// `spec.calendars` of a ScheduledJob: at most [`crate::api::scheduled_job::MAX_JOB_CALENDARS`] DNS-1123 names (the names
+/// of cluster-scoped objects).
+pub(super) fn check_names(names: &[String]) -> Result<(), String> {
+    if names.len() > MAX_JOB_CALENDARS {
+        return Err(format!(
+            "calendars: at most {MAX_JOB_CALENDARS} names ({} given)",
+            names.len()
+        ));
+    }
+    for name in names {
+        if !is_dns_subdomain(name) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(format!(
+                "calendars: {shown:?} is not a valid ScheduleCalendar name (lowercase letters, digits, '-' and '.', at most 253)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| alnum(b) || b == b'-' || b == b'.')
+        && s.bytes().next().is_some_and(alnum)
+        && s.bytes().last().is_some_and(alnum)
 }

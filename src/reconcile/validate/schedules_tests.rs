@@ -140,3 +140,15 @@ fn bad_entries_and_bounds_are_refused_with_the_field() {
         );
     }
 }
+
+#[test]
+fn job_calendar_names_are_bounded_dns_names() {
+    assert!(check_names(&[]).is_ok());
+    assert!(check_names(&["holidays".into(), "eu.business-days".into()]).is_ok());
+    assert!(check_names(&vec!["a".to_string(); 17]).is_err_and(|e| e.contains("at most 16")));
+    for bad in ["", "Holidays", "-x", "x-", "a b", &"a".repeat(254)] {
+        assert!(check_names(&[bad.to_string()]).is_err(), "{bad:?}");
+    }
+    let e = check_names(&["X".repeat(10_000)]).expect_err("refused");
+    assert!(e.len() < 300, "the message does not echo a huge name");
+}
