@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::{
     Dispatcher, MAX_CLAIM_AHEAD, MAX_IDLE, PUBLISH_TIMEOUT, RunAt, Term,
     encode::{ChunkEncoder, Encoder, read_and_encode},
-    outbox::{Held, HeldRun, read_ahead},
+    outbox::{Held, HeldRun, first_round, read_ahead},
     recorder::{Recorder, mark_published},
 };
 use crate::{
@@ -28,8 +28,12 @@ const HOLD_MAX: i64 = 120_000;
 /// while the rest are read and encoded. Two: a burst of 10,000 is then all encoded when due.
 const CHUNKS_AHEAD: usize = 2;
 /// Rows read at a time when reading ahead: each is encoded before the next are read, so their
-/// rows (~600 bytes each) are never all in memory beside the messages.
-const READ_AHEAD_BATCH: usize = 1_000;
+/// rows (~600 bytes each) are never all in memory beside the messages. Small enough that a
+/// batch never holds up runs coming due (see [`LOAD_MARGIN`]).
+const READ_AHEAD_BATCH: usize = 250;
+/// Reading ahead stops this long before the next runs are due: they go out on time, and what
+/// was not read ahead is read when it goes out.
+const LOAD_MARGIN: chrono::TimeDelta = chrono::TimeDelta::milliseconds(50);
 /// While waiting for held runs to come due, newer claims are read too if the wait is longer.
 const REFETCH_MIN: Duration = Duration::from_millis(100);
 /// How often the publish ledger is drained even when nothing is uncertain (keeps it short, so
@@ -151,7 +155,7 @@ impl Publishing<'_> {
             }
             let mut held = Held::new(batch);
             while let Some(first_due) = held.first_due() {
-                self.load_ahead(&mut held, CHUNKS_AHEAD * d.publish_chunk)
+                self.load_ahead(&mut held, CHUNKS_AHEAD * d.publish_chunk, first_due)
                     .await;
                 let wait = (first_due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 if !wait.is_zero() {
@@ -221,10 +225,14 @@ impl Publishing<'_> {
         }
     }
 
-    /// Read and encode the earliest `n` held runs, so they go out as soon as they are due.
-    async fn load_ahead(&self, held: &mut Held, n: usize) {
+    /// Read and encode the earliest `n` held runs, so they go out as soon as they are due; but
+    /// never past [`LOAD_MARGIN`] before `next_due`: reading ahead must not delay what is due.
+    async fn load_ahead(&self, held: &mut Held, n: usize, next_due: DateTime<Utc>) {
         let ids = held.unloaded(n);
         for batch in ids.chunks(READ_AHEAD_BATCH) {
+            if Utc::now() + LOAD_MARGIN >= next_due {
+                break;
+            }
             match outbox::pending_by_ids(&self.dispatcher.pool, batch).await {
                 Ok(rows) => held.attach(batch, rows),
                 // They are read again when they go out.
@@ -251,32 +259,40 @@ impl Publishing<'_> {
     async fn publish_stream(&mut self, due: Vec<HeldRun>) -> bool {
         let size = self.dispatcher.publish_chunk.max(1);
         let (ahead, to_read) = read_ahead(due, &self.encoder);
+        // Every tenant's first run before any tenant's second (see `first_round`).
+        let (first, ahead) = first_round(ahead);
         let (ahead_runs, ahead_prepared) = ChunkEncoder::new(&self.encoder, ahead).finish();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let reader = {
             let (pool, encoder) = (self.dispatcher.pool.clone(), self.encoder.clone());
             tokio::spawn(async move { read_and_encode(&pool, to_read, &encoder, size, tx).await })
         };
+        let mut first =
+            (!first.is_empty()).then(|| ChunkEncoder::new(&self.encoder, first).finish());
         let mut ahead_runs = ahead_runs.into_iter();
         let mut ahead_prepared = ahead_prepared.into_iter();
         let mut published = Vec::new();
         let mut all = true;
         loop {
-            // What was read ahead first (it is the earliest), then what the reader hands over.
-            let batch: Vec<RunAt> = ahead_runs.by_ref().take(size).collect();
-            let (batch, prepared) = if !batch.is_empty() {
-                (
-                    batch,
-                    ahead_prepared.by_ref().take(size).collect::<Vec<_>>(),
-                )
+            // The first round, then what was read ahead (it is the earliest), then what the
+            // reader hands over.
+            let (batch, prepared) = if let Some(first) = first.take() {
+                first
             } else {
-                let waited = Instant::now();
-                let next = rx.recv().await;
-                // Non-zero only if reading and encoding a chunk took longer than publishing one.
-                debug!(wait = ?waited.elapsed(), "next chunk of the burst ready");
-                match next {
-                    Some(chunk) => chunk,
-                    None => break,
+                let batch: Vec<RunAt> = ahead_runs.by_ref().take(size).collect();
+                if !batch.is_empty() {
+                    let prepared = ahead_prepared.by_ref().take(size).collect::<Vec<_>>();
+                    (batch, prepared)
+                } else {
+                    let waited = Instant::now();
+                    let next = rx.recv().await;
+                    // Non-zero only if reading and encoding a chunk took longer than
+                    // publishing one.
+                    debug!(wait = ?waited.elapsed(), "next chunk of the burst ready");
+                    match next {
+                        Some(chunk) => chunk,
+                        None => break,
+                    }
                 }
             };
             // Between chunks too: a burst takes long enough for a lease to pass.

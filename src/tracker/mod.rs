@@ -51,6 +51,7 @@ impl Tracker {
         }
         loop {
             let epoch = self.role.borrow().epoch();
+            let started = tokio::time::Instant::now();
             if let Some(epoch) = epoch {
                 match self.pass(epoch).await {
                     Ok(n) if n > 0 => tracing::debug!(updated = n, "result tracker pass"),
@@ -60,7 +61,7 @@ impl Tracker {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(pause(self.poll, started.elapsed())) => {}
                 _ = self.role.changed() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -171,6 +172,18 @@ impl Tracker {
     }
 }
 
+/// Share of the time a pass may take at most: the tracker shares the process (and often the
+/// machine) with dispatch, so it never takes more than this of a core. Past that, results are
+/// recorded later (a pass over 50,000 runs nobody consumes was taking a core of a debug build
+/// and delaying other tenants' dispatch), never runs.
+const DUTY: u32 = 4;
+
+/// The pause after a pass that took `took`: the poll interval, or longer after a long pass, so
+/// passes take at most 1/[`DUTY`] of the time.
+fn pause(poll: Duration, took: Duration) -> Duration {
+    poll.max(took.saturating_mul(DUTY - 1))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
     #[error("Postgres: {0}")]
@@ -211,4 +224,26 @@ async fn apply(
     let changed = tracking::record_transitions(&mut tx, &writes).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_pass_is_followed_by_a_pause_three_times_as_long() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            pause(ms(300), ms(20)),
+            ms(300),
+            "a short pass: the poll interval"
+        );
+        assert_eq!(pause(ms(300), ms(100)), ms(300));
+        assert_eq!(
+            pause(ms(300), ms(400)),
+            ms(1200),
+            "passes take a quarter of the time"
+        );
+        assert_eq!(pause(ms(300), Duration::MAX), Duration::MAX, "no overflow");
+    }
 }
