@@ -51,6 +51,8 @@ pub struct Context {
     pub(super) failures: Mutex<HashMap<String, u32>>,
     /// Reconciles of many jobs at once, handed to the job queue a few at a time.
     pub sweeps: Arc<sweep::Sweeps>,
+    /// Where valid jobs are stored, in batches shared by concurrent reconciles.
+    pub upserts: super::upserts::Upserts,
 }
 
 impl Context {

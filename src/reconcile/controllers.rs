@@ -141,6 +141,7 @@ pub fn controllers(
 
     let ctx = Arc::new(Context {
         client,
+        upserts: super::upserts::Upserts::start(pool.clone()),
         pool,
         jobs: jobs.clone(),
         functions,

@@ -11,6 +11,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Upsert(#[from] super::upserts::UpsertError),
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
     #[error("cache not ready: {0}")]
@@ -22,7 +24,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",
-            Error::Store(_) => "database",
+            Error::Store(_) | Error::Upsert(_) => "database",
             Error::MissingMetadata(_) => "metadata",
             Error::CacheNotReady(_) => "cache",
         }

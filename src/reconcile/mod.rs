@@ -27,6 +27,7 @@ pub mod scheduled_job;
 pub mod selector;
 pub mod sweep;
 pub mod task_function;
+pub mod upserts;
 pub mod validate;
 pub mod watch;
 

@@ -105,10 +105,11 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
     // Only `Ready` is read: other conditions are other controllers', left alone by the apply.
     let previous = obj.previous_conditions();
 
-    let (ready, summary, last_trigger) = match verdict {
+    // The row's id when the upsert returned it (an invalid job's row, if any, is looked up).
+    let (ready, summary, last_trigger, job_id) = match verdict {
         Verdict::Valid(row) => {
             super::calendars::store_missing(&ctx, &row.calendars).await?;
-            let stored = store::upsert_job(&ctx.pool, &row, row_spec.as_ref()).await?;
+            let stored = ctx.upserts.upsert((*row).clone(), row_spec).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
                 return Ok(());
@@ -141,7 +142,12 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 Some(generation),
                 now,
             );
-            (ready, Some(row.schedule_summary.clone()), last_trigger)
+            (
+                ready,
+                Some(row.schedule_summary.clone()),
+                last_trigger,
+                Some(stored.id),
+            )
         }
         Verdict::Invalid(invalid) => {
             // Stop it: an invalid job must not keep running an outdated schedule silently.
@@ -166,6 +172,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 ready,
                 None,
                 obj.status.last_trigger.as_deref().map(String::from),
+                None,
             )
         }
     };
@@ -178,7 +185,11 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
     if write_status(&api, &name, &obj, owned).await? {
         // `nextScheduleTime` is the status writer's field (one owner, so that it disappears when
         // there is no next run): ask it to show what was just stored.
-        if let Some(job_id) = store::status::job_id(&ctx.pool, &uid).await? {
+        let job_id = match job_id {
+            Some(id) => Some(id),
+            None => store::status::job_id(&ctx.pool, &uid).await?,
+        };
+        if let Some(job_id) = job_id {
             ctx.feed.touch(job_id);
         }
     }

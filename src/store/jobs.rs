@@ -10,34 +10,61 @@ use crate::reconcile::validate::JobRow;
 /// What the store holds for a job after an upsert.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredJob {
+    /// Its row's id (for the status feed: no second read).
+    pub id: i64,
     pub enabled: bool,
     pub next_run_at: Option<DateTime<Utc>>,
     pub last_trigger: Option<String>,
 }
 
-/// Insert or update a valid job in one transaction. The dispatcher owns `next_run_at`; it is
-/// replaced only when the schedule itself (or its `endTime`) changed or the job is (re)enabled —
-/// resuming never replays the suspended period — and cleared while `maxRuns` is reached. Returns `None` if the job was already deleted.
-/// `spec` is the ScheduledJob spec the row was built from (see [`stored_spec`]).
-// Long because its SQL is: one upsert statement of every column, then one read-back.
+/// Insert or update a valid job: [`upsert_jobs`] with one row. Returns `None` if the job was
+/// already deleted.
 pub async fn upsert_job(
     pool: &PgPool,
     row: &JobRow,
     spec: Option<&serde_json::Value>,
 ) -> Result<Option<StoredJob>, StoreError> {
+    Ok(upsert_jobs(pool, &[(row, spec)]).await?.pop().flatten())
+}
+
+/// Insert or update valid jobs, all in one transaction of two statements (the reconciler batches
+/// what concurrent reconciles store: one commit for hundreds of jobs, not one each). The
+/// dispatcher owns `next_run_at`; it is replaced only when the schedule itself (or its
+/// `endTime`) changed or the job is (re)enabled — resuming never replays the suspended period —
+/// and cleared while `maxRuns` is reached. Returns, in `rows`' order, what the store holds for
+/// each, `None` for a job already deleted. `spec` is the ScheduledJob spec the row was built
+/// from (see [`stored_spec`]).
+///
+/// The rows must have distinct uids and distinct (namespace, name): one statement cannot
+/// update a row twice.
+// Long because its SQL is: one upsert statement of every column, its arrays bound one by one.
+pub async fn upsert_jobs(
+    pool: &PgPool,
+    rows: &[(&JobRow, Option<&serde_json::Value>)],
+) -> Result<Vec<Option<StoredJob>>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let col = |f: &dyn Fn(&JobRow) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
+    let uids = col(&|r| r.uid.clone());
+    let namespaces = col(&|r| r.namespace.clone());
+    let names = col(&|r| r.name.clone());
     let mut tx = pool.begin().await?;
     // An object deleted behind our back (finalizer removed by hand) and recreated under the same
     // name has a new uid; retire the old row so the name is free.
     sqlx::query(
-        "UPDATE scheduled_jobs SET deleted_at = now(), enabled = false, next_run_at = NULL
-         WHERE namespace = $1 AND name = $2 AND uid <> $3 AND deleted_at IS NULL",
+        "UPDATE scheduled_jobs s SET deleted_at = now(), enabled = false, next_run_at = NULL
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(namespace, name, uid)
+         WHERE s.namespace = u.namespace AND s.name = u.name AND s.uid <> u.uid
+           AND s.deleted_at IS NULL",
     )
-    .bind(&row.namespace)
-    .bind(&row.name)
-    .bind(&row.uid)
+    .bind(&namespaces)
+    .bind(&names)
+    .bind(&uids)
     .execute(&mut *tx)
     .await?;
-    let stored: Option<StoredJob> = sqlx::query_as(
+    let json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
+    let stored: Vec<(String, StoredJob)> = sqlx::query_as::<_, StoredRow>(
         "INSERT INTO scheduled_jobs (
              uid, namespace, name, generation, task_function, task_function_id, task_name,
              job_type_id, schedule_config, schedule_summary, time_zone, start_time, anchor_time,
@@ -45,10 +72,28 @@ pub async fn upsert_job(
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
              execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at,
              spec, spec_generation, message_options, health, end_time, max_runs, calendars)
-         VALUES ($1, $2, $3, $4, $5, (SELECT id FROM task_functions WHERE name = $5), $6,
-                 (SELECT id FROM scheduler_job_types WHERE name = $7), $8, $9, $10, $11, $12,
-                 $13, $14, $15, $16, $17, NOT $18, $18, true,
-                 $19, $20, $21, $22, $23, $24, $25, $26, $27, $4, $28, $29, $30, $31, $32)
+         SELECT u.uid, u.namespace, u.name, u.generation, u.task_function,
+                (SELECT id FROM task_functions WHERE name = u.task_function), u.task_name,
+                (SELECT id FROM scheduler_job_types WHERE name = u.job_type), u.schedule_config,
+                u.schedule_summary, u.time_zone, u.start_time, u.anchor_time, u.args, u.kwargs,
+                u.queue, u.priority, u.expires_seconds, NOT u.suspended, u.suspended, true,
+                u.concurrency_policy, u.starting_deadline_seconds, u.jitter_seconds,
+                u.execution_timeout_seconds, u.history_limit, u.description, u.next_run_at,
+                u.next_slot_at, u.spec, u.generation, u.message_options, u.health, u.end_time,
+                u.max_runs, ARRAY(SELECT jsonb_array_elements_text(u.calendars))
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                     $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[],
+                     $12::timestamptz[], $13::jsonb[], $14::jsonb[], $15::text[], $16::int2[],
+                     $17::int8[], $18::bool[], $19::text[], $20::int8[], $21::int8[],
+                     $22::int8[], $23::int4[], $24::text[], $25::timestamptz[],
+                     $26::timestamptz[], $27::jsonb[], $28::jsonb[], $29::jsonb[],
+                     $30::timestamptz[], $31::int8[], $32::jsonb[])
+              AS u(uid, namespace, name, generation, task_function, task_name, job_type,
+                   schedule_config, schedule_summary, time_zone, start_time, anchor_time, args,
+                   kwargs, queue, priority, expires_seconds, suspended, concurrency_policy,
+                   starting_deadline_seconds, jitter_seconds, execution_timeout_seconds,
+                   history_limit, description, next_run_at, next_slot_at, spec,
+                   message_options, health, end_time, max_runs, calendars)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -111,44 +156,104 @@ pub async fn upsert_job(
              END,
              updated_at = now()
          WHERE scheduled_jobs.deleted_at IS NULL
-         RETURNING enabled, next_run_at, last_trigger",
+         RETURNING uid, id, enabled, next_run_at, last_trigger",
     )
-    .bind(&row.uid)
-    .bind(&row.namespace)
-    .bind(&row.name)
-    .bind(row.generation)
-    .bind(&row.task_function)
-    .bind(&row.task_name)
-    .bind(row.job_type.as_str())
-    .bind(&row.schedule_config)
-    .bind(&row.schedule_summary)
-    .bind(&row.time_zone)
-    .bind(row.start_time)
-    .bind(row.anchor_time)
-    .bind(&row.args)
-    .bind(&row.kwargs)
-    .bind(&row.queue)
-    .bind(row.priority)
-    .bind(row.expires_seconds)
-    .bind(row.suspended)
-    .bind(policy_str(row.concurrency_policy))
-    .bind(row.starting_deadline_seconds)
-    .bind(row.jitter_seconds)
-    .bind(row.execution_timeout_seconds)
-    .bind(row.history_limit)
-    .bind(&row.description)
-    .bind(row.next_run_at)
-    .bind(row.next_slot_at)
-    .bind(spec)
-    .bind(sqlx::types::Json(&row.message_options))
-    .bind(sqlx::types::Json(&row.health))
-    .bind(row.end_time)
-    .bind(row.max_runs)
-    .bind(&row.calendars)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .bind(&uids)
+    .bind(&namespaces)
+    .bind(&names)
+    .bind(rows.iter().map(|(r, _)| r.generation).collect::<Vec<_>>())
+    .bind(col(&|r| r.task_function.clone()))
+    .bind(col(&|r| r.task_name.clone()))
+    .bind(col(&|r| r.job_type.as_str().to_string()))
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.schedule_config.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(&|r| r.schedule_summary.clone()))
+    .bind(col(&|r| r.time_zone.clone()))
+    .bind(rows.iter().map(|(r, _)| r.start_time).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.anchor_time).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.args.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.kwargs.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(&|r| r.queue.clone()))
+    .bind(rows.iter().map(|(r, _)| r.priority).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.expires_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|(r, _)| r.suspended).collect::<Vec<_>>())
+    .bind(col(&|r| policy_str(r.concurrency_policy).to_string()))
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.starting_deadline_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.jitter_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.execution_timeout_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.history_limit)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| r.description.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|(r, _)| r.next_run_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.next_slot_at).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(_, spec)| spec.cloned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| json(serde_json::to_value(&r.message_options)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(r, _)| json(serde_json::to_value(&r.health)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|(r, _)| r.end_time).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(r, _)| r.max_runs).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(r, _)| json(serde_json::to_value(&r.calendars)))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.uid, r.stored))
+    .collect();
     tx.commit().await?;
-    Ok(stored)
+    let mut by_uid: std::collections::HashMap<String, StoredJob> = stored.into_iter().collect();
+    Ok(uids.iter().map(|uid| by_uid.remove(uid)).collect())
+}
+
+/// A row of [`upsert_jobs`]'s RETURNING: whose it is, and what is stored.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    uid: String,
+    #[sqlx(flatten)]
+    stored: StoredJob,
 }
 
 fn policy_str(p: crate::api::ConcurrencyPolicy) -> &'static str {
