@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: kube-beat against Celery beat and RedBeat on this machine (bench/bench.py).
 # Everything it needs is set up here: services, a control plane of its own, the release build,
-# the peers' virtualenv. Extra arguments go to bench/bench.py (e.g. --n 1000 --workloads aligned).
+# the peers' virtualenv. Extra arguments go to bench/bench.py (e.g. --n 1000 --workloads aligned,
+# or --scale apply --n 10000 for the scale scenarios of bench/scale.py).
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,11 @@ source "$cp_dir/env"
 trap 'hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
-log "building kube-beat (release)"
-cargo build --release --quiet
-export KUBE_BEAT="$PWD/target/release/kube-beat" BENCH_PYTHON="$venv/bin/python"
+# KUBE_BEAT=<binary>: measure that build instead (e.g. the previous commit's, for a before/after).
+if [ -z "${KUBE_BEAT:-}" ]; then
+  log "building kube-beat (release)"
+  cargo build --release --quiet
+  KUBE_BEAT="$PWD/target/release/kube-beat"
+fi
+export KUBE_BEAT BENCH_PYTHON="$venv/bin/python"
 "$venv/bin/python" bench/bench.py "$@"

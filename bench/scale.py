@@ -1,0 +1,171 @@
+"""Scale scenarios of `make bench` (issue: scale beyond bursts), beside bench.py's bursts.
+
+- `apply`: N ScheduledJobs created as fast as the apiserver accepts them (16 clients) while
+  kube-beat runs and leads; the clock that matters is from the last create the apiserver
+  accepted to the moment every job is in Postgres with its next run (`valid`, `next_run_at`).
+  Sampled every 0.5 s, so both curves (created, in Postgres) are plotted.
+
+Run through `hack/bench.sh --scale apply --n 10000` (bench.py hands over to `run_scale`).
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bench
+from bench import DB, PG, cpu_seconds, free_port, log, metric, peak_rss_mib, postgres_cpu, postgres_cpu_since, psql
+
+
+def fresh_database():
+    subprocess.run(["psql", f"{PG}/postgres", "-qc", f"drop database if exists {DB} with (force)"], check=True)
+    subprocess.run(["psql", f"{PG}/postgres", "-qc", f"create database {DB}"], check=True)
+
+
+def start_operator(args, ns, workdir, extra=()):
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", BROKER_URL=bench.BROKER,
+               RESULT_BACKEND=f"redis://127.0.0.1:{bench.REDIS_PORT}/4", POD_NAME=f"bench-{ns}",
+               RUST_LOG="warn")
+    logfile = open(workdir / f"operator-{ns}.log", "wb")
+    proc = subprocess.Popen([args.kube_beat, "run", "--namespace", ns, "--http-addr", f"127.0.0.1:{port}",
+                             "--lease-name", f"bench-{ns}", *extra],
+                            env=env, stdout=logfile, stderr=subprocess.STDOUT)
+    return proc, port, logfile
+
+
+def stop_operator(proc, logfile):
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    logfile.close()
+
+
+def run_apply(args, kube, n, workdir, clients=16, timeout=1800):
+    """One record: creates/s accepted by the apiserver, jobs/s into Postgres, and the time from
+    the last accepted create until every job was in Postgres."""
+    ns = f"apply-{n}-{int(time.time())}"
+    fresh_database()
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    op, port, oplog = start_operator(args, ns, workdir)
+    rec = {"scenario": "apply", "n": n, "system": "kube-beat"}
+    try:
+        if not bench.wait_until("the operator leading", time.time() + 60,
+                                lambda: metric(port, "kube_beat_leader") == 1):
+            rec["error"] = "the operator never led"
+            return rec
+        scheduled = lambda: int(psql(DB, "select count(*) from scheduled_jobs where namespace = "
+                                         f"'{ns}' and valid and next_run_at is not null") or 0)
+        created = [0]
+        samples = []  # (seconds since the first create, created, in Postgres)
+        stop = threading.Event()
+
+        def sample(t0):
+            while not stop.is_set():
+                samples.append((time.time() - t0, created[0], scheduled()))
+                stop.wait(0.5)
+
+        path = f"/apis/kubebeat.io/v1alpha1/namespaces/{ns}/scheduledjobs"
+        # Due in a day: nothing runs during the scenario, only reconcile is measured.
+        due_ms = int((time.time() + 86_400) * 1000)
+        lock = threading.Lock()
+
+        def create(i):
+            kube.create(path, bench.job(f"apply-{i}", i, ns, due_ms))
+            with lock:
+                created[0] += 1
+
+        cpu0, pg0 = cpu_seconds(op.pid), postgres_cpu()
+        first = time.time()
+        sampler = threading.Thread(target=sample, args=(first,), daemon=True)
+        sampler.start()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(create, range(n)))
+        last = time.time()
+        ok = bench.wait_until(f"all {n} jobs in Postgres", last + timeout, lambda: scheduled() >= n, every=0.25)
+        done = time.time()
+        stop.set()
+        sampler.join()
+        rec.update({
+            "create_s": last - first,
+            "creates_per_s": n / (last - first),
+            "after_last_create_s": (done - last) if ok else None,
+            "to_postgres_s": (done - first) if ok else None,
+            "jobs_per_s": n / (done - first) if ok else None,
+            "cpu_s": cpu_seconds(op.pid) - cpu0,
+            "pg_cpu_s": postgres_cpu_since(pg0),
+            "rss_mib": peak_rss_mib(op.pid),
+            "status_backlog": metric(port, "kube_beat_status_queue_depth"),
+            "samples": samples,
+        })
+        if not ok:
+            rec["error"] = f"only {scheduled()} of {n} in Postgres {timeout} s after the last create"
+    finally:
+        stop_operator(op, oplog)
+    return rec
+
+
+def fmt(v, unit="s"):
+    return "–" if v is None else f"{v:,.1f} {unit}"
+
+
+def report_apply(records, out):
+    lines = ["# Scale: apply → scheduled", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `make bench BENCH_ARGS='--scale apply'` "
+             "(bench/scale.py). N ScheduledJobs created by 16 clients while kube-beat runs and leads; "
+             "'after the last create' is from the last create the apiserver accepted until every job "
+             "was in Postgres with its next run (target ≤ 10 s).", "",
+             "| N | created in | creates/s (apiserver) | in Postgres after the last create | "
+             "jobs/s into Postgres | operator CPU s | peak RSS | Postgres CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in records:
+        lines.append(f"| {x['n']:,} | {fmt(x.get('create_s'))} | {fmt(x.get('creates_per_s'), '')} | "
+                     f"{fmt(x.get('after_last_create_s'))} | {fmt(x.get('jobs_per_s'), '')} | "
+                     f"{fmt(x.get('cpu_s'), '')} | {fmt(x.get('rss_mib'), 'MiB')} | {fmt(x.get('pg_cpu_s'), '')} |")
+        if x.get("error"):
+            lines.append(f"|  | ↳ {x['error']} | | | | | | |")
+    (out / "scale-apply.md").write_text("\n".join(lines) + "\n")
+    (out / "scale-apply.json").write_text(json.dumps(records, indent=1))
+    plot_apply(records, out / "scale-apply.png")
+    return "\n".join(lines)
+
+
+def plot_apply(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(records), figsize=(6 * len(records), 4), squeeze=False)
+    for ax, x in zip(axes[0], records):
+        s = x.get("samples") or []
+        ax.plot([t for t, _, _ in s], [c for _, c, _ in s], label="created (apiserver)")
+        ax.plot([t for t, _, _ in s], [p for _, _, p in s], label="in Postgres (kube-beat)")
+        ax.set_xlabel("s since the first create")
+        ax.set_ylabel("ScheduledJobs")
+        ax.set_title(f"apply → scheduled, N = {x['n']:,}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def run_scale(args, kube, workdir):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scenarios = args.scale.split(",")
+    text = []
+    if "apply" in scenarios:
+        records = []
+        for n in [int(v) for v in args.n.split(",")]:
+            log(f"scale apply: N={n}")
+            rec = run_apply(args, kube, n, workdir)
+            log(f"  created {fmt(rec.get('create_s'))} ({fmt(rec.get('creates_per_s'), '/s')}), "
+                f"in Postgres {fmt(rec.get('after_last_create_s'))} after the last create"
+                + (f" ERROR {rec['error']}" if rec.get("error") else ""))
+            records.append(rec)
+        text.append(report_apply(records, out))
+    return "\n\n".join(text)
