@@ -124,26 +124,12 @@ mod tests {
     }
 
     fn row(id: i64, next_run: &str, calendars: Option<Value>) -> crate::store::claims::DueRow {
+        let every = json!({"interval": {"seconds": 10}});
+        let anchor = t("2026-12-24T00:00:00Z");
         crate::store::claims::DueRow {
-            id,
-            uid: format!("uid-{id}"),
-            namespace: "team-a".into(),
-            name: format!("job-{id}"),
-            schedule_config: json!({"interval": {"seconds": 10}}),
-            time_zone: "UTC".into(),
-            start_time: None,
-            anchor_time: t("2026-12-24T00:00:00Z"),
-            next_run_at: t(next_run),
-            next_slot_at: None,
-            concurrency_policy: "Allow".into(),
             starting_deadline_seconds: Some(1),
-            jitter_seconds: 0,
-            active: false,
-            paused: false,
-            end_time: None,
-            max_runs: None,
-            scheduled_runs: 0,
             calendars,
+            ..crate::store::claims::DueRow::for_test(id, every, anchor, t(next_run))
         }
     }
 

@@ -33,27 +33,7 @@ fn job(slot: &str, end: Option<&str>, max_runs: Option<i64>, runs: i64) -> DueJo
 }
 
 fn row(id: i64, config: serde_json::Value, next_run: &str) -> DueRow {
-    DueRow {
-        id,
-        uid: format!("uid-{id}"),
-        namespace: "team-a".into(),
-        name: format!("job-{id}"),
-        schedule_config: config,
-        time_zone: "UTC".into(),
-        start_time: None,
-        anchor_time: t("2026-01-01T00:00:00Z"),
-        next_run_at: t(next_run),
-        next_slot_at: None,
-        concurrency_policy: "Allow".into(),
-        starting_deadline_seconds: None,
-        jitter_seconds: 0,
-        active: false,
-        paused: false,
-        end_time: None,
-        max_runs: None,
-        scheduled_runs: 0,
-        calendars: None,
-    }
+    DueRow::for_test(id, config, t("2026-01-01T00:00:00Z"), t(next_run))
 }
 
 fn ids() -> impl FnMut() -> String {

@@ -165,27 +165,8 @@ fn one_shot_ends() {
 
 /// A due row as the claim query returns it: every `every` seconds from the anchor.
 fn due_row(id: i64, every: i64, next_run: &str) -> DueRow {
-    DueRow {
-        id,
-        uid: format!("uid-{id}"),
-        namespace: "team-a".into(),
-        name: format!("job-{id}"),
-        schedule_config: serde_json::json!({"interval": {"seconds": every}}),
-        time_zone: "UTC".into(),
-        start_time: None,
-        anchor_time: t("2026-01-01T00:00:00Z"),
-        next_run_at: t(next_run),
-        next_slot_at: None,
-        concurrency_policy: "Allow".into(),
-        starting_deadline_seconds: None,
-        jitter_seconds: 0,
-        active: false,
-        paused: false,
-        end_time: None,
-        max_runs: None,
-        scheduled_runs: 0,
-        calendars: None,
-    }
+    let every = serde_json::json!({"interval": {"seconds": every}});
+    DueRow::for_test(id, every, t("2026-01-01T00:00:00Z"), t(next_run))
 }
 
 fn ids() -> impl FnMut() -> String {

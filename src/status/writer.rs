@@ -146,6 +146,17 @@ pub trait ShownStatus: Send + Sync {
     fn shows(&self, uid: &str, digest: u64) -> bool;
 }
 
+/// An object without its `null` members (in an apply, a field left out is one removed).
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(mut o) => {
+            o.retain(|_, v| !v.is_null());
+            Value::Object(o)
+        }
+        other => other,
+    }
+}
+
 /// The run fields of one job, as applied: every field the writer owns that has a value, and no
 /// `null` (in an apply, leaving a field out is what removes it).
 pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
@@ -171,14 +182,7 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
             "finishedAt": r.finished_at.map(rfc3339),
             "message": r.error.as_deref().map(|m| crate::tracker::decode::cut_front(m, 1024)),
         });
-        let exec: serde_json::Map<String, Value> = exec
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        put("lastExecution", Value::Object(exec));
+        put("lastExecution", without_nulls(exec));
     }
     if let Some(request_id) = &r.manual_request_id {
         let run = json!({
@@ -190,14 +194,7 @@ pub fn status_fields(r: &JobStatusRow, active: &[&ActiveRow]) -> Value {
             "finishedAt": r.manual_finished_at.map(rfc3339),
             "message": r.manual_message.as_deref().map(|m| crate::tracker::decode::cut_front(m, 1024)),
         });
-        let run: serde_json::Map<String, Value> = run
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        put("lastManualRun", Value::Object(run));
+        put("lastManualRun", without_nulls(run));
     }
     if !active.is_empty() {
         let active: Vec<Value> = active

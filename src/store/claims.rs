@@ -68,6 +68,40 @@ pub struct DueRow {
     pub calendars: Option<Value>,
 }
 
+#[cfg(test)]
+impl DueRow {
+    /// A due Allow job of team-a named `job-<id>` (the dispatch tests' common case; each
+    /// test changes what it is about).
+    pub(crate) fn for_test(
+        id: i64,
+        schedule_config: Value,
+        anchor_time: DateTime<Utc>,
+        next_run_at: DateTime<Utc>,
+    ) -> DueRow {
+        DueRow {
+            id,
+            uid: format!("uid-{id}"),
+            namespace: "team-a".into(),
+            name: format!("job-{id}"),
+            schedule_config,
+            time_zone: "UTC".into(),
+            start_time: None,
+            anchor_time,
+            next_run_at,
+            next_slot_at: None,
+            concurrency_policy: "Allow".into(),
+            starting_deadline_seconds: None,
+            jitter_seconds: 0,
+            active: false,
+            paused: false,
+            end_time: None,
+            max_runs: None,
+            scheduled_runs: 0,
+            calendars: None,
+        }
+    }
+}
+
 /// One execution row a claim inserts (a run, or a MISSED / SKIPPED slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewExecution {
