@@ -595,8 +595,6 @@ def main():
     ap.add_argument("--lease", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--machine", default=f"{os.cpu_count()} cores")
-    ap.add_argument("--scale", default=None,
-                    help="run scale scenarios instead of the bursts (bench/scale.py): apply")
     args = ap.parse_args()
     args.kube_beat = os.environ.get("KUBE_BEAT")
     args.python = os.environ.get("BENCH_PYTHON", sys.executable)
@@ -608,10 +606,6 @@ def main():
         kube.create("/apis/kubebeat.io/v1alpha1/taskfunctions", {
             "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction", "metadata": {"name": "bench-noop"},
             "spec": {"task": "bench.noop", "queue": QUEUE, "description": "make bench"}})
-    if args.scale:
-        import scale
-        print(scale.run_scale(args, kube, workdir))
-        return
     records = []
     if args.merge:
         # Keep the records of an earlier run that this one does not measure again (their lag

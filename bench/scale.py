@@ -5,9 +5,11 @@
   accepted to the moment every job is in Postgres with its next run (`valid`, `next_run_at`).
   Sampled every 0.5 s, so both curves (created, in Postgres) are plotted.
 
-Run through `hack/bench.sh --scale apply --n 10000` (bench.py hands over to `run_scale`).
+Run through `make bench BENCH_ARGS='--scale apply --n 10000'` (hack/bench.sh runs this file
+instead of bench.py when the arguments name `--scale`).
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -169,3 +171,23 @@ def run_scale(args, kube, workdir):
             records.append(rec)
         text.append(report_apply(records, out))
     return "\n\n".join(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="apply", help="scenarios, comma-separated: apply")
+    ap.add_argument("--n", default="10000,100000")
+    ap.add_argument("--out", default=str(bench.ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    args.kube_beat = os.environ.get("KUBE_BEAT")
+    workdir = Path(os.environ.get("BENCH_WORK", "/tmp/kube-beat-bench"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    kube = bench.Kube(os.environ["KUBECONFIG"])
+    kube.create("/apis/kubebeat.io/v1alpha1/taskfunctions", {
+        "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction", "metadata": {"name": "bench-noop"},
+        "spec": {"task": "bench.noop", "queue": bench.QUEUE, "description": "make bench"}})
+    print(run_scale(args, kube, workdir))
+
+
+if __name__ == "__main__":
+    main()

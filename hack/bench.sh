@@ -22,4 +22,7 @@ if [ -z "${KUBE_BEAT:-}" ]; then
   KUBE_BEAT="$PWD/target/release/kube-beat"
 fi
 export KUBE_BEAT BENCH_PYTHON="$venv/bin/python"
-"$venv/bin/python" bench/bench.py "$@"
+# The scale scenarios (--scale ...) are bench/scale.py's; the bursts, bench/bench.py's.
+script=bench/bench.py
+[[ " $* " == *" --scale "* || " $* " == *" --scale="* ]] && script=bench/scale.py
+"$venv/bin/python" "$script" "$@"

@@ -73,11 +73,7 @@ pub(super) struct ChunkEncoder<'a> {
 
 impl<'a> ChunkEncoder<'a> {
     /// A chunk starting with the runs read ahead (see `outbox::read_ahead`).
-    pub(super) fn new(
-        encoder: &'a Encoder,
-        runs: Vec<super::outbox::AheadRun>,
-    ) -> ChunkEncoder<'a> {
-        let runs = runs.into_iter().map(|a| (a.run, a.message)).collect();
+    pub(super) fn new(encoder: &'a Encoder, runs: Vec<(RunAt, Prepared)>) -> ChunkEncoder<'a> {
         ChunkEncoder { encoder, runs }
     }
 

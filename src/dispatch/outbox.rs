@@ -36,6 +36,11 @@ pub(super) struct AheadRun {
     pub(super) message: Prepared,
 }
 
+/// The runs' messages, for a chunk (`encode::ChunkEncoder::new`).
+pub(super) fn messages(runs: Vec<AheadRun>) -> Vec<(RunAt, Prepared)> {
+    runs.into_iter().map(|a| (a.run, a.message)).collect()
+}
+
 /// A namespace as a small key (the read-ahead runs keep no strings of their rows).
 pub(super) fn tenant(namespace: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -334,7 +339,7 @@ mod tests {
             .collect();
         let encoder = encoder();
         let (ahead, to_read) = read_ahead(due, &encoder);
-        let mut encoding = ChunkEncoder::new(&encoder, ahead);
+        let mut encoding = ChunkEncoder::new(&encoder, messages(ahead));
         assert_eq!(to_read, [4, 5], "only what was not read ahead");
         for p in read {
             encoding.row(p);

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::{
     Dispatcher, MAX_CLAIM_AHEAD, MAX_IDLE, PUBLISH_TIMEOUT, RunAt, Term,
     encode::{ChunkEncoder, Encoder, read_and_encode},
-    outbox::{Held, HeldRun, first_round, read_ahead},
+    outbox::{Held, HeldRun, first_round, messages, read_ahead},
     recorder::{Recorder, mark_published},
 };
 use crate::{
@@ -261,14 +261,15 @@ impl Publishing<'_> {
         let (ahead, to_read) = read_ahead(due, &self.encoder);
         // Every tenant's first run before any tenant's second (see `first_round`).
         let (first, ahead) = first_round(ahead);
-        let (ahead_runs, ahead_prepared) = ChunkEncoder::new(&self.encoder, ahead).finish();
+        let (ahead_runs, ahead_prepared) =
+            ChunkEncoder::new(&self.encoder, messages(ahead)).finish();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let reader = {
             let (pool, encoder) = (self.dispatcher.pool.clone(), self.encoder.clone());
             tokio::spawn(async move { read_and_encode(&pool, to_read, &encoder, size, tx).await })
         };
         let mut first =
-            (!first.is_empty()).then(|| ChunkEncoder::new(&self.encoder, first).finish());
+            (!first.is_empty()).then(|| ChunkEncoder::new(&self.encoder, messages(first)).finish());
         let mut ahead_runs = ahead_runs.into_iter();
         let mut ahead_prepared = ahead_prepared.into_iter();
         let mut published = Vec::new();
