@@ -17,16 +17,6 @@ pub struct StoredJob {
     pub last_trigger: Option<String>,
 }
 
-/// Insert or update a valid job: [`upsert_jobs`] with one row. Returns `None` if the job was
-/// already deleted.
-pub async fn upsert_job(
-    pool: &PgPool,
-    row: &JobRow,
-    spec: Option<&serde_json::Value>,
-) -> Result<Option<StoredJob>, StoreError> {
-    Ok(upsert_jobs(pool, &[(row, spec)]).await?.pop().flatten())
-}
-
 /// Insert or update valid jobs, all in one transaction of two statements (the reconciler batches
 /// what concurrent reconciles store: one commit for hundreds of jobs, not one each). The
 /// dispatcher owns `next_run_at`; it is replaced only when the schedule itself (or its
@@ -45,10 +35,9 @@ pub async fn upsert_jobs(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let col = |f: &dyn Fn(&JobRow) -> String| rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
-    let uids = col(&|r| r.uid.clone());
-    let namespaces = col(&|r| r.namespace.clone());
-    let names = col(&|r| r.name.clone());
+    let uids = col(rows, |r| r.uid.clone());
+    let namespaces = col(rows, |r| r.namespace.clone());
+    let names = col(rows, |r| r.name.clone());
     let mut tx = pool.begin().await?;
     // An object deleted behind our back (finalizer removed by hand) and recreated under the same
     // name has a new uid; retire the old row so the name is free.
@@ -161,83 +150,41 @@ pub async fn upsert_jobs(
     .bind(&uids)
     .bind(&namespaces)
     .bind(&names)
-    .bind(rows.iter().map(|(r, _)| r.generation).collect::<Vec<_>>())
-    .bind(col(&|r| r.task_function.clone()))
-    .bind(col(&|r| r.task_name.clone()))
-    .bind(col(&|r| r.job_type.as_str().to_string()))
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.schedule_config.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(&|r| r.schedule_summary.clone()))
-    .bind(col(&|r| r.time_zone.clone()))
-    .bind(rows.iter().map(|(r, _)| r.start_time).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.anchor_time).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.args.clone()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.kwargs.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(&|r| r.queue.clone()))
-    .bind(rows.iter().map(|(r, _)| r.priority).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.expires_seconds)
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|(r, _)| r.suspended).collect::<Vec<_>>())
-    .bind(col(&|r| policy_str(r.concurrency_policy).to_string()))
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.starting_deadline_seconds)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.jitter_seconds)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.execution_timeout_seconds)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.history_limit)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| r.description.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|(r, _)| r.next_run_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.next_slot_at).collect::<Vec<_>>())
+    .bind(col(rows, |r| r.generation))
+    .bind(col(rows, |r| r.task_function.clone()))
+    .bind(col(rows, |r| r.task_name.clone()))
+    .bind(col(rows, |r| r.job_type.as_str()))
+    .bind(col(rows, |r| r.schedule_config.clone()))
+    .bind(col(rows, |r| r.schedule_summary.clone()))
+    .bind(col(rows, |r| r.time_zone.clone()))
+    .bind(col(rows, |r| r.start_time))
+    .bind(col(rows, |r| r.anchor_time))
+    .bind(col(rows, |r| r.args.clone()))
+    .bind(col(rows, |r| r.kwargs.clone()))
+    .bind(col(rows, |r| r.queue.clone()))
+    .bind(col(rows, |r| r.priority))
+    .bind(col(rows, |r| r.expires_seconds))
+    .bind(col(rows, |r| r.suspended))
+    .bind(col(rows, |r| policy_str(r.concurrency_policy)))
+    .bind(col(rows, |r| r.starting_deadline_seconds))
+    .bind(col(rows, |r| r.jitter_seconds))
+    .bind(col(rows, |r| r.execution_timeout_seconds))
+    .bind(col(rows, |r| r.history_limit))
+    .bind(col(rows, |r| r.description.clone()))
+    .bind(col(rows, |r| r.next_run_at))
+    .bind(col(rows, |r| r.next_slot_at))
     .bind(
         rows.iter()
             .map(|(_, spec)| spec.cloned())
             .collect::<Vec<_>>(),
     )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| json(serde_json::to_value(&r.message_options)))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|(r, _)| json(serde_json::to_value(&r.health)))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|(r, _)| r.end_time).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(r, _)| r.max_runs).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|(r, _)| json(serde_json::to_value(&r.calendars)))
-            .collect::<Vec<_>>(),
-    )
+    .bind(col(rows, |r| {
+        json(serde_json::to_value(&r.message_options))
+    }))
+    .bind(col(rows, |r| json(serde_json::to_value(&r.health))))
+    .bind(col(rows, |r| r.end_time))
+    .bind(col(rows, |r| r.max_runs))
+    .bind(col(rows, |r| json(serde_json::to_value(&r.calendars))))
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -246,6 +193,11 @@ pub async fn upsert_jobs(
     tx.commit().await?;
     let mut by_uid: std::collections::HashMap<String, StoredJob> = stored.into_iter().collect();
     Ok(uids.iter().map(|uid| by_uid.remove(uid)).collect())
+}
+
+/// One column of `rows`, as the array [`upsert_jobs`] binds for it.
+fn col<T>(rows: &[(&JobRow, Option<&serde_json::Value>)], f: impl Fn(&JobRow) -> T) -> Vec<T> {
+    rows.iter().map(|(r, _)| f(r)).collect()
 }
 
 /// A row of [`upsert_jobs`]'s RETURNING: whose it is, and what is stored.

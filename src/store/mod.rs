@@ -30,8 +30,7 @@ use sqlx::{
 
 // The reconciler and the API call these by their old paths.
 pub use jobs::{
-    StoredJob, disable_invalid_job, mark_job_deleted, stored_generations, stored_spec, upsert_job,
-    upsert_jobs,
+    StoredJob, disable_invalid_job, mark_job_deleted, stored_generations, stored_spec, upsert_jobs,
 };
 pub use retention::{prune_deleted_jobs, prune_history};
 pub use task_functions::{delete_task_function, upsert_task_function};
