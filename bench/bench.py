@@ -53,15 +53,20 @@ def cpu_seconds(pid):
         return 0.0
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
+    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: now), in MiB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
     return None
+
+
+def peak_rss_mib(pid):
+    return status_mib(pid, "VmHWM")
 
 
 def postgres_cpu():
@@ -232,12 +237,19 @@ def psql(db, sql):
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def metric(port, name):
+def metrics_text(port):
+    """kube-beat's /metrics, or None if it did not answer."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
+        return conn.getresponse().read().decode()
     except OSError:
+        return None
+
+
+def metric(port, name):
+    text = metrics_text(port)
+    if text is None:
         return None
     total = None
     for line in text.splitlines():

@@ -1,5 +1,7 @@
 """Scale scenarios of `make bench` (issue: scale beyond bursts), beside bench.py's bursts.
 
+- `sustained` (bench/sustained.py): N jobs every minute for --minutes with tracking on, then a
+  cold start and a failover, on one set-up.
 - `apply`: N ScheduledJobs created as fast as the apiserver accepts them (16 clients) while
   kube-beat runs and leads; the clock that matters is from the last create the apiserver
   accepted to the moment every job is in Postgres with its next run (`valid`, `next_run_at`).
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -170,22 +173,39 @@ def run_scale(args, kube, workdir):
                 + (f" ERROR {rec['error']}" if rec.get("error") else ""))
             records.append(rec)
         text.append(report_apply(records, out))
+    if "sustained" in scenarios:
+        import sustained
+        log(f"scale sustained: N={args.n_sustained}, {args.minutes} min")
+        rec = sustained.run_sustained(args, kube, workdir)
+        if args.redbeat_minutes > 0:
+            log(f"scale sustained: RedBeat, N={args.n_sustained}, {args.redbeat_minutes} min")
+            rec["redbeat"] = sustained.run_redbeat(args, workdir, args.n_sustained, args.redbeat_minutes)
+        text.append(sustained.report_sustained(rec, out))
     return "\n\n".join(text)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", default="apply", help="scenarios, comma-separated: apply")
-    ap.add_argument("--n", default="10000,100000")
+    ap.add_argument("--scale", default="apply", help="scenarios, comma-separated: apply, sustained")
+    ap.add_argument("--n", default="10000,100000", help="apply: job counts, comma-separated")
+    ap.add_argument("--n-sustained", type=int, default=100_000, help="sustained: jobs, each every minute")
+    ap.add_argument("--minutes", type=float, default=10, help="sustained: the measured window")
+    ap.add_argument("--lease", type=int, default=10, help="sustained: Lease duration, seconds")
+    ap.add_argument("--redbeat-minutes", type=float, default=5,
+                    help="sustained: RedBeat on the same load for this long (0: not run)")
     ap.add_argument("--out", default=str(bench.ROOT / "bench" / "results"))
     args = ap.parse_args()
     args.kube_beat = os.environ.get("KUBE_BEAT")
+    args.python = os.environ.get("BENCH_PYTHON", sys.executable)
     workdir = Path(os.environ.get("BENCH_WORK", "/tmp/kube-beat-bench"))
     workdir.mkdir(parents=True, exist_ok=True)
     kube = bench.Kube(os.environ["KUBECONFIG"])
     kube.create("/apis/kubebeat.io/v1alpha1/taskfunctions", {
         "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction", "metadata": {"name": "bench-noop"},
         "spec": {"task": "bench.noop", "queue": bench.QUEUE, "description": "make bench"}})
+    kube.create("/apis/kubebeat.io/v1alpha1/taskfunctions", {
+        "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction", "metadata": {"name": "bench-sample"},
+        "spec": {"task": "bench.sample", "queue": "kb-sample", "description": "make bench: a real worker's queue"}})
     print(run_scale(args, kube, workdir))
 
 

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
+    /// From a run's publish to its final state recorded in Postgres (how late outcomes are).
+    pub result_recorded: Histogram,
     /// Admission webhook decisions, by kind and result.
     pub admissions: Family<Admission, Counter>,
     /// Sampled from outside: the status feed, the pool, queue depths.
@@ -189,6 +191,7 @@ impl Metrics {
             job_failures: Family::default(),
             task_restarts: Family::default(),
             tracker_pass: latency_histogram(),
+            result_recorded: latency_histogram(),
             tracker_unfinished: Gauge::default(),
             admissions: Family::default(),
             sampled: Arc::default(),
@@ -265,6 +268,11 @@ impl Metrics {
             "result_tracker_unfinished",
             "Unfinished executions seen by the last tracker pass",
             m.tracker_unfinished.clone(),
+        );
+        r.register(
+            "result_recorded_seconds",
+            "Time from a run's publish to its final state being recorded by the result tracker",
+            m.result_recorded.clone(),
         );
         register_admissions(&mut r, &m);
         r.register_collector(Box::new(SampledCollector(m.sampled.clone())));

@@ -312,6 +312,14 @@ async fn inspect_with_redis_keyprefix_and_db() {
         Some(0),
         "a queue nobody declared"
     );
+    // No queues to count (no TaskFunction stored yet): an empty answer, not an error.
+    assert!(
+        publisher
+            .queue_consumers_many(&[])
+            .await
+            .expect("no queues")
+            .is_empty()
+    );
     let mut c = redis::Client::open(broker.as_str())
         .and_then(|c| c.get_connection())
         .expect("redis");

@@ -329,6 +329,11 @@ impl Publisher {
         queues: &[String],
     ) -> Result<HashMap<String, Option<u32>>, PublishError> {
         let mut out = HashMap::with_capacity(queues.len());
+        // No queues yet (a probe before any TaskFunction is stored): an empty Redis pipeline
+        // is an error ("empty command"), which dropped the connection and logged a warning.
+        if queues.is_empty() {
+            return Ok(out);
+        }
         match self {
             Publisher::Redis {
                 conn: shared,

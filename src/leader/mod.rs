@@ -57,6 +57,19 @@ impl Role {
             _ => None,
         }
     }
+
+    /// The leader by its last round, but that round's certainty has run out (a renewal is
+    /// late): not allowed to write now, yet no new leadership will come to redo what it puts
+    /// off. Work meeting a lapsed leader waits and retries; a follower's is dropped (the next
+    /// leader re-reconciles everything).
+    pub fn lapsed(&self) -> bool {
+        matches!(self, Role::Leader { valid_until, .. } if Instant::now() >= *valid_until)
+    }
+
+    /// The leader by its last round, certain or not.
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Role::Leader { .. })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

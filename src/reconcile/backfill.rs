@@ -23,7 +23,7 @@ pub(super) async fn backfill_stage(
     let Some(text) = obj.backfill() else {
         return Ok(());
     };
-    let Some(epoch) = ctx.epoch() else {
+    let Some(epoch) = ctx.writing_epoch()? else {
         return Ok(());
     };
     let value = match backfill::parse_annotation(text).and_then(|v| {

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::{
     Guarded,
-    error::{Error, backoff, is_conflict},
+    error::{Error, backoff, quick_retry},
     job_cache::JobCache,
     selector::LabelSelector,
     sweep,
@@ -92,7 +92,14 @@ impl Context {
     /// Followers keep their caches warm and write nothing (a new leader re-reconciles all).
     pub(super) async fn may_write(&self) -> Result<bool, Error> {
         self.caches_ready().await?;
-        Ok(self.epoch().is_some())
+        Ok(self.writing_epoch()?.is_some())
+    }
+
+    /// The epoch to write under: `None` on a follower (its work is the next leader's), an
+    /// error while the leader's lease is uncertain, so the reconcile is retried shortly
+    /// instead of dropped: nothing else would ask for it again.
+    pub(super) fn writing_epoch(&self) -> Result<Option<i64>, Error> {
+        writing_epoch(&self.role.borrow())
     }
 
     /// The leader's fencing epoch, or `None` on a follower (which must not write).
@@ -154,9 +161,9 @@ impl Context {
     /// How long to wait before retrying a failed reconcile of `key` (`namespace/name`, or a
     /// TaskFunction's name). Counted and logged here.
     pub(super) fn retry_delay(&self, key: String, err: &Error) -> Duration {
-        if is_conflict(err) {
-            tracing::debug!(object = %key, "conflict on a stale object; retrying shortly");
-            return Duration::from_millis(500);
+        if let Some(soon) = quick_retry(err) {
+            tracing::debug!(object = %key, error = %err, "retrying shortly");
+            return soon;
         }
         crate::metrics::METRICS
             .reconcile_errors
@@ -215,5 +222,41 @@ impl SeenTaskFunction {
                     && (now.deleting || (!self.deleting && now.generation >= self.generation))
             }
         }
+    }
+}
+
+/// [`Context::writing_epoch`] for a role.
+pub(super) fn writing_epoch(role: &crate::leader::Role) -> Result<Option<i64>, Error> {
+    match role.epoch() {
+        Some(epoch) => Ok(Some(epoch)),
+        None if role.lapsed() => Err(Error::LeaseUncertain),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leader::Role;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_leader_writes_a_follower_skips_and_a_late_renewal_is_retried_not_dropped() {
+        let now = Instant::now();
+        let certain = Role::Leader {
+            epoch: 7,
+            valid_until: now + Duration::from_secs(5),
+        };
+        assert!(matches!(writing_epoch(&certain), Ok(Some(7))));
+        assert!(matches!(writing_epoch(&Role::Follower), Ok(None)));
+        // Still the leader by its last round, but that round's certainty ran out: the
+        // reconcile must fail (and be retried), not succeed having written nothing.
+        let lapsed = Role::Leader {
+            epoch: 7,
+            valid_until: now - Duration::from_millis(1),
+        };
+        assert!(lapsed.is_leader() && lapsed.lapsed());
+        assert!(matches!(writing_epoch(&lapsed), Err(Error::LeaseUncertain)));
+        assert!(!certain.lapsed() && !Role::Follower.lapsed() && !Role::Follower.is_leader());
     }
 }

@@ -272,9 +272,12 @@ fn run_all(
             sweeps_by_leader.ask(sweep::Sweep::All);
             futures::future::ready(())
         });
+    // A sweep ends when this replica is a follower, not while a late renewal makes its lease
+    // uncertain: its reconciles wait that out (`Error::LeaseUncertain`), and no new leadership
+    // would come to ask for the rest of the sweep again.
     let leading = {
         let role = role.clone();
-        move || role.borrow().epoch().is_some()
+        move || role.borrow().is_leader()
     };
     let asks = futures::stream::select(
         futures::stream::select(

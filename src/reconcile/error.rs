@@ -17,6 +17,10 @@ pub enum Error {
     MissingMetadata(&'static str),
     #[error("cache not ready: {0}")]
     CacheNotReady(String),
+    /// This replica leads but its lease renewal is late: retried shortly (see
+    /// `Role::lapsed`).
+    #[error("leader lease not certainly held")]
+    LeaseUncertain,
 }
 
 impl Error {
@@ -27,14 +31,21 @@ impl Error {
             Error::Store(_) | Error::Upsert(_) => "database",
             Error::MissingMetadata(_) => "metadata",
             Error::CacheNotReady(_) => "cache",
+            Error::LeaseUncertain => "leadership",
         }
     }
 }
 
-/// A 409 means we acted on a stale copy; the change that beat us is already on its way as an
-/// event, so retry soon instead of backing off.
-pub fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+/// Failures that are no fault of the object or a dependency, retried soon without backing off
+/// or counting as errors: a 409 (we acted on a stale copy; the change that beat us is already
+/// on its way as an event), and a leader's late lease renewal (over once the renewal lands, or
+/// this replica is a follower by then and the retry does nothing).
+pub fn quick_retry(e: &Error) -> Option<Duration> {
+    match e {
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Some(Duration::from_millis(500)),
+        Error::LeaseUncertain => Some(Duration::from_secs(1)),
+        _ => None,
+    }
 }
 
 /// 2 s, 4 s, 8 s ... capped at 5 minutes.
@@ -53,5 +64,19 @@ mod tests {
         assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(backoff(0).as_secs(), 2);
         assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn conflicts_and_an_uncertain_lease_are_retried_soon_other_errors_back_off() {
+        let conflict = Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("stale", "Conflict").with_code(409),
+        )));
+        assert_eq!(quick_retry(&conflict), Some(Duration::from_millis(500)));
+        assert_eq!(
+            quick_retry(&Error::LeaseUncertain),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(quick_retry(&Error::MissingMetadata("uid")), None);
+        assert_eq!(Error::LeaseUncertain.category(), "leadership");
     }
 }

@@ -33,7 +33,7 @@ pub mod watch;
 
 pub use context::{Context, SeenTaskFunction};
 pub use controllers::{Controllers, RunOptions, controllers};
-pub use error::{Error, backoff, is_conflict};
+pub use error::{Error, backoff, quick_retry};
 pub use guarded::Guarded;
 pub use selector::{LabelSelector, SelectorError};
 

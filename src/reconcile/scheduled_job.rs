@@ -228,7 +228,7 @@ async fn manual_trigger(
     if Some(value) == last {
         return Ok(None);
     }
-    let Some(epoch) = ctx.epoch() else {
+    let Some(epoch) = ctx.writing_epoch()? else {
         return Ok(None);
     };
     let uid = row.uid.as_str();

@@ -123,6 +123,11 @@ impl Tracker {
             self.feed.touch(u.job_id);
             if tr.state.is_final() {
                 m.finished(tr.state.as_str());
+                let late = (Utc::now() - u.since)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0);
+                m.result_recorded.observe(late as f64 / 1e6);
                 let started = u.started_at.or(tr.started_at);
                 if let (Some(s), Some(f)) = (started, tr.finished_at) {
                     let secs = (f - s).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
