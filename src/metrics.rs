@@ -81,6 +81,8 @@ pub struct Metrics {
     pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
+    /// Jobs whose finalizer or `Ready` status waits for the paced apiserver writers.
+    pub reconcile_writes_waiting: Gauge,
     /// From a run's publish to its final state recorded in Postgres (how late outcomes are).
     pub result_recorded: Histogram,
     /// Admission webhook decisions, by kind and result.
@@ -193,6 +195,7 @@ impl Metrics {
             tracker_pass: latency_histogram(),
             result_recorded: latency_histogram(),
             tracker_unfinished: Gauge::default(),
+            reconcile_writes_waiting: Gauge::default(),
             admissions: Family::default(),
             sampled: Arc::default(),
             registry: Registry::with_prefix("kube_beat"),
@@ -268,6 +271,11 @@ impl Metrics {
             "result_tracker_unfinished",
             "Unfinished executions seen by the last tracker pass",
             m.tracker_unfinished.clone(),
+        );
+        r.register(
+            "reconcile_writes_waiting",
+            "Jobs stored in Postgres whose finalizer or Ready status is still to be written to the apiserver",
+            m.reconcile_writes_waiting.clone(),
         );
         r.register(
             "result_recorded_seconds",

@@ -572,7 +572,7 @@ async fn task_function_changes_follow_into_jobs() {
 async fn a_new_leader_reconciles_what_changed_while_none_ran() {
     let mut f = fixture("kbt-sweep").await;
     f.create_tf("sync", task_spec()).await;
-    for name in ["kept", "edited", "restored"] {
+    for name in ["kept", "edited", "restored", "unguarded", "watched"] {
         f.create_job(
             name,
             json!({"taskFunction": "sync", "schedule": {"interval": {"hours": 1}}}),
@@ -597,6 +597,15 @@ async fn a_new_leader_reconciles_what_changed_while_none_ran() {
         .delete("kept", &DeleteParams::default())
         .await
         .expect("delete");
+    // A job whose finalizer someone removed, then deleted: it is gone at once, with no
+    // deletion for the next operator to see (the orphan check finds it).
+    let no_finalizer = json!({"metadata": {"finalizers": null}});
+    f.patch_job("unguarded", no_finalizer.clone()).await;
+    f.jobs()
+        .delete("unguarded", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(f.jobs().get_opt("unguarded").await.expect("get").is_none());
     // A row without the spec it was built from (written by an older release, or a database
     // restored from a backup): the operator's cache keeps no spec for a stored, Ready job.
     let spec_stored = |name: &'static str| {
@@ -643,6 +652,34 @@ async fn a_new_leader_reconciles_what_changed_while_none_ran() {
     eventually("the deleted job stops", WAIT, || async {
         f.row("kept").await.filter(|r| r.deleted)
     })
+    .await;
+    let row = eventually(
+        "the job deleted without its finalizer stops",
+        WAIT,
+        || async { f.row("unguarded").await.filter(|r| r.deleted) },
+    )
+    .await;
+    assert!(!row.enabled && row.next_run_at.is_none());
+    assert!(
+        !f.row("edited").await.expect("row").deleted,
+        "only gone jobs"
+    );
+    // The same while an operator runs: the watch's deletion stops it (no finalizer to wait on).
+    f.patch_job("watched", no_finalizer).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !f.row("watched").await.expect("row").deleted,
+        "removing the finalizer deletes nothing"
+    );
+    f.jobs()
+        .delete("watched", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "a job deleted without its finalizer stops",
+        WAIT,
+        || async { f.row("watched").await.filter(|r| r.deleted) },
+    )
     .await;
     // Its spec read from the object instead, the row is built again.
     let restored = eventually("the row without a spec is rebuilt", WAIT, || async {

@@ -254,6 +254,15 @@ impl CachedJob {
         }
     }
 
+    /// This job without its spec, when it holds one that deserializes: for the cache to let go
+    /// of it once Postgres holds it (see [`super::job_cache::JobCache::spec_stored`]).
+    pub fn without_spec(&self) -> Option<CachedJob> {
+        matches!(self.spec, Ok(Some(_))).then(|| CachedJob {
+            spec: Ok(None),
+            ..self.clone()
+        })
+    }
+
     /// `spec.taskFunction`, when the spec deserializes.
     pub fn task_function(&self) -> Option<&str> {
         self.task_function.as_deref()

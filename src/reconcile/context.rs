@@ -53,6 +53,8 @@ pub struct Context {
     pub sweeps: Arc<sweep::Sweeps>,
     /// Where valid jobs are stored, in batches shared by concurrent reconciles.
     pub upserts: super::upserts::Upserts,
+    /// The apiserver writes reconciles hand over (see [`super::paced`]).
+    pub writes: super::paced::ObjectWrites,
 }
 
 impl Context {
@@ -100,11 +102,6 @@ impl Context {
     /// instead of dropped: nothing else would ask for it again.
     pub(super) fn writing_epoch(&self) -> Result<Option<i64>, Error> {
         writing_epoch(&self.role.borrow())
-    }
-
-    /// The leader's fencing epoch, or `None` on a follower (which must not write).
-    pub fn epoch(&self) -> Option<i64> {
-        self.role.borrow().epoch()
     }
 
     /// The TaskFunction `name` from the cache, once the cache has caught up with the newest

@@ -139,7 +139,9 @@ pub fn controllers(
         },
     );
 
+    let (writes, write_asks) = super::paced::ObjectWrites::new();
     let ctx = Arc::new(Context {
+        writes,
         client,
         upserts: super::upserts::Upserts::start(pool.clone()),
         pool,
@@ -158,6 +160,8 @@ pub fn controllers(
         failures: Mutex::new(HashMap::new()),
         sweeps,
     });
+    let write_ctx = ctx.clone();
+    let orphans = super::drift::orphan_checks(ctx.clone(), namespace, shutdown.clone());
     let run = run_all(
         ctx,
         listed.clone(),
@@ -165,8 +169,18 @@ pub fn controllers(
         calendars_stream,
         job_changes,
         recount_rx,
+        shutdown.clone(),
+    );
+    // The finalizers and owned status the job reconciles ask for, a few at a time (see `paced`).
+    let writers = queue::run(
+        write_asks,
+        super::paced::WRITERS,
+        move |key| super::paced::write_job(key, write_ctx.clone()),
         shutdown,
     );
+    let run = async move {
+        futures::join!(run, writers, orphans);
+    };
     Controllers {
         jobs,
         listed: [listed.jobs, listed.functions, listed.calendars],
@@ -343,8 +357,13 @@ fn error_policy(obj: Arc<Guarded<TaskFunction>>, err: &Error, ctx: Arc<Context>)
 async fn reconcile_job(key: Uid, ctx: Arc<Context>) -> Option<Duration> {
     // Whatever asked for it, a sweep no longer waits for this job.
     ctx.sweeps.started(&key);
-    // Not cached: deleted since it was asked for.
-    let job = ctx.jobs.get(&key)?;
+    // Not cached: deleted (see `scheduled_job::gone`).
+    let Some(job) = ctx.jobs.get(&key) else {
+        return match scheduled_job::gone(&key, &ctx).await {
+            Ok(()) => None,
+            Err(e) => Some(ctx.retry_delay(key.to_string(), &e)),
+        };
+    };
     match scheduled_job::reconcile(job.clone(), ctx.clone()).await {
         Ok(()) => None,
         Err(e) => Some(ctx.retry_delay(job.key_text(), &e)),

@@ -37,6 +37,10 @@ impl<'a> Finalizing<'a> {
             finalizers: job.finalizers(),
         }
     }
+
+    fn has_ours(&self) -> bool {
+        self.finalizers.iter().any(|f| f == FINALIZER)
+    }
 }
 
 /// Being deleted: run `cleanup` once, then let the object go. Otherwise make sure our finalizer
@@ -50,31 +54,62 @@ pub async fn finalizer_stage<K>(
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let ours = obj.finalizers.iter().any(|f| f == FINALIZER);
     if obj.deleting {
-        if ours {
-            cleanup.await?;
-            let rest: Vec<String> = obj
-                .finalizers
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            match patch_finalizers(api, &obj, rest).await {
-                // Already gone: nothing left to clean.
-                Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
-                other => other?,
-            }
-        }
-        return Ok(true);
+        return deletion_stage(api, obj, cleanup).await;
     }
-    if !ours {
-        let mut all = obj.finalizers.clone();
-        all.push(FINALIZER.to_string());
-        patch_finalizers(api, &obj, all).await?;
+    if !obj.has_ours() {
+        add_finalizer(api, &obj).await?;
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Being deleted: run `cleanup` once (if our finalizer is still on it), then let the object go;
+/// `true` then (this pass ends). Not being deleted: `false`, nothing written. ScheduledJobs use
+/// this alone and have their finalizer added by [`super::paced`], apart from the reconcile.
+pub async fn deletion_stage<K>(
+    api: &Api<K>,
+    obj: Finalizing<'_>,
+    cleanup: impl Future<Output = Result<(), Error>>,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.deleting {
+        return Ok(false);
+    }
+    if obj.has_ours() {
+        cleanup.await?;
+        let rest: Vec<String> = obj
+            .finalizers
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        match patch_finalizers(api, &obj, rest).await {
+            // Already gone: nothing left to clean.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
+            other => other?,
+        }
+    }
+    Ok(true)
+}
+
+/// Put our finalizer on the object (guarded by its resourceVersion). An object already gone
+/// needs none: not an error.
+pub async fn add_finalizer<K>(api: &Api<K>, obj: &Finalizing<'_>) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if obj.has_ours() {
+        return Ok(());
+    }
+    let mut all = obj.finalizers.clone();
+    all.push(FINALIZER.to_string());
+    match patch_finalizers(api, obj, all).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+        other => other,
+    }
 }
 
 /// Replace the finalizer list, guarded by resourceVersion so a concurrent writer is not undone.

@@ -8,7 +8,8 @@
 //!
 //! Where things are: [`controllers`] wires the watches, the job queue and the TaskFunction
 //! controller; [`context`] is what reconciles share; [`error`] what they fail with;
-//! [`finalizer`] the finalizer stage; [`drift`] the hourly check against Postgres; [`watch`]
+//! [`finalizer`] the finalizer stage; [`paced`] the apiserver writes a job reconcile hands
+//! over (its finalizer and status); [`drift`] the hourly check against Postgres; [`watch`]
 //! the watch plumbing; [`selector`] `--task-function-selector`.
 
 mod backfill;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod finalizer;
 pub mod guarded;
 pub mod job_cache;
+pub mod paced;
 pub mod queue;
 pub mod scheduled_job;
 pub mod selector;

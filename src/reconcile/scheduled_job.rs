@@ -3,20 +3,19 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kube::{
-    Api, Resource,
-    api::{Patch, PatchParams},
-};
-use serde_json::json;
+use kube::Api;
 use tracing::{debug, info};
 
 use super::{
     Context, Error, Finalizing, Guarded,
-    cached_job::{CachedJob, WatchedJob, reconciled_digest},
-    conditions, finalizer_stage, schema_mismatch, validate,
+    cached_job::{CachedJob, Uid, WatchedJob},
+    conditions,
+    finalizer::deletion_stage,
+    paced::{OwnedStatus, Pending},
+    schema_mismatch, validate,
 };
 use crate::{
-    api::{Condition, ScheduledJob, ScheduledJobSpec, TaskFunction},
+    api::{ScheduledJob, ScheduledJobSpec, TaskFunction},
     store,
 };
 
@@ -26,7 +25,8 @@ enum Verdict {
     Invalid(validate::Invalid),
 }
 
-// The stages of one reconcile, in order (finalizer → verdict → store → status); ~140 lines.
+// The stages of one reconcile, in order (deletion → verdict → store → status and finalizer,
+// handed to the paced writers); ~140 lines.
 // To be split into a function per stage when the next stage (job health) lands here.
 pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Error> {
     if !ctx.may_write().await? {
@@ -46,7 +46,8 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
         info!(job = %key, "ScheduledJob deleted: scheduling stopped");
         Ok(())
     };
-    if finalizer_stage(&api, Finalizing::of_job(&obj), cleanup).await? {
+    // Our finalizer, if missing, is added with the status (see `paced`): storing the job first.
+    if deletion_stage(&api, Finalizing::of_job(&obj), cleanup).await? {
         ctx.succeeded(&key);
         return Ok(());
     }
@@ -109,11 +110,15 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
     let (ready, summary, last_trigger, job_id) = match verdict {
         Verdict::Valid(row) => {
             super::calendars::store_missing(&ctx, &row.calendars).await?;
+            let stored_with_spec = row_spec.is_some();
             let stored = ctx.upserts.upsert((*row).clone(), row_spec).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
                 return Ok(());
             };
+            if stored_with_spec {
+                ctx.jobs.spec_stored(&obj.key(), obj.generation());
+            }
             ctx.wake.notify_one();
             let last_trigger = manual_trigger(
                 &ctx,
@@ -182,19 +187,30 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
         schedule: summary,
         last_trigger,
     };
-    if write_status(&api, &name, &obj, owned).await? {
-        // `nextScheduleTime` is the status writer's field (one owner, so that it disappears when
-        // there is no next run): ask it to show what was just stored.
-        let job_id = match job_id {
-            Some(id) => Some(id),
-            None => store::status::job_id(&ctx.pool, &uid).await?,
-        };
-        if let Some(job_id) = job_id {
-            ctx.feed.touch(job_id);
-        }
-    }
+    let shown = owned.shown_by(&obj);
+    ctx.writes.ask(
+        obj.key(),
+        Pending {
+            finalizer: !obj.finalized(),
+            status: Some(owned),
+            job_id,
+        },
+        shown,
+    );
     ctx.succeeded(&key);
     // No periodic requeue: the drift check is the safety net (see `drift_checks`).
+    Ok(())
+}
+
+/// A job asked for that is no longer in the cache: the watch saw it deleted (perhaps before our
+/// finalizer was on it, or after someone removed the finalizer), or a new list no longer showed
+/// it. Scheduling stops, as the deletion stage would have done; executions are kept.
+pub async fn gone(key: &Uid, ctx: &Context) -> Result<(), Error> {
+    if !ctx.may_write().await? {
+        return Ok(());
+    }
+    store::mark_job_deleted(&ctx.pool, &key.to_string()).await?;
+    debug!(uid = %key, "ScheduledJob gone: scheduling stopped");
     Ok(())
 }
 
@@ -363,63 +379,6 @@ async fn stored_spec(
         }
     };
     Ok(serde_json::from_value(json).map_err(|e| e.to_string()))
-}
-
-/// The status fields the reconciler owns (the status writer owns the run fields, including
-/// `nextScheduleTime`).
-struct OwnedStatus {
-    observed_generation: i64,
-    ready: Condition,
-    schedule: Option<String>,
-    last_trigger: Option<String>,
-}
-
-/// Apply the fields this stage owns, only when they differ (a resync writes nothing); whether
-/// it wrote.
-///
-/// Server-side apply under [`crate::api::FIELD_MANAGER`], with every field the reconciler owns
-/// in each apply: a field it owned and leaves out is removed (no `schedule` for an invalid job).
-/// The conditions list is a list-map keyed by `type`, so the apply carries `Ready` only and
-/// other controllers' conditions stay as they are, without reading them first.
-async fn write_status(
-    api: &Api<WatchedJob>,
-    name: &str,
-    obj: &CachedJob,
-    new: OwnedStatus,
-) -> Result<bool, Error> {
-    let shown = &obj.status;
-    let conditions = std::slice::from_ref(&new.ready);
-    if !shown.unreadable
-        && shown.reconciled
-            == reconciled_digest(
-                Some(new.observed_generation),
-                conditions,
-                new.schedule.as_deref(),
-                new.last_trigger.as_deref(),
-            )
-    {
-        return Ok(false);
-    }
-    let mut status = json!({
-        "observedGeneration": new.observed_generation,
-        "conditions": conditions,
-    });
-    if let Some(schedule) = new.schedule {
-        status["schedule"] = json!(schedule);
-    }
-    if let Some(last_trigger) = new.last_trigger {
-        status["lastTrigger"] = json!(last_trigger);
-    }
-    let apply = json!({
-        "apiVersion": ScheduledJob::api_version(&()),
-        "kind": ScheduledJob::kind(&()),
-        "metadata": {"name": name},
-        "status": status,
-    });
-    let params = PatchParams::apply(crate::api::FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(&apply))
-        .await?;
-    Ok(true)
 }
 
 /// A Kubernetes timestamp as chrono.

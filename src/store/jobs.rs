@@ -244,6 +244,32 @@ pub async fn stored_generations(
     Ok(rows.into_iter().collect())
 }
 
+/// The uids of the live jobs (in `namespace`, when one is given): the orphan check compares
+/// them with the jobs the watch shows.
+pub async fn live_uids(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT uid FROM scheduled_jobs
+         WHERE deleted_at IS NULL AND ($1::text IS NULL OR namespace = $1)",
+    )
+    .bind(namespace)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// (uid, namespace, name) of these live jobs.
+pub async fn live_names(
+    pool: &PgPool,
+    uids: &[String],
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT uid, namespace, name FROM scheduled_jobs
+         WHERE uid = ANY($1) AND deleted_at IS NULL",
+    )
+    .bind(uids)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Stop an invalid job until it is fixed. Its last valid configuration stays as it was (nothing
 /// half-written); only the flags change. Returns whether a row existed.
 pub async fn disable_invalid_job(
