@@ -572,7 +572,7 @@ async fn task_function_changes_follow_into_jobs() {
 async fn a_new_leader_reconciles_what_changed_while_none_ran() {
     let mut f = fixture("kbt-sweep").await;
     f.create_tf("sync", task_spec()).await;
-    for name in ["kept", "edited", "restored", "unguarded", "watched"] {
+    for name in ["kept", "edited", "restored", "unguarded", "watched", "held"] {
         f.create_job(
             name,
             json!({"taskFunction": "sync", "schedule": {"interval": {"hours": 1}}}),
@@ -606,6 +606,17 @@ async fn a_new_leader_reconciles_what_changed_while_none_ran() {
         .await
         .expect("delete");
     assert!(f.jobs().get_opt("unguarded").await.expect("get").is_none());
+    // A job deleted while another controller's finalizer holds it, and without ours: it stays
+    // Terminating, and must stop all the same.
+    f.patch_job(
+        "held",
+        json!({"metadata": {"finalizers": ["example.com/hold"]}}),
+    )
+    .await;
+    f.jobs()
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
     // A row without the spec it was built from (written by an older release, or a database
     // restored from a backup): the operator's cache keeps no spec for a stored, Ready job.
     let spec_stored = |name: &'static str| {
@@ -664,6 +675,17 @@ async fn a_new_leader_reconciles_what_changed_while_none_ran() {
         !f.row("edited").await.expect("row").deleted,
         "only gone jobs"
     );
+    eventually("the job held by another finalizer stops", WAIT, || async {
+        f.row("held").await.filter(|r| r.deleted)
+    })
+    .await;
+    let held = f.jobs().get_opt("held").await.expect("get").expect("held");
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "still Terminating"
+    );
+    f.patch_job("held", json!({"metadata": {"finalizers": null}}))
+        .await;
     // The same while an operator runs: the watch's deletion stops it (no finalizer to wait on).
     f.patch_job("watched", no_finalizer).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

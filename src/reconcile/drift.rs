@@ -26,6 +26,8 @@ use crate::api::ScheduledJob;
 const ORPHANS_MAX: usize = 1000;
 /// How often a replica looks at whether it has started leading (the orphan check's trigger).
 const ORPHAN_POLL: Duration = Duration::from_secs(2);
+/// Wait after an orphan check that failed (Postgres unreachable, say).
+const ORPHAN_RETRY: Duration = Duration::from_secs(30);
 
 /// How often the leader compares Postgres with the cache (see [`drifted`]).
 const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(3600);
@@ -106,7 +108,8 @@ pub async fn orphan_checks(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "jobs whose object is gone: scheduling stopped"),
                 Err(e) => {
-                    warn!(error = %e, "orphan check failed (retrying)");
+                    warn!(error = %e, "orphan check failed (retrying in 30 s)");
+                    tokio::time::sleep(ORPHAN_RETRY).await;
                     continue;
                 }
             }
@@ -132,7 +135,14 @@ async fn check_orphans(ctx: &Context, namespace: Option<&str>) -> Result<usize, 
         // The cache may lag the replica that stored the row (a leader that just died): only
         // the apiserver's answer, not the cache's, makes a job gone.
         let api: kube::Api<ScheduledJob> = kube::Api::namespaced(ctx.client.clone(), &ns);
-        let live = api.get_metadata_opt(&name).await?;
+        let live = match api.get_metadata_opt(&name).await {
+            Ok(live) => live,
+            // This one is left for the next check; the others go on.
+            Err(e) => {
+                warn!(job = %format!("{ns}/{name}"), error = %e, "orphan check: reading the object failed");
+                continue;
+            }
+        };
         if live.is_some_and(|o| o.metadata.uid.as_deref() == Some(uid.as_str())) {
             continue;
         }

@@ -64,9 +64,11 @@ where
     Ok(false)
 }
 
-/// Being deleted: run `cleanup` once (if our finalizer is still on it), then let the object go;
-/// `true` then (this pass ends). Not being deleted: `false`, nothing written. ScheduledJobs use
-/// this alone and have their finalizer added by [`super::paced`], apart from the reconcile.
+/// Being deleted: run `cleanup` (idempotent), then let the object go by removing our finalizer
+/// if it is on it; `true` then (this pass ends). Not being deleted: `false`, nothing written.
+/// ScheduledJobs use this alone and have their finalizer added by [`super::paced`], apart from
+/// the reconcile: a job being deleted before that (held by another controller's finalizer)
+/// must stop all the same.
 pub async fn deletion_stage<K>(
     api: &Api<K>,
     obj: Finalizing<'_>,
@@ -78,8 +80,8 @@ where
     if !obj.deleting {
         return Ok(false);
     }
+    cleanup.await?;
     if obj.has_ours() {
-        cleanup.await?;
         let rest: Vec<String> = obj
             .finalizers
             .iter()

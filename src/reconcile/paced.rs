@@ -18,7 +18,7 @@
 //! job changed five times while its writes waited is written once, as it is now.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -99,8 +99,16 @@ impl Pending {
 /// The jobs with writes waiting, and the channel that asks the writers for them.
 #[derive(Clone)]
 pub struct ObjectWrites {
-    pending: Arc<Mutex<HashMap<Uid, Pending>>>,
+    inner: Arc<Mutex<Inner>>,
     asks: mpsc::UnboundedSender<Uid>,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<Uid, Pending>,
+    /// Taken by a writer and not finished: what the object shows may be about to change, so an
+    /// ask for one of these is queued even when the object shows its status now.
+    in_flight: HashSet<Uid>,
 }
 
 impl ObjectWrites {
@@ -108,37 +116,39 @@ impl ObjectWrites {
     pub fn new() -> (ObjectWrites, mpsc::UnboundedReceiver<Uid>) {
         let (asks, rx) = mpsc::unbounded();
         let writes = ObjectWrites {
-            pending: Arc::default(),
+            inner: Arc::default(),
             asks,
         };
         (writes, rx)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uid, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn count(pending: &HashMap<Uid, Pending>) {
+    fn count(inner: &Inner) {
         crate::metrics::METRICS
             .reconcile_writes_waiting
-            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(inner.pending.len()).unwrap_or(i64::MAX));
     }
 
     /// Ask for `write` on the job `key`, merged with what is still waiting for it. `shown`: the
-    /// object already shows `write.status`; then nothing is queued for it, but a status still
-    /// waiting is replaced (an older one must not be written over what the job is now).
+    /// object already shows `write.status`; then nothing is queued for it, unless a status is
+    /// still waiting (it is replaced: an older one must not be written over what the job is now)
+    /// or being written (the object may not show it for long).
     pub fn ask(&self, key: Uid, write: Pending, shown: bool) {
         {
-            let mut pending = self.lock();
-            let older = pending.remove(&key);
-            let nothing = write.is_empty() || (shown && !write.finalizer);
+            let mut inner = self.lock();
+            let older = inner.pending.remove(&key);
+            let nothing =
+                write.is_empty() || (shown && !write.finalizer && !inner.in_flight.contains(&key));
             let merged = match older {
                 None if nothing => return,
                 None => write,
                 Some(older) => write.over(older),
             };
-            pending.insert(key.clone(), merged);
-            Self::count(&pending);
+            inner.pending.insert(key.clone(), merged);
+            Self::count(&inner);
         }
         // Closed only when the writers have stopped (shutdown): the next leader writes it.
         if self.asks.unbounded_send(key).is_err() {
@@ -146,11 +156,25 @@ impl ObjectWrites {
         }
     }
 
+    /// Drop what waits for `key` (the job is no longer this installation's to write).
+    pub fn forget(&self, key: &Uid) {
+        let mut inner = self.lock();
+        if inner.pending.remove(key).is_some() {
+            Self::count(&inner);
+        }
+    }
+
+    /// Take what waits for `key`, marking it in flight until [`ObjectWrites::finish`].
     fn take(&self, key: &Uid) -> Option<Pending> {
-        let mut pending = self.lock();
-        let taken = pending.remove(key);
-        Self::count(&pending);
-        taken
+        let mut inner = self.lock();
+        let taken = inner.pending.remove(key)?;
+        inner.in_flight.insert(key.clone());
+        Self::count(&inner);
+        Some(taken)
+    }
+
+    fn finish(&self, key: &Uid) {
+        self.lock().in_flight.remove(key);
     }
 
     /// What a failed write left undone, unless a newer ask came meanwhile (it wins).
@@ -158,34 +182,45 @@ impl ObjectWrites {
         if rest.is_empty() {
             return;
         }
-        let mut pending = self.lock();
-        let merged = match pending.remove(&key) {
+        let mut inner = self.lock();
+        let merged = match inner.pending.remove(&key) {
             Some(newer) => newer.over(rest),
             None => rest,
         };
-        pending.insert(key, merged);
-        Self::count(&pending);
+        inner.pending.insert(key, merged);
+        Self::count(&inner);
     }
 
     /// Jobs with writes waiting.
     pub fn waiting(&self) -> usize {
-        self.lock().len()
+        self.lock().pending.len()
     }
 }
 
 /// One job's writes, as the queue runs them: the delay before a retry, if one failed.
 pub async fn write_job(key: Uid, ctx: Arc<Context>) -> Option<Duration> {
     let pending = ctx.writes.take(&key)?;
-    // Deleted (gone from the cache) or being deleted: the reconcile's deletion stage owns it.
-    let job = ctx.jobs.get(&key).filter(|j| !j.deleting())?;
+    let retry = write_taken(&key, pending, &ctx).await;
+    ctx.writes.finish(&key);
+    retry
+}
+
+async fn write_taken(key: &Uid, pending: Pending, ctx: &Context) -> Option<Duration> {
+    // Deleted (gone from the cache): nothing to write on.
+    let job = ctx.jobs.get(key)?;
+    if job.deleting() {
+        // The reconcile's deletion stage owns it now.
+        ctx.succeeded(&write_key(&job));
+        return None;
+    }
     let mut rest = pending;
-    match write(&ctx, &job, &mut rest).await {
+    match write(ctx, &job, &mut rest).await {
         Ok(()) => {
             ctx.succeeded(&write_key(&job));
             None
         }
         Err(e) => {
-            ctx.writes.put_back(key, rest);
+            ctx.writes.put_back(key.clone(), rest);
             Some(ctx.retry_delay(write_key(&job), &e))
         }
     }
@@ -388,13 +423,36 @@ mod tests {
         writes.ask(key.clone(), b, false);
         writes.ask(key.clone(), shown.clone(), true);
         assert_eq!(writes.take(&key), Some(shown.clone()));
+        // Being written: an ask is queued even when the object shows its status (the write in
+        // flight may be an older status than the one shown).
+        writes.ask(
+            key.clone(),
+            Pending {
+                status: Some(status("B")),
+                ..shown.clone()
+            },
+            false,
+        );
+        assert!(writes.take(&key).is_some(), "B taken by a writer");
+        writes.ask(key.clone(), shown.clone(), true);
+        assert_eq!(writes.waiting(), 1, "A queued behind B in flight");
+        writes.finish(&key);
+        assert_eq!(writes.take(&key), Some(shown.clone()));
+        writes.finish(&key);
+        writes.ask(key.clone(), shown.clone(), true);
+        assert_eq!(writes.waiting(), 0, "nothing in flight: nothing queued");
         // A missing finalizer is queued even when the status is shown.
         let finalizer = Pending {
             finalizer: true,
-            ..shown
+            ..shown.clone()
         };
         writes.ask(key.clone(), finalizer.clone(), true);
         assert_eq!(writes.take(&key), Some(finalizer));
+        // A job no longer ours: what waited is dropped.
+        writes.finish(&key);
+        writes.ask(key.clone(), shown.clone(), false);
+        writes.forget(&key);
+        assert_eq!(writes.waiting(), 0);
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
                 // installation's operator over the job's status. A job that moved away stops
                 // here.
                 store::mark_job_deleted(&ctx.pool, &uid).await?;
+                ctx.writes.forget(&obj.key());
                 debug!(job = %key, task_function = %spec.task_function, "another installation's job");
                 ctx.succeeded(&key);
                 return Ok(());
@@ -114,6 +115,7 @@ pub async fn reconcile(obj: Arc<CachedJob>, ctx: Arc<Context>) -> Result<(), Err
             let stored = ctx.upserts.upsert((*row).clone(), row_spec).await?;
             let Some(stored) = stored else {
                 // Deleted in Postgres already (we are racing our own deletion).
+                ctx.writes.forget(&obj.key());
                 return Ok(());
             };
             if stored_with_spec {
@@ -210,6 +212,8 @@ pub async fn gone(key: &Uid, ctx: &Context) -> Result<(), Error> {
         return Ok(());
     }
     store::mark_job_deleted(&ctx.pool, &key.to_string()).await?;
+    ctx.writes.forget(key);
+    ctx.succeeded(&key.to_string());
     debug!(uid = %key, "ScheduledJob gone: scheduling stopped");
     Ok(())
 }
