@@ -201,6 +201,8 @@ def main():
     ap.add_argument("--n-sustained", type=int, default=100_000, help="sustained: jobs, each every minute")
     ap.add_argument("--minutes", type=float, default=10, help="sustained: the measured window")
     ap.add_argument("--lease", type=int, default=10, help="sustained: Lease duration, seconds")
+    ap.add_argument("--settle-max", type=float, default=1200,
+                    help="sustained: most seconds to wait for the first start's apiserver writes before the cold start")
     ap.add_argument("--redbeat-minutes", type=float, default=5,
                     help="sustained: RedBeat on the same load for this long (0: not run)")
     ap.add_argument("--out", default=str(bench.ROOT / "bench" / "results"))

@@ -12,7 +12,18 @@ venv=$(hack/celery-venv.sh bench/requirements.txt)
 cp_dir="$KB_STATE/bench-cp"
 hack/control-plane.sh up "$cp_dir"
 source "$cp_dir/env"
-trap 'hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
+# Postgres as a deployment runs it: this machine's starts with autovacuum off, under which every
+# table kube-beat rewrites per run only grows (docs/operations.md#postgres). BENCH_AUTOVACUUM=as-is
+# measures the server as found; otherwise autovacuum is on for the run and what was found is
+# restored at the end (ALTER SYSTEM and a reload: it is a server-wide setting).
+pg=(psql -h 127.0.0.1 -U postgres -d postgres -Atq)
+restore_pg=true
+if [ "${BENCH_AUTOVACUUM:-on}" = on ] && [ "$("${pg[@]}" -c 'SHOW autovacuum')" = off ]; then
+  "${pg[@]}" -c 'ALTER SYSTEM SET autovacuum = on' -c 'SELECT pg_reload_conf()' >/dev/null
+  restore_pg='"${pg[@]}" -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null'
+  log "Postgres autovacuum on for this run (restored to off at the end)"
+fi
+trap 'eval "$restore_pg"; hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 # KUBE_BEAT=<binary>: measure that build instead (e.g. the previous commit's, for a before/after).

@@ -104,6 +104,36 @@ async fn up_down_up() {
         "scheduled_runs",
         "last_scheduled_run_at",
     ];
+    let scale_indexes = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_indexes
+             WHERE indexname IN ('scheduled_jobs_live_queue', 'job_executions_finished')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("indexes")
+    };
+    let fillfactor = || async {
+        sqlx::query_scalar::<_, Option<Vec<String>>>(
+            "SELECT reloptions FROM pg_class WHERE relname = 'scheduled_jobs'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("reloptions")
+        .unwrap_or_default()
+    };
+    assert_eq!(scale_indexes().await, 2);
+    assert!(
+        fillfactor().await.contains(&"fillfactor=80".to_string()),
+        "{:?}",
+        fillfactor().await
+    );
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the scale step");
+    assert_eq!(reverted, [12]);
+    assert_eq!(scale_indexes().await, 0);
+    assert_eq!(fillfactor().await, Vec::<String>::new());
     assert_eq!(column_count("job_executions", &["backfill_id"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -214,7 +244,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 11, "each migration applied once");
+    assert_eq!(applied, 12, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

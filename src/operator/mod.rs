@@ -12,7 +12,7 @@ use std::{future::Future, pin::Pin, time::Duration};
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream::FuturesUnordered};
 use kube::Client;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     options::{DispatchMode, RunArgs},
@@ -107,6 +107,15 @@ async fn connect_and_migrate(url: &str, args: &RunArgs) -> Result<sqlx::PgPool, 
     if args.migrate {
         store::migrate::up(&pool).await?;
         info!("database migrations applied");
+    }
+    match store::autovacuum_on(&pool).await {
+        Ok(true) => {}
+        Ok(false) => warn!(
+            "Postgres runs with autovacuum off: scheduled_jobs and job_executions are rewritten \
+             by every run and will grow and slow without it; turn it on \
+             (docs/operations.md#postgres)"
+        ),
+        Err(e) => debug!(error = %e, "reading the autovacuum setting failed"),
     }
     Ok(pool)
 }

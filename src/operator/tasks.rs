@@ -205,6 +205,9 @@ async fn side_publisher(
 
 /// Retention, on the leader only: executions beyond each job's `historyLimit` every
 /// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes.
+/// The history prune visits every job at each new leadership and hourly
+/// ([`store::prune_history`]); in between only the jobs that ran since the last pass
+/// ([`store::prune_history_since`]), so its cost follows the runs, not the jobs.
 pub(super) async fn housekeeping(
     pool: sqlx::PgPool,
     retention: chrono::Duration,
@@ -213,8 +216,12 @@ pub(super) async fn housekeeping(
     mut stop: watch::Receiver<bool>,
 ) {
     let deleted_every = Duration::from_secs(600);
+    let full_every = Duration::from_secs(3600);
     let mut last_deleted: Option<Instant> = None;
     let mut last_history: Option<Instant> = None;
+    // The last full history pass, and the newest execution id the last pass of either kind saw.
+    let mut last_full: Option<Instant> = None;
+    let mut pruned_upto: Option<i64> = None;
     loop {
         let leading = role.borrow().epoch().is_some();
         if leading && last_deleted.is_none_or(|t| t.elapsed() >= deleted_every) {
@@ -227,18 +234,32 @@ pub(super) async fn housekeeping(
         }
         if leading && last_history.is_none_or(|t| t.elapsed() >= history_every) {
             last_history = Some(Instant::now());
-            match store::prune_history(&pool, 500).await {
-                Ok(0) => {}
-                Ok(n) => debug!(
-                    executions = n,
-                    "pruned execution history beyond historyLimit"
-                ),
+            let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
+            let pass = match pruned_upto.filter(|_| !full) {
+                Some(after) => store::prune_history_since(&pool, after, 5_000).await,
+                None => store::prune_history(&pool, 500).await,
+            };
+            match pass {
+                Ok(p) => {
+                    if full {
+                        last_full = Some(Instant::now());
+                    }
+                    pruned_upto = Some(p.upto);
+                    if p.deleted > 0 {
+                        debug!(
+                            executions = p.deleted,
+                            full, "pruned execution history beyond historyLimit"
+                        );
+                    }
+                }
                 Err(e) => warn!(error = %e, "pruning execution history failed"),
             }
         }
         if !leading {
             last_deleted = None;
             last_history = None;
+            last_full = None;
+            pruned_upto = None;
         }
         let tick = history_every.min(Duration::from_secs(10));
         tokio::select! {

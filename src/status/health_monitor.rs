@@ -3,8 +3,8 @@
 //! verdict, a pause), emits `Unhealthy` / `Recovered` / `Paused` Events, asks the status writer
 //! to show it, and keeps the opt-in per-job series.
 //!
-//! The pass is planned by a pure function ([`plan_pass`]); this file's I/O is one read, one
-//! batched write and the notifications.
+//! The pass is planned by a pure function ([`plan_pass`]); this file's I/O is, per page of jobs,
+//! one read, one batched write and the notifications.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -27,6 +27,9 @@ use crate::{
 /// What the worker probe says about a task on a queue (production: the probe's latest census;
 /// without a probe, always [`WorkerSignal::Unknown`]).
 pub type WorkerSignals = Arc<dyn Fn(&str, &str) -> WorkerSignal + Send + Sync>;
+
+/// Jobs read and judged at a time.
+const PAGE: i64 = 1_000;
 
 /// How often the per-job series cap is warned about.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(600);
@@ -187,31 +190,57 @@ impl HealthMonitor {
         }
     }
 
-    /// One pass; returns how many jobs' series were exported and how many the cap left out.
+    /// One pass, a page of jobs at a time (each page judged, its changes stored and
+    /// announced before the next is read); returns how many jobs' series were exported and how
+    /// many the cap left out.
     async fn pass(&self) -> Result<(usize, usize), StoreError> {
-        let rows = crate::store::health::health_rows(&self.pool).await?;
         // Microseconds, as Postgres keeps them: a pause's time in the message then reads back
         // the same, and the next pass finds nothing changed.
         let now = Utc::now().trunc_subsecs(6);
-        let plan = plan_pass(&rows, now, self.workers.as_ref(), self.metrics_limit);
-        let counts = (plan.series.len(), plan.series_dropped);
-        METRICS.set_job_series(plan.series);
-        // Only the leader writes verdicts and pauses; a deposed one stops here.
-        if plan.writes.is_empty() || self.role.borrow().epoch().is_none() {
-            return Ok(counts);
+        let mut series = Vec::new();
+        let mut dropped = 0usize;
+        let mut after = 0i64;
+        loop {
+            let rows = crate::store::health::health_rows(&self.pool, after, PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let limit = self.metrics_limit.saturating_sub(series.len());
+            let plan = plan_pass(&rows, now, self.workers.as_ref(), limit);
+            drop(rows);
+            series.extend(plan.series);
+            dropped = dropped.saturating_add(plan.series_dropped);
+            // Only the leader writes verdicts and pauses; a deposed one stops here.
+            if self.role.borrow().epoch().is_none() {
+                break;
+            }
+            if !plan.writes.is_empty() {
+                self.record(plan.writes, plan.events, now).await?;
+            }
         }
-        let paused = crate::store::health::record_verdicts(&self.pool, &plan.writes, now).await?;
+        let counts = (series.len(), dropped);
+        METRICS.set_job_series(series);
+        Ok(counts)
+    }
+
+    /// Store a page's changed verdicts, then announce them (status, Events).
+    async fn record(
+        &self,
+        writes: Vec<VerdictWrite>,
+        events: Vec<JobEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let paused = crate::store::health::record_verdicts(&self.pool, &writes, now).await?;
         for id in &paused {
-            if let Some(w) = plan.writes.iter().find(|w| w.id == *id) {
+            if let Some(w) = writes.iter().find(|w| w.id == *id) {
                 info!(job_id = id, reason = ?w.pause, "paused by its health policy");
             }
         }
-        debug!(changed = plan.writes.len(), "job health changed");
-        self.feed.touch_all(plan.writes.iter().map(|w| w.id));
-        for ev in plan.events {
+        debug!(changed = writes.len(), "job health changed");
+        self.feed.touch_all(writes.iter().map(|w| w.id));
+        for ev in events {
             self.feed.event(ev);
         }
-        Ok(counts)
+        Ok(())
     }
 }
 

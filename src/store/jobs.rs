@@ -39,6 +39,14 @@ pub async fn upsert_jobs(
     let namespaces = col(rows, |r| r.namespace.clone());
     let names = col(rows, |r| r.name.clone());
     let mut tx = pool.begin().await?;
+    // The rows this batch rewrites, locked first in id order, as every writer of several job
+    // rows does (see `health::record_verdicts`): batches stored at once, the tracker's counters
+    // and the health verdicts then wait for each other instead of deadlocking. (A row retired
+    // below, a name reused under a new uid, is rare and not locked here.)
+    sqlx::query("SELECT id FROM scheduled_jobs WHERE uid = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&uids)
+        .execute(&mut *tx)
+        .await?;
     // An object deleted behind our back (finalizer removed by hand) and recreated under the same
     // name has a new uid; retire the old row so the name is free.
     sqlx::query(

@@ -32,7 +32,7 @@ use sqlx::{
 pub use jobs::{
     StoredJob, disable_invalid_job, mark_job_deleted, stored_generations, stored_spec, upsert_jobs,
 };
-pub use retention::{prune_deleted_jobs, prune_history};
+pub use retention::{Pruned, prune_deleted_jobs, prune_history, prune_history_since};
 pub use task_functions::{delete_task_function, upsert_task_function};
 
 /// SQL, for readers of status and history: a run claimed ahead (see `dispatch::LOOKAHEAD`) is
@@ -101,6 +101,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         )),
         Err(e) => Err(StoreError::Connect(e)),
     }
+}
+
+/// Whether the Postgres server vacuums on its own (`autovacuum`). Every run rewrites its job's
+/// row and its own a few times; without autovacuum nothing reclaims the old versions, the tables
+/// grow without end and every read slows (the 100,000-job sustained run, docs/capacity.md).
+pub async fn autovacuum_on(pool: &PgPool) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('autovacuum')::boolean")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// A second, small pool that keeps `connections` open (connecting in the background): the

@@ -66,10 +66,16 @@ pub async fn expire_pending(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<End
                AND e.scheduled_for + make_interval(secs => LEAST(j.starting_deadline_seconds, 31536000)
                                                             + LEAST(j.jitter_seconds, 86400)) < $1
              RETURNING e.job_id, j.namespace, j.name, j.uid, e.task_id, e.scheduled_for
+         ), locked AS MATERIALIZED (
+             -- In id order, as every writer of several job rows (health::record_verdicts).
+             SELECT j.id FROM scheduled_jobs j WHERE j.id IN (SELECT job_id FROM m)
+             ORDER BY j.id FOR NO KEY UPDATE
          ), c AS (
              UPDATE scheduled_jobs j SET missed = j.missed + n.n, total_runs = j.total_runs - n.n,
                     consecutive_failures = j.consecutive_failures + n.n
-             FROM (SELECT job_id, count(*) AS n FROM m GROUP BY job_id) n WHERE j.id = n.job_id
+             FROM (SELECT job_id, count(*) AS n FROM m GROUP BY job_id) n
+             JOIN locked l ON l.id = n.job_id
+             WHERE j.id = n.job_id
          )
          SELECT * FROM m",
     )
@@ -231,10 +237,16 @@ pub async fn mark_publish_failed(
                     finished_at = CASE WHEN claimed_at < $3 THEN now() ELSE finished_at END
              WHERE id = ANY($1) AND state = 'PENDING'
              RETURNING job_id, task_id, scheduled_for, state
+         ), locked AS MATERIALIZED (
+             -- In id order, as every writer of several job rows (health::record_verdicts).
+             SELECT j.id FROM scheduled_jobs j
+             WHERE j.id IN (SELECT job_id FROM f WHERE state = 'DISPATCH_FAILED')
+             ORDER BY j.id FOR NO KEY UPDATE
          ), c AS (
              UPDATE scheduled_jobs j SET failed = j.failed + n.n,
                     consecutive_failures = j.consecutive_failures + n.n
              FROM (SELECT job_id, count(*) AS n FROM f WHERE state = 'DISPATCH_FAILED' GROUP BY job_id) n
+             JOIN locked l ON l.id = n.job_id
              WHERE j.id = n.job_id
          )
          SELECT f.job_id, j.namespace, j.name, j.uid, f.task_id, f.scheduled_for

@@ -92,6 +92,17 @@ pub async fn record_transitions(
         error.push(w.error.as_deref());
         traceback.push(w.traceback.as_deref());
     }
+    // The jobs' rows first, in id order, as every writer of several job rows locks them (see
+    // `health::record_verdicts`), and before the runs: the claim locks a job, then revokes its
+    // runs (Replace), so a run locked before its job could close a circle with it.
+    sqlx::query(
+        "SELECT j.id FROM scheduled_jobs j
+         WHERE j.id IN (SELECT job_id FROM job_executions WHERE id = ANY($1))
+         ORDER BY j.id FOR NO KEY UPDATE",
+    )
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
     Ok(sqlx::query_scalar(
         "WITH u AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
