@@ -262,12 +262,17 @@ impl OwnSentinel {
             )
         });
         let conf = dir.path().join("sentinel.conf");
+        // A Sentinel flags its master `s_down` after `down-after-milliseconds` without a PING
+        // reply, and clients (redis-rs, kombu) then refuse that master as "not found". CI on
+        // a loaded 2-core machine once saw a master miss its PINGs for 1 s, so the failover
+        // test (which wants a quick failover) waits 3 s, and without a replica 60 s.
+        let down_after_ms = if with_replica { 3000 } else { 60_000 };
         std::fs::write(
             &conf,
             format!(
                 "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
                  sentinel monitor kbmaster 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds kbmaster 1000\n\
+                 sentinel down-after-milliseconds kbmaster {down_after_ms}\n\
                  sentinel failover-timeout kbmaster 5000\n",
                 dir.path().display()
             ),
