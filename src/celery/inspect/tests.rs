@@ -1,4 +1,5 @@
 use super::*;
+use lapin::types::ShortString;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
