@@ -205,6 +205,8 @@ def main():
                     help="sustained: most seconds to wait for the first start's apiserver writes before the cold start")
     ap.add_argument("--redbeat-minutes", type=float, default=5,
                     help="sustained: RedBeat on the same load for this long (0: not run)")
+    ap.add_argument("--profile", action="store_true",
+                    help="sustained: perf profiles of the cold start, the window and the failover (needs perf)")
     ap.add_argument("--out", default=str(bench.ROOT / "bench" / "results"))
     args = ap.parse_args()
     args.kube_beat = os.environ.get("KUBE_BEAT")

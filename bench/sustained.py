@@ -15,6 +15,10 @@ because N = 100,000 ScheduledJobs take minutes to create:
    and RSS, the executions table, the status writer.
 5. Failover: the leader is SIGKILLed; the follower's first dispatch, the catch-up, its CPU and
    RSS in its first minute; no slot doubled over the whole run (the consumer counts).
+
+With --profile, `perf record` samples (flat, 99 Hz) where the CPU goes: the whole machine by
+process over the cold start's first 60 s and for 30 s mid-window, the leader by function for 60 s
+mid-window, and the new leader by function over the 20 s after the kill.
 """
 
 import json
@@ -22,6 +26,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,6 +134,92 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def perf_top(data, sort, limit=30):
+    """The top entries of a `perf record` file by `sort` (self time, no call graph)."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
+                          "--percent-limit", "0.5", "-g", "none"], capture_output=True, text=True)
+    rows = [line.strip() for line in out.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    return rows[:limit]
+
+
+class Profile(threading.Thread):
+    """`perf record` at 99 Hz for `seconds` after `delay` — of process `pid`, or of the whole
+    machine when pid is None — then its top entries by `sort` into rec["profiles"][key]. Off
+    (nothing started) unless --profile."""
+
+    def __init__(self, args, rec, key, pid, delay, seconds, sort, workdir):
+        super().__init__(daemon=True)
+        self.enabled = bool(getattr(args, "profile", False))
+        self.rec, self.key, self.pid, self.delay, self.seconds = rec, key, pid, delay, seconds
+        self.sort, self.data = sort, str(workdir / f"{key}.perf.data")
+        if self.enabled:
+            self.start()
+
+    def run(self):
+        time.sleep(max(0.0, self.delay))
+        target = ["-a"] if self.pid is None else ["-p", str(self.pid)]
+        r = subprocess.run(["perf", "record", "-F", "99", "-o", self.data, *target, "--", "sleep",
+                            str(self.seconds)], capture_output=True, text=True)
+        entry = {"what": "the whole machine" if self.pid is None else "kube-beat",
+                 "seconds": self.seconds, "sort": self.sort}
+        if r.returncode != 0:
+            entry["error"] = r.stderr.strip()[-300:]
+        else:
+            entry["top"] = perf_top(self.data, self.sort)
+        self.rec.setdefault("profiles", {})[self.key] = entry
+
+    def finish(self):
+        if self.enabled:
+            self.join(self.seconds + self.delay + 120)
+
+
+class PgActivity(threading.Thread):
+    """With --profile: what the benchmark database's backends (autovacuum included) are doing,
+    sampled every 0.25 s from pg_stat_activity until stop() — to say what Postgres was doing in
+    the seconds before each stall of the dispatch."""
+
+    SQL = ("select extract(epoch from now()), backend_type, coalesce(wait_event_type, '-') || ':' || "
+           "coalesce(wait_event, '-'), regexp_replace(left(query, 70), '\\s+', ' ', 'g') "
+           f"from pg_stat_activity where datname = '{DB}' and state not in ('idle') "
+           "and pid <> pg_backend_pid()")
+
+    def __init__(self, args):
+        super().__init__(daemon=True)
+        self.enabled = bool(getattr(args, "profile", False))
+        self.samples, self.ticks, self.halt = [], [], threading.Event()
+        if self.enabled:
+            self.start()
+
+    def run(self):
+        while not self.halt.is_set():
+            t = time.time()
+            self.ticks.append(t)
+            for line in psql(DB, self.SQL).splitlines():
+                parts = line.split("|", 3)
+                if len(parts) == 4:
+                    self.samples.append((t, parts[1], parts[2], parts[3]))
+            self.halt.wait(0.25)
+
+    def stop(self):
+        self.halt.set()
+        if self.enabled:
+            self.join(10)
+
+    def before(self, stalls, seconds=5, top=12):
+        """The busiest (backend, wait, query) in the `seconds` before each stall against the whole
+        window: [(share of samples before stalls, share in the window, backend, wait, query)]."""
+        def counts(ticks, rows):
+            c = {}
+            for _, backend, wait, query in rows:
+                c[(backend, wait, query)] = c.get((backend, wait, query), 0) + 1
+            return {k: v / max(len(ticks), 1) for k, v in c.items()}
+        near = lambda t: any(st - seconds <= t <= st for st in stalls)
+        during = counts([t for t in self.ticks if near(t)], [r for r in self.samples if near(r[0])])
+        overall = counts(self.ticks, self.samples)
+        rows = sorted(during.items(), key=lambda kv: -kv[1])[:top]
+        return [(round(v, 2), round(overall.get(k, 0.0), 2), *k) for k, v in rows]
 
 
 def first_time(deadline, check, every=0.1):
@@ -242,6 +333,7 @@ def run_sustained(args, kube, workdir):
         a.stop()
         a = Replica(args, ns, workdir, "replica-a2", args.lease)
         replicas.append(a)
+        profiles = [Profile(args, rec, "cold start: the machine by process", None, 0, 60, "comm", workdir)]
         # Each on its own: the leader dispatches from Postgres without waiting for the caches.
         seen = first_times(a.started + 300, {"ready": a.ready, "leading": a.leading,
                                              "dispatching": lambda: a.published() > 0})
@@ -263,6 +355,10 @@ def run_sustained(args, kube, workdir):
         rec0 = histogram(a.port, "kube_beat_result_recorded_seconds")
         writes0 = metric(a.port, "kube_beat_status_writes_total") or 0
         pub0 = a.published()
+        activity = PgActivity(args)
+        middle = minutes * 30 - 30
+        profiles += [Profile(args, rec, "sustained: the leader by function", a.pid, middle, 60, "sym", workdir),
+                     Profile(args, rec, "sustained: the machine by process", None, middle + 65, 30, "comm", workdir)]
         samples = []
         while time.time() < w0 + minutes * 60:
             samples.append({
@@ -271,9 +367,12 @@ def run_sustained(args, kube, workdir):
                 "unfinished": metric(a.port, "kube_beat_result_tracker_unfinished"),
                 "status_queue": metric(a.port, "kube_beat_status_queue_depth"),
                 "published": a.published() - pub0,
+                "tracker_passes": metric(a.port, "kube_beat_result_tracker_pass_seconds_count"),
+                "tracker_pass_s": metric(a.port, "kube_beat_result_tracker_pass_seconds_sum"),
             })
             time.sleep(5)
         w1 = time.time()
+        activity.stop()
         rec["window_s"] = w1 - w0
         rec["cpu_s"] = cpu_seconds(a.pid) - cpu0
         rec["cpu_cores"] = rec["cpu_s"] / rec["window_s"]
@@ -309,6 +408,7 @@ def run_sustained(args, kube, workdir):
         b_cpu0 = cpu_seconds(b.pid)
         killed = time.time()
         a.stop(kill=True)
+        profiles.append(Profile(args, rec, "failover: the new leader by function", b.pid, 0, 20, "sym", workdir))
         took_over = first_time(killed + 120, b.leading)
         rec["failover_leading_s"] = took_over - killed if took_over else None
         time.sleep(max(0.0, killed + 60 - time.time()))
@@ -316,6 +416,8 @@ def run_sustained(args, kube, workdir):
         rec["failover_rss_mib"] = rss_mib(b.pid)
         rec["failover_peak_rss_mib"] = peak_rss_mib(b.pid)
         rec["missed"] = int(psql(DB, "select count(*) from job_executions where state = 'MISSED'") or 0)
+        for p in profiles:
+            p.finish()
     finally:
         for r in replicas:
             r.stop()
@@ -341,6 +443,11 @@ def run_sustained(args, kube, workdir):
     rec["failover_late_runs"] = len(late)
     rec["failover_late_max_s"] = max(late) if late else None
     rec["timeline"] = per_second(taken, lags, w0 - 60)
+    # Stalls: seconds of the window in which a run was taken off the queue over a second late.
+    stalls = [w0 - 60 + sec for sec, _, worst in rec["timeline"] if worst > 1.0 and w0 <= w0 - 60 + sec < w1]
+    rec["stalls"] = [round(t - w0, 1) for t in stalls]
+    if activity.enabled:
+        rec["pg_before_stalls"] = activity.before(stalls)
     sample = psql(DB, "select count(*) filter (where e.state = 'SUCCESS' and e.result is not null), count(*) "
                       "from job_executions e join scheduled_jobs j on j.id = e.job_id where j.task_function = 'bench-sample' "
                       "and e.state not in ('PENDING', 'DISPATCHED', 'STARTED')")
@@ -466,6 +573,25 @@ def report_sustained(rec, out):
         ]
         if rb.get("error"):
             lines.append(f"| RedBeat | error | {rb['error']} | – |")
+    passes = [x for x in rec.get("samples", []) if x.get("tracker_passes") is not None]
+    if len(passes) >= 2 and passes[-1]["tracker_passes"] > passes[0]["tracker_passes"]:
+        count = passes[-1]["tracker_passes"] - passes[0]["tracker_passes"]
+        took = passes[-1]["tracker_pass_s"] - passes[0]["tracker_pass_s"]
+        lines += ["", f"Result tracker in the window: {count:.0f} passes, {took / count:.1f} s each on average "
+                      f"(one every {(passes[-1]['t'] - passes[0]['t']) / count:.1f} s)."]
+    if rec.get("stalls") is not None:
+        lines += ["", f"Stalls (seconds of the window in which a run was taken off the queue over 1 s late): "
+                      f"{len(rec['stalls'])}, at s {', '.join(f'{t:.0f}' for t in rec['stalls'])}."]
+    if rec.get("pg_before_stalls"):
+        lines += ["", "Postgres in the 5 s before each stall (pg_stat_activity every 0.25 s; backends per "
+                      "sample before the stalls / over the whole window):", "",
+                  "| before stalls | whole window | backend | wait | query |", "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {backend} | {wait} | `{q.replace('|', '/')}` |"
+                  for a, b, backend, wait, q in rec["pg_before_stalls"]]
+    for key, p in rec.get("profiles", {}).items():
+        lines += ["", f"Where the CPU went — {key} ({p['seconds']} s, `perf record -F 99`, self time by "
+                      f"{'process' if p['sort'] == 'comm' else 'function'}, entries ≥ 0.5 %):", ""]
+        lines += ["```", *(p.get("top") or [f"perf failed: {p.get('error')}"]), "```"]
     stem = f"scale-sustained-{n}"
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rec, indent=1))

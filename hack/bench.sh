@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 hack/services.sh
 command -v redis-cli >/dev/null || apt_install redis-tools
+# --profile (the sustained scenario's CPU profiles) samples with perf.
+if [[ " $* " == *" --profile "* ]] && ! command -v perf >/dev/null; then apt_install linux-perf; fi
 venv=$(hack/celery-venv.sh bench/requirements.txt)
 cp_dir="$KB_STATE/bench-cp"
 hack/control-plane.sh up "$cp_dir"
