@@ -369,6 +369,7 @@ def run_sustained(args, kube, workdir):
                 "published": a.published() - pub0,
                 "tracker_passes": metric(a.port, "kube_beat_result_tracker_pass_seconds_count"),
                 "tracker_pass_s": metric(a.port, "kube_beat_result_tracker_pass_seconds_sum"),
+                "sweep_waiting": metric(a.port, "kube_beat_sweep_jobs_waiting"),
             })
             time.sleep(5)
         w1 = time.time()
@@ -436,6 +437,16 @@ def run_sustained(args, kube, workdir):
     rec["lag_p50_s"] = percentile(window, 50)
     rec["lag_p99_s"] = percentile(window, 99)
     rec["lag_max_s"] = max(window) if window else None
+    # Steady state: the window after the restarted leader's sweep (it reconciles every job) has
+    # handed out its last job, plus 10 s for the reconciles still queued.
+    swept = next((x["t"] for x in rec.get("samples", []) if x.get("sweep_waiting") == 0), None)
+    rec["sweep_done_window_s"] = swept
+    if swept is not None:
+        steady = [lag for t, lag in zip(taken, lags) if w0 + swept + 10 <= t < w1]
+        rec["steady_from_window_s"] = swept + 10
+        rec["steady_lag_p50_s"] = percentile(steady, 50)
+        rec["steady_lag_p99_s"] = percentile(steady, 99)
+        rec["steady_lag_max_s"] = max(steady) if steady else None
     after = sorted((t, lag) for t, lag in zip(taken, lags) if t > killed + 0.1)
     rec["failover_first_dispatch_s"] = after[0][0] - killed if after else None
     # The catch-up: what the new leader sent late (lag over a second) after the kill.
@@ -535,6 +546,10 @@ def report_sustained(rec, out):
         f"(due: {n / rec['interval_s']:,.0f}); runs published / due in that time {fmt(100 * rec['sent_share'], ' %', 0)} | – |",
         f"| sustained | lag (taken off the queue − slot), p50 / p99 / max | {fmt(rec.get('lag_p50_s'))} / "
         f"{fmt(rec.get('lag_p99_s'))} / {fmt(rec.get('lag_max_s'))} | p99 ≤ 0.25 s |",
+        f"| sustained | the restarted leader's sweep (every job reconciled): last job handed out at window s | "
+        f"{fmt(rec.get('sweep_done_window_s'), ' s', 0)} | – |",
+        f"| sustained, after the sweep (from window s {fmt(rec.get('steady_from_window_s'), '', 0)}) | lag p50 / p99 / max | "
+        f"{fmt(rec.get('steady_lag_p50_s'))} / {fmt(rec.get('steady_lag_p99_s'))} / {fmt(rec.get('steady_lag_max_s'))} | p99 ≤ 0.25 s |",
         f"| sustained | publish → SUCCESS recorded, p50 / p99 (histogram) | {fmt(rec.get('recorded_p50_s'))} / "
         f"{fmt(rec.get('recorded_p99_s'))} | p99 ≤ 2 s |",
         f"| sustained | leader CPU (average) | {fmt(rec.get('cpu_cores'), ' cores')} | ≤ 0.5 core |",

@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod supervise;
+pub mod suspend;
 pub mod tracker;
 pub mod trigger;
 pub mod webhook;

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub tracker_unfinished: Gauge,
     /// Jobs whose finalizer or `Ready` status waits for the paced apiserver writers.
     pub reconcile_writes_waiting: Gauge,
+    /// Jobs of the sweep in progress (a new leader's, a TaskFunction's or a calendar's) not yet
+    /// handed to the reconcile queue.
+    pub sweep_jobs_waiting: Gauge,
     /// From a run's publish to its final state recorded in Postgres (how late outcomes are).
     pub result_recorded: Histogram,
     /// Admission webhook decisions, by kind and result.
@@ -196,6 +199,7 @@ impl Metrics {
             result_recorded: latency_histogram(),
             tracker_unfinished: Gauge::default(),
             reconcile_writes_waiting: Gauge::default(),
+            sweep_jobs_waiting: Gauge::default(),
             admissions: Family::default(),
             sampled: Arc::default(),
             registry: Registry::with_prefix("kube_beat"),
@@ -276,6 +280,11 @@ impl Metrics {
             "reconcile_writes_waiting",
             "Jobs stored in Postgres whose finalizer or Ready status is still to be written to the apiserver",
             m.reconcile_writes_waiting.clone(),
+        );
+        r.register(
+            "sweep_jobs_waiting",
+            "Jobs of the sweep in progress (a new leader reconciles every job) not yet handed to the reconcile queue",
+            m.sweep_jobs_waiting.clone(),
         );
         r.register(
             "result_recorded_seconds",

@@ -476,6 +476,7 @@ async fn api_with_kubernetes_authentication_and_authorization() {
         .0,
         403
     );
+    suspend_and_unsuspend(&f, &addr).await;
     drop(op);
     f.finish().await;
 }
@@ -660,4 +661,200 @@ subjects: [{kind: ServiceAccount, name: dashboard}]
     assert_eq!(code, 401, "{body}");
     drop(op);
     f.finish().await;
+}
+
+/// Scheduled runs of `job` so far.
+async fn scheduled_runs(pool: &sqlx::PgPool, job: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = $1 AND e.trigger = 'schedule'",
+    )
+    .bind(job)
+    .fetch_one(pool)
+    .await
+    .expect("runs")
+}
+
+/// Wait until Postgres holds `job` as (un)suspended.
+async fn stored_suspended(pool: &sqlx::PgPool, job: &str, to: bool) {
+    eventually("the stored suspend", Duration::from_secs(30), || async {
+        let (suspended, next): (bool, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+            "SELECT suspended, next_run_at FROM scheduled_jobs WHERE name = $1 AND deleted_at IS NULL",
+        )
+        .bind(job)
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (suspended == to && next.is_some() != to).then_some(())
+    })
+    .await;
+}
+
+/// The job's object, as kubectl reads it.
+fn object(ns: &str, job: &str) -> Value {
+    let out = common::kubectl(&["get", "scheduledjob", job, "-n", ns, "-o", "json"]);
+    serde_json::from_str(&ok(&out)).expect("object JSON")
+}
+
+/// Disable and enable (issue #29): `spec.suspend` by server-side apply under
+/// `kube-beat-dashboard`, `patch` needed; no scheduled run while suspended, runs again after;
+/// a job whose `spec.suspend` another field manager owns, or that a GitOps tool manages, is
+/// answered 409 naming them until confirmed (the apply then takes the field over).
+async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
+    let path = |verb: &str| format!("/api/v1/jobs/{}/often/{verb}", f.ns);
+    assert_eq!(call(addr, "POST", &path("suspend"), Some(READER)).0, 403);
+    // The job was created with `suspend: false` by a client without a field manager name: the
+    // apiserver records it as `unknown`, owning the field. Refused until confirmed.
+    let (code, body) = call(addr, "POST", &path("suspend"), Some(EDITOR));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["managedBy"],
+        json!(["field manager unknown"]),
+        "{body}"
+    );
+    assert_eq!(
+        object(&f.ns, "often")["spec"]["suspend"],
+        false,
+        "changed unconfirmed"
+    );
+    let (code, body) = call(
+        addr,
+        "POST",
+        &format!("{}?confirm=true", path("suspend")),
+        Some(EDITOR),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["suspend"], true);
+    assert_eq!(body["changed"], true);
+    assert_eq!(body["overrode"], json!(["field manager unknown"]));
+    assert_eq!(body["fieldManager"], "kube-beat-dashboard");
+    let obj = object(&f.ns, "often");
+    assert_eq!(obj["spec"]["suspend"], true, "{obj}");
+    let owner = obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .find(|m| m["manager"] == "kube-beat-dashboard")
+        .unwrap_or_else(|| panic!("no kube-beat-dashboard entry: {obj}"))
+        .clone();
+    assert_eq!(owner["operation"], "Apply");
+    assert!(
+        owner["fieldsV1"]["f:spec"]["f:suspend"].is_object(),
+        "{owner}"
+    );
+    stored_suspended(&f.pool, "often", true).await;
+    // Suspended: its 2 s slots are not dispatched.
+    let before = scheduled_runs(&f.pool, "often").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        scheduled_runs(&f.pool, "often").await,
+        before,
+        "ran while suspended"
+    );
+    // Asked again: nothing to change, nothing written.
+    let (code, body) = call(addr, "POST", &path("suspend"), Some(EDITOR));
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+    // Managed by Argo CD (its tracking annotation): refused until confirmed.
+    ok(&common::kubectl(&[
+        "annotate",
+        "scheduledjob",
+        "often",
+        "-n",
+        &f.ns,
+        "argocd.argoproj.io/tracking-id=app:kubebeat.io/ScheduledJob:team/often",
+    ]));
+    let (code, body) = call(addr, "POST", &path("unsuspend"), Some(EDITOR));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["managedBy"], json!(["Argo CD"]), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("confirm")),
+        "{body}"
+    );
+    assert_eq!(
+        object(&f.ns, "often")["spec"]["suspend"],
+        true,
+        "changed unconfirmed"
+    );
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            &format!("{}?confirm=maybe", path("unsuspend")),
+            Some(EDITOR)
+        )
+        .0,
+        400
+    );
+    let (code, body) = call(
+        addr,
+        "POST",
+        &format!("{}?confirm=true", path("unsuspend")),
+        Some(EDITOR),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["overrode"], json!(["Argo CD"]));
+    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
+    stored_suspended(&f.pool, "often", false).await;
+    eventually("runs again", Duration::from_secs(30), || async {
+        (scheduled_runs(&f.pool, "often").await > before).then_some(())
+    })
+    .await;
+    // The same from the command line, under `kube-beat-cli`.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+            .args(args)
+            .args(["-n", &f.ns])
+            .output()
+            .expect("kube-beat");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (done, text) = cli(&["suspend", "often"]);
+    assert!(
+        !done && text.contains("Argo CD") && text.contains("--confirm"),
+        "{text}"
+    );
+    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
+    let (done, text) = cli(&["suspend", "often", "--confirm"]);
+    assert!(
+        done && text.contains("scheduledjob often suspended"),
+        "{text}"
+    );
+    let obj = object(&f.ns, "often");
+    assert_eq!(obj["spec"]["suspend"], true);
+    assert!(
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|e| e["manager"] == "kube-beat-cli")),
+        "{obj}"
+    );
+    stored_suspended(&f.pool, "often", true).await;
+    let (done, text) = cli(&["unsuspend", "often", "--confirm"]);
+    assert!(
+        done && text.contains("scheduledjob often unsuspended"),
+        "{text}"
+    );
+    let (done, text) = cli(&["unsuspend", "often"]);
+    assert!(done && text.contains("already unsuspended"), "{text}");
+    stored_suspended(&f.pool, "often", false).await;
+    // Not a job: 404.
+    let (code, _) = call(
+        addr,
+        "POST",
+        &format!("/api/v1/jobs/{}/nope/suspend", f.ns),
+        Some(EDITOR),
+    );
+    assert_eq!(code, 404);
 }

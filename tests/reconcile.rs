@@ -873,4 +873,95 @@ async fn jobs_are_stored_in_batches_and_a_bad_row_fails_alone() {
     .await
     .expect("job-4");
     assert_eq!(uids, ["uid-new-4"]);
+
+    // Re-storing an unchanged job (a new leader reconciles every job, later: another next run
+    // computed) reads its row and writes nothing, so no row lock holds up the dispatcher.
+    let xmin = |uid: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT xmin::text FROM scheduled_jobs WHERE uid = $1")
+                .bind(uid)
+                .fetch_one(&pool)
+                .await
+                .expect("xmin")
+        }
+    };
+    // Stored with the spec it was built from (a row without one is rebuilt whole, below).
+    let spec = json!({"taskFunction": "batch-tf", "schedule": {"interval": {"seconds": 60}}});
+    upserts
+        .upsert(row("uid-5", "job-5"), Some(spec.clone()))
+        .await
+        .expect("stored with its spec");
+    let before = xmin("uid-5").await;
+    let mut same = row("uid-5", "job-5");
+    same.next_run_at = same.next_run_at.map(|t| t + chrono::Duration::minutes(7));
+    same.next_slot_at = same.next_slot_at.map(|t| t + chrono::Duration::minutes(7));
+    let stored = upserts
+        .upsert(same.clone(), Some(spec.clone()))
+        .await
+        .expect("stored")
+        .expect("live");
+    assert_eq!(
+        xmin("uid-5").await,
+        before,
+        "an unchanged job was rewritten"
+    );
+    assert!(stored.enabled);
+    assert_ne!(stored.next_run_at, same.next_run_at, "the stored next run");
+    // A changed job is rewritten.
+    let mut moved = same.clone();
+    moved.queue = "elsewhere".into();
+    upserts
+        .upsert(moved.clone(), Some(spec.clone()))
+        .await
+        .expect("stored");
+    assert_ne!(
+        xmin("uid-5").await,
+        before,
+        "a changed job was not rewritten"
+    );
+    let queue: String = sqlx::query_scalar("SELECT queue FROM scheduled_jobs WHERE uid = 'uid-5'")
+        .fetch_one(&pool)
+        .await
+        .expect("queue");
+    assert_eq!(queue, "elsewhere");
+    // A row that lost its spec (a database restored from an older backup) is rebuilt, even
+    // with its digest intact.
+    sqlx::query("UPDATE scheduled_jobs SET spec = NULL WHERE uid = 'uid-5'")
+        .execute(&pool)
+        .await
+        .expect("forget the spec");
+    let lost = xmin("uid-5").await;
+    upserts
+        .upsert(moved, Some(spec.clone()))
+        .await
+        .expect("stored");
+    assert_ne!(
+        xmin("uid-5").await,
+        lost,
+        "a row without its spec was not rebuilt"
+    );
+    // A job judged invalid since (stopped) is stored again, valid and scheduling, even with the
+    // same row as before.
+    kube_beat::store::disable_invalid_job(&pool, "uid-6", 1, "UnknownTaskFunction", "gone")
+        .await
+        .expect("disabled");
+    let back = upserts
+        .upsert(row("uid-6", "job-6"), None)
+        .await
+        .expect("stored")
+        .expect("live");
+    assert!(back.enabled && back.next_run_at.is_some(), "{back:?}");
+    let valid: bool = sqlx::query_scalar("SELECT valid FROM scheduled_jobs WHERE uid = 'uid-6'")
+        .fetch_one(&pool)
+        .await
+        .expect("valid");
+    assert!(valid);
+    // Every row written carries its digest.
+    let without: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduled_jobs WHERE row_digest IS NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("digests");
+    assert_eq!(without, 0);
 }

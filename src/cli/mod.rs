@@ -103,6 +103,13 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Suspend a ScheduledJob: sets `spec.suspend` by server-side apply (field manager
+    /// `kube-beat-cli`); its next slot is not dispatched. A job that a GitOps tool or another
+    /// field manager also manages is left alone unless `--confirm` (they may set it back).
+    Suspend(SuspendArgs),
+    /// Unsuspend a ScheduledJob (`spec.suspend: false`, as `suspend` sets it): it runs from its
+    /// next slot on; the suspended period is not replayed.
+    Unsuspend(SuspendArgs),
     /// Check a running kube-beat the way `helm test` does: `/readyz` and `/api/v1/jobs` (with a
     /// ServiceAccount token) must answer 200. One line per check; exit 1 if any failed.
     Check {
@@ -253,6 +260,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Backfill(args) => crate::backfill::cli::run(&args).await,
+        Command::Suspend(args) => set_suspend(&args, true).await,
+        Command::Unsuspend(args) => set_suspend(&args, false).await,
         Command::Resume { name, namespace } => {
             let value =
                 crate::trigger::annotate(&name, namespace.as_deref(), api::RESUME_ANNOTATION)
@@ -321,4 +330,52 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => commands::import(&args).await,
         Command::Plan(args) => commands::plan(&args).await,
     }
+}
+
+/// `kube-beat suspend|unsuspend NAME`.
+#[derive(Debug, clap::Args)]
+pub struct SuspendArgs {
+    /// The ScheduledJob's name.
+    name: String,
+    /// Its namespace (default: the kubeconfig's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Set it even when a GitOps tool or another field manager also manages the job (the
+    /// apply is forced; their next sync may set it back).
+    #[arg(long)]
+    confirm: bool,
+}
+
+async fn set_suspend(args: &SuspendArgs, to: bool) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let api = crate::suspend::untyped(client, args.namespace.as_deref());
+    let done = crate::suspend::set(
+        &api,
+        &args.name,
+        to,
+        crate::suspend::CLI_FIELD_MANAGER,
+        args.confirm,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::suspend::SuspendError::ManagedElsewhere { .. } => {
+            anyhow::anyhow!("{e} (--confirm)")
+        }
+        e => anyhow::Error::new(e),
+    })?;
+    let verb = if to { "suspended" } else { "unsuspended" };
+    if done.changed {
+        println!("scheduledjob {} {verb}", args.name);
+        if !done.overrode.is_empty() {
+            println!(
+                "also managed by {}: it may set spec.suspend back",
+                done.overrode.join(", ")
+            );
+        }
+    } else {
+        println!("scheduledjob {} already {verb}", args.name);
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 mod backfill;
+mod suspend;
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
@@ -72,6 +73,14 @@ pub fn routes(state: Arc<ApiState>) -> Router {
             .route(
                 &format!("{prefix}/jobs/{{namespace}}/{{name}}/resume"),
                 post(resume),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/suspend"),
+                post(suspend::suspend),
+            )
+            .route(
+                &format!("{prefix}/jobs/{{namespace}}/{{name}}/unsuspend"),
+                post(suspend::unsuspend),
             )
             .route(
                 &format!("{prefix}/jobs/{{namespace}}/{{name}}/backfill"),
@@ -347,7 +356,7 @@ async fn job(
     Ok(Json(
         json!({"job": row, "executions": recent, "arguments": arguments,
                     "backfills": backfills,
-                   "canTrigger": can_patch, "canResume": can_patch}),
+                   "canTrigger": can_patch, "canResume": can_patch, "canSuspend": can_patch}),
     ))
 }
 

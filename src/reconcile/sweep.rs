@@ -176,9 +176,11 @@ impl Walk {
                 if !(self.leading)() {
                     self.current = Vec::new().into_iter();
                     self.sweeps.drop_queued();
+                    waiting(0);
                     continue;
                 }
                 self.sweeps.hand(job.key()).await;
+                waiting(self.current.len());
                 return job;
             }
             let sweep = self.sweeps.next_sweep().await;
@@ -191,9 +193,18 @@ impl Walk {
             }
             let snapshot = self.jobs.snapshot(|j| sweep.covers(j));
             tracing::debug!(?sweep, jobs = snapshot.len(), "sweep started");
+            waiting(snapshot.len());
             self.current = snapshot.into_iter();
         }
     }
+}
+
+/// How many jobs of the sweep in progress wait to be handed out (a metric: how far a new
+/// leader's re-reconcile of every job has come).
+fn waiting(jobs: usize) {
+    crate::metrics::METRICS
+        .sweep_jobs_waiting
+        .set(i64::try_from(jobs).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]

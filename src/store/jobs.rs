@@ -25,9 +25,12 @@ pub struct StoredJob {
 /// each, `None` for a job already deleted. `spec` is the ScheduledJob spec the row was built
 /// from (see [`stored_spec`]).
 ///
+/// A row that already holds what this one would write (same [`row_digest`], valid, live, with
+/// its next run in place) is only read: a new leader re-storing 100,000 unchanged jobs then
+/// takes no row lock the dispatcher's claims would have to skip, and writes nothing.
+///
 /// The rows must have distinct uids and distinct (namespace, name): one statement cannot
 /// update a row twice.
-// Long because its SQL is: one upsert statement of every column, its arrays bound one by one.
 pub async fn upsert_jobs(
     pool: &PgPool,
     rows: &[(&JobRow, Option<&serde_json::Value>)],
@@ -35,6 +38,92 @@ pub async fn upsert_jobs(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let digests: Vec<Vec<u8>> = rows.iter().map(|(r, s)| row_digest(r, *s)).collect();
+    let uids = col(rows, |r| r.uid.clone());
+    // Not locked: a row that changes after this read changes only in what the dispatcher,
+    // tracker and health monitor own (the next run, counters, verdicts), never in the digest's
+    // columns, which only this job's own reconcile writes (one at a time per job).
+    let current: Vec<StoredRow> = sqlx::query_as(
+        "SELECT s.uid, s.id, s.enabled, s.next_run_at, s.last_trigger
+         FROM UNNEST($1::text[], $2::bytea[]) AS u(uid, digest)
+         JOIN scheduled_jobs s ON s.uid = u.uid
+         WHERE s.deleted_at IS NULL AND s.valid AND s.row_digest = u.digest
+           -- A row that lost its spec (restored from an older backup) is rebuilt whole.
+           AND s.spec IS NOT NULL AND s.spec_generation = s.generation
+           -- The upsert would compute a next run for an enabled job without one.
+           AND (s.next_run_at IS NOT NULL OR NOT s.enabled OR s.scheduled_runs >= s.max_runs)
+           -- Ids looked up by name when written: a TaskFunction recreated since has a new one.
+           AND s.task_function_id IS NOT DISTINCT FROM
+               (SELECT id FROM task_functions t WHERE t.name = s.task_function)",
+    )
+    .bind(&uids)
+    .bind(&digests)
+    .fetch_all(pool)
+    .await?;
+    let mut by_uid: std::collections::HashMap<String, StoredJob> =
+        current.into_iter().map(|r| (r.uid, r.stored)).collect();
+    let (changed, changed_digests): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .zip(digests)
+        .filter(|((r, _), _)| !by_uid.contains_key(&r.uid))
+        .map(|(row, digest)| (*row, digest))
+        .unzip();
+    if !changed.is_empty() {
+        by_uid.extend(write_jobs(pool, &changed, &changed_digests).await?);
+    }
+    Ok(uids.iter().map(|uid| by_uid.remove(uid)).collect())
+}
+
+/// Everything [`upsert_jobs`] stores for a job but its next run (computed from the time of each
+/// reconcile, and the dispatcher's once stored): equal digests, equal rows. Serialized as one
+/// JSON array, so each value's boundaries are part of what is hashed. The leading version
+/// changes whenever a column is added to the upsert, so rows stored before are rewritten once.
+pub fn row_digest(r: &JobRow, spec: Option<&serde_json::Value>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let fields = serde_json::json!([
+        1,
+        r.uid,
+        r.namespace,
+        r.name,
+        r.generation,
+        r.task_function,
+        r.task_name,
+        r.job_type.as_str(),
+        r.schedule_config,
+        r.schedule_summary,
+        r.time_zone,
+        r.start_time,
+        r.anchor_time,
+        r.args,
+        r.kwargs,
+        r.queue,
+        r.priority,
+        r.expires_seconds,
+        r.suspended,
+        policy_str(r.concurrency_policy),
+        r.starting_deadline_seconds,
+        r.jitter_seconds,
+        r.execution_timeout_seconds,
+        r.history_limit,
+        r.description,
+        spec,
+        r.message_options,
+        r.health,
+        r.end_time,
+        r.max_runs,
+        r.calendars,
+    ]);
+    Sha256::digest(fields.to_string().as_bytes()).to_vec()
+}
+
+/// Insert or rewrite `rows` (see [`upsert_jobs`]), each with its digest: what the store holds
+/// for each, by uid.
+// Long because its SQL is: one upsert statement of every column, its arrays bound one by one.
+async fn write_jobs(
+    pool: &PgPool,
+    rows: &[(&JobRow, Option<&serde_json::Value>)],
+    digests: &[Vec<u8>],
+) -> Result<Vec<(String, StoredJob)>, StoreError> {
     let uids = col(rows, |r| r.uid.clone());
     let namespaces = col(rows, |r| r.namespace.clone());
     let names = col(rows, |r| r.name.clone());
@@ -68,7 +157,8 @@ pub async fn upsert_jobs(
              args, kwargs, queue, priority, expires_seconds, enabled, suspended, valid,
              concurrency_policy, starting_deadline_seconds, jitter_seconds,
              execution_timeout_seconds, history_limit, description, next_run_at, next_slot_at,
-             spec, spec_generation, message_options, health, end_time, max_runs, calendars)
+             spec, spec_generation, message_options, health, end_time, max_runs, calendars,
+             row_digest)
          SELECT u.uid, u.namespace, u.name, u.generation, u.task_function,
                 (SELECT id FROM task_functions WHERE name = u.task_function), u.task_name,
                 (SELECT id FROM scheduler_job_types WHERE name = u.job_type), u.schedule_config,
@@ -77,20 +167,20 @@ pub async fn upsert_jobs(
                 u.concurrency_policy, u.starting_deadline_seconds, u.jitter_seconds,
                 u.execution_timeout_seconds, u.history_limit, u.description, u.next_run_at,
                 u.next_slot_at, u.spec, u.generation, u.message_options, u.health, u.end_time,
-                u.max_runs, ARRAY(SELECT jsonb_array_elements_text(u.calendars))
+                u.max_runs, ARRAY(SELECT jsonb_array_elements_text(u.calendars)), u.row_digest
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
                      $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[],
                      $12::timestamptz[], $13::jsonb[], $14::jsonb[], $15::text[], $16::int2[],
                      $17::int8[], $18::bool[], $19::text[], $20::int8[], $21::int8[],
                      $22::int8[], $23::int4[], $24::text[], $25::timestamptz[],
                      $26::timestamptz[], $27::jsonb[], $28::jsonb[], $29::jsonb[],
-                     $30::timestamptz[], $31::int8[], $32::jsonb[])
+                     $30::timestamptz[], $31::int8[], $32::jsonb[], $33::bytea[])
               AS u(uid, namespace, name, generation, task_function, task_name, job_type,
                    schedule_config, schedule_summary, time_zone, start_time, anchor_time, args,
                    kwargs, queue, priority, expires_seconds, suspended, concurrency_policy,
                    starting_deadline_seconds, jitter_seconds, execution_timeout_seconds,
                    history_limit, description, next_run_at, next_slot_at, spec,
-                   message_options, health, end_time, max_runs, calendars)
+                   message_options, health, end_time, max_runs, calendars, row_digest)
          ON CONFLICT (uid) DO UPDATE SET
              namespace = EXCLUDED.namespace, name = EXCLUDED.name,
              generation = EXCLUDED.generation, task_function = EXCLUDED.task_function,
@@ -110,7 +200,7 @@ pub async fn upsert_jobs(
              spec = EXCLUDED.spec, spec_generation = EXCLUDED.spec_generation,
              message_options = EXCLUDED.message_options, health = EXCLUDED.health,
              end_time = EXCLUDED.end_time, max_runs = EXCLUDED.max_runs,
-             calendars = EXCLUDED.calendars,
+             calendars = EXCLUDED.calendars, row_digest = EXCLUDED.row_digest,
              -- Staleness restarts when the job starts scheduling anew (re-enabled or
              -- rescheduled): the quiet time before was not the schedule's fault.
              health_baseline_at = CASE
@@ -193,14 +283,14 @@ pub async fn upsert_jobs(
     .bind(col(rows, |r| r.end_time))
     .bind(col(rows, |r| r.max_runs))
     .bind(col(rows, |r| json(serde_json::to_value(&r.calendars))))
+    .bind(digests)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .map(|r| (r.uid, r.stored))
     .collect();
     tx.commit().await?;
-    let mut by_uid: std::collections::HashMap<String, StoredJob> = stored.into_iter().collect();
-    Ok(uids.iter().map(|uid| by_uid.remove(uid)).collect())
+    Ok(stored)
 }
 
 /// One column of `rows`, as the array [`upsert_jobs`] binds for it.
@@ -314,4 +404,110 @@ pub async fn mark_job_deleted(pool: &PgPool, uid: &str) -> Result<(), StoreError
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+    use serde_json::json;
+
+    use super::row_digest;
+    use crate::reconcile::validate::{self, JobMeta, JobRow, TaskFunctionRef};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn row(now: DateTime<Utc>) -> JobRow {
+        let tf = serde_json::from_value(json!({"task": "app.sync", "queue": "q"})).expect("tf");
+        let tf = validate::task_function("sync", &tf).expect("valid tf");
+        let spec = serde_json::from_value(json!({
+            "taskFunction": "sync", "schedule": {"cron": "*/5 * * * *"},
+            "endTime": "2030-01-01T00:00:00Z", "maxRuns": 9,
+        }))
+        .expect("spec");
+        let meta = JobMeta {
+            uid: "uid-1",
+            namespace: "team-a",
+            name: "sync",
+            generation: 2,
+            created: at("2026-01-01T00:00:00Z"),
+            trigger: None,
+        };
+        validate::scheduled_job(&meta, &spec, TaskFunctionRef::Valid(&tf), now).expect("valid")
+    }
+
+    /// One edit of a stored column.
+    type Change = fn(&mut JobRow);
+
+    #[test]
+    fn the_digest_ignores_the_next_run_and_sees_every_stored_column() {
+        let t0 = at("2026-01-01T00:12:00Z");
+        let base = row(t0);
+        let later = row(t0 + Duration::minutes(30));
+        assert_ne!(base.next_run_at, later.next_run_at);
+        let digest = row_digest(&base, None);
+        assert_eq!(
+            digest,
+            row_digest(&later, None),
+            "a later reconcile, same row"
+        );
+        assert_eq!(digest.len(), 32);
+        let spec = json!({"taskFunction": "sync"});
+        assert_ne!(digest, row_digest(&base, Some(&spec)), "the stored spec");
+        let changes: Vec<(&str, Change)> = vec![
+            ("uid", |r| r.uid.push('x')),
+            ("namespace", |r| r.namespace.push('x')),
+            ("name", |r| r.name.push('x')),
+            ("generation", |r| r.generation += 1),
+            ("task_function", |r| r.task_function.push('x')),
+            ("task_name", |r| r.task_name.push('x')),
+            ("job_type", |r| {
+                r.job_type = crate::schedule::JobType::Interval
+            }),
+            ("schedule_config", |r| r.schedule_config = json!({"x": 1})),
+            ("schedule_summary", |r| r.schedule_summary.push('x')),
+            ("time_zone", |r| r.time_zone = "Europe/Paris".into()),
+            ("start_time", |r| {
+                r.start_time = Some(at("2026-02-01T00:00:00Z"))
+            }),
+            ("anchor_time", |r| r.anchor_time += Duration::seconds(1)),
+            ("args", |r| r.args = json!([1])),
+            ("kwargs", |r| r.kwargs = json!({"a": 1})),
+            ("queue", |r| r.queue.push('x')),
+            ("priority", |r| r.priority = Some(3)),
+            ("expires_seconds", |r| r.expires_seconds = Some(60)),
+            ("suspended", |r| r.suspended = !r.suspended),
+            ("concurrency_policy", |r| {
+                r.concurrency_policy = crate::api::ConcurrencyPolicy::Replace
+            }),
+            ("starting_deadline_seconds", |r| {
+                r.starting_deadline_seconds = Some(7)
+            }),
+            ("jitter_seconds", |r| r.jitter_seconds += 1),
+            ("execution_timeout_seconds", |r| {
+                r.execution_timeout_seconds += 1
+            }),
+            ("history_limit", |r| r.history_limit += 1),
+            ("description", |r| r.description = Some("d".into())),
+            ("message_options", |r| {
+                r.message_options.routing_key = Some("rk".into())
+            }),
+            ("health", |r| r.health.max_consecutive_failures = Some(4)),
+            ("end_time", |r| r.end_time = None),
+            ("max_runs", |r| r.max_runs = None),
+            ("calendars", |r| r.calendars.push("holidays".into())),
+        ];
+        for (field, change) in changes {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(
+                digest,
+                row_digest(&changed, None),
+                "{field} not in the digest"
+            );
+        }
+    }
 }
