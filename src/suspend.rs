@@ -5,7 +5,9 @@
 //! set it, and the field's other managers are not overwritten silently: when a GitOps tool
 //! (Argo CD, Flux, by their labels and annotations) or another field manager (a `kubectl apply`
 //! of the manifest, a controller) manages the job, the caller is told who may set it back and
-//! goes ahead only when it confirms (the apply is then forced, taking the field over). The
+//! goes ahead only when it confirms (the apply takes the field over). Argo CD's older label
+//! tracking (`app.kubernetes.io/instance` alone, which Helm sets too) is not taken for Argo CD;
+//! its `managedFields` entry, when it owns the field, is. The
 //! reconciler acts on the change like on any spec change: a suspended job's next slot is not
 //! dispatched, and unsuspending does not replay the suspended period.
 
@@ -99,10 +101,12 @@ pub async fn set(
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"suspend": suspend},
     });
-    let mut params = PatchParams::apply(manager);
-    if confirmed {
-        params = params.force();
-    }
+    // Forced: the check above is the guard (no manager but ours owns the field, or the caller
+    // confirmed). Unforced, the apiserver would refuse the dashboard's change of a value the
+    // CLI set (and the other way round) as a conflict between two managers. A manager that
+    // takes the field between the read and the apply is overridden: the window is one round
+    // trip, and its next sync sets the field again.
+    let params = PatchParams::apply(manager).force();
     match api.patch(name, &params, &Patch::Apply(&patch)).await {
         Ok(_) => Ok(Outcome {
             suspend,
@@ -110,11 +114,6 @@ pub async fn set(
             overrode: managers,
         }),
         Err(kube::Error::Api(e)) if e.code == 404 => Err(SuspendError::NotFound(full_name)),
-        // A manager took the field between our read and the apply: the same answer as above.
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(SuspendError::ManagedElsewhere {
-            job: full_name,
-            managers: vec![e.message],
-        }),
         Err(e) => Err(e.into()),
     }
 }

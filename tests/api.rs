@@ -697,11 +697,36 @@ fn object(ns: &str, job: &str) -> Value {
 }
 
 /// Disable and enable (issue #29): `spec.suspend` by server-side apply under
-/// `kube-beat-dashboard`, `patch` needed; no scheduled run while suspended, runs again after;
-/// a job whose `spec.suspend` another field manager owns, or that a GitOps tool manages, is
-/// answered 409 naming them until confirmed (the apply then takes the field over).
+/// `kube-beat-dashboard` (API) and `kube-beat-cli`, `patch` needed; no scheduled run while
+/// suspended, the next slot after unsuspending and not the missed ones; the two kube-beat
+/// managers change each other's value without asking; a job whose `spec.suspend` another field
+/// manager owns, or that a GitOps tool manages, is answered 409 naming them until confirmed.
 async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
     let path = |verb: &str| format!("/api/v1/jobs/{}/often/{verb}", f.ns);
+    let confirmed = |verb: &str| format!("{}?confirm=true", path(verb));
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
+            .args(args)
+            .args(["-n", &f.ns])
+            .output()
+            .expect("kube-beat");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let owner = |obj: &Value, manager: &str| {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .find(|m| m["manager"] == manager && m["fieldsV1"]["f:spec"]["f:suspend"].is_object())
+            .cloned()
+    };
     assert_eq!(call(addr, "POST", &path("suspend"), Some(READER)).0, 403);
     // The job was created with `suspend: false` by a client without a field manager name: the
     // apiserver records it as `unknown`, owning the field. Refused until confirmed.
@@ -717,12 +742,17 @@ async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
         false,
         "changed unconfirmed"
     );
-    let (code, body) = call(
-        addr,
-        "POST",
-        &format!("{}?confirm=true", path("suspend")),
-        Some(EDITOR),
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            &format!("{}?confirm=maybe", path("suspend")),
+            Some(EDITOR)
+        )
+        .0,
+        400
     );
+    let (code, body) = call(addr, "POST", &confirmed("suspend"), Some(EDITOR));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["suspend"], true);
     assert_eq!(body["changed"], true);
@@ -730,17 +760,11 @@ async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
     assert_eq!(body["fieldManager"], "kube-beat-dashboard");
     let obj = object(&f.ns, "often");
     assert_eq!(obj["spec"]["suspend"], true, "{obj}");
-    let owner = obj["metadata"]["managedFields"]
-        .as_array()
-        .expect("managedFields")
-        .iter()
-        .find(|m| m["manager"] == "kube-beat-dashboard")
-        .unwrap_or_else(|| panic!("no kube-beat-dashboard entry: {obj}"))
-        .clone();
-    assert_eq!(owner["operation"], "Apply");
+    let entry = owner(&obj, "kube-beat-dashboard").unwrap_or_else(|| panic!("no entry: {obj}"));
+    assert_eq!(entry["operation"], "Apply");
     assert!(
-        owner["fieldsV1"]["f:spec"]["f:suspend"].is_object(),
-        "{owner}"
+        owner(&obj, "unknown").is_none(),
+        "the field was taken over: {obj}"
     );
     stored_suspended(&f.pool, "often", true).await;
     // Suspended: its 2 s slots are not dispatched.
@@ -758,7 +782,50 @@ async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
         (200, json!(false)),
         "{body}"
     );
-    // Managed by Argo CD (its tracking annotation): refused until confirmed.
+
+    // The CLI changes what the dashboard set, and the other way round, without asking.
+    let asked = chrono::Utc::now();
+    let (done, text) = cli(&["unsuspend", "often"]);
+    assert!(
+        done && text.contains("scheduledjob often unsuspended"),
+        "{text}"
+    );
+    let obj = object(&f.ns, "often");
+    assert_eq!(obj["spec"]["suspend"], false);
+    assert!(owner(&obj, "kube-beat-cli").is_some(), "{obj}");
+    stored_suspended(&f.pool, "often", false).await;
+    // Its next run is the next slot, not one of those missed while suspended.
+    let next: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT next_run_at FROM scheduled_jobs WHERE name = 'often' AND deleted_at IS NULL",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("next run");
+    assert!(
+        next > asked - chrono::Duration::seconds(1),
+        "replayed: {next} before {asked}"
+    );
+    eventually("runs again", Duration::from_secs(30), || async {
+        (scheduled_runs(&f.pool, "often").await > before).then_some(())
+    })
+    .await;
+    let (done, text) = cli(&["unsuspend", "often"]);
+    assert!(done && text.contains("already unsuspended"), "{text}");
+    let (code, body) = call(addr, "POST", &path("suspend"), Some(EDITOR));
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    let (code, body) = call(addr, "POST", &path("unsuspend"), Some(EDITOR));
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
+
+    // Managed by Argo CD (its tracking annotation): refused until confirmed, by both.
     ok(&common::kubectl(&[
         "annotate",
         "scheduledjob",
@@ -767,7 +834,7 @@ async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
         &f.ns,
         "argocd.argoproj.io/tracking-id=app:kubebeat.io/ScheduledJob:team/often",
     ]));
-    let (code, body) = call(addr, "POST", &path("unsuspend"), Some(EDITOR));
+    let (code, body) = call(addr, "POST", &path("suspend"), Some(EDITOR));
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["managedBy"], json!(["Argo CD"]), "{body}");
     assert!(
@@ -776,78 +843,26 @@ async fn suspend_and_unsuspend(f: &common::Fixture, addr: &str) {
             .is_some_and(|e| e.contains("confirm")),
         "{body}"
     );
-    assert_eq!(
-        object(&f.ns, "often")["spec"]["suspend"],
-        true,
-        "changed unconfirmed"
-    );
-    assert_eq!(
-        call(
-            addr,
-            "POST",
-            &format!("{}?confirm=maybe", path("unsuspend")),
-            Some(EDITOR)
-        )
-        .0,
-        400
-    );
-    let (code, body) = call(
-        addr,
-        "POST",
-        &format!("{}?confirm=true", path("unsuspend")),
-        Some(EDITOR),
-    );
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["overrode"], json!(["Argo CD"]));
-    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
-    stored_suspended(&f.pool, "often", false).await;
-    eventually("runs again", Duration::from_secs(30), || async {
-        (scheduled_runs(&f.pool, "often").await > before).then_some(())
-    })
-    .await;
-    // The same from the command line, under `kube-beat-cli`.
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
-            .args(args)
-            .args(["-n", &f.ns])
-            .output()
-            .expect("kube-beat");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
     let (done, text) = cli(&["suspend", "often"]);
     assert!(
         !done && text.contains("Argo CD") && text.contains("--confirm"),
         "{text}"
     );
-    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
+    assert_eq!(
+        object(&f.ns, "often")["spec"]["suspend"],
+        false,
+        "changed unconfirmed"
+    );
     let (done, text) = cli(&["suspend", "often", "--confirm"]);
     assert!(
         done && text.contains("scheduledjob often suspended"),
         "{text}"
     );
-    let obj = object(&f.ns, "often");
-    assert_eq!(obj["spec"]["suspend"], true);
-    assert!(
-        obj["metadata"]["managedFields"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|e| e["manager"] == "kube-beat-cli")),
-        "{obj}"
-    );
     stored_suspended(&f.pool, "often", true).await;
-    let (done, text) = cli(&["unsuspend", "often", "--confirm"]);
-    assert!(
-        done && text.contains("scheduledjob often unsuspended"),
-        "{text}"
-    );
-    let (done, text) = cli(&["unsuspend", "often"]);
-    assert!(done && text.contains("already unsuspended"), "{text}");
+    let (code, body) = call(addr, "POST", &confirmed("unsuspend"), Some(EDITOR));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["overrode"], json!(["Argo CD"]));
+    assert_eq!(object(&f.ns, "often")["spec"]["suspend"], false);
     stored_suspended(&f.pool, "often", false).await;
     // Not a job: 404.
     let (code, _) = call(

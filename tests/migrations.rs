@@ -128,6 +128,13 @@ async fn up_down_up() {
         "{:?}",
         fillfactor().await
     );
+    assert_eq!(column_count("scheduled_jobs", &["row_digest"]).await, 1);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the row digest step");
+    assert_eq!(reverted, [13]);
+    assert_eq!(column_count("scheduled_jobs", &["row_digest"]).await, 0);
+    assert_eq!(scale_indexes().await, 2, "only the newest step reverted");
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
         .expect("down the scale step");
@@ -244,7 +251,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 12, "each migration applied once");
+    assert_eq!(applied, 13, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

@@ -906,6 +906,22 @@ async fn jobs_are_stored_in_batches_and_a_bad_row_fails_alone() {
         before,
         "an unchanged job was rewritten"
     );
+    // The spec as a new leader reads it back from Postgres (jsonb orders the keys its own way:
+    // `schedule` before `taskFunction`): the same job.
+    let read_back = kube_beat::store::stored_spec(&pool, "uid-5", 1)
+        .await
+        .expect("read")
+        .expect("a spec");
+    assert_ne!(
+        read_back.to_string(),
+        spec.to_string(),
+        "the keys come back reordered"
+    );
+    upserts
+        .upsert(same.clone(), Some(read_back))
+        .await
+        .expect("stored");
+    assert_eq!(xmin("uid-5").await, before, "rewritten for its key order");
     assert!(stored.enabled);
     assert_ne!(stored.next_run_at, same.next_run_at, "the stored next run");
     // A changed job is rewritten.

@@ -45,19 +45,22 @@ pub async fn upsert_jobs(
     // columns, which only this job's own reconcile writes (one at a time per job).
     let current: Vec<StoredRow> = sqlx::query_as(
         "SELECT s.uid, s.id, s.enabled, s.next_run_at, s.last_trigger
-         FROM UNNEST($1::text[], $2::bytea[]) AS u(uid, digest)
+         FROM UNNEST($1::text[], $2::bytea[], $3::timestamptz[]) AS u(uid, digest, next_run)
          JOIN scheduled_jobs s ON s.uid = u.uid
          WHERE s.deleted_at IS NULL AND s.valid AND s.row_digest = u.digest
            -- A row that lost its spec (restored from an older backup) is rebuilt whole.
            AND s.spec IS NOT NULL AND s.spec_generation = s.generation
-           -- The upsert would compute a next run for an enabled job without one.
-           AND (s.next_run_at IS NOT NULL OR NOT s.enabled OR s.scheduled_runs >= s.max_runs)
+           -- The upsert would store a new next run for an enabled job without one, unless
+           -- there is none to store (an end reached, a one-off run).
+           AND (s.next_run_at IS NOT NULL OR NOT s.enabled OR s.scheduled_runs >= s.max_runs
+                OR u.next_run IS NULL)
            -- Ids looked up by name when written: a TaskFunction recreated since has a new one.
            AND s.task_function_id IS NOT DISTINCT FROM
                (SELECT id FROM task_functions t WHERE t.name = s.task_function)",
     )
     .bind(&uids)
     .bind(&digests)
+    .bind(col(rows, |r| r.next_run_at))
     .fetch_all(pool)
     .await?;
     let mut by_uid: std::collections::HashMap<String, StoredJob> =
@@ -76,44 +79,107 @@ pub async fn upsert_jobs(
 
 /// Everything [`upsert_jobs`] stores for a job but its next run (computed from the time of each
 /// reconcile, and the dispatcher's once stored): equal digests, equal rows. Serialized as one
-/// JSON array, so each value's boundaries are part of what is hashed. The leading version
-/// changes whenever a column is added to the upsert, so rows stored before are rewritten once.
+/// JSON array, so each value's boundaries are part of what is hashed, with every object's keys
+/// sorted: a spec read back from Postgres (jsonb orders keys by length) and the same spec from
+/// the apiserver give one digest. The leading version changes whenever what is hashed changes,
+/// so rows stored before are rewritten once.
 pub fn row_digest(r: &JobRow, spec: Option<&serde_json::Value>) -> Vec<u8> {
+    use serde_json::Value;
     use sha2::{Digest, Sha256};
-    let fields = serde_json::json!([
-        1,
-        r.uid,
-        r.namespace,
-        r.name,
-        r.generation,
-        r.task_function,
-        r.task_name,
-        r.job_type.as_str(),
-        r.schedule_config,
-        r.schedule_summary,
-        r.time_zone,
-        r.start_time,
-        r.anchor_time,
-        r.args,
-        r.kwargs,
-        r.queue,
-        r.priority,
-        r.expires_seconds,
-        r.suspended,
-        policy_str(r.concurrency_policy),
-        r.starting_deadline_seconds,
-        r.jitter_seconds,
-        r.execution_timeout_seconds,
-        r.history_limit,
-        r.description,
-        spec,
-        r.message_options,
-        r.health,
-        r.end_time,
-        r.max_runs,
-        r.calendars,
+    // Every field named, so a field added to `JobRow` does not compile until it is hashed here
+    // or said not to be stored.
+    let JobRow {
+        uid,
+        namespace,
+        name,
+        generation,
+        task_function,
+        task_name,
+        job_type,
+        schedule_config,
+        schedule_summary,
+        time_zone,
+        start_time,
+        anchor_time,
+        args,
+        kwargs,
+        queue,
+        priority,
+        expires_seconds,
+        message_options,
+        suspended,
+        concurrency_policy,
+        starting_deadline_seconds,
+        jitter_seconds,
+        execution_timeout_seconds,
+        history_limit,
+        description,
+        end_time,
+        max_runs,
+        health,
+        calendars,
+        // Not hashed: the next run (see above); the parameters are not stored in the row.
+        next_slot_at: _,
+        next_run_at: _,
+        parameters: _,
+    } = r;
+    // These types always serialize (no map has non-string keys); a failure would only make
+    // the digest differ, i.e. the row be rewritten.
+    let v = |x: serde_json::Result<Value>| canonical(x.unwrap_or(Value::Null));
+    let fields = Value::Array(vec![
+        Value::from(2),
+        v(serde_json::to_value(uid)),
+        v(serde_json::to_value(namespace)),
+        v(serde_json::to_value(name)),
+        v(serde_json::to_value(generation)),
+        v(serde_json::to_value(task_function)),
+        v(serde_json::to_value(task_name)),
+        v(serde_json::to_value(job_type.as_str())),
+        v(serde_json::to_value(schedule_config)),
+        v(serde_json::to_value(schedule_summary)),
+        v(serde_json::to_value(time_zone)),
+        v(serde_json::to_value(start_time)),
+        v(serde_json::to_value(anchor_time)),
+        v(serde_json::to_value(args)),
+        v(serde_json::to_value(kwargs)),
+        v(serde_json::to_value(queue)),
+        v(serde_json::to_value(priority)),
+        v(serde_json::to_value(expires_seconds)),
+        v(serde_json::to_value(suspended)),
+        v(serde_json::to_value(policy_str(*concurrency_policy))),
+        v(serde_json::to_value(starting_deadline_seconds)),
+        v(serde_json::to_value(jitter_seconds)),
+        v(serde_json::to_value(execution_timeout_seconds)),
+        v(serde_json::to_value(history_limit)),
+        v(serde_json::to_value(description)),
+        v(serde_json::to_value(spec)),
+        v(serde_json::to_value(message_options)),
+        v(serde_json::to_value(health)),
+        v(serde_json::to_value(end_time)),
+        v(serde_json::to_value(max_runs)),
+        v(serde_json::to_value(calendars)),
     ]);
     Sha256::digest(fields.to_string().as_bytes()).to_vec()
+}
+
+/// `value` with every object's keys in sorted order (serde_json keeps insertion order here, as
+/// the crate is built with `preserve_order`).
+fn canonical(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
 }
 
 /// Insert or rewrite `rows` (see [`upsert_jobs`]), each with its digest: what the store holds
@@ -500,6 +566,22 @@ mod tests {
             ("max_runs", |r| r.max_runs = None),
             ("calendars", |r| r.calendars.push("holidays".into())),
         ];
+        // Key order is not content: a spec read back from Postgres' jsonb (keys by length)
+        // digests as the same spec from the apiserver (keys sorted).
+        let sorted = json!({"a_long_key": 1, "b": {"zz": 1, "y": [{"bb": 1, "a": 2}]}});
+        let jsonb: serde_json::Value =
+            serde_json::from_str(r#"{"b": {"y": [{"a": 2, "bb": 1}], "zz": 1}, "a_long_key": 1}"#)
+                .expect("json");
+        assert_eq!(
+            row_digest(&base, Some(&sorted)),
+            row_digest(&base, Some(&jsonb))
+        );
+        let mut reordered = base.clone();
+        reordered.kwargs = json!({"dry_run": false, "batch_size": 10});
+        let mut other_order = base.clone();
+        other_order.kwargs =
+            serde_json::from_str(r#"{"batch_size": 10, "dry_run": false}"#).expect("json");
+        assert_eq!(row_digest(&reordered, None), row_digest(&other_order, None));
         for (field, change) in changes {
             let mut changed = base.clone();
             change(&mut changed);
