@@ -94,7 +94,7 @@ cargo test --locked "${features[@]}" --all-targets -- --include-ignored --skip o
 
 # The tenant-attack suite runs kube-beat over every namespace, so it gets an apiserver of its own:
 # on the shared one it would also have to judge the thousands of objects the suites before it
-# left behind, and its timing criterion (no gap over 2 s in the healthy job) measures kube-beat,
+# left behind, and its timing criterion (no run of the healthy job over 2 s late) measures kube-beat,
 # not that backlog.
 log "tenant-attack suite (its own control plane)"
 hack/control-plane.sh down "$run_dir/cp" >/dev/null 2>&1 || true

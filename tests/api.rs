@@ -39,6 +39,34 @@ fn status_and_retry_after(addr: &str, path: &str, token: &str) -> (u16, String) 
     )
 }
 
+/// (HTTP status, `ETag` header, body length) of a GET sent with `If-None-Match: if_none_match`
+/// when given.
+fn conditional_get(
+    addr: &str,
+    path: &str,
+    token: &str,
+    if_none_match: Option<&str>,
+) -> (u16, String, usize) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code} %header{etag}"])
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(tag) = if_none_match {
+        cmd.args(["-H", &format!("If-None-Match: {tag}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl");
+    let text = ok(&out);
+    let (body, last) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let (code, etag) = last.split_once(' ').unwrap_or((last, ""));
+    (
+        code.trim().parse().expect("status code"),
+        etag.trim().to_string(),
+        body.len(),
+    )
+}
+
 /// The TaskFunctions of a `/api/v1/task-functions` answer by short name (the fixture prefixes
 /// `<test id>-`): (allowedNamespaces, jobCount).
 fn task_functions_by_name(
@@ -476,7 +504,38 @@ async fn api_with_kubernetes_authentication_and_authorization() {
         .0,
         403
     );
+    // Conditional GETs (the dashboard's live pages): an unchanged answer is a bodiless 304, a
+    // changed one a 200 with a new ETag.
+    let job = format!("/api/v1/jobs/{}/often", f.ns);
+    let (code, etag, len) = conditional_get(&addr, &job, ADMIN, None);
+    assert_eq!(code, 200);
+    assert!(etag.starts_with('"') && len > 0, "{etag}");
+    let (code, again, len) = conditional_get(&addr, &job, ADMIN, Some(&etag));
+    assert_eq!((code, len), (304, 0), "unchanged");
+    assert_eq!(again, etag);
+    assert_eq!(
+        conditional_get(&addr, &job, ADMIN, Some("\"other\"")).0,
+        200
+    );
+    // `often` runs every few seconds: its page changes.
+    eventually("a changed job page", Duration::from_secs(30), || async {
+        let (code, newer, _) = conditional_get(&addr, &job, ADMIN, Some(&etag));
+        (code == 200 && newer != etag).then_some(())
+    })
+    .await;
+    // A reader's 403 stays a 403 whatever it names.
+    assert_eq!(
+        conditional_get(
+            &addr,
+            &format!("/api/v1/jobs/{other}/elsewhere"),
+            READER,
+            Some("*")
+        )
+        .0,
+        403
+    );
     suspend_and_unsuspend(&f, &addr).await;
+    revoke_refusals(&f, &addr).await;
     drop(op);
     f.finish().await;
 }
@@ -694,6 +753,90 @@ async fn stored_suspended(pool: &sqlx::PgPool, job: &str, to: bool) {
 fn object(ns: &str, job: &str) -> Value {
     let out = common::kubectl(&["get", "scheduledjob", job, "-n", ns, "-o", "json"]);
     serde_json::from_str(&ok(&out)).expect("object JSON")
+}
+
+/// `POST /api/v1/executions/{id}/revoke` refuses what it cannot do, each with its status: no
+/// token 401, a bad id or `terminate` 400, a reader 403, a run of a job the caller may not read
+/// 404 (as an id that does not exist), an ended run 409, and records nothing; the admin's revoke
+/// of a sent run is recorded with its requester. (A revoke that stops a running task:
+/// tests/dashboard.rs, through the page.)
+async fn revoke_refusals(f: &common::Fixture, addr: &str) {
+    let revoke = |id: &str| format!("/api/v1/executions/{id}/revoke");
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT e.id FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.namespace = $1 AND e.state = 'SUCCESS' ORDER BY e.id LIMIT 1",
+    )
+    .bind(&f.ns)
+    .fetch_one(&f.pool)
+    .await
+    .expect("an ended run");
+    let ended = ended.to_string();
+    assert_eq!(call(addr, "POST", &revoke(&ended), None).0, 401);
+    assert_eq!(call(addr, "POST", &revoke("x1"), Some(EDITOR)).0, 400);
+    let (code, body) = call(
+        addr,
+        "POST",
+        &format!("{}?terminate=yes", revoke(&ended)),
+        Some(EDITOR),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(call(addr, "POST", &revoke(&ended), Some(READER)).0, 403);
+    assert_eq!(
+        call(addr, "POST", &revoke("999999999"), Some(EDITOR)).0,
+        404
+    );
+    // A sent, unfinished run of the job in the other namespace (written here: that job's
+    // schedule never comes due in the test). The reader and the editor may not read that job,
+    // so for them it is not there; the admin's revoke is sent and recorded, and the run keeps
+    // its state until the worker's answer comes through the tracker.
+    let elsewhere: i64 = sqlx::query_scalar(
+        "INSERT INTO job_executions (job_id, slot_key, task_id, scheduled_for, trigger, state,
+                                     dispatched_at, leader_epoch)
+         SELECT id, 'kbt-revoke', gen_random_uuid()::text, now(), 'manual', 'DISPATCHED', now(), 0
+         FROM scheduled_jobs WHERE name = 'elsewhere' AND namespace <> $1 RETURNING id",
+    )
+    .bind(&f.ns)
+    .fetch_one(&f.pool)
+    .await
+    .expect("a run of the other namespace's job");
+    let elsewhere = elsewhere.to_string();
+    for who in [READER, EDITOR] {
+        let (code, body) = call(addr, "POST", &revoke(&elsewhere), Some(who));
+        assert_eq!(code, 404, "{body}");
+    }
+    let (code, body) = call(addr, "POST", &revoke(&elsewhere), Some(ADMIN));
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["revokedBy"], "kbt-api-admin", "{body}");
+    assert_eq!(body["state"], "DISPATCHED", "{body}");
+    assert_eq!(body["terminate"], false, "{body}");
+    let (by, at): (Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT revoked_by, revoke_requested_at FROM job_executions WHERE id = $1")
+            .bind(elsewhere.parse::<i64>().expect("id"))
+            .fetch_one(&f.pool)
+            .await
+            .expect("the recorded request");
+    assert_eq!(by.as_deref(), Some("kbt-api-admin"));
+    assert!(at.is_some());
+    let (code, body) = call(
+        addr,
+        "POST",
+        &format!("{}?terminate=true", revoke(&ended)),
+        Some(EDITOR),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("SUCCESS")),
+        "{body}"
+    );
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT revoked_by FROM job_executions WHERE id = $1")
+            .bind(ended.parse::<i64>().expect("id"))
+            .fetch_one(&f.pool)
+            .await
+            .expect("revoked_by");
+    assert_eq!(recorded, None, "a refused revoke recorded a requester");
 }
 
 /// Disable and enable (issue #29): `spec.suspend` by server-side apply under

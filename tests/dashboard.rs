@@ -3,7 +3,7 @@
 //! a job page shows the history, a timeline, the success rate and a duration sparkline, the
 //! trigger button causes a run, a reader gets no trigger button, and a bad token is refused. A job
 //! its health policy paused (issue #26) shows the pause, and its Resume button resumes it. A job
-//! is disabled and enabled from its page (issue #29).
+//! is disabled and enabled from its page, and a running run is revoked from it (issue #29).
 
 mod common;
 
@@ -120,6 +120,34 @@ async fn count_runs(
         .fetch_one(pool)
         .await
         .ok()
+}
+
+/// Trigger a run of `job` as the admin, through the API, and wait until it matches `condition`
+/// (SQL on the execution `e`, a constant of this file): (execution id, Celery task id).
+async fn manual_run(f: &common::Fixture, addr: &str, job: &str, condition: &str) -> (i64, String) {
+    let (code, body) = api_call(
+        addr,
+        "POST",
+        &format!("/api/v1/jobs/{}/{job}/trigger", f.ns),
+        Some(ADMIN),
+    );
+    assert_eq!(code, 202, "{body}");
+    let sql = format!(
+        "SELECT e.id, e.task_id FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = $1 AND e.trigger = 'manual' AND {condition}"
+    );
+    eventually(
+        &format!("the manual run of {job}: {condition}"),
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(job)
+                .fetch_optional(&f.pool)
+                .await
+                .ok()?
+        },
+    )
+    .await
 }
 
 /// Forget the token, open `url` afresh and sign in with `token`.
@@ -602,7 +630,36 @@ async fn dashboard_disables_and_enables_a_job() {
 
     // The admin disables it.
     sign_in_again(&c, &page, ADMIN).await;
-    let button = wait_for(&c, Locator::Id("suspend"), "the Disable button").await;
+    wait_for(&c, Locator::Id("suspend"), "the Disable button").await;
+    // Live: a run recorded after the page was drawn appears without a reload (the marker
+    // would not survive one).
+    c.execute("window.kbtDrawn = true; return null;", vec![])
+        .await
+        .expect("mark the page");
+    let drawn: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(max(e.id), 0) FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'ticker'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("the latest run");
+    wait_for(
+        &c,
+        Locator::XPath(&format!(
+            "//tr[@class='execution' and number(@data-id) > {drawn}]"
+        )),
+        "a new run on the page without a reload",
+    )
+    .await;
+    let same_page = c
+        .execute("return window.kbtDrawn === true;", vec![])
+        .await
+        .expect("read the mark");
+    assert_eq!(same_page, json!(true), "the page was reloaded");
+    let button = c
+        .find(Locator::Id("suspend"))
+        .await
+        .expect("the Disable button, redrawn");
     assert_eq!(button.text().await.expect("text"), "Disable");
     button.click().await.expect("click Disable");
     // The test's client created the job with `suspend: false` without naming itself: the
@@ -709,6 +766,201 @@ async fn dashboard_disables_and_enables_a_job() {
     )
     .await;
     assert_eq!(scheduled_job(&f.ns, "ticker")["spec"]["suspend"], true);
+    let _ = c.close().await;
+    drop(op);
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane, services and Chromium (make test)"]
+async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
+    let env = common::env();
+    let f = fixture("kbt-dashrevoke", format!("{}/0", env.redis_url)).await;
+    let backend = format!("{}/1", env.redis_url);
+    // Prefork: Celery terminates a running task by signalling its pool process (the threads
+    // pool cannot stop one).
+    let worker = Worker::start_pool(&f.broker, Some(&backend), &f.queue, &f.db.url, 1, "prefork");
+    f.grant_api_users();
+    f.task_function("sleep", "kb.sleep").await;
+    f.task_function("fail", "kb.fail").await;
+    f.job(
+        "failing",
+        "fail",
+        json!({"schedule": {"interval": {"hours": 24}}, "args": ["kbt-boom"]}),
+    )
+    .await;
+    f.job(
+        "sleeper",
+        "sleep",
+        json!({"schedule": {"interval": {"hours": 24}}, "args": [120]}),
+    )
+    .await;
+    let op = f.operator(&["--result-backend", &backend, "--result-poll-ms", "300"]);
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    let (id, task_id) = manual_run(&f, &addr, "sleeper", "e.state = 'STARTED'").await;
+
+    let (_driver, c) = browser().await;
+    let page = format!("http://{addr}/#/job/{}/sleeper", f.ns);
+    // A reader: the run, no Revoke button.
+    c.goto(&page).await.expect("job page");
+    sign_in(&c, READER).await;
+    wait_for(&c, Locator::Id("no-trigger"), "the reader's note").await;
+    assert!(c.find(Locator::Css("button.revoke")).await.is_err());
+
+    // The admin revokes it.
+    sign_in_again(&c, &page, ADMIN).await;
+    let button = wait_for(
+        &c,
+        Locator::Css(&format!("tr[data-id='{id}'] button.revoke")),
+        "the Revoke button of the running run",
+    )
+    .await;
+    let asked_at = chrono::Utc::now();
+    button.click().await.expect("click Revoke");
+    let asked = eventually("the confirmation", Duration::from_secs(20), || async {
+        c.get_alert_text().await.ok()
+    })
+    .await;
+    assert!(
+        asked.contains(&task_id) && asked.contains("running"),
+        "{asked}"
+    );
+    c.accept_alert().await.expect("confirm");
+    let cell = wait_for(
+        &c,
+        Locator::XPath(&format!(
+            "//tr[@data-id='{id}']/td[contains(., 'REVOKED')]/span[@class='revoked-by muted']"
+        )),
+        "the run shown REVOKED with who asked",
+    )
+    .await;
+    assert_eq!(cell.text().await.expect("text"), "by kbt-api-admin");
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::create_dir_all(env.repo.join("target")).expect("target");
+    std::fs::write(env.repo.join("target/dashboard-revoked.png"), &shot).expect("screenshot");
+
+    // The worker stopped it: Celery stored REVOKED (terminated) long before the 120 s sleep
+    // would have ended, and the request is on the run.
+    let (state, error, by, finished): (
+        String,
+        Option<String>,
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+    ) = sqlx::query_as(
+        "SELECT state, error, revoked_by, finished_at FROM job_executions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&f.pool)
+    .await
+    .expect("the run");
+    assert_eq!(state, "REVOKED");
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("terminated")),
+        "{error:?}"
+    );
+    assert_eq!(by.as_deref(), Some("kbt-api-admin"));
+    assert!(
+        finished - asked_at < chrono::Duration::seconds(60),
+        "finished {finished}, asked {asked_at}"
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("Terminating") && log.contains(&task_id),
+        "the worker terminated it:\n{log}"
+    );
+    // Its story names the worker that ran it (from its STARTED record) and who revoked it.
+    let (code, body) = api_call(
+        &addr,
+        "GET",
+        &format!("/api/v1/executions/{id}"),
+        Some(ADMIN),
+    );
+    assert_eq!(code, 200, "{body}");
+    let run = &body["execution"];
+    assert!(
+        run["worker"]
+            .as_str()
+            .is_some_and(|w| w.contains('@') && log.contains(w)),
+        "{body}"
+    );
+    assert_eq!(run["revoked_by"], "kbt-api-admin", "{body}");
+    assert_eq!(body["canRevoke"], false, "{body}");
+
+    // A failed run's story: its page, reached from the job's history, shows the traceback.
+    let (failed_id, failed_task) = manual_run(
+        &f,
+        &addr,
+        "failing",
+        "e.state = 'FAILURE' AND e.traceback IS NOT NULL",
+    )
+    .await;
+    c.goto(&format!("http://{addr}/#/job/{}/failing", f.ns))
+        .await
+        .expect("the failing job's page");
+    wait_for(
+        &c,
+        Locator::Css(&format!(
+            "tr[data-id='{failed_id}'] a[href='#/run/{failed_id}']"
+        )),
+        "the run's link in the history",
+    )
+    .await
+    .click()
+    .await
+    .expect("open the run");
+    let traceback = wait_for(&c, Locator::Id("traceback"), "the traceback")
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        traceback.contains("Traceback (most recent call last)")
+            && traceback.contains("ValueError: kbt-boom")
+            && traceback.contains("kb_worker.py"),
+        "{traceback}"
+    );
+    let shown = |id: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Id(id))
+                .await
+                .unwrap_or_else(|e| panic!("#{id}: {e}"))
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    assert_eq!(shown("task-id").await, failed_task);
+    assert!(shown("run-error-text").await.contains("kbt-boom"));
+    assert_eq!(shown("requested-by").await, "kbt-api-admin");
+    assert!(shown("run-arguments").await.contains("kbt-boom"));
+    assert!(c.find(Locator::Id("copy-task-id")).await.is_ok());
+    // An ended run offers no Revoke.
+    assert!(c.find(Locator::Css("button.revoke")).await.is_err());
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::write(env.repo.join("target/dashboard-run.png"), &shot).expect("screenshot");
+    // The reader reads the story too; a stranger's token gets nothing.
+    let (code, body) = api_call(
+        &addr,
+        "GET",
+        &format!("/api/v1/executions/{failed_id}"),
+        Some(READER),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["canRevoke"], false, "{body}");
+    assert!(
+        body["execution"]["traceback"]
+            .as_str()
+            .is_some_and(|t| t.contains("kbt-boom"))
+    );
+    assert_eq!(
+        api_call(&addr, "GET", "/api/v1/executions/999999999", Some(ADMIN)).0,
+        404
+    );
+
     let _ = c.close().await;
     drop(op);
     f.finish().await;

@@ -128,6 +128,13 @@ async fn up_down_up() {
         "{:?}",
         fillfactor().await
     );
+    const REVOKE: &[&str] = &["revoked_by", "revoke_requested_at", "worker"];
+    assert_eq!(column_count("job_executions", REVOKE).await, 3);
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the revoke step");
+    assert_eq!(reverted, [14]);
+    assert_eq!(column_count("job_executions", REVOKE).await, 0);
     assert_eq!(column_count("scheduled_jobs", &["row_digest"]).await, 1);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
         .await
@@ -251,7 +258,7 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 13, "each migration applied once");
+    assert_eq!(applied, 14, "each migration applied once");
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

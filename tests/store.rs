@@ -236,6 +236,7 @@ async fn the_trackers_counters_and_the_health_verdicts_never_deadlock() {
                         result: None,
                         error: None,
                         traceback: None,
+                        worker: None,
                     })
                     .collect();
                 let mut tx = pool.begin().await.expect("begin");

@@ -407,11 +407,14 @@ fn write_py_pairs(out: &mut String, map: &Map<String, Value>) {
     out.push('}');
 }
 
-/// The remote-control body of a `revoke` for every worker (`destination: null`).
-pub fn revoke_body(task_id: &str) -> Vec<u8> {
+/// The remote-control body of a `revoke` for every worker (`destination: null`), as
+/// `app.control.revoke(task_id, terminate=terminate)` sends it: `terminate` also stops a run
+/// already executing (SIGTERM to its pool process); without it, only a run not yet started is
+/// dropped.
+pub fn revoke_body(task_id: &str, terminate: bool) -> Vec<u8> {
     let body = json!({
         "method": "revoke",
-        "arguments": {"task_id": task_id, "terminate": true, "signal": "SIGTERM"},
+        "arguments": {"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"},
         "destination": null, "pattern": null, "matcher": null,
     });
     serde_json::to_vec(&body).unwrap_or_default()

@@ -412,11 +412,13 @@ impl Publisher {
         }
     }
 
-    /// Celery's remote-control `revoke` broadcast (what `app.control.revoke(id, terminate=True)`
-    /// sends): every worker adds the ids to its revoked set and terminates them if running.
-    pub async fn revoke(&self, task_ids: &[String]) -> Result<(), PublishError> {
+    /// Celery's remote-control `revoke` broadcast (what `app.control.revoke(id, terminate=..)`
+    /// sends): every live worker adds the ids to its revoked set (a message of one arriving
+    /// later is dropped, and stored REVOKED) and, with `terminate`, stops it if running. A
+    /// worker started afterwards never hears of it (Celery keeps revokes in worker memory).
+    pub async fn revoke(&self, task_ids: &[String], terminate: bool) -> Result<(), PublishError> {
         for id in task_ids {
-            let body = message::revoke_body(id);
+            let body = message::revoke_body(id, terminate);
             match self {
                 Publisher::Redis {
                     conn: shared,

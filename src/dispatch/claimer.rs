@@ -182,7 +182,7 @@ impl Dispatcher {
         let Some(publisher) = &self.publisher else {
             return;
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.revoke(task_ids)).await {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.revoke(task_ids, true)).await {
             Ok(Ok(())) => info!(task_ids = ?task_ids, "revoked runs replaced by newer ones"),
             Ok(Err(e)) => warn!(error = %e, task_ids = ?task_ids, "revoke broadcast failed"),
             Err(_) => warn!(task_ids = ?task_ids, "revoke broadcast timed out"),

@@ -23,7 +23,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 mod backfill;
+mod revoke;
+mod run;
 mod suspend;
+
+pub use revoke::BrokerAccess;
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::{
@@ -54,6 +58,10 @@ pub struct ApiState {
     pub lease_namespace: String,
     pub dispatch_mode: &'static str,
     pub role: watch::Receiver<Role>,
+    /// The broker, for revokes (`None` without one, or in shadow mode).
+    pub broker: Option<BrokerAccess>,
+    /// Whether a result backend is configured: whether anything follows a run to its end.
+    pub tracked: bool,
 }
 
 /// Where the migration plan's commands look (SPEC §8); the shorter paths the API had first stay
@@ -91,10 +99,18 @@ pub fn routes(state: Arc<ApiState>) -> Router {
                 get(backfill::list),
             )
             .route(&format!("{prefix}/executions"), get(executions))
+            .route(&format!("{prefix}/executions/{{id}}"), get(run::execution))
+            .route(
+                &format!("{prefix}/executions/{{id}}/revoke"),
+                post(revoke::revoke),
+            )
             .route(&format!("{prefix}/job-types"), get(job_types))
             .route(&format!("{prefix}/task-functions"), get(task_functions));
     }
-    router.with_state(state)
+    // Conditional GETs (ETag / If-None-Match): the dashboard's live pages poll through them.
+    router
+        .with_state(state)
+        .layer(axum::middleware::from_fn(super::etag::conditional_get))
 }
 
 /// An API error: a status and a clear message, as JSON (and when to come back, for 429).
@@ -356,7 +372,8 @@ async fn job(
     Ok(Json(
         json!({"job": row, "executions": recent, "arguments": arguments,
                     "backfills": backfills,
-                   "canTrigger": can_patch, "canResume": can_patch, "canSuspend": can_patch}),
+                   "canTrigger": can_patch, "canResume": can_patch, "canSuspend": can_patch,
+                   "canRevoke": can_patch}),
     ))
 }
 

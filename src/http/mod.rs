@@ -10,6 +10,7 @@ use std::{
 
 pub mod api;
 pub mod auth;
+mod etag;
 pub mod limits;
 mod trigger_body;
 

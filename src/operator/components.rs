@@ -110,6 +110,16 @@ pub(super) fn build(
     let mut parts: Vec<Part> = vec![("controllers", Box::pin(controllers.run()))];
     parts.extend(status_parts(args, &s, feed_rx, cache));
     let (broker_options, backend_options) = super::transport_options(args)?;
+    // The API's revokes: the broker, and whether a tracker follows runs to their end.
+    let broker = (!s.shadow)
+        .then(|| args.broker_url.clone())
+        .flatten()
+        .map(|url| crate::http::api::BrokerAccess {
+            url,
+            options: broker_options.clone(),
+            ledger: ledger.clone(),
+        });
+    let tracked = !matches!(backend_url, BackendUrl::None);
     parts.push(tracker_part(args, &s, backend_url, backend_options));
     parts.push(backfill_part(&s, wake.clone()));
     parts.push(dispatcher_part(
@@ -150,7 +160,7 @@ pub(super) fn build(
         ledger,
     ));
     parts.push(("readiness", Box::pin(then_wait(readiness, s.stop.clone()))));
-    parts.push(http_part(args, &s, health));
+    parts.push(http_part(args, &s, health, broker, tracked));
     if let Some(webhook) = webhook_part(args, &s) {
         parts.push(webhook);
     }
@@ -411,7 +421,13 @@ fn health_part(args: &RunArgs, s: &Shared) -> Part {
 }
 
 /// The HTTP server: health, metrics, the API and the dashboard.
-fn http_part(args: &RunArgs, s: &Shared, health: crate::http::Health) -> Part {
+fn http_part(
+    args: &RunArgs,
+    s: &Shared,
+    health: crate::http::Health,
+    broker: Option<crate::http::api::BrokerAccess>,
+    tracked: bool,
+) -> Part {
     if args.api_auth == crate::http::auth::AuthMode::None {
         tracing::warn!(
             "API AUTHENTICATION IS OFF (--api-auth=none): anyone who reaches {} can read every job and trigger runs. Use only on a workstation.",
@@ -431,6 +447,8 @@ fn http_part(args: &RunArgs, s: &Shared, health: crate::http::Health) -> Part {
         lease_namespace: args.lease_namespace.clone(),
         dispatch_mode: if s.shadow { "shadow" } else { "live" },
         role: s.role.clone(),
+        broker,
+        tracked,
     }));
     let stop = s.stop.clone();
     let addr = args.http_addr.clone();

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod queues;
 pub mod replicas;
 pub mod retention;
+pub mod revoke;
 pub mod status;
 pub mod task_functions;
 pub mod tracking;

@@ -63,6 +63,8 @@ pub struct TransitionWrite {
     pub result: Option<String>,
     pub error: Option<String>,
     pub traceback: Option<String>,
+    /// The worker's node name, when the record named it.
+    pub worker: Option<String>,
 }
 
 /// Write `writes` in one statement, each only if its row is still in `old_state` (a Replace
@@ -82,6 +84,7 @@ pub async fn record_transitions(
     let mut result = Vec::with_capacity(n);
     let mut error = Vec::with_capacity(n);
     let mut traceback = Vec::with_capacity(n);
+    let mut worker = Vec::with_capacity(n);
     for w in writes {
         ids.push(w.id);
         old.push(w.old_state.as_str());
@@ -91,6 +94,7 @@ pub async fn record_transitions(
         result.push(w.result.as_deref());
         error.push(w.error.as_deref());
         traceback.push(w.traceback.as_deref());
+        worker.push(w.worker.as_deref());
     }
     // The jobs' rows first, in id order, as every writer of several job rows locks them (see
     // `health::record_verdicts`), and before the runs: the claim locks a job, then revokes its
@@ -106,8 +110,10 @@ pub async fn record_transitions(
     Ok(sqlx::query_scalar(
         "WITH u AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
-                                  $5::timestamptz[], $6::text[], $7::text[], $8::text[])
-                 AS u(id, old_state, state, started_at, finished_at, result, error, traceback)
+                                  $5::timestamptz[], $6::text[], $7::text[], $8::text[],
+                                  $9::text[])
+                 AS u(id, old_state, state, started_at, finished_at, result, error, traceback,
+                      worker)
          ), changed AS (
              UPDATE job_executions e SET
                  state = u.state,
@@ -115,7 +121,8 @@ pub async fn record_transitions(
                  finished_at = COALESCE(u.finished_at, e.finished_at),
                  result = COALESCE(u.result::jsonb, e.result),
                  error = COALESCE(u.error, e.error),
-                 traceback = COALESCE(u.traceback, e.traceback)
+                 traceback = COALESCE(u.traceback, e.traceback),
+                 worker = COALESCE(u.worker, e.worker)
              FROM u WHERE e.id = u.id AND e.state = u.old_state
              RETURNING e.id, e.job_id, e.state, e.scheduled_for
          ), counted AS (
@@ -150,6 +157,7 @@ pub async fn record_transitions(
     .bind(&result)
     .bind(&error)
     .bind(&traceback)
+    .bind(&worker)
     .fetch_all(conn)
     .await?)
 }

@@ -85,11 +85,14 @@ pub struct ExecutionView {
     pub kwargs: Option<Value>,
     /// Who asked for a manual run.
     pub requested_by: Option<String>,
+    /// Who asked to cancel it, and when (its state says whether the worker stopped it).
+    pub revoked_by: Option<String>,
+    pub revoke_requested_at: Option<DateTime<Utc>>,
 }
 
 const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
     e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
-    e.error, e.result, e.args, e.kwargs, e.requested_by";
+    e.error, e.result, e.args, e.kwargs, e.requested_by, e.revoked_by, e.revoke_requested_at";
 
 /// The filter of [`executions`] and [`count_executions`]: $1 namespaces, $2 job id, $3 state.
 const EXECUTION_FILTER: &str =
@@ -234,6 +237,36 @@ pub async fn recent_executions(
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(job_id)
         .fetch_all(pool)
+        .await?)
+}
+
+/// One execution with everything stored about it: the run page's story.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ExecutionDetail {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub view: ExecutionView,
+    /// The last 32 KiB of the worker's traceback (a failed or retried run).
+    pub traceback: Option<String>,
+    pub claimed_at: DateTime<Utc>,
+    pub publish_attempts: i32,
+    /// Slots this run stands for (more than 1 when missed slots were coalesced).
+    pub coalesced_slots: i32,
+    pub task_name: String,
+    pub queue: String,
+    /// The worker that ran it (`celery@host`), where the result backend named it.
+    pub worker: Option<String>,
+}
+
+pub async fn execution(pool: &PgPool, id: i64) -> Result<Option<ExecutionDetail>, StoreError> {
+    let sql = format!(
+        "SELECT {EXECUTION_COLUMNS}, e.traceback, e.claimed_at, e.publish_attempts,
+                e.coalesced_slots, j.task_name, j.queue, e.worker
+         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id WHERE e.id = $1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
         .await?)
 }
 

@@ -222,6 +222,7 @@ async fn apply(
                 result: row.result,
                 error: row.error,
                 traceback: row.traceback,
+                worker: row.worker,
             }
         })
         .collect();

@@ -253,8 +253,14 @@ fn hostile_values_stay_data() {
 fn revoke_matches_what_celery_sends() {
     // Captured from `app.control.revoke('abc-123', terminate=True, signal='SIGTERM')`.
     let captured: Value = serde_json::from_str(r#"{"method": "revoke", "arguments": {"task_id": "abc-123", "terminate": true, "signal": "SIGTERM"}, "destination": null, "pattern": null, "matcher": null}"#).expect("json");
-    let ours: Value = serde_json::from_slice(&revoke_body("abc-123")).expect("json");
+    let ours: Value = serde_json::from_slice(&revoke_body("abc-123", true)).expect("json");
     assert_eq!(ours, captured);
+    // `app.control.revoke('abc-123')`: the signal is sent (and unused) without terminate.
+    let ours: Value = serde_json::from_slice(&revoke_body("abc-123", false)).expect("json");
+    assert_eq!(
+        ours["arguments"],
+        json!({"task_id": "abc-123", "terminate": false, "signal": "SIGTERM"})
+    );
     let env: Value = serde_json::from_str(&pidbox_envelope(b"{}", "t", Utc::now())).expect("json");
     assert_eq!(
         env["properties"]["delivery_info"],

@@ -64,6 +64,9 @@ pub struct Meta {
     /// The last [`TRACEBACK_MAX_BYTES`] of the traceback.
     pub traceback: Option<String>,
     pub date_done: Option<DateTime<Utc>>,
+    /// The worker's node name (`celery@host`), where Celery stores it: in a STARTED record's
+    /// result (`task_track_started`) and, with `result_extended`, in every record.
+    pub worker: Option<String>,
 }
 
 impl Meta {
@@ -80,7 +83,16 @@ impl Meta {
         } else {
             None
         };
+        let worker = if status == "STARTED" {
+            result
+                .as_ref()
+                .and_then(|r| r.get("hostname"))
+                .and_then(worker_name)
+        } else {
+            None
+        };
         Meta {
+            worker,
             result: result.as_ref().map(truncate_result),
             error,
             traceback: traceback.map(truncate_traceback),
@@ -98,6 +110,7 @@ impl Meta {
     ) -> Meta {
         let note = format!("result too large ({bytes} bytes), not decoded");
         Meta {
+            worker: None,
             result: Some(json!({"truncated": true, "bytes": bytes, "note": note})),
             error: has_error(&status).then_some(note),
             traceback: traceback.map(truncate_traceback),
@@ -105,6 +118,14 @@ impl Meta {
             status,
         }
     }
+}
+
+/// A worker's node name as a record gives it: a string of 1 to 255 bytes (Celery's are
+/// `name@host`), anything else ignored.
+pub fn worker_name(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 255)
+        .map(str::to_string)
 }
 
 /// States whose result is an exception the tracker reports as the error.

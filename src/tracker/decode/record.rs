@@ -71,7 +71,12 @@ pub fn redis_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
     // Taken, not cloned: the record may be up to RECORD_MAX_BYTES.
     let result = v.get_mut("result").map(Value::take);
     let traceback = v.get("traceback").and_then(Value::as_str);
-    Ok(Meta::new(status, result, traceback, date_done))
+    let mut meta = Meta::new(status, result, traceback, date_done);
+    // `result_extended`: the worker that ran it, in any state.
+    if let Some(worker) = v.get("worker").and_then(super::worker_name) {
+        meta.worker = Some(worker);
+    }
+    Ok(meta)
 }
 
 /// The `status` of a meta that cannot be decoded whole (too large, too deep, cut short): its

@@ -70,6 +70,8 @@ pub struct Transition {
     pub result: Option<Value>,
     pub error: Option<String>,
     pub traceback: Option<String>,
+    /// The worker's node name, when the record names it.
+    pub worker: Option<String>,
 }
 
 impl Transition {
@@ -81,6 +83,7 @@ impl Transition {
             result: None,
             error: None,
             traceback: None,
+            worker: None,
         }
     }
 }
@@ -104,6 +107,7 @@ pub fn transition(
             let mut tr = Transition::to(state);
             tr.started_at = Some(finished.min(now));
             tr.finished_at = Some(finished);
+            tr.worker = m.worker.clone();
             match state {
                 State::Success => tr.result = m.result.clone(),
                 _ => {
@@ -142,6 +146,7 @@ pub fn transition(
     }
     let mut tr = Transition::to(state);
     tr.started_at = Some(now);
+    tr.worker = m.worker.clone();
     if state == State::Retry {
         tr.error = m.error.clone();
         tr.traceback = m.traceback.clone();
@@ -167,6 +172,7 @@ pub struct Stored {
     pub result: Option<String>,
     pub error: Option<String>,
     pub traceback: Option<String>,
+    pub worker: Option<String>,
 }
 
 /// The last step of the decode path: what `apply` writes for a transition.
@@ -175,6 +181,7 @@ pub fn stored(tr: &Transition) -> Stored {
         result: tr.result.as_ref().map(|v| pg_safe(&v.to_string())),
         error: tr.error.as_deref().map(pg_safe),
         traceback: tr.traceback.as_deref().map(pg_safe),
+        worker: tr.worker.as_deref().map(pg_safe),
     }
 }
 
@@ -214,6 +221,37 @@ mod tests {
             Some("ValueError: domain bad.example.com unreachable")
         );
         assert!(tr.traceback.unwrap().ends_with("unreachable\n"));
+    }
+
+    #[test]
+    fn the_worker_is_named_where_celery_stores_it() {
+        // task_track_started: the STARTED record's result names the worker.
+        let m = redis_meta(STARTED.as_bytes()).unwrap();
+        let tr = transition(&tracked(State::Dispatched), Some(&m), t0(), true).unwrap();
+        assert_eq!(tr.state, State::Started);
+        assert_eq!(tr.worker.as_deref(), Some("w1@vm"));
+        assert_eq!(stored(&tr).worker.as_deref(), Some("w1@vm"));
+        // A final record without result_extended names none (the row keeps the one it has).
+        let m = redis_meta(SUCCESS.as_bytes()).unwrap();
+        assert_eq!(m.worker, None);
+        // result_extended: every record carries `worker`.
+        let extended = SUCCESS.replace(r#""task_id""#, r#""worker": "celery@w2", "task_id""#);
+        let m = redis_meta(extended.as_bytes()).unwrap();
+        let tr = transition(&tracked(State::Started), Some(&m), t0(), true).unwrap();
+        assert_eq!(tr.worker.as_deref(), Some("celery@w2"));
+        // A hostile record: not a string, empty, or longer than a node name can be.
+        for bad in [r#"7"#, r#""""#, &format!(r#""{}""#, "w".repeat(256))] {
+            let record = STARTED.replace(r#""w1@vm""#, bad);
+            assert_eq!(redis_meta(record.as_bytes()).unwrap().worker, None, "{bad}");
+        }
+        // A SUCCESS result that happens to hold `hostname` is the task's, not the worker's.
+        let m = redis_meta(
+            SUCCESS
+                .replace(r#""mode": "full""#, r#""hostname": "db1""#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(m.worker, None);
     }
 
     #[test]
