@@ -427,6 +427,9 @@ async fn api_with_kubernetes_authentication_and_authorization() {
     // The reader sees its namespace only and cannot trigger.
     let (code, jobs) = call(&addr, "GET", "/api/v1/jobs", Some(READER));
     assert_eq!(code, 200, "{jobs}");
+    assert_eq!(jobs["canPatch"], json!([]), "{jobs}");
+    let (_, edited) = call(&addr, "GET", "/api/v1/jobs", Some(EDITOR));
+    assert_eq!(edited["canPatch"], json!([f.ns]), "{edited}");
     assert!(
         jobs["jobs"]
             .as_array()

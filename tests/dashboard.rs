@@ -102,6 +102,47 @@ async fn wait_for(c: &Client, loc: Locator<'_>, what: &str) -> Element {
     }
 }
 
+/// Find `loc` and do `f` with it, again if the element went stale in between (a live page
+/// redraws when its data changed, every few seconds while runs arrive), for up to 20 seconds.
+async fn with_element<T, F, Fut>(c: &Client, loc: Locator<'_>, what: &str, f: F) -> T
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let error = match c.find(loc).await {
+            Ok(e) => match f(e).await {
+                Ok(v) => return v,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn click(c: &Client, loc: Locator<'_>, what: &str) {
+    with_element(c, loc, what, |e| async move { e.click().await }).await
+}
+
+async fn text_of(c: &Client, loc: Locator<'_>, what: &str) -> String {
+    with_element(c, loc, what, |e| async move { e.text().await }).await
+}
+
+/// The text of the confirmation the page asks for, accepted.
+async fn accept_confirmation(c: &Client) -> String {
+    let asked = eventually("the confirmation", Duration::from_secs(20), || async {
+        c.get_alert_text().await.ok()
+    })
+    .await;
+    c.accept_alert().await.expect("confirm");
+    asked
+}
+
 /// How many executions of the job `name` match `condition` (SQL on the execution `e`, a
 /// constant of this file), slotted after `after` if given.
 async fn count_runs(
@@ -163,26 +204,18 @@ async fn sign_in_again(c: &Client, url: &str, token: &str) {
 /// The job page's statistics: the success rate, what it was counted over, and the state of each
 /// point of the duration sparkline (oldest first).
 async fn stats(c: &Client) -> (String, String, Vec<String>) {
-    let text = |id: &'static str| async move {
-        c.find(Locator::Id(id))
-            .await
-            .unwrap_or_else(|e| panic!("#{id}: {e}"))
-            .text()
-            .await
-            .expect("text")
-    };
-    let rate = text("success-rate").await;
-    let window = text("success-window").await;
-    let mut points = Vec::new();
-    for dot in c
-        .find_all(Locator::Css("#duration-sparkline circle.run"))
+    // One script: the live page may redraw between two WebDriver calls.
+    let read = c
+        .execute(
+            "const t = (id) => document.getElementById(id).textContent;
+             return [t('success-rate'), t('success-window'),
+                     [...document.querySelectorAll('#duration-sparkline circle.run')]
+                       .map((d) => d.getAttribute('class').replace(/^run /, ''))];",
+            vec![],
+        )
         .await
-        .expect("sparkline points")
-    {
-        let class = dot.attr("class").await.expect("class").unwrap_or_default();
-        points.push(class.trim_start_matches("run ").to_string());
-    }
-    (rate, window, points)
+        .expect("the statistics");
+    serde_json::from_value(read).expect("rate, window, points")
 }
 
 #[tokio::test]
@@ -240,27 +273,62 @@ async fn dashboard_shows_jobs_triggers_runs_and_refuses_strangers() {
     c.goto(&base).await.expect("open the dashboard");
     // Without a token: the sign-in form, nothing else.
     sign_in(&c, ADMIN).await;
-    let row = wait_for(
+    let often = format!("tr.job[data-name='{}/often']", f.ns);
+    wait_for(
         &c,
-        Locator::Css(&format!("tr.job[data-name='{}/often']", f.ns)),
+        Locator::Css(&often),
         "the jobs table shows the real jobs",
     )
     .await;
-    let text = row.text().await.expect("row text");
+    let text = text_of(&c, Locator::Css(&often), "the often row").await;
     assert!(
         text.contains("kb.echo") && text.contains("every 2s"),
         "{text}"
     );
-    let leader = c
-        .find(Locator::Id("leader"))
-        .await
-        .expect("leader")
-        .text()
-        .await
-        .expect("text");
+    let leader = text_of(&c, Locator::Id("leader"), "the leader").await;
     assert!(
         op.log_text().contains(&format!("identity={leader}")),
         "leader {leader}"
+    );
+    // The front page's chart of the last hour, from Postgres: runs by outcome (often succeeds,
+    // flaky fails) and the dispatch lag, matching the stored runs.
+    wait_for(
+        &c,
+        Locator::Css("#activity-chart rect.bar.succeeded"),
+        "the chart's succeeded runs",
+    )
+    .await;
+    wait_for(
+        &c,
+        Locator::Css("#activity-chart rect.bar.failed"),
+        "the chart's failed runs",
+    )
+    .await;
+    let lag = text_of(&c, Locator::Id("activity-lag"), "the lag").await;
+    assert!(lag.ends_with(" ms") || lag.ends_with(" s"), "{lag}");
+    let (code, body) = api_call(&addr, "GET", "/api/v1/activity", Some(ADMIN));
+    assert_eq!(code, 200, "{body}");
+    let (ok, failed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'SUCCESS'), count(*) FILTER (WHERE state = 'FAILURE')
+         FROM job_executions WHERE scheduled_for <= now()",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("counts");
+    let sum = |k: &str| {
+        body["activity"]
+            .as_array()
+            .expect("minutes")
+            .iter()
+            .map(|m| m[k].as_i64().expect("a count"))
+            .sum::<i64>()
+    };
+    // Runs end between the two reads: the chart's counts are at most the later ones.
+    assert!(sum("succeeded") > 0 && sum("succeeded") <= ok, "{body}");
+    assert!(sum("failed") > 0 && sum("failed") <= failed, "{body}");
+    assert_eq!(
+        api_call(&addr, "GET", "/api/v1/activity?minutes=0", Some(ADMIN)).0,
+        400
     );
 
     // A job page: history, timeline and the trigger button.
@@ -627,6 +695,12 @@ async fn dashboard_disables_and_enables_a_job() {
     sign_in(&c, READER).await;
     wait_for(&c, Locator::Id("no-suspend"), "the reader's note").await;
     assert!(c.find(Locator::Id("suspend")).await.is_err());
+    // Nor one in the jobs table.
+    c.goto(&base).await.expect("the jobs page");
+    let row = format!("tr.job[data-name='{}/ticker']", f.ns);
+    wait_for(&c, Locator::Css(&row), "the ticker's row").await;
+    assert!(c.find(Locator::Css("button.toggle-suspend")).await.is_err());
+    c.goto(&page).await.expect("job page");
 
     // The admin disables it.
     sign_in_again(&c, &page, ADMIN).await;
@@ -656,20 +730,13 @@ async fn dashboard_disables_and_enables_a_job() {
         .await
         .expect("read the mark");
     assert_eq!(same_page, json!(true), "the page was reloaded");
-    let button = c
-        .find(Locator::Id("suspend"))
-        .await
-        .expect("the Disable button, redrawn");
-    assert_eq!(button.text().await.expect("text"), "Disable");
-    button.click().await.expect("click Disable");
+    let suspend = Locator::Id("suspend");
+    assert_eq!(text_of(&c, suspend, "the Disable button").await, "Disable");
+    click(&c, suspend, "click Disable").await;
     // The test's client created the job with `suspend: false` without naming itself: the
     // apiserver's `unknown` field manager owns the field, so the page asks first.
-    let asked = eventually("the confirmation", Duration::from_secs(20), || async {
-        c.get_alert_text().await.ok()
-    })
-    .await;
+    let asked = accept_confirmation(&c).await;
     assert!(asked.contains("field manager unknown"), "{asked}");
-    c.accept_alert().await.expect("confirm");
     wait_for(
         &c,
         Locator::XPath("//span[@id='suspend-state' and contains(., 'Disabled')]"),
@@ -700,12 +767,7 @@ async fn dashboard_disables_and_enables_a_job() {
     );
 
     // Enabled again: the next slot runs, once; the disabled period is not replayed.
-    c.find(Locator::Id("suspend"))
-        .await
-        .expect("the Enable button")
-        .click()
-        .await
-        .expect("click Enable");
+    click(&c, Locator::Id("suspend"), "click Enable").await;
     wait_for(
         &c,
         Locator::XPath("//span[@id='suspend-state' and contains(., 'Enabled')]"),
@@ -748,17 +810,10 @@ async fn dashboard_disables_and_enables_a_job() {
         "argocd.argoproj.io/tracking-id=app:kubebeat.io/ScheduledJob:team/ticker",
     ]));
     c.refresh().await.expect("reload");
-    wait_for(&c, Locator::Id("suspend"), "the Disable button")
-        .await
-        .click()
-        .await
-        .expect("click Disable");
-    let asked = eventually("the confirmation", Duration::from_secs(20), || async {
-        c.get_alert_text().await.ok()
-    })
-    .await;
+    wait_for(&c, Locator::Id("suspend"), "the Disable button").await;
+    click(&c, Locator::Id("suspend"), "click Disable").await;
+    let asked = accept_confirmation(&c).await;
     assert!(asked.contains("Argo CD"), "{asked}");
-    c.accept_alert().await.expect("confirm");
     wait_for(
         &c,
         Locator::XPath("//span[@id='suspend-state' and contains(., 'Disabled')]"),
@@ -766,6 +821,26 @@ async fn dashboard_disables_and_enables_a_job() {
     )
     .await;
     assert_eq!(scheduled_job(&f.ns, "ticker")["spec"]["suspend"], true);
+
+    // From the jobs table: the row's Enable, confirmed (Argo CD still manages it).
+    c.goto(&base).await.expect("the jobs page");
+    let toggle = format!("{row} button.toggle-suspend");
+    let toggle = Locator::Css(&toggle);
+    wait_for(&c, toggle, "the row's button").await;
+    assert_eq!(text_of(&c, toggle, "the row's button").await, "Enable");
+    click(&c, toggle, "click Enable").await;
+    let asked = accept_confirmation(&c).await;
+    assert!(asked.contains("Argo CD"), "{asked}");
+    wait_for(
+        &c,
+        Locator::XPath(&format!(
+            "//tr[@data-name='{}/ticker']//button[@class='toggle-suspend' and . = 'Disable']",
+            f.ns
+        )),
+        "the row shows the job enabled",
+    )
+    .await;
+    assert_eq!(scheduled_job(&f.ns, "ticker")["spec"]["suspend"], false);
     let _ = c.close().await;
     drop(op);
     f.finish().await;
@@ -812,23 +887,20 @@ async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
 
     // The admin revokes it.
     sign_in_again(&c, &page, ADMIN).await;
-    let button = wait_for(
+    let revoke = format!("tr[data-id='{id}'] button.revoke");
+    wait_for(
         &c,
-        Locator::Css(&format!("tr[data-id='{id}'] button.revoke")),
+        Locator::Css(&revoke),
         "the Revoke button of the running run",
     )
     .await;
     let asked_at = chrono::Utc::now();
-    button.click().await.expect("click Revoke");
-    let asked = eventually("the confirmation", Duration::from_secs(20), || async {
-        c.get_alert_text().await.ok()
-    })
-    .await;
+    click(&c, Locator::Css(&revoke), "click Revoke").await;
+    let asked = accept_confirmation(&c).await;
     assert!(
         asked.contains(&task_id) && asked.contains("running"),
         "{asked}"
     );
-    c.accept_alert().await.expect("confirm");
     let cell = wait_for(
         &c,
         Locator::XPath(&format!(
@@ -961,6 +1033,209 @@ async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
         404
     );
 
+    let _ = c.close().await;
+    drop(op);
+    f.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane, services and Chromium (make test)"]
+async fn dashboard_finds_jobs_among_500() {
+    let env = common::env();
+    let f = fixture("kbt-dashfind", format!("{}/0", env.redis_url)).await;
+    f.grant_api_users();
+    f.task_function("echo", "kb.echo").await;
+    f.task_function("other", "kb.echo").await;
+    // 500 jobs: alpha-000..249 on one TaskFunction, beta-000..249 on another, every tenth
+    // disabled; due once a year, so none runs during the test.
+    let items: Vec<serde_json::Value> = (0..500)
+        .map(|i| {
+            let (prefix, tf) = if i < 250 {
+                ("alpha", "echo")
+            } else {
+                ("beta", "other")
+            };
+            json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+                   "metadata": {"name": format!("{prefix}-{:03}", i % 250)},
+                   "spec": {"taskFunction": format!("{}-{tf}", f.id),
+                            "schedule": {"cron": "0 0 1 1 *"}, "suspend": i % 10 == 0}})
+        })
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    common::ok(&common::kubectl_stdin(
+        &["create", "-n", &f.ns, "-f", "-"],
+        &list.to_string(),
+    ));
+    let op = f.operator(&[]);
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    eventually("500 jobs stored", Duration::from_secs(120), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM scheduled_jobs WHERE namespace = $1 AND deleted_at IS NULL",
+        )
+        .bind(&f.ns)
+        .fetch_one(&f.pool)
+        .await
+        .ok()?;
+        (n == 500).then_some(())
+    })
+    .await;
+
+    // The API's filters, and its refusals of bad ones.
+    let (code, body) = api_call(
+        &addr,
+        "GET",
+        &format!(
+            "/api/v1/jobs?task_function={}-other&suspended=true&per_page=1",
+            f.id
+        ),
+        Some(READER),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["total"], 25, "{body}");
+    for bad in [
+        "sort=bogus".to_string(),
+        "health=maybe".to_string(),
+        "suspended=yes".to_string(),
+        "last_status=DONE".to_string(),
+        format!("q={}", "x".repeat(254)),
+    ] {
+        let (code, body) = api_call(&addr, "GET", &format!("/api/v1/jobs?{bad}"), Some(ADMIN));
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    let (_driver, c) = browser().await;
+    let base = format!("http://{addr}/");
+    c.goto(&base).await.expect("dashboard");
+    sign_in(&c, READER).await;
+    let text = |id: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Id(id))
+                .await
+                .unwrap_or_else(|e| panic!("#{id}: {e}"))
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    // Read in one script: the live page may redraw between two WebDriver calls.
+    let rows = || {
+        let c = c.clone();
+        async move {
+            let names = c
+                .execute(
+                    "return [...document.querySelectorAll('tr.job')].map((r) => r.dataset.name);",
+                    vec![],
+                )
+                .await
+                .expect("the rows");
+            serde_json::from_value::<Vec<String>>(names).expect("names")
+        }
+    };
+    // The page shows the total and one page of 100, in namespace and name order.
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='jobs-total' and . = '(500)']"),
+        "500 jobs counted",
+    )
+    .await;
+    let first = rows().await;
+    assert_eq!(first.len(), 100);
+    assert_eq!(first[0], format!("{}/alpha-000", f.ns));
+    assert_eq!(text("pages").await, "5");
+    click(&c, Locator::Id("next-page"), "next page").await;
+    wait_for(&c, Locator::XPath("//b[@id='page' and . = '2']"), "page 2").await;
+    assert_eq!(rows().await[0], format!("{}/alpha-100", f.ns));
+
+    // Search from the form: the address holds it, the table narrows.
+    // (Typing in the filters holds the live redraw.)
+    with_element(
+        &c,
+        Locator::Id("filter-q"),
+        "type in the search box",
+        |e| async move { e.send_keys("alpha-2").await },
+    )
+    .await;
+    click(&c, Locator::Id("apply-filters"), "filter").await;
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='jobs-total' and . = '(50)']"),
+        "alpha-200..249",
+    )
+    .await;
+    let url = c.current_url().await.expect("url");
+    assert!(url.as_str().contains("q=alpha-2"), "{url}");
+    assert!(
+        !url.as_str().contains("page=2"),
+        "a new filter starts at page 1: {url}"
+    );
+    let narrowed = rows().await;
+    assert_eq!(narrowed.len(), 50);
+    assert!(
+        narrowed.iter().all(|n| n.contains("/alpha-2")),
+        "{narrowed:?}"
+    );
+    // Sorted by name, descending (the second click).
+    for _ in 0..2 {
+        click(
+            &c,
+            Locator::Css("button.sort[data-sort='name']"),
+            "sort by name",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for(
+        &c,
+        Locator::XPath(&format!(
+            "(//tr[@class='job'])[1][@data-name='{}/alpha-249']",
+            f.ns
+        )),
+        "alpha-249 first",
+    )
+    .await;
+
+    // A deep link: a fresh tab on the address shows the same view (beta-010..019, enabled).
+    let link = format!("{base}#/?q=beta-01&suspended=false");
+    c.goto("about:blank").await.expect("leave");
+    c.goto(&link).await.expect("the link");
+    wait_for(
+        &c,
+        Locator::XPath("//span[@id='jobs-total' and . = '(9)']"),
+        "beta-011..019",
+    )
+    .await;
+    let linked = rows().await;
+    assert_eq!(linked.len(), 9, "{linked:?}");
+    assert!(
+        !linked.contains(&format!("{}/beta-010", f.ns)),
+        "{linked:?}"
+    );
+    let selected = c
+        .find(Locator::Id("filter-suspended"))
+        .await
+        .expect("the Enabled filter")
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(selected.as_deref(), Some("false"));
+
+    // A phone's width: the table scrolls inside the page, which stays readable.
+    c.set_window_size(390, 844).await.expect("phone width");
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::create_dir_all(env.repo.join("target")).expect("target");
+    std::fs::write(env.repo.join("target/dashboard-phone.png"), &shot).expect("screenshot");
+    let overflow = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    assert_eq!(overflow, json!(true), "the page is wider than the phone");
     let _ = c.close().await;
     drop(op);
     f.finish().await;

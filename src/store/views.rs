@@ -48,7 +48,10 @@ pub struct JobView {
     pub paused_since: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = concat!(
+/// The columns of a [`JobView`] (a macro: `concat!` takes it where a `const` would not do).
+macro_rules! job_columns {
+    () => {
+        concat!(
     "j.id, j.namespace, j.name, j.task_function, j.task_name AS task, j.queue,
     t.name AS job_type, j.schedule_summary AS schedule, j.time_zone, j.enabled, j.suspended, j.valid,
     j.invalid_reason, j.invalid_message, j.next_run_at AS next_run_time, ",
@@ -61,7 +64,10 @@ const JOB_COLUMNS: &str = concat!(
     j.health_status AS healthy, j.health_reason, j.health_message, j.health_since,
     j.consecutive_failures, j.paused_at IS NOT NULL AS paused, j.pause_reason,
     j.paused_at AS paused_since"
-);
+)
+    };
+}
+const JOB_COLUMNS: &str = job_columns!();
 
 /// An execution as the API shows it (snake_case, as the migration plan's commands read it).
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -177,35 +183,148 @@ pub async fn live_replicas(pool: &PgPool) -> Result<Vec<ReplicaView>, StoreError
     .await?)
 }
 
-/// One page of live jobs in `namespaces`, by namespace and name.
+/// One page of the live jobs `filter` selects, in its order.
 pub async fn jobs(
     pool: &PgPool,
-    namespaces: Option<&[String]>,
+    filter: &JobFilter<'_>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<JobView>, StoreError> {
+    let (column, direction) = filter.sort.order();
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
-         WHERE j.deleted_at IS NULL AND ($1::text[] IS NULL OR j.namespace = ANY($1))
-         ORDER BY j.namespace, j.name LIMIT $2 OFFSET $3"
+        "SELECT * FROM ({JOBS_FILTERED}) v WHERE {LAST_STATUS_FILTER}
+         ORDER BY {column} {direction} NULLS LAST, v.namespace, v.name LIMIT $7 OFFSET $8"
     );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(namespaces)
+    Ok(filter
+        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
         .bind(limit)
         .bind(offset)
         .fetch_all(pool)
         .await?)
 }
 
-/// How many live jobs `namespaces` hold.
-pub async fn count_jobs(pool: &PgPool, namespaces: Option<&[String]>) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM scheduled_jobs
-         WHERE deleted_at IS NULL AND ($1::text[] IS NULL OR namespace = ANY($1))",
-    )
-    .bind(namespaces)
-    .fetch_one(pool)
-    .await?)
+/// How many live jobs `filter` selects.
+pub async fn count_jobs(pool: &PgPool, filter: &JobFilter<'_>) -> Result<i64, StoreError> {
+    let sql = format!("SELECT count(*) FROM ({JOBS_FILTERED}) v WHERE {LAST_STATUS_FILTER}");
+    Ok(filter
+        .bind_scalar(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)))
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The live jobs narrowed by every filter but the last run's state (computed per job, so
+/// applied outside): $1 namespaces, $2 text in the name, $3 TaskFunction, $4 health, $5
+/// suspended.
+const JOBS_FILTERED: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM scheduled_jobs j JOIN scheduler_job_types t ON t.id = j.job_type_id
+     WHERE j.deleted_at IS NULL AND ($1::text[] IS NULL OR j.namespace = ANY($1))
+       AND ($2::text IS NULL OR strpos(lower(j.name), lower($2)) > 0)
+       AND ($3::text IS NULL OR j.task_function = $3)
+       AND ($4::text IS NULL OR j.health_status = $4)
+       AND ($5::boolean IS NULL OR j.suspended = $5)"
+);
+/// $6: the last run's state, or `NONE` for jobs that never ran.
+const LAST_STATUS_FILTER: &str =
+    "($6::text IS NULL OR v.last_status = $6 OR ($6 = 'NONE' AND v.last_status IS NULL))";
+
+/// Which jobs to list (each `None` does not narrow), and in what order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobFilter<'a> {
+    pub namespaces: Option<&'a [String]>,
+    /// Text the name contains (any case).
+    pub text: Option<&'a str>,
+    pub task_function: Option<&'a str>,
+    /// `True`, `False` or `Unknown` (the `Healthy` condition).
+    pub health: Option<&'a str>,
+    pub suspended: Option<bool>,
+    /// A state, or `NONE` (never ran).
+    pub last_status: Option<&'a str>,
+    pub sort: JobSort,
+}
+
+impl<'a> JobFilter<'a> {
+    fn bind<O>(
+        &self,
+        q: sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        q.bind(self.namespaces)
+            .bind(self.text)
+            .bind(self.task_function)
+            .bind(self.health)
+            .bind(self.suspended)
+            .bind(self.last_status)
+    }
+
+    fn bind_scalar<O>(
+        &self,
+        q: sqlx::query::QueryScalar<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        q.bind(self.namespaces)
+            .bind(self.text)
+            .bind(self.task_function)
+            .bind(self.health)
+            .bind(self.suspended)
+            .bind(self.last_status)
+    }
+}
+
+/// The jobs list's order: a column of the view, ascending or descending (then by namespace and
+/// name). A closed set: the column named in SQL is one of these, never the caller's text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobSort {
+    pub key: JobSortKey,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JobSortKey {
+    #[default]
+    Namespace,
+    Name,
+    Task,
+    NextRunTime,
+    LastRunTime,
+    LastStatus,
+    Health,
+}
+
+impl JobSort {
+    /// From the API's `sort` value: a key as the API names the field, `-` first for descending.
+    pub fn parse(value: &str) -> Option<JobSort> {
+        let (descending, key) = match value.strip_prefix('-') {
+            Some(k) => (true, k),
+            None => (false, value),
+        };
+        let key = match key {
+            "namespace" => JobSortKey::Namespace,
+            "name" => JobSortKey::Name,
+            "task" => JobSortKey::Task,
+            "nextRunTime" => JobSortKey::NextRunTime,
+            "lastRunTime" => JobSortKey::LastRunTime,
+            "lastStatus" => JobSortKey::LastStatus,
+            "health" => JobSortKey::Health,
+            _ => return None,
+        };
+        Some(JobSort { key, descending })
+    }
+
+    pub const KEYS: &'static str =
+        "namespace, name, task, nextRunTime, lastRunTime, lastStatus, health";
+
+    fn order(&self) -> (&'static str, &'static str) {
+        let column = match self.key {
+            JobSortKey::Namespace => "v.namespace",
+            JobSortKey::Name => "v.name",
+            JobSortKey::Task => "v.task",
+            JobSortKey::NextRunTime => "v.next_run_time",
+            JobSortKey::LastRunTime => "v.last_run_time",
+            JobSortKey::LastStatus => "v.last_status",
+            JobSortKey::Health => "v.healthy",
+        };
+        (column, if self.descending { "DESC" } else { "ASC" })
+    }
 }
 
 /// The live job `namespace/name`, if there is one.
@@ -268,6 +387,68 @@ pub async fn execution(pool: &PgPool, id: i64) -> Result<Option<ExecutionDetail>
         .bind(id)
         .fetch_optional(pool)
         .await?)
+}
+
+/// One minute of the front page's activity chart.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityMinute {
+    pub minute: DateTime<Utc>,
+    pub succeeded: i64,
+    /// FAILURE, LOST, REVOKED, DISPATCH_FAILED.
+    pub failed: i64,
+    /// Sent and not ended yet (PENDING, DISPATCHED, STARTED, RETRY).
+    pub unfinished: i64,
+    /// SKIPPED, MISSED, SHADOW.
+    pub other: i64,
+    /// Seconds from slot to publish of the minute's scheduled runs: p99 and max.
+    pub lag_p99: Option<f64>,
+    pub lag_max: Option<f64>,
+}
+
+/// Runs read at most for the activity chart: the newest ones (by id, from the primary key), so
+/// the chart costs the same at 10 runs a minute as at 100,000 (where it covers less than the
+/// hour; the answer says what it covers).
+pub const ACTIVITY_MAX_RUNS: i64 = 20_000;
+
+/// The runs of the last `minutes` minutes in `namespaces` by minute of their slot: outcomes and
+/// dispatch lag, from the newest [`ACTIVITY_MAX_RUNS`] runs at most (and, for a caller limited to
+/// some namespaces, among the newest 10x that many of all).
+pub async fn activity(
+    pool: &PgPool,
+    namespaces: Option<&[String]>,
+    minutes: i64,
+) -> Result<Vec<ActivityMinute>, StoreError> {
+    Ok(sqlx::query_as(
+        "WITH recent AS (
+             SELECT e.job_id, e.state, e.trigger, e.scheduled_for, e.dispatched_at
+             FROM job_executions e ORDER BY e.id DESC LIMIT $3 * 10
+         ), r AS (
+             SELECT r.* FROM recent r JOIN scheduled_jobs j ON j.id = r.job_id
+             WHERE ($1::text[] IS NULL OR j.namespace = ANY($1))
+               AND r.scheduled_for > now() - make_interval(mins => $2::int)
+               AND r.scheduled_for <= now()
+             LIMIT $3
+         )
+         SELECT date_trunc('minute', scheduled_for) AS minute,
+                count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
+                count(*) FILTER (WHERE state IN ('FAILURE', 'LOST', 'REVOKED', 'DISPATCH_FAILED'))
+                    AS failed,
+                count(*) FILTER (WHERE state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY'))
+                    AS unfinished,
+                count(*) FILTER (WHERE state IN ('SKIPPED', 'MISSED', 'SHADOW')) AS other,
+                percentile_cont(0.99) WITHIN GROUP (
+                    ORDER BY extract(epoch FROM dispatched_at - scheduled_for)::float8)
+                    FILTER (WHERE trigger = 'schedule' AND dispatched_at IS NOT NULL) AS lag_p99,
+                max(extract(epoch FROM dispatched_at - scheduled_for)::float8)
+                    FILTER (WHERE trigger = 'schedule' AND dispatched_at IS NOT NULL) AS lag_max
+         FROM r GROUP BY 1 ORDER BY 1",
+    )
+    .bind(namespaces)
+    .bind(minutes)
+    .bind(ACTIVITY_MAX_RUNS)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Which executions to list: each `None` does not narrow.
