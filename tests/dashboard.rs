@@ -1095,6 +1095,32 @@ async fn dashboard_finds_jobs_among_500() {
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["total"], 25, "{body}");
+    // None has run: every job's last run is NONE, none's is SUCCESS; sorted by name descending,
+    // beta-249 first; the text filter ignores case.
+    let total = |query: String| {
+        let addr = addr.clone();
+        async move {
+            let (code, body) =
+                api_call(&addr, "GET", &format!("/api/v1/jobs?{query}"), Some(ADMIN));
+            assert_eq!(code, 200, "{query}: {body}");
+            body
+        }
+    };
+    assert_eq!(
+        total(format!("namespace={}&last_status=NONE&per_page=1", f.ns)).await["total"],
+        500
+    );
+    assert_eq!(
+        total(format!("namespace={}&last_status=SUCCESS", f.ns)).await["total"],
+        0
+    );
+    let sorted = total(format!("namespace={}&sort=-name&per_page=2", f.ns)).await;
+    assert_eq!(sorted["jobs"][0]["name"], "beta-249", "{sorted}");
+    assert_eq!(sorted["jobs"][1]["name"], "beta-248", "{sorted}");
+    assert_eq!(
+        total(format!("namespace={}&q=ALPHA-00", f.ns)).await["total"],
+        10
+    );
     for bad in [
         "sort=bogus".to_string(),
         "health=maybe".to_string(),

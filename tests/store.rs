@@ -1,6 +1,7 @@
 //! The store's statements that carry the load at scale, against real Postgres: the history
 //! prune that follows the runs (not the jobs), the queue set read by a loose index scan, and the
-//! tracker's counters beside the health monitor's verdicts without a deadlock.
+//! tracker's counters beside the health monitor's verdicts without a deadlock, and a revoke's
+//! record.
 
 mod common;
 
@@ -282,4 +283,77 @@ async fn the_trackers_counters_and_the_health_verdicts_never_deadlock() {
     assert_eq!(verdicts, 200, "every job has the last verdict");
     pool.close().await;
     db.drop_db().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Postgres: make test"]
+async fn a_revoke_is_recorded_on_a_sent_run_and_ends_it_only_when_nothing_follows_it() {
+    let (_db, pool) = migrated().await;
+    let job_id = job(&pool, "revoked", "q", 10).await;
+    let now = Utc::now();
+    let state_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT state, revoked_by, error FROM job_executions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("the run")
+        }
+    };
+    let failed = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT failed FROM scheduled_jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&pool)
+                .await
+                .expect("failed")
+        }
+    };
+    // Followed by the tracker: the request is recorded, the state is the worker's to tell.
+    let followed = run(&pool, job_id, 0, "STARTED").await;
+    let after = store::revoke::record_revoke(&pool, followed, "alice", now, true)
+        .await
+        .expect("revoke");
+    assert_eq!(after.as_deref(), Some("STARTED"));
+    assert_eq!(
+        state_of(followed).await,
+        ("STARTED".into(), Some("alice".into()), None)
+    );
+    assert_eq!(failed().await, 0);
+    // Nothing follows it: REVOKED at once, counted as failed on its job.
+    let unfollowed = run(&pool, job_id, 1, "DISPATCHED").await;
+    let after = store::revoke::record_revoke(&pool, unfollowed, "bob", now, false)
+        .await
+        .expect("revoke");
+    assert_eq!(after.as_deref(), Some("REVOKED"));
+    assert_eq!(
+        state_of(unfollowed).await,
+        (
+            "REVOKED".into(),
+            Some("bob".into()),
+            Some("revoked by bob".into())
+        )
+    );
+    assert_eq!(failed().await, 1);
+    // Ended, or never sent: nothing recorded.
+    for state in ["SUCCESS", "PENDING"] {
+        let id = run(&pool, job_id, 2 + i64::from(state == "PENDING"), state).await;
+        let after = store::revoke::record_revoke(&pool, id, "carol", now, false)
+            .await
+            .expect("revoke");
+        assert_eq!(after, None, "{state}");
+        assert_eq!(state_of(id).await, (state.into(), None, None));
+    }
+    assert_eq!(failed().await, 1);
+    assert_eq!(
+        store::revoke::revoke_target(&pool, unfollowed)
+            .await
+            .expect("target")
+            .map(|t| (t.namespace, t.job_name)),
+        Some(("team".into(), "revoked".into()))
+    );
 }

@@ -609,6 +609,17 @@ async fn attack(broker: String, redis: bool) {
         "the healthy job ran {} times in {span} s of attack",
         times.len()
     );
+    // Every slot of the window went out, each once and on its own: a missed, skipped or
+    // coalesced slot leaves a hole in the dispatched slots (which `late` cannot see).
+    let holes: Vec<_> = times
+        .windows(2)
+        .filter(|w| w[1].0 - w[0].0 != chrono::Duration::seconds(1))
+        .map(|w| (w[0].0, w[1].0))
+        .collect();
+    assert!(
+        holes.is_empty(),
+        "slots of the healthy job that did not go out: {holes:?}"
+    );
     let late = max_lateness(&times);
     eprintln!(
         "tenants ({}): healthy job dispatched {} times in {span} s of attack, at most {late:?} \

@@ -5,7 +5,7 @@
 //! not sent again, and the page redraws only when something changed.
 
 use axum::{
-    body::Body,
+    body::{Body, HttpBody},
     extract::Request,
     http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
@@ -13,8 +13,8 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 
-/// An API answer larger than this is passed on without an ETag (the API's largest, a page of
-/// 500 jobs, is well under it).
+/// An API answer larger than this is passed on without an ETag (a page of 500 jobs is well
+/// under it; a page of executions may not be).
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// The strong validator of a body: its SHA-256, the first 128 bits in hex, quoted.
@@ -46,6 +46,11 @@ pub async fn conditional_get(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
+    // Larger (or of unknown size): passed on as it is, without an ETag (`executions` pages
+    // can be tens of MB when runs carry large arguments and results).
+    if body.size_hint().upper().is_none_or(|n| n > MAX_BODY as u64) {
+        return Response::from_parts(parts, body);
+    }
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -78,6 +83,56 @@ pub async fn conditional_get(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::{Router, routing::get};
+    use tower::ServiceExt;
+
+    async fn get_with(app: &Router, path: &str, tag: Option<&str>) -> Response {
+        let mut request = Request::builder().uri(path);
+        if let Some(tag) = tag {
+            request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        app.clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("response")
+    }
+
+    #[tokio::test]
+    async fn small_answers_get_an_etag_and_a_304_large_ones_pass_through() {
+        let app = Router::new()
+            .route("/small", get(|| async { "{\"jobs\":[]}" }))
+            .route("/large", get(|| async { "x".repeat(MAX_BODY + 1) }))
+            .route(
+                "/missing",
+                get(|| async { (StatusCode::NOT_FOUND, "{\"error\":\"no\"}") }),
+            )
+            .layer(axum::middleware::from_fn(conditional_get));
+        let first = get_with(&app, "/small", None).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let tag = first.headers()[header::ETAG]
+            .to_str()
+            .expect("etag")
+            .to_string();
+        assert_eq!(tag, etag_of(b"{\"jobs\":[]}"));
+        let again = get_with(&app, "/small", Some(&tag)).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        let body = axum::body::to_bytes(again.into_body(), 1024)
+            .await
+            .expect("body");
+        assert!(body.is_empty());
+        // Over the limit: the whole answer, no ETag.
+        let large = get_with(&app, "/large", None).await;
+        assert_eq!(large.status(), StatusCode::OK);
+        assert!(large.headers().get(header::ETAG).is_none());
+        let body = axum::body::to_bytes(large.into_body(), MAX_BODY * 2)
+            .await
+            .expect("body");
+        assert_eq!(body.len(), MAX_BODY + 1);
+        // An error answers as it is, whatever the request names.
+        let missing = get_with(&app, "/missing", Some("*")).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert!(missing.headers().get(header::ETAG).is_none());
+    }
 
     #[test]
     fn etags_follow_the_body_and_match_lists_and_weak_forms() {

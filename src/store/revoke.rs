@@ -45,7 +45,17 @@ pub async fn record_revoke(
     now: DateTime<Utc>,
     tracked: bool,
 ) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    // The job's row first, as every writer of a job and its runs locks them (the claim's
+    // Replace, the tracker): a run locked before its job could close a circle with them.
+    sqlx::query(
+        "SELECT j.id FROM scheduled_jobs j
+         WHERE j.id = (SELECT job_id FROM job_executions WHERE id = $1) FOR NO KEY UPDATE",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let state = sqlx::query_scalar(
         "WITH r AS (
              UPDATE job_executions e SET revoked_by = $2, revoke_requested_at = $3,
                     state = CASE WHEN u.untracked THEN 'REVOKED' ELSE e.state END,
@@ -67,6 +77,8 @@ pub async fn record_revoke(
     .bind(now)
     .bind(tracked)
     .bind(&REVOCABLE[..])
-    .fetch_optional(pool)
-    .await?)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(state)
 }
