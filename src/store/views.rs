@@ -206,10 +206,11 @@ pub async fn jobs(
 /// How many live jobs `filter` selects.
 pub async fn count_jobs(pool: &PgPool, filter: &JobFilter<'_>) -> Result<i64, StoreError> {
     let sql = format!("SELECT count(*) FROM ({JOBS_FILTERED}) v WHERE {LAST_STATUS_FILTER}");
-    Ok(filter
-        .bind_scalar(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)))
+    let (count,): (i64,) = filter
+        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
         .fetch_one(pool)
-        .await?)
+        .await?;
+    Ok(count)
 }
 
 /// The live jobs narrowed by every filter but the last run's state (computed per job, so
@@ -251,18 +252,6 @@ impl<'a> JobFilter<'a> {
         &self,
         q: sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        q.bind(self.namespaces)
-            .bind(self.text)
-            .bind(self.task_function)
-            .bind(self.health)
-            .bind(self.suspended)
-            .bind(self.last_status)
-    }
-
-    fn bind_scalar<O>(
-        &self,
-        q: sqlx::query::QueryScalar<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'a, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         q.bind(self.namespaces)
             .bind(self.text)
             .bind(self.task_function)
