@@ -1,7 +1,8 @@
 //! The Helm chart against the real apiserver: lint, render (defaults and every option) and a
 //! server-side dry run; the values schema refusing bad values; `kube-beat import` output applying;
 //! and RBAC sufficiency: the operator runs the end-to-end scenario as the chart's ServiceAccount,
-//! with exactly the chart's permissions, and a missing permission is visible without a crash.
+//! with exactly the chart's permissions (the API's run page's Events included), and a missing
+//! permission is visible without a crash.
 
 mod common;
 
@@ -381,6 +382,34 @@ async fn the_operator_runs_with_exactly_the_charts_rbac() {
             .then_some(())
     })
     .await;
+    // The API's run page lists the job's Events as the ServiceAccount (the admin may list them).
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT e.id FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
+         WHERE j.name = 'fails' AND e.state = 'FAILURE' ORDER BY e.id LIMIT 1",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .expect("a failed run");
+    let addr = eventually("the HTTP server", Duration::from_secs(30), || async {
+        op.http_addr()
+    })
+    .await;
+    let events = eventually("the run's Events", Duration::from_secs(30), || async {
+        let (code, body) = common::api_call(
+            &addr,
+            "GET",
+            &format!("/api/v1/executions/{failed}/events"),
+            Some("kbt-api-admin-token"),
+        );
+        (code == 200 && body["events"].as_array().is_some_and(|e| !e.is_empty())).then_some(body)
+    })
+    .await;
+    assert!(
+        events["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["reason"] == "Failed")),
+        "{events}"
+    );
     let tf = ok(&kubectl(&[
         "get",
         "taskfunction",

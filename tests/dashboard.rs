@@ -969,6 +969,15 @@ async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
         "e.state = 'FAILURE' AND e.traceback IS NOT NULL",
     )
     .await;
+    // Its Failed Event is in the apiserver before the page opens (the Events writer publishes it
+    // after the tracker records the failure).
+    eventually("the Failed Event", Duration::from_secs(30), || async {
+        f.events()
+            .iter()
+            .any(|(o, r, _, _)| o == "failing" && r == "Failed")
+            .then_some(())
+    })
+    .await;
     c.goto(&format!("http://{addr}/#/job/{}/failing", f.ns))
         .await
         .expect("the failing job's page");
@@ -1010,10 +1019,25 @@ async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
     assert_eq!(shown("requested-by").await, "kbt-api-admin");
     assert!(shown("run-arguments").await.contains("kbt-boom"));
     assert!(c.find(Locator::Id("copy-task-id")).await.is_ok());
+    // The job's Events around the run: its manual trigger and its failure.
+    wait_for(&c, Locator::Css("#events tr.event"), "the run's Events").await;
+    let events = shown("events").await;
+    assert!(
+        events.contains("Failed") && events.contains("Warning"),
+        "{events}"
+    );
     // An ended run offers no Revoke.
     assert!(c.find(Locator::Css("button.revoke")).await.is_err());
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::write(env.repo.join("target/dashboard-run.png"), &shot).expect("screenshot");
+    c.execute(
+        "document.getElementById('traceback').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .expect("scroll to the Events");
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::write(env.repo.join("target/dashboard-run-events.png"), &shot).expect("screenshot");
     // The reader reads the story too; a stranger's token gets nothing.
     let (code, body) = api_call(
         &addr,
@@ -1031,6 +1055,33 @@ async fn dashboard_revokes_a_running_run_and_tells_a_failed_runs_story() {
     assert_eq!(
         api_call(&addr, "GET", "/api/v1/executions/999999999", Some(ADMIN)).0,
         404
+    );
+    // Events need the caller's own `list` on Events in the namespace: the reader may read the
+    // job but not its Events; the admin may; a missing run is a 404 before anything is asked.
+    let events_of = |id: i64| format!("/api/v1/executions/{id}/events");
+    let (code, body) = api_call(&addr, "GET", &events_of(failed_id), Some(READER));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not list events in namespace")),
+        "{body}"
+    );
+    let (code, body) = api_call(&addr, "GET", &events_of(failed_id), Some(ADMIN));
+    assert_eq!(code, 200, "{body}");
+    let failed_event = body["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["reason"] == "Failed"))
+        .unwrap_or_else(|| panic!("a Failed Event: {body}"));
+    assert_eq!(failed_event["type"], "Warning", "{body}");
+    assert!(failed_event["count"].as_i64() >= Some(1), "{body}");
+    assert_eq!(
+        api_call(&addr, "GET", &events_of(999_999_999), Some(ADMIN)).0,
+        404
+    );
+    assert_eq!(
+        api_call(&addr, "GET", "/api/v1/executions/x/events", Some(ADMIN)).0,
+        400
     );
 
     let _ = c.close().await;

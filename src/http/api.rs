@@ -23,11 +23,13 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 mod backfill;
+mod events;
 mod jobs;
 mod revoke;
 mod run;
 mod suspend;
 
+pub use events::JobEvents;
 pub use revoke::BrokerAccess;
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
@@ -78,6 +80,8 @@ pub struct ApiState {
     pub broker: Option<BrokerAccess>,
     /// Whether a result backend is configured: whether anything follows a run to its end.
     pub tracked: bool,
+    /// Jobs' Events for run pages, listed from the apiserver and shared for a few seconds.
+    pub events: JobEvents,
 }
 
 /// Where the migration plan's commands look (SPEC §8); the shorter paths the API had first stay
@@ -116,6 +120,10 @@ pub fn routes(state: Arc<ApiState>) -> Router {
             )
             .route(&format!("{prefix}/executions"), get(executions))
             .route(&format!("{prefix}/executions/{{id}}"), get(run::execution))
+            .route(
+                &format!("{prefix}/executions/{{id}}/events"),
+                get(events::events),
+            )
             .route(
                 &format!("{prefix}/executions/{{id}}/revoke"),
                 post(revoke::revoke),

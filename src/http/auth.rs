@@ -1,6 +1,7 @@
 //! API authentication and authorization through the apiserver: a bearer token is checked with a
 //! TokenReview, every access with a SubjectAccessReview on `scheduledjobs` (kubebeat.io) — the
-//! same permissions `kubectl` needs.
+//! same permissions `kubectl` needs — and reading a job's Events with one on `events`
+//! (events.k8s.io), as `kubectl get events` needs.
 //!
 //! The apiserver is shared with every tenant, so what one API caller can make kube-beat ask of it
 //! is bounded: valid tokens and access decisions are cached briefly, rejected tokens too (so a
@@ -140,7 +141,26 @@ impl Caller {
     }
 }
 
-type DecisionKey = (User, &'static str, String, String);
+/// What an access is checked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// `scheduledjobs.kubebeat.io`: every API read and action.
+    ScheduledJobs,
+    /// `events.k8s.io` Events: a run page's Events of its job.
+    Events,
+}
+
+impl Resource {
+    /// (API group, resource) as a SubjectAccessReview names them.
+    fn group_resource(self) -> (&'static str, &'static str) {
+        match self {
+            Resource::ScheduledJobs => ("kubebeat.io", "scheduledjobs"),
+            Resource::Events => ("events.k8s.io", "events"),
+        }
+    }
+}
+
+type DecisionKey = (User, Resource, &'static str, String, String);
 /// A token's SHA-256: what the caches keep instead of the token.
 type TokenKey = [u8; 32];
 
@@ -278,7 +298,13 @@ impl Authenticator {
         let Caller::User(user) = caller else {
             return Some(true);
         };
-        let key = (user.clone(), verb, namespace.to_string(), name.to_string());
+        let key = (
+            user.clone(),
+            Resource::ScheduledJobs,
+            verb,
+            namespace.to_string(),
+            name.to_string(),
+        );
         self.decisions.get(&key)
     }
 
@@ -291,10 +317,31 @@ impl Authenticator {
         namespace: &str,
         name: &str,
     ) -> Result<bool, AuthError> {
+        self.allowed_on(caller, Resource::ScheduledJobs, verb, namespace, name)
+            .await
+    }
+
+    /// May `caller` do `verb` on `resource` in `namespace` (`""`: all namespaces), optionally on
+    /// the one named `name`? One SubjectAccessReview, then the cached decision.
+    pub async fn allowed_on(
+        &self,
+        caller: &Caller,
+        resource: Resource,
+        verb: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, AuthError> {
         let Caller::User(user) = caller else {
             return Ok(true);
         };
-        let key = (user.clone(), verb, namespace.to_string(), name.to_string());
+        let key = (
+            user.clone(),
+            resource,
+            verb,
+            namespace.to_string(),
+            name.to_string(),
+        );
+        let (group, plural) = resource.group_resource();
         if let Some(ok) = self.decisions.get(&key) {
             return Ok(ok);
         }
@@ -304,8 +351,8 @@ impl Authenticator {
                 uid: user.uid.clone(),
                 groups: Some(user.groups.clone()),
                 resource_attributes: Some(ResourceAttributes {
-                    group: Some("kubebeat.io".into()),
-                    resource: Some("scheduledjobs".into()),
+                    group: Some(group.into()),
+                    resource: Some(plural.into()),
                     verb: Some(verb.into()),
                     namespace: Some(namespace.to_string()).filter(|n| !n.is_empty()),
                     name: Some(name.to_string()).filter(|n| !n.is_empty()),

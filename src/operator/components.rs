@@ -449,6 +449,7 @@ fn http_part(
         role: s.role.clone(),
         broker,
         tracked,
+        events: crate::http::api::JobEvents::default(),
     }));
     let stop = s.stop.clone();
     let addr = args.http_addr.clone();
