@@ -42,7 +42,8 @@ demo-down:
 image:
 	hack/image.sh
 
-## dist: static release binaries for linux/amd64 and linux/arm64 + checksums → dist/
+## dist: static release binaries for linux/amd64 and linux/arm64, the worker-side guard's wheel
+## (python/) + checksums → dist/
 dist:
 	hack/dist.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make dist`: the release binaries, statically linked, for linux/amd64 and linux/arm64 (the other
 # one cross-compiled with Debian's cross toolchain), each in a reproducible tar.gz, and
+# the worker-side guard's wheel (kube_beat_celery-<version>-py3-none-any.whl), and
 # dist/checksums.txt (sha256sum format) over everything in dist/.
 #   hack/dist.sh                 both architectures
 #   DIST_ARCHES=amd64 hack/dist.sh   only these
@@ -26,5 +27,12 @@ for arch in ${DIST_ARCHES:-amd64 arm64}; do
     -C "$stage" -cf - "$name" | gzip -9n >"dist/$name.tar.gz"
   rm -rf "$stage"
 done
+# The worker-side guard (python/kube_beat_celery) as a wheel: pure Python, for every platform.
+# Built in the source tree (pip's way): its build/ and .egg-info are removed after.
+py=$(hack/celery-venv.sh python/build-requirements.txt)
+log "kube-beat-celery $version (wheel)"
+"$py/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+  --no-index -w dist ./python >&2
+rm -rf python/build python/*.egg-info
 write_checksums dist
 log "dist/: $(cd dist && ls | tr '\n' ' ')"

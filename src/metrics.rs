@@ -81,6 +81,9 @@ pub struct Metrics {
     pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
+    /// Deliveries the worker-side guard skipped as duplicates lately (the leader reads its
+    /// claims from Postgres).
+    pub guard_duplicates: Gauge,
     /// Jobs whose finalizer or `Ready` status waits for the paced apiserver writers.
     pub reconcile_writes_waiting: Gauge,
     /// Jobs of the sweep in progress (a new leader's, a TaskFunction's or a calendar's) not yet
@@ -198,6 +201,7 @@ impl Metrics {
             tracker_pass: latency_histogram(),
             result_recorded: latency_histogram(),
             tracker_unfinished: Gauge::default(),
+            guard_duplicates: Gauge::default(),
             reconcile_writes_waiting: Gauge::default(),
             sweep_jobs_waiting: Gauge::default(),
             admissions: Family::default(),
@@ -275,6 +279,12 @@ impl Metrics {
             "result_tracker_unfinished",
             "Unfinished executions seen by the last tracker pass",
             m.tracker_unfinished.clone(),
+        );
+        r.register(
+            "guard_duplicates_suppressed",
+            "Deliveries the worker-side guard (kube_beat_celery) skipped as broker redeliveries, \
+             summed over its claims with one in the last hour (leader only; 0 elsewhere)",
+            m.guard_duplicates.clone(),
         );
         r.register(
             "reconcile_writes_waiting",

@@ -16,8 +16,9 @@ async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
     .expect("list tables")
 }
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "backfills",
+    "guard_claims",
     "job_executions",
     "schedule_calendars",
     "scheduled_jobs",
@@ -128,6 +129,12 @@ async fn up_down_up() {
         "{:?}",
         fillfactor().await
     );
+    assert!(tables(&pool).await.contains(&"guard_claims".to_string()));
+    let reverted = kube_beat::store::migrate::down(&pool, 1)
+        .await
+        .expect("down the guard step");
+    assert_eq!(reverted, [15]);
+    assert!(!tables(&pool).await.contains(&"guard_claims".to_string()));
     const REVOKE: &[&str] = &["revoked_by", "revoke_requested_at", "worker"];
     assert_eq!(column_count("job_executions", REVOKE).await, 3);
     let reverted = kube_beat::store::migrate::down(&pool, 1)
@@ -258,7 +265,18 @@ async fn two_processes_migrate_at_once() {
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(applied, 14, "each migration applied once");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("migrations/")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".up.sql"))
+        })
+        .count();
+    assert_eq!(
+        applied,
+        i64::try_from(files).expect("count"),
+        "each migration applied once"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_kube-beat"))
         .args(["migrate", "status"])
         .env("DATABASE_URL", &db.url)

@@ -128,6 +128,51 @@ fn make_dist_and_make_chart_build_the_release_artifacts() {
         .args(["-c", "--strict", "checksums.txt"])
         .current_dir(&dist));
 
+    // The worker-side guard's wheel, at the crate's version, in the checksums; pip installs it
+    // (offline, on its own) beside a real Celery (the tests' worker's virtualenv), and it
+    // imports from there at that version.
+    let wheel = format!("kube_beat_celery-{version}-py3-none-any.whl");
+    assert!(
+        files.contains(&wheel),
+        "{wheel} in checksums.txt: {files:?}"
+    );
+    let celery = common::env().celery_venv;
+    let site = work.path().join("site");
+    run(Command::new(celery.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--no-deps",
+            "--target",
+        ])
+        .arg(&site)
+        .arg(dist.join(&wheel)));
+    let imported = run(Command::new(celery.join("bin/python"))
+        .args([
+            "-c",
+            "import kube_beat_celery, kube_beat_celery.guard, kube_beat_celery.stores; \
+             print(kube_beat_celery.__file__); print(kube_beat_celery.__version__)",
+        ])
+        .env("PYTHONPATH", &site));
+    let mut lines = imported.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|f| f.starts_with(&*site.to_string_lossy())),
+        "imported from the installed wheel: {imported}"
+    );
+    let imported = lines.next().unwrap_or_default().to_string();
+    assert!(
+        imported.trim() == version,
+        "the wheel's package says version {imported:?}"
+    );
+    assert!(
+        !repo.join("python/build").exists(),
+        "make dist leaves no build/ in python/"
+    );
+
     // Reproducible: a second build of the same commit gives byte-identical archives.
     run(Command::new("make")
         .arg("dist")
@@ -135,16 +180,21 @@ fn make_dist_and_make_chart_build_the_release_artifacts() {
         .current_dir(&repo));
     let again = checksums(&dist);
     let amd64 = format!("kube-beat-{version}-linux-amd64.tar.gz");
-    let sum = |s: &[(String, String)]| {
+    let sum = |s: &[(String, String)], name: &str| {
         s.iter()
-            .find(|(f, _)| *f == amd64)
+            .find(|(f, _)| *f == name)
             .map(|(_, h)| h.clone())
-            .expect("amd64 archive in checksums")
+            .unwrap_or_else(|| panic!("{name} in checksums"))
     };
     assert_eq!(
-        sum(&sums),
-        sum(&again),
+        sum(&sums, &amd64),
+        sum(&again, &amd64),
         "the amd64 archive is not reproducible"
+    );
+    assert_eq!(
+        sum(&sums, &wheel),
+        sum(&again, &wheel),
+        "the guard's wheel is not reproducible"
     );
 
     // `make chart`: the packaged chart, at the chart's version, for the crate's version.
@@ -395,4 +445,24 @@ fn no_removed_api_versions_for_the_supported_kubernetes_range() {
     )
     .expect("Chart.yaml parses");
     assert_eq!(chart["kubeVersion"], ">=1.20.0-0");
+}
+
+/// The worker-side guard is released with kube-beat, at the same version (python/pyproject.toml
+/// and the package's `__version__` move with Cargo.toml).
+#[test]
+fn the_guard_package_has_the_crates_version() {
+    let repo = repo();
+    let line = format!("version = \"{}\"", crate_version());
+    let pyproject = std::fs::read_to_string(repo.join("python/pyproject.toml")).expect("pyproject");
+    assert!(
+        pyproject.lines().any(|l| l.trim() == line),
+        "python/pyproject.toml lacks `{line}`"
+    );
+    let init = std::fs::read_to_string(repo.join("python/kube_beat_celery/__init__.py"))
+        .expect("__init__.py");
+    let line = format!("__version__ = \"{}\"", crate_version());
+    assert!(
+        init.lines().any(|l| l.trim() == line),
+        "kube_beat_celery/__init__.py lacks `{line}`"
+    );
 }

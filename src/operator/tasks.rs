@@ -204,7 +204,8 @@ async fn side_publisher(
 }
 
 /// Retention, on the leader only: executions beyond each job's `historyLimit` every
-/// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes.
+/// `history_every`, and deleted jobs (with their executions) past `retention` every 10 minutes;
+/// and every 30 s the worker-side guard's suppressed duplicates of the last hour (a gauge).
 /// The history prune visits every job at each new leadership and hourly
 /// ([`store::prune_history`]); in between only the jobs that ran since the last pass
 /// ([`store::prune_history_since`]), so its cost follows the runs, not the jobs.
@@ -219,6 +220,9 @@ pub(super) async fn housekeeping(
     let full_every = Duration::from_secs(3600);
     let mut last_deleted: Option<Instant> = None;
     let mut last_history: Option<Instant> = None;
+    // The worker-side guard's duplicates of the last hour, for the gauge.
+    let guard_every = Duration::from_secs(30);
+    let mut last_guard: Option<Instant> = None;
     // The last full history pass, and the newest execution id the last pass of either kind saw.
     let mut last_full: Option<Instant> = None;
     let mut pruned_upto: Option<i64> = None;
@@ -255,7 +259,19 @@ pub(super) async fn housekeeping(
                 Err(e) => warn!(error = %e, "pruning execution history failed"),
             }
         }
+        if leading && last_guard.is_none_or(|t| t.elapsed() >= guard_every) {
+            last_guard = Some(Instant::now());
+            let since = chrono::Utc::now() - chrono::Duration::hours(1);
+            match store::guard::duplicates_since(&pool, since).await {
+                Ok(n) => {
+                    crate::metrics::METRICS.guard_duplicates.set(n);
+                }
+                Err(e) => warn!(error = %e, "reading the guard's suppressed duplicates failed"),
+            }
+        }
         if !leading {
+            crate::metrics::METRICS.guard_duplicates.set(0);
+            last_guard = None;
             last_deleted = None;
             last_history = None;
             last_full = None;

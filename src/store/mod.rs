@@ -6,6 +6,7 @@ pub mod backfills;
 pub mod calendars;
 pub mod claims;
 pub mod foreign;
+pub mod guard;
 pub mod health;
 pub mod jobs;
 pub mod leader;

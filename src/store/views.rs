@@ -94,11 +94,16 @@ pub struct ExecutionView {
     /// Who asked to cancel it, and when (its state says whether the worker stopped it).
     pub revoked_by: Option<String>,
     pub revoke_requested_at: Option<DateTime<Utc>>,
+    /// Deliveries of this run the worker-side guard skipped as broker redeliveries (its claims
+    /// in `guard_claims`, when the guard keeps them in this database), every attempt together.
+    pub duplicates_suppressed: i64,
 }
 
 const EXECUTION_COLUMNS: &str = "e.id, e.job_id, j.namespace, j.name AS job_name, e.task_id,
     e.scheduled_for, e.trigger, e.state AS status, e.dispatched_at, e.started_at, e.finished_at,
-    e.error, e.result, e.args, e.kwargs, e.requested_by, e.revoked_by, e.revoke_requested_at";
+    e.error, e.result, e.args, e.kwargs, e.requested_by, e.revoked_by, e.revoke_requested_at,
+    COALESCE((SELECT sum(g.duplicates) FROM guard_claims g WHERE g.task_id = e.task_id), 0)::bigint
+        AS duplicates_suppressed";
 
 /// The filter of [`executions`] and [`count_executions`]: $1 namespaces, $2 job id, $3 state.
 const EXECUTION_FILTER: &str =

@@ -15,6 +15,8 @@ Configuration (environment):
   KB_EXTRA_TASKS         optional, comma-separated: more task names, each doing what kb.echo does
   KB_REMOTE_CONTROL      optional, "0": Celery's worker_enable_remote_control = False (the
                          worker answers no `celery inspect`; kube-beat's worker probe test)
+  KB_GUARD_URL           optional: install kube-beat's worker-side guard (python/kube_beat_celery,
+                         from this repository) with its claims there (redis:// or postgresql://)
   KB_BROKER_TRANSPORT_OPTIONS / KB_RESULT_BACKEND_TRANSPORT_OPTIONS
                          optional JSON: Celery's broker_transport_options and
                          result_backend_transport_options (master_name, global_keyprefix, ...)
@@ -79,6 +81,15 @@ if os.environ.get("KB_BOUND_QUEUE"):
 
     _q, _x, _rk = os.environ["KB_BOUND_QUEUE"].split(":")
     app.conf.task_queues = [Queue(_q, Exchange(_x, "direct"), routing_key=_rk)]
+
+if os.environ.get("KB_GUARD_URL"):
+    import sys
+
+    # The package as this repository has it (what `pip install ./python` would install).
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+    import kube_beat_celery
+
+    kube_beat_celery.install(app, url=os.environ["KB_GUARD_URL"])
 
 _local = threading.local()
 _schema_ready = False

@@ -77,6 +77,8 @@ pub(crate) struct AuditInput {
     pub(crate) cutoff: DateTime<Utc>,
     /// Every replica's log, for panics.
     pub(crate) logs: Vec<String>,
+    /// What the worker-side guard suppressed: (job, slot, deliveries skipped), from its claims.
+    pub(crate) suppressed: Vec<(String, String, usize)>,
 }
 
 /// What the audit found in one scenario's window.
@@ -89,6 +91,11 @@ pub(crate) struct Tally {
     /// Deliveries the broker marked `redelivered`, and messages held in the broker's unacked
     /// set to be delivered again: published once, so not duplicates.
     pub(crate) redelivered: usize,
+    /// Task bodies run again for one task id (fresh or redelivered): what users feel as a
+    /// duplicate, whatever its cause. The worker-side guard must keep it at 0.
+    pub(crate) ran_twice: usize,
+    /// Deliveries the worker-side guard skipped (its claims' `duplicates`).
+    pub(crate) suppressed: usize,
     /// Enqueued by us, never run: taken off the queue and dropped by the worker's transport, or
     /// failed by the worker's Celery before the task body ran.
     pub(crate) consumer_dropped: usize,
@@ -192,6 +199,13 @@ fn window(starts: &[DateTime<Utc>], at: DateTime<Utc>) -> usize {
     starts.iter().rposition(|s| *s <= at).unwrap_or(0)
 }
 
+/// A delivery's slot as a time (the stop when it does not parse).
+fn slot_time(slot: &str, input: &AuditInput) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(slot)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(input.stopped)
+}
+
 /// Duplicates, from the worker's side only.
 ///
 /// A message the broker delivered again because the worker's ack was lost with its connection
@@ -201,9 +215,17 @@ fn deliveries(input: &AuditInput, verdict: &mut Verdict) {
     // Ordered maps: the findings come out in the same order on every run.
     let mut per_slot: BTreeMap<(&str, &str), (usize, usize)> = BTreeMap::new();
     let mut per_id: BTreeMap<&str, usize> = BTreeMap::new();
+    // Every body run of a task id, fresh or redelivered, and the slot it counts against.
+    let mut bodies: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     for d in &input.deliveries {
         if !d.redelivered {
             *per_id.entry(d.task_id.as_str()).or_default() += 1;
+        }
+        if !d.manual {
+            let e = bodies
+                .entry(d.task_id.as_str())
+                .or_insert((0, d.slot.as_str()));
+            e.0 += 1;
         }
         if !d.manual {
             let e = per_slot
@@ -217,9 +239,7 @@ fn deliveries(input: &AuditInput, verdict: &mut Verdict) {
         }
     }
     for ((job, slot), (fresh, again)) in per_slot {
-        let at = DateTime::parse_from_rfc3339(slot)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(input.stopped);
+        let at = slot_time(slot, input);
         let w = &mut verdict.windows[window(&input.windows, at)];
         w.runs += fresh + again;
         w.redelivered += again;
@@ -228,6 +248,14 @@ fn deliveries(input: &AuditInput, verdict: &mut Verdict) {
             w.unexplained
                 .push(format!("{job} @ {slot} was delivered fresh {fresh} times"));
         }
+    }
+    for (n, slot) in bodies.into_values() {
+        if n > 1 {
+            verdict.windows[window(&input.windows, slot_time(slot, input))].ran_twice += n - 1;
+        }
+    }
+    for (_, slot, n) in &input.suppressed {
+        verdict.windows[window(&input.windows, slot_time(slot, input))].suppressed += n;
     }
     for (id, n) in per_id {
         if n > 1 {
@@ -406,6 +434,7 @@ mod tests {
             stopped: last + chrono::Duration::seconds(9),
             cutoff: last + chrono::Duration::seconds(1),
             logs: vec!["acquired leader".to_string()],
+            suppressed: Vec::new(),
         }
     }
 
@@ -470,6 +499,32 @@ mod tests {
         assert!(v.passed(), "{v:#?}");
         let t = only(&v);
         assert_eq!((t.redelivered, t.duplicates, t.runs), (1, 0, 6));
+        assert_eq!(t.ran_twice, 1, "the body ran a second time");
+    }
+
+    #[test]
+    fn a_redelivery_of_a_message_never_run_is_not_a_second_run() {
+        let mut input = steady(5);
+        // Slot 3's only run came from a redelivery (its first delivery was prefetched, never
+        // started): once, so not "ran twice".
+        input.deliveries[3].redelivered = true;
+        let v = audit(&input);
+        let t = only(&v);
+        assert_eq!((t.redelivered, t.ran_twice, t.runs), (1, 0, 5));
+    }
+
+    #[test]
+    fn what_the_guard_suppressed_counts_in_its_slots_window() {
+        let mut input = steady(6);
+        input.windows = vec![at(0), at(3)];
+        input.suppressed = vec![
+            ("ns/j".to_string(), at(1).to_rfc3339(), 2),
+            ("ns/j".to_string(), at(4).to_rfc3339(), 5),
+        ];
+        let v = audit(&input);
+        assert!(v.passed(), "{v:#?}");
+        assert_eq!((v.windows[0].suppressed, v.windows[1].suppressed), (2, 5));
+        assert_eq!(v.windows[0].ran_twice + v.windows[1].ran_twice, 0);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub(crate) struct Harness {
     pub(crate) workers: Vec<Worker>,
     /// The broker and result backend a worker connects to (directly, not through the proxies).
     pub(crate) worker_urls: (String, String),
+    /// Where the workers' guard keeps its claims, once [`Harness::guard_workers`] installed it.
+    pub(crate) guard: Option<String>,
     pub(crate) pg: TcpProxy,
     pub(crate) broker: TcpProxy,
     pub(crate) backend: TcpProxy,
@@ -220,8 +222,20 @@ fn monitor_transactions(
 /// worker stops consuming for good after its broker connection breaks — on py-amqp mid-frame
 /// (UnexpectedFrame, seen in the full run), on Redis after a server restart (seen in CI; the
 /// known threads-pool reconnect bug, e.g. celery#8030) — leaving everything queued.
-fn start_worker((broker, backend): &(String, String), f: &Fixture) -> Worker {
-    Worker::start_pool(broker, Some(backend), &f.queue, &f.db.url, 8, "prefork")
+///
+/// With `guard`, the worker has kube-beat's worker-side guard installed (python/kube_beat_celery)
+/// with its claims in that Postgres.
+fn start_worker((broker, backend): &(String, String), f: &Fixture, guard: Option<&str>) -> Worker {
+    let extra: Vec<(&str, &str)> = guard.map(|url| ("KB_GUARD_URL", url)).into_iter().collect();
+    Worker::start_env(
+        broker,
+        Some(backend),
+        &f.queue,
+        &f.db.url,
+        8,
+        "prefork",
+        &extra,
+    )
 }
 
 impl Harness {
@@ -246,7 +260,7 @@ impl Harness {
         let backend_direct = format!("redis://127.0.0.1:{}/1", redis.port);
         let worker_urls = (direct_broker.clone(), backend_direct);
         let workers = (0..if plan.full { 2 } else { 1 })
-            .map(|_| start_worker(&worker_urls, &f))
+            .map(|_| start_worker(&worker_urls, &f, None))
             .collect();
         let broker_url = match kind {
             BrokerKind::Redis => format!("redis://127.0.0.1:{}/0", broker.port),
@@ -270,6 +284,7 @@ impl Harness {
             redis,
             workers,
             worker_urls,
+            guard: None,
             pg,
             broker,
             backend,
@@ -391,7 +406,7 @@ impl Harness {
                 .find(|l| l.contains("CRITICAL") || l.contains("Unrecoverable"))
                 .unwrap_or("no reason logged")
                 .to_string();
-            self.workers[i] = start_worker(&self.worker_urls, &self.f);
+            self.workers[i] = start_worker(&self.worker_urls, &self.f, self.guard.as_deref());
             self.row()
                 .notes
                 .push(format!("Celery worker exited ({why}), started again"));
@@ -447,8 +462,39 @@ impl Harness {
         self.rows.push(Row {
             scenario: scenario.to_string(),
             start: Utc::now(),
+            guarded: self.guard.is_some(),
             ..Row::default()
         });
+    }
+
+    /// Replace every Celery worker (warm shutdown, as a Deployment rollout does) by one with
+    /// kube-beat's worker-side guard installed, its claims in kube-beat's own database: the
+    /// scenarios after this run on guarded workers. Its own row, so what the swap itself
+    /// redelivers (messages the old workers had prefetched) is counted apart.
+    pub(crate) async fn guard_workers(&mut self) {
+        self.guard = Some(self.f.db.url.clone());
+        self.begin("Celery workers replaced by guarded ones (kube_beat_celery, claims in kube-beat's Postgres)");
+        let n = self.workers.len();
+        // Dropping a worker stops it (SIGTERM, then SIGKILL after 10 s).
+        self.workers.clear();
+        for _ in 0..n {
+            let w = start_worker(&self.worker_urls, &self.f, self.guard.as_deref());
+            self.workers.push(w);
+        }
+        self.row().iterations += 1;
+        self.settle(Duration::from_secs(5)).await;
+        // The guard is at work: the new workers claim what they run.
+        let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM guard_claims")
+            .fetch_one(&self.f.pool)
+            .await
+            .unwrap_or(0);
+        if claims == 0 {
+            self.failures
+                .push("the guarded workers claimed no run in 5 s".into());
+        }
+        self.row()
+            .notes
+            .push(format!("{claims} runs claimed by the guard"));
     }
 
     /// Time from `since` to the first execution published after it (by anyone).
@@ -587,7 +633,19 @@ impl Harness {
                 redelivered: inv.headers.get("redelivered") == Some(&Value::Bool(true)),
             })
             .collect();
+        // What the guard suppressed (its table, made by kube-beat's migration).
+        let suppressed: Vec<(String, String, i32)> = sqlx::query_as(
+            "SELECT COALESCE(job, ''), COALESCE(slot, ''), duplicates FROM guard_claims
+             WHERE duplicates > 0",
+        )
+        .fetch_all(&self.f.pool)
+        .await
+        .unwrap_or_default();
         AuditInput {
+            suppressed: suppressed
+                .into_iter()
+                .map(|(job, slot, n)| (job, slot, usize::try_from(n).unwrap_or(0)))
+                .collect(),
             jobs: self.jobs.clone(),
             executions,
             deliveries,
@@ -619,6 +677,13 @@ impl Harness {
         for r in &self.rows {
             for u in r.audit.unexplained.iter().take(20) {
                 self.failures.push(format!("{}: {u}", r.scenario));
+            }
+            // The guard's promise: with it installed, no task body runs twice.
+            if r.guarded && r.audit.ran_twice > 0 {
+                self.failures.push(format!(
+                    "{}: {} task body run(s) again on guarded workers",
+                    r.scenario, r.audit.ran_twice
+                ));
             }
         }
         self.monitor.abort();

@@ -54,6 +54,9 @@ async fn fault_matrix_redis() {
     h.result_backend().await;
     h.slow_worker().await;
     h.rolling_update().await;
+    // The broker faults again, on workers with the worker-side guard: no body runs twice.
+    h.guard_workers().await;
+    h.broker_faults().await;
     h.settle(Duration::from_secs(12)).await;
     h.finish().await;
 }
@@ -74,6 +77,9 @@ async fn fault_matrix_rabbitmq() {
     h.leader().await;
     h.settle(Duration::from_secs(10)).await;
     h.leader_deaths().await;
+    h.broker_faults().await;
+    // The broker faults again, on workers with the worker-side guard: no body runs twice.
+    h.guard_workers().await;
     h.broker_faults().await;
     h.settle(Duration::from_secs(12)).await;
     h.finish().await;

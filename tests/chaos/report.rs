@@ -23,14 +23,16 @@ pub(crate) struct Row {
     pub(crate) crashes: usize,
     /// The scenario's own notes (the audit's follow, from `audit`).
     pub(crate) notes: Vec<String>,
+    /// The Celery workers had kube-beat's worker-side guard installed.
+    pub(crate) guarded: bool,
     pub(crate) audit: Tally,
 }
 
 /// The Markdown table of every row.
 pub(crate) fn table(kind: BrokerKind, rows: &[Row]) -> String {
     let mut out = String::from(
-        "| Broker | Scenario | Iterations | Runs checked | Duplicates | Broker redeliveries | Dropped by the consumer | Coalesced (catch-up) | Missed (deadline) | Skipped (Forbid) | Dispatch failed | Unexplained losses | Max recovery | Replicas restarted | Crashes |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| Broker | Scenario | Iterations | Runs checked | Duplicates | Broker redeliveries | Ran twice | Suppressed by the guard | Dropped by the consumer | Coalesced (catch-up) | Missed (deadline) | Skipped (Forbid) | Dispatch failed | Unexplained losses | Max recovery | Replicas restarted | Crashes |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let max = r
@@ -46,7 +48,7 @@ pub(crate) fn table(kind: BrokerKind, rows: &[Row]) -> String {
             format!(" ({})", notes.join("; "))
         };
         out.push_str(&format!(
-            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             kind.label(),
             r.scenario,
             notes,
@@ -54,6 +56,8 @@ pub(crate) fn table(kind: BrokerKind, rows: &[Row]) -> String {
             a.runs,
             a.duplicates,
             a.redelivered,
+            a.ran_twice,
+            a.suppressed,
             a.consumer_dropped,
             a.coalesced,
             a.missed,
@@ -105,6 +109,8 @@ mod tests {
                 runs: 40,
                 duplicates: 1,
                 redelivered: 2,
+                ran_twice: 8,
+                suppressed: 9,
                 consumer_dropped: 3,
                 coalesced: 4,
                 missed: 5,
@@ -123,7 +129,7 @@ mod tests {
         let line = t.lines().nth(2).unwrap();
         assert_eq!(
             line,
-            "| Redis | Broker restarted (scenario note; audit note) | 2 | 40 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 2 | 1.50 s | 1 | 0 |"
+            "| Redis | Broker restarted (scenario note; audit note) | 2 | 40 | 1 | 2 | 8 | 9 | 3 | 4 | 5 | 6 | 7 | 2 | 1.50 s | 1 | 0 |"
         );
     }
 

@@ -194,15 +194,27 @@ impl Harness {
     pub(crate) async fn broker_faults(&mut self) {
         let label = self.kind.label();
         let secs = self.plan.outage.as_secs();
+        let workers = if self.guard.is_some() {
+            ", guarded workers"
+        } else {
+            ""
+        };
         self.begin(&format!(
-            "{label} unreachable for {secs} s (connections cut)"
+            "{label} unreachable for {secs} s (connections cut{workers})"
         ));
         self.cut("broker", self.plan.outage).await;
         self.row().iterations += 1;
         self.recovery(Utc::now()).await;
         self.settle(Duration::from_secs(5)).await;
 
-        self.begin(&format!("{label} restarted"));
+        self.begin(&format!(
+            "{label} restarted{}",
+            if workers.is_empty() {
+                ""
+            } else {
+                " (guarded workers)"
+            }
+        ));
         match self.kind {
             BrokerKind::Redis => self.redis.restart(),
             BrokerKind::Amqp => {

@@ -6,6 +6,7 @@
 //! pure ones.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod browser;
 mod fixture;
 #[allow(unused_imports)]
 pub use fixture::{FAST_LEASE, Fixture, assert_no_duplicates, fixture};
@@ -402,10 +403,24 @@ impl Drop for Worker {
 
 /// Publish one task with Celery's own Python client; returns the task id.
 pub fn celery_send(broker: &str, task: &str, queue: &str, args: &str, kwargs: &str) -> String {
+    celery_send_as(broker, task, queue, args, kwargs, &[])
+}
+
+/// [`celery_send`] with `extra` arguments of send.py: a task id, then the headers as JSON (a
+/// copy of a message already sent, as a broker redelivery hands it over again).
+pub fn celery_send_as(
+    broker: &str,
+    task: &str,
+    queue: &str,
+    args: &str,
+    kwargs: &str,
+    extra: &[&str],
+) -> String {
     let env = env();
     let out = Command::new(env.celery_venv.join("bin/python"))
         .arg("send.py")
         .args([task, queue, args, kwargs])
+        .args(extra)
         .current_dir(env.repo.join("tests/celery_app"))
         .env("CELERY_BROKER_URL", broker)
         .output()
