@@ -65,6 +65,12 @@ def install(app, url=None, policy=None, ttl=None, stale_after=None, store=None):
                 "kube_beat_celery.install: no store: pass url= or set kube_beat_guard_url"
             )
         store = stores.open_store(url, ttl)
+        if app.conf.get("kube_beat_guard_url"):
+            # Celery shows its configuration (`celery inspect conf`, Flower) and masks only keys
+            # it recognises as secret: keep the URL with its password masked.
+            from kombu.utils.url import maybe_sanitize_url
+
+            app.conf.kube_beat_guard_url = maybe_sanitize_url(app.conf.kube_beat_guard_url)
     guard = Guard(
         store,
         policy=_setting(app, "kube_beat_guard_policy", policy, FAIL_OPEN),

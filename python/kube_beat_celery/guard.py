@@ -13,8 +13,15 @@ What is guarded, exactly:
   ``acks_late`` is chosen), so a claim still ``running`` after ``stale_after`` seconds (the
   task's hard time limit when it has one) is taken over and the body runs. Before that, the
   first run may still be going on another worker (a broker that lost the connection redelivers
-  at once), and the delivery is a duplicate. Early-ack tasks (Celery's default) never take over:
-  their redelivery is always a duplicate once a run started.
+  at once) or may have died: the delivery is acknowledged and the same message (task id,
+  attempt, headers) is sent again to its queue a little later (a quarter of ``stale_after``, 1 to
+  60 s), and decided then: skipped once the first run finished, run once its claim went stale.
+  A redelivery of an attempt that finished is a duplicate. Early-ack tasks (Celery's default)
+  never take over: their redelivery is always a duplicate once a run started.
+- With ``task_track_started``, Celery records STARTED before any task code runs, also for a
+  delivery the guard then skips: a redelivery of a run that FAILED, arriving before kube-beat
+  read the failure, leaves STARTED in the result backend (kube-beat then records the run LOST
+  after its ``executionTimeoutSeconds``). A SUCCESS is never overwritten.
 - Calling a task directly, or ``apply()`` (eager), is not guarded.
 
 When the store cannot decide (unreachable, slow): ``fail-open`` (the default) runs the body and
@@ -39,6 +46,7 @@ POLICIES = (FAIL_OPEN, FAIL_CLOSED)
 #: kube-beat's header on every message it publishes (``namespace/name`` of the ScheduledJob).
 JOB_HEADER = "kubebeat_job"
 SLOT_HEADER = "kubebeat_slot"
+TRIGGER_HEADER = "kubebeat_trigger"
 
 #: Seconds a claim is kept (a redelivery later than this is not recognised).
 DEFAULT_TTL = 7 * 24 * 3600
@@ -59,6 +67,7 @@ class Stats:
         self.guarded = 0
         self.suppressed = 0
         self.taken_over = 0
+        self.deferred = 0
         self.store_errors = 0
 
     def add(self, name):
@@ -71,6 +80,7 @@ class Stats:
                 "guarded": self.guarded,
                 "suppressed": self.suppressed,
                 "taken_over": self.taken_over,
+                "deferred": self.deferred,
                 "store_errors": self.store_errors,
             }
 
@@ -120,11 +130,11 @@ class Guard:
             job = getattr(request, JOB_HEADER, None)
             if not job or not request.id or not from_worker:
                 return through()
-            return guard.run(task, request, job, through)
+            return guard.run(task, request, job, through, args, kwargs)
 
         return guarded_call
 
-    def run(self, task, request, job, body):
+    def run(self, task, request, job, body, args=(), kwargs=None):
         attempt = int(request.retries or 0)
         worker = request.hostname or ""
         self.stats.add("guarded")
@@ -137,7 +147,8 @@ class Guard:
                 getattr(request, SLOT_HEADER, None),
                 self._stale_after(task, request),
             )
-        except stores.StoreError as exc:
+        except Exception as exc:  # a store's failure, whatever its kind: the policy decides
+            exc = exc if isinstance(exc, stores.StoreError) else type(exc).__name__
             self.stats.add("store_errors")
             if self.policy == FAIL_CLOSED:
                 log.error(
@@ -161,6 +172,19 @@ class Guard:
                 task.name, request.id, attempt, job, holder or "another worker",
             )
             raise Ignore()
+        if decision == stores.DEFER:
+            # acks_late: the attempt's run has not finished. It may still be running on another
+            # worker (then this is a duplicate) or its worker died (then it must run again once
+            # the claim goes stale): acknowledged now, sent again for later, decided then.
+            delay = max(1.0, min(60.0, float(self._stale_after(task, request) or 60) / 4))
+            self.stats.add("deferred")
+            log.warning(
+                "kube-beat guard: %s[%s] attempt %d of %s is running on %s: this acks_late "
+                "delivery is sent again in %.0f s",
+                task.name, request.id, attempt, job, holder or "another worker", delay,
+            )
+            self._again(task, request, args, kwargs, delay)
+            raise Ignore()
         if decision == stores.TAKEOVER:
             self.stats.add("taken_over")
             log.warning(
@@ -171,8 +195,9 @@ class Guard:
         try:
             result = body()
         except Retry:
-            # The attempt ended in a retry: its claim stays running (a redelivery of it is a
-            # duplicate); the retry is the next attempt, claimed on its own.
+            # The attempt ran and ended in a retry: done (a redelivery of it is a duplicate);
+            # the retry is the next attempt, claimed on its own.
+            self._finish(request.id, attempt)
             raise
         except BaseException:
             self._finish(request.id, attempt)
@@ -180,10 +205,30 @@ class Guard:
         self._finish(request.id, attempt)
         return result
 
+    @staticmethod
+    def _again(task, request, args, kwargs, delay):
+        """The same message (task id, attempt, kube-beat's headers) to its queue, ``delay``
+        seconds from now."""
+        headers = {
+            name: getattr(request, name)
+            for name in (JOB_HEADER, SLOT_HEADER, TRIGGER_HEADER)
+            if getattr(request, name, None) is not None
+        }
+        delivery = request.delivery_info or {}
+        task.apply_async(
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            task_id=request.id,
+            retries=request.retries or 0,
+            countdown=delay,
+            headers=headers,
+            queue=delivery.get("routing_key") or None,
+        )
+
     def _finish(self, task_id, attempt):
         try:
             self.store.finish(task_id, attempt)
-        except stores.StoreError as exc:
+        except Exception as exc:
             # Only acks_late takeovers read it; the claim itself is what matters.
             log.warning("kube-beat guard: marking %s done failed (%s)", task_id, exc)
 

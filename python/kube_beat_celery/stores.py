@@ -10,13 +10,13 @@ import json
 import os
 import random
 import threading
-import time
 from urllib.parse import urlsplit
 
 #: What a claim decided.
 RUN = "run"  # first delivery of this attempt: run the body
 TAKEOVER = "takeover"  # an acks_late redelivery of an attempt whose run went stale: run again
 DUPLICATE = "duplicate"  # this attempt already ran (or runs elsewhere): skip the body
+DEFER = "defer"  # acks_late: the attempt's run is still going (or died recently): ask again later
 
 #: Seconds a store may take to connect or answer.
 TIMEOUT = 2.0
@@ -39,10 +39,16 @@ def open_store(url, ttl, timeout=TIMEOUT):
     )
 
 
-# The whole claim in one round trip, atomic on the server: take the key if free; else take over
-# a stale running claim (acks_late only: ARGV[4] >= 0); else count a duplicate.
+# The whole claim in one round trip, atomic on the server, on the server's clock (workers'
+# clocks may differ): take the key if free; for acks_late (ARGV[3] >= 0) take over a running
+# claim older than ARGV[3] seconds, or defer while it is younger; else count a duplicate.
 _CLAIM = """
-local value, ttl, now, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, stale = tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local mine = cjson.decode(ARGV[1])
+mine.t = now
+local value = cjson.encode(mine)
 if redis.call('SET', KEYS[1], value, 'NX', 'EX', ttl) then return {'run', ''} end
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -51,9 +57,12 @@ if not current then
 end
 local ok, held = pcall(cjson.decode, current)
 if not ok then held = {} end
-if stale >= 0 and held.s == 'running' and (now - (tonumber(held.t) or now)) > stale then
-  redis.call('SET', KEYS[1], value, 'EX', ttl)
-  return {'takeover', held.w or ''}
+if stale >= 0 and held.s == 'running' then
+  if (now - (tonumber(held.t) or now)) > stale then
+    redis.call('SET', KEYS[1], value, 'EX', ttl)
+    return {'takeover', held.w or ''}
+  end
+  return {'defer', held.w or ''}
 end
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
@@ -87,28 +96,27 @@ class RedisStore:
         )
         self._claim = self._client.register_script(_CLAIM)
         self._finish = self._client.register_script(_FINISH)
-        self._errors = (redis.RedisError, OSError)
 
     def _key(self, task_id, attempt):
         return "%s%s:%d" % (self.prefix, task_id, attempt)
 
     def claim(self, task_id, attempt, worker, job, slot, stale_after):
         key = self._key(task_id, attempt)
-        value = json.dumps({"w": worker, "t": time.time(), "s": "running", "j": job, "slot": slot})
+        value = json.dumps({"w": worker, "s": "running", "j": job, "slot": slot})
         stale = -1 if stale_after is None else float(stale_after)
         try:
             decision, holder = self._claim(
-                keys=[key, key + ":duplicates"], args=[value, self.ttl, time.time(), stale]
+                keys=[key, key + ":duplicates"], args=[value, self.ttl, stale]
             )
-        except self._errors as exc:
-            raise StoreError("Redis: %s" % type(exc).__name__) from exc
+        except Exception as exc:  # any failure of the store is the policy's to decide
+            raise StoreError("Redis: %s" % type(exc).__name__) from None
         return _text(decision), _text(holder)
 
     def finish(self, task_id, attempt):
         try:
             self._finish(keys=[self._key(task_id, attempt)])
-        except self._errors as exc:
-            raise StoreError("Redis: %s" % type(exc).__name__) from exc
+        except Exception as exc:
+            raise StoreError("Redis: %s" % type(exc).__name__) from None
 
     def duplicates(self, task_id, attempt=0):
         """How many deliveries of this attempt were suppressed (for tests and operators)."""
@@ -152,6 +160,9 @@ UPDATE guard_claims SET claimed_at = now(), worker = %s, takeovers = takeovers +
  WHERE task_id = %s AND attempt = %s AND state = 'running'
    AND claimed_at < now() - make_interval(secs => %s)
 RETURNING 1
+"""
+_HELD = """
+SELECT state FROM guard_claims WHERE task_id = %s AND attempt = %s
 """
 _DUPLICATE = """
 UPDATE guard_claims SET duplicates = duplicates + 1, last_duplicate_at = now(),
@@ -199,18 +210,13 @@ class PostgresStore:
         return conn
 
     def _run(self, work):
-        import psycopg2
-
         try:
             self._ensure_schema()
             with self._conn().cursor() as cur:
                 return work(cur)
-        except psycopg2.Error as exc:
+        except Exception as exc:  # any failure of the store is the policy's to decide
             self._local.conn = None
-            raise StoreError("Postgres: %s" % type(exc).__name__) from exc
-        except OSError as exc:
-            self._local.conn = None
-            raise StoreError("Postgres: %s" % type(exc).__name__) from exc
+            raise StoreError("Postgres: %s" % type(exc).__name__) from None
 
     def _ensure_schema(self):
         with self._lock:
@@ -229,24 +235,32 @@ class PostgresStore:
 
     def claim(self, task_id, attempt, worker, job, slot, stale_after):
         def work(cur):
-            cur.execute(_INSERT, (task_id, attempt, worker, job, slot))
-            if cur.fetchone():
-                if random.randrange(PRUNE_EVERY) == 0:
-                    cur.execute(_PRUNE, (self.ttl,))
-                return RUN, ""
-            if stale_after is not None:
-                cur.execute(_TAKEOVER, (worker, task_id, attempt, float(stale_after)))
-                if cur.fetchone():
-                    return TAKEOVER, ""
-            cur.execute(_DUPLICATE, (worker, task_id, attempt))
-            row = cur.fetchone()
-            if row is None:
-                # Pruned between the two statements: this delivery takes it.
+            # Twice at most: a claim pruned between the statements is taken afresh.
+            for _ in range(2):
                 cur.execute(_INSERT, (task_id, attempt, worker, job, slot))
-                return RUN, ""
-            return DUPLICATE, row[0]
+                if cur.fetchone():
+                    return RUN, ""
+                if stale_after is not None:
+                    cur.execute(_TAKEOVER, (worker, task_id, attempt, float(stale_after)))
+                    if cur.fetchone():
+                        return TAKEOVER, ""
+                    cur.execute(_HELD, (task_id, attempt))
+                    held = cur.fetchone()
+                    if held is not None and held[0] == "running":
+                        return DEFER, ""
+                cur.execute(_DUPLICATE, (worker, task_id, attempt))
+                row = cur.fetchone()
+                if row is not None:
+                    return DUPLICATE, row[0]
+            raise StoreError("Postgres: the claim kept disappearing")
 
-        return self._run(work)
+        decision = self._run(work)
+        if decision[0] == RUN and random.randrange(PRUNE_EVERY) == 0:
+            try:
+                self._run(lambda cur: cur.execute(_PRUNE, (self.ttl,)))
+            except StoreError:
+                pass  # the next prune tries again; the claim is made
+        return decision
 
     def finish(self, task_id, attempt):
         self._run(lambda cur: cur.execute(_FINISHED, (task_id, attempt)))

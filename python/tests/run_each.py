@@ -34,13 +34,18 @@ def main():
     failed = []
     for test in tests:
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "unittest", test], env=env, cwd=here,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        try:
+            done = subprocess.run([sys.executable, "-m", "unittest", test], env=env, cwd=here,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            code, output = done.returncode, done.stdout
+        except subprocess.TimeoutExpired as exc:
+            # A failed assertion inside a running test worker can leave it hanging on exit.
+            code, output = "timeout", exc.stdout or b""
         took = time.monotonic() - started
-        print("%s %s (%.1f s)" % ("ok  " if done.returncode == 0 else "FAIL", test, took))
-        if done.returncode != 0:
+        print("%s %s (%.1f s)" % ("ok  " if code == 0 else "FAIL", test, took))
+        if code != 0:
             failed.append(test)
-            print(done.stdout.decode(errors="replace"))
+            print(output.decode(errors="replace"))
     print("%d tests, %d failed" % (len(tests), len(failed)))
     return 1 if failed else 0
 

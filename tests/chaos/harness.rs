@@ -470,7 +470,8 @@ impl Harness {
     /// Replace every Celery worker (warm shutdown, as a Deployment rollout does) by one with
     /// kube-beat's worker-side guard installed, its claims in kube-beat's own database: the
     /// scenarios after this run on guarded workers. Its own row, so what the swap itself
-    /// redelivers (messages the old workers had prefetched) is counted apart.
+    /// redelivers (messages the old workers had prefetched) is counted apart; the new workers
+    /// run those, so the row is judged as guarded (no body may run twice).
     pub(crate) async fn guard_workers(&mut self) {
         self.guard = Some(self.f.db.url.clone());
         self.begin("Celery workers replaced by guarded ones (kube_beat_celery, claims in kube-beat's Postgres)");
