@@ -287,7 +287,9 @@ def run_sustained(args, kube, workdir):
     ns = f"sustained-{n}-{int(time.time())}"
     rec = {"scenario": "sustained", "n": n, "minutes": minutes, "interval_s": INTERVAL_S,
            "history_limit": HISTORY_LIMIT, "lease_s": args.lease,
-           "pg_autovacuum": psql("postgres", "show autovacuum") or "?"}
+           "pg_autovacuum": psql("postgres", "show autovacuum") or "?",
+           # The replicas inherit the environment: RESULT_SUBSCRIBE=false measures the polls alone.
+           "result_subscribe": os.environ.get("RESULT_SUBSCRIBE", "true")}
     for db in (BROKER_DB, BACKEND_DB):
         redis.Redis(port=REDIS_PORT, db=db).flushdb()
     subprocess.run(["psql", f"{PG}/postgres", "-qc", f"drop database if exists {DB} with (force)"], check=True)
@@ -370,6 +372,8 @@ def run_sustained(args, kube, workdir):
                 "tracker_passes": metric(a.port, "kube_beat_result_tracker_pass_seconds_count"),
                 "tracker_pass_s": metric(a.port, "kube_beat_result_tracker_pass_seconds_sum"),
                 "sweep_waiting": metric(a.port, "kube_beat_sweep_jobs_waiting"),
+                "hints": metric(a.port, "kube_beat_result_hints_total"),
+                "hints_dropped": metric(a.port, "kube_beat_result_hints_dropped_total"),
             })
             time.sleep(5)
         w1 = time.time()
@@ -531,7 +535,8 @@ def report_sustained(rec, out):
         f"{rec['interval_s']} s, spread over the minute, `historyLimit` {rec['history_limit']}; Redis broker and "
         "result backend; a fast consumer stores every SUCCESS record as Celery does, and a real Celery "
         f"worker runs {SAMPLE_JOBS} sample jobs. Two replicas, lease {rec['lease_s']} s. Postgres autovacuum "
-        f"{rec.get('pg_autovacuum', '?')}.", "",
+        f"{rec.get('pg_autovacuum', '?')}. Result subscription (`RESULT_SUBSCRIBE`) "
+        f"{rec.get('result_subscribe', 'true')}.", "",
         "| scenario | measure | value | target |", "|---|---|---|---|",
         f"| set-up | {n + SAMPLE_JOBS:,} jobs created (no operator running) | {fmt(rec.get('create_s'), ' s', 0)} | – |",
         f"| first start | empty database → every job in Postgres | {fmt(rec.get('first_start_s'), ' s', 1)} "
@@ -594,6 +599,12 @@ def report_sustained(rec, out):
         took = passes[-1]["tracker_pass_s"] - passes[0]["tracker_pass_s"]
         lines += ["", f"Result tracker in the window: {count:.0f} passes, {took / count:.1f} s each on average "
                       f"(one every {(passes[-1]['t'] - passes[0]['t']) / count:.1f} s)."]
+    hinted = [x for x in rec.get("samples", []) if x.get("hints") is not None]
+    if len(hinted) >= 2:
+        got = hinted[-1]["hints"] - hinted[0]["hints"]
+        dropped = (hinted[-1].get("hints_dropped") or 0) - (hinted[0].get("hints_dropped") or 0)
+        lines += ["", f"Results announced by the Redis backend in the window and read at once: {got:,.0f} "
+                      f"({dropped:,.0f} of them left to the passes because the tracker was behind)."]
     if rec.get("stalls") is not None:
         lines += ["", f"Stalls (seconds of the window in which a run was taken off the queue over 1 s late): "
                       f"{len(rec['stalls'])}, at s {', '.join(f'{t:.0f}' for t in rec['stalls'])}."]
@@ -607,7 +618,8 @@ def report_sustained(rec, out):
         lines += ["", f"Where the CPU went — {key} ({p['seconds']} s, `perf record -F 99`, self time by "
                       f"{'process' if p['sort'] == 'comm' else 'function'}, entries ≥ 0.5 %):", ""]
         lines += ["```", *(p.get("top") or [f"perf failed: {p.get('error')}"]), "```"]
-    stem = f"scale-sustained-{n}"
+    # BENCH_LABEL: a suffix that keeps runs side by side (e.g. an A/B in one session).
+    stem = f"scale-sustained-{n}" + (f"-{os.environ['BENCH_LABEL']}" if os.environ.get("BENCH_LABEL") else "")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rec, indent=1))
     plot_sustained(rec, out / f"{stem}.png")

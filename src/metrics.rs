@@ -91,6 +91,10 @@ pub struct Metrics {
     pub sweep_jobs_waiting: Gauge,
     /// From a run's publish to its final state recorded in Postgres (how late outcomes are).
     pub result_recorded: Histogram,
+    /// Result records the Redis backend announced (PUBLISH) that the tracker was told of.
+    pub result_hints: Counter,
+    /// Of those, dropped because the tracker was behind (the next pass reads those runs).
+    pub result_hints_dropped: Counter,
     /// Admission webhook decisions, by kind and result.
     pub admissions: Family<Admission, Counter>,
     /// Sampled from outside: the status feed, the pool, queue depths.
@@ -200,6 +204,8 @@ impl Metrics {
             task_restarts: Family::default(),
             tracker_pass: latency_histogram(),
             result_recorded: latency_histogram(),
+            result_hints: Counter::default(),
+            result_hints_dropped: Counter::default(),
             tracker_unfinished: Gauge::default(),
             guard_duplicates: Gauge::default(),
             reconcile_writes_waiting: Gauge::default(),
@@ -300,6 +306,16 @@ impl Metrics {
             "result_recorded_seconds",
             "Time from a run's publish to its final state being recorded by the result tracker",
             m.result_recorded.clone(),
+        );
+        r.register(
+            "result_hints",
+            "Result records the Redis result backend announced while this replica led (each read at once instead of at the next tracker pass)",
+            m.result_hints.clone(),
+        );
+        r.register(
+            "result_hints_dropped",
+            "Announced result records not handed to the tracker because it was behind (read by its next pass)",
+            m.result_hints_dropped.clone(),
         );
         register_admissions(&mut r, &m);
         r.register_collector(Box::new(SampledCollector(m.sampled.clone())));

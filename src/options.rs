@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// How often unfinished executions are looked up in the result backend, in milliseconds.
     #[arg(long, env = "RESULT_POLL_MS", default_value_t = 1000)]
     pub result_poll_ms: u64,
+    /// With a Redis result backend, subscribe to the records Celery announces as it stores them
+    /// (`PUBLISH celery-task-meta-<id>`) and record each outcome at once; the polls go on for
+    /// what a subscription misses. Off: outcomes are recorded at the next poll only.
+    #[arg(long, env = "RESULT_SUBSCRIBE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub result_subscribe: bool,
     /// How often the leader judges every job's health (the `Healthy` condition, pauses).
     #[arg(long, env = "HEALTH_CHECK_SECONDS", default_value_t = 5)]
     pub health_check_seconds: u64,

@@ -227,6 +227,123 @@ async fn every_outcome_with_the_database_backend() {
     every_outcome("database", "kbt-trk-db").await;
 }
 
+/// With a Redis backend an outcome is recorded as the worker stores it: Celery announces every
+/// record it stores (`PUBLISH celery-task-meta-<id>`) and the leader subscribes. Here the polls
+/// are 5 minutes apart, so only the subscription can record a run within seconds; with
+/// `--result-subscribe=false` the same kind of run waits for the next poll.
+#[tokio::test]
+#[ignore = "needs the local control plane and services (make test)"]
+async fn outcomes_are_recorded_as_the_redis_backend_announces_them() {
+    let env = common::env();
+    let f = fixture("kbt-trk-announce", format!("{}/0", env.redis_url)).await;
+    let backend = format!("{}/1", env.redis_url);
+    f.task_function("echo", "kb.echo").await;
+    f.job("unsubscribed", "echo", hourly(json!({}))).await;
+    f.job("subscribed", "echo", hourly(json!({}))).await;
+    let _worker = Worker::start(&f.broker, Some(&backend), &f.queue, &f.db.url);
+    let polls_apart = ["--result-backend", &backend, "--result-poll-ms", "300000"];
+    let leads = |op: &common::Operator| op.log_text().contains("acquired leader").then_some(());
+
+    // Without the subscription: the run's body has run and its SUCCESS is stored, but the
+    // leader's one pass came before it.
+    let mut op = f.operator(&[&polls_apart[..], &["--result-subscribe=false"]].concat());
+    eventually("leading", Duration::from_secs(60), || async { leads(&op) }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.trigger("unsubscribed", "t1").await;
+    let run = settles(&f, "unsubscribed", "DISPATCHED", Duration::from_secs(30)).await;
+    eventually("the body ran", Duration::from_secs(60), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM celery_invocations WHERE task_id = $1")
+                .bind(&run.task_id)
+                .fetch_one(&f.pool)
+                .await
+                .unwrap_or(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        executions(&f, "unsubscribed").await[0].state,
+        "DISPATCHED",
+        "not recorded before the next poll"
+    );
+    assert!(!op.log_text().contains("result subscription on"));
+    op.signal("TERM"); // releases the Lease: the next one leads at once
+    assert!(op.wait_exit(Duration::from_secs(30)), "{}", op.log_text());
+
+    // With it (the default).
+    let op = f.operator(&polls_apart);
+    eventually("subscribed", Duration::from_secs(60), || async {
+        op.log_text()
+            .contains("result subscription on")
+            .then_some(())
+    })
+    .await;
+    // Its first pass, at leading, recorded the earlier run.
+    settles(&f, "unsubscribed", "SUCCESS", Duration::from_secs(30)).await;
+    f.trigger("subscribed", "t1").await;
+    let ok = settles(&f, "subscribed", "SUCCESS", Duration::from_secs(20)).await;
+    assert_eq!(ok.result, Some(json!({"args": [], "kwargs": {}})));
+    assert!(ok.finished_at.is_some());
+    let addr = op.http_addr().expect("HTTP address in the log");
+    let metrics = common::ok(
+        &std::process::Command::new("curl")
+            .args(["-sSf", &format!("http://{addr}/metrics")])
+            .output()
+            .expect("curl"),
+    );
+    let hints: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kube_beat_result_hints_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("kube_beat_result_hints_total in /metrics");
+    assert!(hints >= 1.0, "{metrics}");
+    let mut op = op;
+    op.signal("TERM");
+    assert!(op.wait_exit(Duration::from_secs(30)), "{}", op.log_text());
+
+    // A Redis ACL user without channels (Redis 7 gives new users none): one warning, and the
+    // passes record outcomes as before; the password is in no log line.
+    let user = common::unique("kbt-nosub");
+    let password = common::unique("pw");
+    let redis_cli = |args: &[&str]| {
+        common::ok(
+            &std::process::Command::new("redis-cli")
+                .args(["-u", &env.redis_url])
+                .args(args)
+                .output()
+                .expect("redis-cli"),
+        )
+    };
+    redis_cli(&[
+        "ACL",
+        "SETUSER",
+        &user,
+        "on",
+        &format!(">{password}"),
+        "~*",
+        "+@all",
+        "resetchannels",
+    ]);
+    let denied = backend.replacen("redis://", &format!("redis://{user}:{password}@"), 1);
+    f.job("denied", "echo", hourly(json!({}))).await;
+    let op = f.operator(&["--result-backend", &denied, "--result-poll-ms", "500"]);
+    eventually("the NOPERM warning", Duration::from_secs(60), || async {
+        op.log_text()
+            .contains("may not subscribe (NOPERM)")
+            .then_some(())
+    })
+    .await;
+    f.trigger("denied", "t1").await;
+    settles(&f, "denied", "SUCCESS", Duration::from_secs(60)).await;
+    let log = op.log_text();
+    assert_eq!(log.matches("may not subscribe").count(), 1, "{log}");
+    assert!(!log.contains(&password), "{log}");
+    redis_cli(&["ACL", "DELUSER", &user]);
+    drop(op);
+    f.finish().await;
+}
+
 /// A pickled result (what Celery ≤ 5.6 stores in the database backend) read from a real
 /// `celery_taskmeta` table: decoded as data, never executed.
 #[tokio::test]

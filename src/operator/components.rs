@@ -240,15 +240,18 @@ fn tracker_part(
         s.feed.clone(),
         s.stop.clone(),
     );
-    let poll = Duration::from_millis(args.result_poll_ms.max(10));
+    let config = tasks::TrackerConfig {
+        url: backend_url,
+        options,
+        poll: Duration::from_millis(args.result_poll_ms.max(10)),
+        subscribe: args.result_subscribe,
+    };
     let tracker = supervise("result_tracker", s.stop.clone(), move || {
         tasks::run_tracker(
             pool.clone(),
-            backend_url.clone(),
-            options.clone(),
+            config.clone(),
             role.clone(),
             feed.clone(),
-            poll,
             stop.clone(),
         )
     });

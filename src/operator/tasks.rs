@@ -72,29 +72,65 @@ pub(super) async fn run_dispatcher(
     dispatcher(publisher).run(stop).await;
 }
 
+/// Where results are and how they are read.
+#[derive(Clone)]
+pub(super) struct TrackerConfig {
+    pub url: BackendUrl,
+    pub options: TransportOptions,
+    /// Between passes over the unfinished runs.
+    pub poll: Duration,
+    /// Also subscribe to a Redis backend's announcements (`--result-subscribe`).
+    pub subscribe: bool,
+}
+
 /// Connect to the result backend (retrying: it may be down at start), then track results.
 pub(super) async fn run_tracker(
     pool: sqlx::PgPool,
-    url: BackendUrl,
-    options: TransportOptions,
+    config: TrackerConfig,
     role: watch::Receiver<Role>,
     feed: Feed,
-    poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let TrackerConfig {
+        url,
+        options,
+        poll,
+        subscribe,
+    } = config;
     let connect = || Backend::connect_with(&url, &options);
     let Some(backend) = retrying("the result backend", connect, &mut stop).await else {
         return; // stopping
     };
-    crate::tracker::Tracker {
+    let announcements = backend.announcements().filter(|_| subscribe);
+    let (hints, subscriber) = match announcements {
+        Some((conn, keyprefix)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::tracker::hints::QUEUE);
+            let sub =
+                crate::tracker::hints::subscribe(conn, keyprefix, role.clone(), tx, stop.clone());
+            (Some(rx), Some(sub))
+        }
+        None => (None, None),
+    };
+    let tracker = crate::tracker::Tracker {
         pool,
         backend,
         role,
         feed,
         poll,
+        hints,
     }
-    .run(stop)
-    .await;
+    .run(stop);
+    // Together: when one ends (stopping, or a panic the supervisor restarts from here) so
+    // does the other.
+    match subscriber {
+        Some(sub) => {
+            tokio::select! {
+                _ = tracker => {}
+                _ = sub => {}
+            }
+        }
+        None => tracker.await,
+    }
 }
 
 /// Every 10 s this replica records that it is alive (`scheduler_replicas`, shown by the API and

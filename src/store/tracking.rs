@@ -25,6 +25,17 @@ pub struct Unfinished {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// An [`Unfinished`]'s columns (`e` the execution, `j` its job), for the `WHERE` to follow.
+macro_rules! followed_sql {
+    () => {
+        "SELECT e.id, e.job_id, e.task_id, e.state,
+                COALESCE(e.dispatched_at, e.claimed_at) AS since,
+                j.execution_timeout_seconds, j.namespace, j.name, j.uid, j.task_name,
+                e.scheduled_for, e.started_at
+         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id"
+    };
+}
+
 /// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page). Runs of
 /// jobs with `ignoreResult` are not followed: the worker stores nothing to follow, so they stay
 /// DISPATCHED (as with no result backend) instead of ending LOST.
@@ -33,18 +44,33 @@ pub async fn unfinished_after(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Unfinished>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT e.id, e.job_id, e.task_id, e.state,
-                COALESCE(e.dispatched_at, e.claimed_at) AS since,
-                j.execution_timeout_seconds, j.namespace, j.name, j.uid, j.task_name,
-                e.scheduled_for, e.started_at
-         FROM job_executions e JOIN scheduled_jobs j ON j.id = e.job_id
-         WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
+    Ok(sqlx::query_as(concat!(
+        followed_sql!(),
+        " WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
            AND NOT COALESCE((j.message_options->>'ignoreResult')::boolean, false)
-         ORDER BY e.id LIMIT $2",
-    )
+         ORDER BY e.id LIMIT $2"
+    ))
     .bind(after)
     .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The unfinished executions (as [`unfinished_after`] reads them, and also those still
+/// `PENDING`: claimed, not yet marked published) with these Celery task ids: the runs whose results the
+/// Redis backend just announced. Ids of no such run (another app's, or a run already final)
+/// are absent.
+pub async fn unfinished_with_task_ids(
+    pool: &PgPool,
+    task_ids: &[String],
+) -> Result<Vec<Unfinished>, StoreError> {
+    Ok(sqlx::query_as(concat!(
+        followed_sql!(),
+        " WHERE e.task_id = ANY($1)
+           AND e.state IN ('PENDING', 'DISPATCHED', 'STARTED', 'RETRY')
+           AND NOT COALESCE((j.message_options->>'ignoreResult')::boolean, false)"
+    ))
+    .bind(task_ids)
     .fetch_all(pool)
     .await?)
 }

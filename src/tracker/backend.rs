@@ -124,8 +124,9 @@ impl BackendUrl {
 pub enum Backend {
     None,
     Redis {
-        /// Boxed: the Sentinel client inside is large, the other variants are a pointer.
-        conn: Box<SharedConn>,
+        /// Behind a pointer: the Sentinel client inside is large, the other variants are a
+        /// pointer. Shared with the result subscription ([`super::hints`]).
+        conn: std::sync::Arc<SharedConn>,
         /// Before `celery-task-meta-` (Celery's `global_keyprefix`, as its backend spells it).
         keyprefix: String,
     },
@@ -149,7 +150,9 @@ impl Backend {
                     .set_response_timeout(Some(std::time::Duration::from_secs(5)))
                     .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
                 Backend::Redis {
-                    conn: Box::new(SharedConn::connect(RedisTarget::new(u, options)?, cfg).await?),
+                    conn: std::sync::Arc::new(
+                        SharedConn::connect(RedisTarget::new(u, options)?, cfg).await?,
+                    ),
                     keyprefix: result_keyprefix(&options.global_keyprefix),
                 }
             }
@@ -160,6 +163,15 @@ impl Backend {
 
     pub fn tracks(&self) -> bool {
         !matches!(self, Backend::None)
+    }
+
+    /// For a Redis backend, which announces every record it stores: its connection and key
+    /// prefix, to subscribe with ([`super::hints::subscribe`]).
+    pub fn announcements(&self) -> Option<(std::sync::Arc<SharedConn>, String)> {
+        match self {
+            Backend::Redis { conn, keyprefix } => Some((conn.clone(), keyprefix.clone())),
+            _ => None,
+        }
     }
 
     /// The records of these task ids; ids without one (PENDING, or unknown) are absent.

@@ -5,13 +5,14 @@
 
 pub mod backend;
 pub mod decode;
+pub mod hints;
 pub mod pickle;
 
 use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use backend::Backend;
@@ -37,7 +38,21 @@ pub struct Tracker {
     pub feed: Feed,
     /// Pause between passes over the unfinished executions.
     pub poll: Duration,
+    /// Task ids whose results the Redis backend announced ([`hints`]), read at once between
+    /// passes; `None` without a subscription.
+    pub hints: Option<mpsc::Receiver<String>>,
 }
+
+/// Announced results read together: one Postgres read, one backend read and one transaction
+/// for up to this many.
+const HINT_BATCH: usize = 1000;
+/// How long the first announced result waits for others to share its reads; it bounds how
+/// late a result is recorded and how many small transactions a busy minute costs (at most
+/// 1 / this per second beside the passes).
+const HINT_GATHER: Duration = Duration::from_millis(50);
+/// How often hints kept for runs not yet marked published are tried again when no new ones
+/// come.
+const HINT_RETRY: Duration = Duration::from_millis(200);
 
 impl Tracker {
     /// Run until `stop` flips; works only while this replica leads.
@@ -49,25 +64,129 @@ impl Tracker {
             let _ = stop.wait_for(|s| *s).await;
             return;
         }
+        // Two loops of one task, taking turns at their awaits: a pass over 100,000 runs takes
+        // a second, and announced results are read meanwhile (a run both read is written once:
+        // each write applies only to the state it was read in).
+        let hints = self.hints.take();
+        let passes = self.passes(self.role.clone(), stop.clone());
+        let announced = self.announcements(hints, self.role.clone(), stop);
+        tokio::join!(passes, announced);
+    }
+
+    /// A pass over every unfinished run each poll interval (longer after a long pass), and at
+    /// once when this replica becomes the leader.
+    async fn passes(&self, mut role: watch::Receiver<Role>, mut stop: watch::Receiver<bool>) {
         loop {
-            let epoch = self.role.borrow().epoch();
+            let epoch = role.borrow().epoch();
             let started = tokio::time::Instant::now();
             if let Some(epoch) = epoch {
                 match self.pass(epoch).await {
                     Ok(n) if n > 0 => tracing::debug!(updated = n, "result tracker pass"),
                     Ok(_) => {}
-                    Err(TrackError::Claim(ClaimError::Fenced { .. })) => {}
-                    Err(e) => warn!(error = %e, "result tracker pass failed; retrying"),
+                    Err(e) => self.failed(&e, "result tracker pass failed; retrying"),
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(pause(self.poll, started.elapsed())) => {}
-                _ = self.role.changed() => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let next_pass = started + pause(self.poll, started.elapsed());
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_pass) => break,
+                    // Every renewal changes the role; only a new (or lost) leadership calls
+                    // for a pass now.
+                    _ = role.changed() => {
+                        if role.borrow().epoch() != epoch {
+                            break;
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
         }
     }
 
+    /// The runs whose results the Redis backend announced ([`hints`]), read as they come.
+    async fn announcements(
+        &self,
+        hints: Option<mpsc::Receiver<String>>,
+        role: watch::Receiver<Role>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(mut hints) = hints else {
+            return;
+        };
+        let mut waiting = hints::Waiting::default();
+        let mut batch = Vec::with_capacity(HINT_BATCH);
+        loop {
+            let retry = !waiting.is_empty();
+            // Some(n): n ids announced (0: the subscriber has ended); None: time to try the
+            // waiting ones again.
+            let announced = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                n = hints.recv_many(&mut batch, HINT_BATCH) => Some(n),
+                _ = tokio::time::sleep(HINT_RETRY), if retry => None,
+            };
+            if announced == Some(0) {
+                return; // the subscriber ended: passes only
+            }
+            if announced.is_some() && batch.len() < HINT_BATCH {
+                // Let the ids announced within HINT_GATHER share the reads.
+                tokio::time::sleep(HINT_GATHER).await;
+                while batch.len() < HINT_BATCH
+                    && let Ok(id) = hints.try_recv()
+                {
+                    batch.push(id);
+                }
+            }
+            let Some(epoch) = role.borrow().epoch() else {
+                // A follower reads no results; the next leader's passes read these.
+                batch.clear();
+                waiting = hints::Waiting::default();
+                continue;
+            };
+            let ids = std::mem::take(&mut batch);
+            if let Err(e) = self.announced(epoch, ids, &mut waiting).await {
+                self.failed(
+                    &e,
+                    "reading announced results failed; the next pass reads them",
+                );
+            }
+        }
+    }
+
+    fn failed(&self, e: &TrackError, what: &str) {
+        if !matches!(e, TrackError::Claim(ClaimError::Fenced { .. })) {
+            warn!(error = %e, "{what}");
+        }
+    }
+
+    /// Read the runs of these announced task ids (and of those kept from earlier announcements)
+    /// now. An id of a run not yet marked published is kept for another try; an id of no
+    /// unfinished run of ours is dropped.
+    async fn announced(
+        &self,
+        epoch: i64,
+        ids: Vec<String>,
+        waiting: &mut hints::Waiting,
+    ) -> Result<usize, TrackError> {
+        let now = tokio::time::Instant::now();
+        let mut first_seen: std::collections::HashMap<String, tokio::time::Instant> =
+            ids.into_iter().map(|id| (id, now)).collect();
+        for (id, at) in waiting.take(now) {
+            first_seen.entry(id).or_insert(at);
+        }
+        if first_seen.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = first_seen.keys().cloned().collect();
+        let runs = tracking::unfinished_with_task_ids(&self.pool, &ids).await?;
+        let (published, claimed): (Vec<Unfinished>, Vec<Unfinished>) =
+            runs.into_iter().partition(|u| u.state != "PENDING");
+        for u in claimed {
+            if let Some(at) = first_seen.remove(&u.task_id) {
+                waiting.keep(u.task_id, at);
+            }
+        }
+        self.follow(epoch, &published).await
+    }
     /// One pass over every unfinished execution, a batch at a time. Returns rows updated.
     async fn pass(&self, epoch: i64) -> Result<usize, TrackError> {
         let started = std::time::Instant::now();
@@ -90,29 +209,38 @@ impl Tracker {
             after = last.id;
             *seen += batch.len();
             let full = batch.len() as i64 == BATCH;
-            let ids: Vec<String> = batch.iter().map(|u| u.task_id.clone()).collect();
-            let metas = self.backend.fetch(&ids).await?;
-            let now = Utc::now();
-            let changes: Vec<(&Unfinished, Transition)> = batch
-                .iter()
-                .filter_map(|u| {
-                    let t = Tracked {
-                        state: State::parse(&u.state)?,
-                        since: u.since,
-                        timeout_seconds: u.execution_timeout_seconds,
-                    };
-                    decode::transition(&t, metas.get(&u.task_id), now, true).map(|tr| (u, tr))
-                })
-                .collect();
-            if !changes.is_empty() {
-                let applied = apply(&self.pool, epoch, &changes).await?;
-                updated += applied.len();
-                self.report(&changes, &applied);
-            }
+            updated += self.follow(epoch, &batch).await?;
             if !full {
                 return Ok(updated);
             }
         }
+    }
+
+    /// Read these runs' records from the backend and write what changed. Returns rows updated.
+    async fn follow(&self, epoch: i64, batch: &[Unfinished]) -> Result<usize, TrackError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = batch.iter().map(|u| u.task_id.clone()).collect();
+        let metas = self.backend.fetch(&ids).await?;
+        let now = Utc::now();
+        let changes: Vec<(&Unfinished, Transition)> = batch
+            .iter()
+            .filter_map(|u| {
+                let t = Tracked {
+                    state: State::parse(&u.state)?,
+                    since: u.since,
+                    timeout_seconds: u.execution_timeout_seconds,
+                };
+                decode::transition(&t, metas.get(&u.task_id), now, true).map(|tr| (u, tr))
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let applied = apply(&self.pool, epoch, &changes).await?;
+        self.report(&changes, &applied);
+        Ok(applied.len())
     }
 
     /// Logs, status notices and Events for the changes that were applied.
