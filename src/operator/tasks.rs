@@ -101,17 +101,19 @@ pub(super) async fn run_tracker(
     let Some(backend) = retrying("the result backend", connect, &mut stop).await else {
         return; // stopping
     };
-    let announcements = backend.announcements().filter(|_| subscribe);
-    let (hints, subscriber) = match announcements {
-        Some((conn, keyprefix)) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(crate::tracker::hints::QUEUE);
-            let sub =
-                crate::tracker::hints::subscribe(conn, keyprefix, role.clone(), tx, stop.clone());
-            (Some(rx), Some(sub))
-        }
-        None => (None, None),
-    };
-    let tracker = crate::tracker::Tracker {
+    // The subscriber is a task of its own, so the tracker's work never delays taking messages
+    // off the connection; it ends with this function (stopping, or a panic the supervisor
+    // restarts from here).
+    let mut subscriber = None;
+    let mut hints = None;
+    if let Some((conn, keyprefix)) = backend.announcements().filter(|_| subscribe) {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::tracker::hints::QUEUE);
+        let task =
+            crate::tracker::hints::subscribe(conn, keyprefix, role.clone(), tx, stop.clone());
+        subscriber = Some(AbortOnDrop(tokio::spawn(task)));
+        hints = Some(rx);
+    }
+    crate::tracker::Tracker {
         pool,
         backend,
         role,
@@ -119,17 +121,17 @@ pub(super) async fn run_tracker(
         poll,
         hints,
     }
-    .run(stop);
-    // Together: when one ends (stopping, or a panic the supervisor restarts from here) so
-    // does the other.
-    match subscriber {
-        Some(sub) => {
-            tokio::select! {
-                _ = tracker => {}
-                _ = sub => {}
-            }
-        }
-        None => tracker.await,
+    .run(stop)
+    .await;
+    drop(subscriber);
+}
+
+/// A spawned task, aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

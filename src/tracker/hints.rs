@@ -60,11 +60,15 @@ pub fn task_id<'a>(channel: &'a str, keyprefix: &str) -> Option<&'a str> {
     plausible.then_some(id)
 }
 
-/// Hints for runs not yet marked `DISPATCHED`, tried again with every later batch until
-/// [`KEEP`] has passed.
+/// How often hints kept for runs not yet marked `DISPATCHED` are tried again.
+pub const RETRY: Duration = Duration::from_millis(200);
+
+/// Hints for runs not yet marked `DISPATCHED`, tried again every [`RETRY`] until [`KEEP`] has
+/// passed.
 #[derive(Default)]
 pub struct Waiting {
     since: HashMap<String, Instant>,
+    last_try: Option<Instant>,
 }
 
 impl Waiting {
@@ -75,9 +79,16 @@ impl Waiting {
         }
     }
 
-    /// Take every id still worth a try at `now`, with when it was first seen; older ones are
-    /// forgotten.
+    /// When [`RETRY`] has passed since the last try: every id still worth a try at `now`, with
+    /// when it was first seen (older ones are forgotten); otherwise none, all kept.
     pub fn take(&mut self, now: Instant) -> Vec<(String, Instant)> {
+        if self
+            .last_try
+            .is_some_and(|t| now.saturating_duration_since(t) < RETRY)
+        {
+            return Vec::new();
+        }
+        self.last_try = Some(now);
         self.since
             .drain()
             .filter(|(_, at)| now.saturating_duration_since(*at) < KEEP)
@@ -106,9 +117,9 @@ pub async fn subscribe(
         if !leading {
             return; // the role's sender is gone: the process is stopping
         }
-        match listen(&conn, &keyprefix, &mut role, &hints, &mut stop).await {
+        match listen(&conn, &keyprefix, &mut role, &hints, &mut stop, &mut delay).await {
             Ok(Ended::Stop) => return,
-            Ok(Ended::Followed) => delay = Duration::from_secs(1),
+            Ok(Ended::Followed) => {}
             Err(SubscribeError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) =>
             {
@@ -162,45 +173,84 @@ async fn timed<T>(
     }
 }
 
+type Ping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SubscribeError>> + Send>>;
+
+/// What woke the subscription up.
+enum Woke {
+    Message(Option<redis::Msg>),
+    PingDue,
+    Pinged(Result<(), SubscribeError>),
+    Role { leading: bool },
+    Stop,
+}
+
+/// A ping in flight, or never ready.
+async fn pinged(ping: &mut Option<Ping>) -> Result<(), SubscribeError> {
+    match ping {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn listen(
     conn: &SharedConn,
     keyprefix: &str,
     role: &mut watch::Receiver<Role>,
     hints: &mpsc::Sender<String>,
     stop: &mut watch::Receiver<bool>,
+    delay: &mut Duration,
 ) -> Result<Ended, SubscribeError> {
     let client = timed(conn.target().client()).await?;
     let (mut sink, mut messages) = timed(client.get_async_pubsub()).await?.split();
     timed(sink.psubscribe(pattern(keyprefix))).await?;
+    *delay = Duration::from_secs(1);
     info!("result subscription on: results are recorded as the workers store them");
     let m = &crate::metrics::METRICS;
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut ping_every = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut ping: Option<Ping> = None;
     loop {
-        // The awaits in the arms' bodies would hold the watch guards of the other arms.
-        let ping_due = tokio::select! {
-            msg = messages.next() => {
-                let Some(msg) = msg else {
-                    return Err(SubscribeError::Closed);
+        // Nothing here awaits but the select: redis reads every message whole into an
+        // unbounded queue of its own, and only taking them off at once keeps that queue short
+        // (a ping in flight is one of the arms, not a pause).
+        let woke = tokio::select! {
+            msg = messages.next() => Woke::Message(msg),
+            _ = ping_every.tick(), if ping.is_none() => Woke::PingDue,
+            r = pinged(&mut ping) => Woke::Pinged(r),
+            changed = role.changed() => Woke::Role {
+                leading: changed.is_ok() && role.borrow().epoch().is_some(),
+            },
+            _ = stop.wait_for(|s| *s) => Woke::Stop,
+        };
+        match woke {
+            Woke::Message(None) => return Err(SubscribeError::Closed),
+            Woke::Message(Some(msg)) => {
+                // Only the channel's name is used; the payload (the record) is dropped here
+                // and read from its key, capped, by the tracker.
+                let Some(id) = task_id(msg.get_channel_name(), keyprefix) else {
+                    continue;
                 };
-                if let Some(id) = task_id(msg.get_channel_name(), keyprefix) {
-                    m.result_hints.inc();
-                    if hints.try_send(id.to_string()).is_err() {
+                m.result_hints.inc();
+                match hints.try_send(id.to_string()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
                         m.result_hints_dropped.inc();
                     }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Ended::Stop),
                 }
-                false
             }
-            _ = ping.tick() => true,
-            changed = role.changed() => {
-                if changed.is_err() || role.borrow().epoch().is_none() {
-                    return Ok(Ended::Followed);
-                }
-                false
+            Woke::PingDue => {
+                let mut sink = sink.clone();
+                ping = Some(Box::pin(async move {
+                    timed(sink.ping::<redis::Value>()).await.map(drop)
+                }));
             }
-            _ = stop.wait_for(|s| *s) => return Ok(Ended::Stop),
-        };
-        if ping_due {
-            timed(sink.ping::<redis::Value>()).await?;
+            Woke::Pinged(r) => {
+                r?;
+                ping = None;
+            }
+            Woke::Role { leading: false } => return Ok(Ended::Followed),
+            Woke::Role { leading: true } => {}
+            Woke::Stop => return Ok(Ended::Stop),
         }
     }
 }
@@ -238,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn waiting_hints_are_kept_a_while_and_bounded() {
+    fn waiting_hints_are_kept_a_while_tried_every_retry_and_bounded() {
         let t0 = Instant::now();
         let mut w = Waiting::default();
         w.keep("a".into(), t0);
@@ -246,11 +296,20 @@ mod tests {
         let got = w.take(t0 + Duration::from_secs(1));
         assert_eq!(got, vec![("a".to_string(), t0)], "first seen is kept");
         assert!(w.is_empty(), "taken");
-        w.keep("a".into(), t0);
-        assert!(w.take(t0 + KEEP).is_empty(), "forgotten after KEEP");
+        let t1 = t0 + Duration::from_secs(1);
+        w.keep("b".into(), t1);
+        assert!(w.take(t1 + RETRY / 2).is_empty(), "not again before RETRY");
+        assert!(!w.is_empty(), "kept meanwhile");
+        assert_eq!(w.take(t1 + RETRY).len(), 1);
+        w.keep("c".into(), t0);
+        assert!(
+            w.take(t0 + KEEP + RETRY * 10).is_empty(),
+            "forgotten after KEEP"
+        );
+        assert!(w.is_empty());
         for i in 0..KEEP_MAX + 5 {
             w.keep(i.to_string(), t0);
         }
-        assert_eq!(w.take(t0).len(), KEEP_MAX);
+        assert_eq!(w.take(t0 + RETRY * 20).len(), KEEP_MAX);
     }
 }

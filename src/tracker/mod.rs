@@ -50,9 +50,6 @@ const HINT_BATCH: usize = 1000;
 /// late a result is recorded and how many small transactions a busy minute costs (at most
 /// 1 / this per second beside the passes).
 const HINT_GATHER: Duration = Duration::from_millis(50);
-/// How often hints kept for runs not yet marked published are tried again when no new ones
-/// come.
-const HINT_RETRY: Duration = Duration::from_millis(200);
 
 impl Tracker {
     /// Run until `stop` flips; works only while this replica leads.
@@ -88,16 +85,24 @@ impl Tracker {
             }
             let next_pass = started + pause(self.poll, started.elapsed());
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next_pass) => break,
+                // Some(true): pass now; Some(false): wait on; None: stop.
+                let woke = tokio::select! {
+                    _ = tokio::time::sleep_until(next_pass) => Some(true),
                     // Every renewal changes the role; only a new (or lost) leadership calls
-                    // for a pass now.
-                    _ = role.changed() => {
-                        if role.borrow().epoch() != epoch {
-                            break;
-                        }
+                    // for a pass now. An error: the election is gone, the process stopping.
+                    changed = role.changed() => match changed {
+                        Ok(()) => Some(role.borrow().epoch() != epoch),
+                        Err(_) => None,
+                    },
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                match woke {
+                    Some(true) => break,
+                    Some(false) => {}
+                    None => {
+                        let _ = stop.wait_for(|s| *s).await;
+                        return;
                     }
-                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         }
@@ -122,7 +127,7 @@ impl Tracker {
             let announced = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 n = hints.recv_many(&mut batch, HINT_BATCH) => Some(n),
-                _ = tokio::time::sleep(HINT_RETRY), if retry => None,
+                _ = tokio::time::sleep(hints::RETRY), if retry => None,
             };
             if announced == Some(0) {
                 return; // the subscriber ended: passes only
