@@ -3,17 +3,13 @@
 
 mod common;
 
-use std::{collections::HashMap, process::Command, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use common::{Worker, eventually, fixture};
 use serde_json::json;
 
 fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let out = Command::new("curl")
-        .args(["-sSf", &format!("http://{addr}/metrics")])
-        .output()
-        .expect("curl");
-    let text = common::ok(&out);
+    let text = common::metrics_text(addr);
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text format")
 }

@@ -1,7 +1,7 @@
 //! The store's statements that carry the load at scale, against real Postgres: the history
 //! prune that follows the runs (not the jobs), the queue set read by a loose index scan, and the
-//! tracker's counters beside the health monitor's verdicts without a deadlock, and a revoke's
-//! record.
+//! tracker's counters beside the health monitor's verdicts without a deadlock, the pass's bound
+//! while subscribed, and a revoke's record.
 
 mod common;
 
@@ -355,5 +355,55 @@ async fn a_revoke_is_recorded_on_a_sent_run_and_ends_it_only_when_nothing_follow
             .expect("target")
             .map(|t| (t.namespace, t.job_name)),
         Some(("team".into(), "revoked".into()))
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs real Postgres: make test"]
+async fn while_subscribed_the_pass_reads_only_the_runs_published_before_its_bound() {
+    let (_db, pool) = migrated().await;
+    let j = job(&pool, "followed", "q", 100).await;
+    let (old, new, pending) = (
+        run(&pool, j, 0, "DISPATCHED").await,
+        run(&pool, j, 1, "DISPATCHED").await,
+        run(&pool, j, 2, "PENDING").await,
+    );
+    // Published 30 s ago and just now; the PENDING one is the outbox's, never a pass's.
+    for (id, ago) in [(old, 30), (new, 0)] {
+        sqlx::query("UPDATE job_executions SET dispatched_at = now() - make_interval(secs => $2) WHERE id = $1")
+            .bind(id)
+            .bind(ago as f64)
+            .execute(&pool)
+            .await
+            .expect("publish");
+    }
+    let ids =
+        |rows: Vec<store::tracking::Unfinished>| rows.iter().map(|u| u.id).collect::<Vec<_>>();
+    let all = store::tracking::unfinished_after(&pool, 0, None, 1000)
+        .await
+        .expect("read");
+    assert_eq!(
+        ids(all),
+        vec![old, new],
+        "no bound: every published run, by id"
+    );
+    let bound = Utc::now() - ChronoDuration::seconds(10);
+    let before = store::tracking::unfinished_after(&pool, 0, Some(bound), 1000)
+        .await
+        .expect("read");
+    assert_eq!(ids(before), vec![old], "the run published 30 s ago only");
+    let after_old = store::tracking::unfinished_after(&pool, old, None, 1000)
+        .await
+        .expect("read");
+    assert_eq!(
+        ids(after_old),
+        vec![new],
+        "the keyset page goes on after `after`"
+    );
+    assert!(
+        !ids(store::tracking::unfinished_after(&pool, 0, None, 1000)
+            .await
+            .expect("read"))
+        .contains(&pending)
     );
 }

@@ -287,16 +287,8 @@ async fn outcomes_are_recorded_as_the_redis_backend_announces_them() {
     assert_eq!(ok.result, Some(json!({"args": [], "kwargs": {}})));
     assert!(ok.finished_at.is_some());
     let addr = op.http_addr().expect("HTTP address in the log");
-    let metrics = common::ok(
-        &std::process::Command::new("curl")
-            .args(["-sSf", &format!("http://{addr}/metrics")])
-            .output()
-            .expect("curl"),
-    );
-    let hints: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kube_beat_result_hints_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let metrics = common::metrics_text(&addr);
+    let hints = common::series_value(&metrics, "kube_beat_result_hints_total")
         .expect("kube_beat_result_hints_total in /metrics");
     assert!(hints >= 1.0, "{metrics}");
     let mut op = op;

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use common::{Worker, env, eventually, fixture, unique};
 use kube::Api;
@@ -78,19 +78,6 @@ async fn wait_healthy(f: &common::Fixture, job: &str, status: &str, reason: &str
         },
     )
     .await
-}
-
-fn scrape(addr: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sSf", &format!("http://{addr}/metrics")])
-        .output()
-        .expect("curl");
-    common::ok(&out)
-}
-
-fn gauge(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 async fn probe_on(broker: String) {
@@ -170,9 +157,9 @@ async fn probe_on(broker: String) {
             .any(|c| c.type_ == "Ready" && c.status == "True"),
         "{conditions:?}"
     );
-    let text = scrape(&addr);
+    let text = common::metrics_text(&addr);
     assert_eq!(
-        gauge(
+        common::series_value(
             &text,
             &format!("kube_beat_workers{{queue=\"{}\"}}", f.queue)
         ),
@@ -180,11 +167,11 @@ async fn probe_on(broker: String) {
         "{text}"
     );
     assert_eq!(
-        gauge(&text, &format!("kube_beat_workers{{queue=\"{nowhere}\"}}")),
+        common::series_value(&text, &format!("kube_beat_workers{{queue=\"{nowhere}\"}}")),
         Some(0.0)
     );
     let registered = |text: &str, tf: &str| {
-        gauge(
+        common::series_value(
             text,
             &format!(
                 "kube_beat_task_registered{{task_function=\"{}\"}}",
@@ -215,7 +202,7 @@ async fn probe_on(broker: String) {
     );
     wait_healthy(&f, "ghost-job", "True", "Healthy").await;
     eventually("kube_beat_task_registered of ghost 1", WITHIN, || async {
-        (registered(&scrape(&addr), "ghost") == Some(1.0)).then_some(())
+        (registered(&common::metrics_text(&addr), "ghost") == Some(1.0)).then_some(())
     })
     .await;
     let (_, _, _, workers) = wait_for(&f.client, &name("echo"), "True", "WorkersReady").await;
@@ -237,7 +224,7 @@ async fn probe_on(broker: String) {
         &name("nowhere"),
     ]));
     eventually("the deleted TaskFunction's series gone", WITHIN, || async {
-        let text = scrape(&addr);
+        let text = common::metrics_text(&addr);
         (!text.contains(&nowhere)).then_some(())
     })
     .await;

@@ -106,10 +106,17 @@ pub(super) async fn run_tracker(
     // restarts from here).
     let mut subscriber = None;
     let mut hints = None;
+    let subscribed = crate::tracker::hints::Live::default();
     if let Some((conn, keyprefix)) = backend.announcements().filter(|_| subscribe) {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::tracker::hints::QUEUE);
-        let task =
-            crate::tracker::hints::subscribe(conn, keyprefix, role.clone(), tx, stop.clone());
+        let task = crate::tracker::hints::subscribe(
+            conn,
+            keyprefix,
+            role.clone(),
+            tx,
+            subscribed.clone(),
+            stop.clone(),
+        );
         subscriber = Some(AbortOnDrop(tokio::spawn(task)));
         hints = Some(rx);
     }
@@ -120,6 +127,7 @@ pub(super) async fn run_tracker(
         feed,
         poll,
         hints,
+        subscribed,
     }
     .run(stop)
     .await;

@@ -36,22 +36,26 @@ macro_rules! followed_sql {
     };
 }
 
-/// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page). Runs of
-/// jobs with `ignoreResult` are not followed: the worker stores nothing to follow, so they stay
-/// DISPATCHED (as with no result backend) instead of ending LOST.
+/// Up to `limit` unfinished executions with ids above `after`, by id (a keyset page), and only
+/// those published before `published_before` when given. Runs of jobs with `ignoreResult` are
+/// not followed: the worker stores nothing to follow, so they stay DISPATCHED (as with no
+/// result backend) instead of ending LOST.
 pub async fn unfinished_after(
     pool: &PgPool,
     after: i64,
+    published_before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<Unfinished>, StoreError> {
     Ok(sqlx::query_as(concat!(
         followed_sql!(),
         " WHERE e.state IN ('DISPATCHED', 'STARTED', 'RETRY') AND e.id > $1
+           AND ($3::timestamptz IS NULL OR COALESCE(e.dispatched_at, e.claimed_at) < $3)
            AND NOT COALESCE((j.message_options->>'ignoreResult')::boolean, false)
          ORDER BY e.id LIMIT $2"
     ))
     .bind(after)
     .bind(limit)
+    .bind(published_before)
     .fetch_all(pool)
     .await?)
 }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -60,6 +61,33 @@ pub fn task_id<'a>(channel: &'a str, keyprefix: &str) -> Option<&'a str> {
     plausible.then_some(id)
 }
 
+/// Whether a subscription is on now (subscribed, not yet ended): while it is, the runs published
+/// within [`KEEP`] are the announcements' to record, and the passes leave them alone (reading
+/// them too doubled the tracker's reads and writes at 100,000 jobs a minute, and a pass slower
+/// than the runs arriving chased the newest ones without end).
+#[derive(Clone, Default)]
+pub struct Live(Arc<AtomicBool>);
+
+impl Live {
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// On until the returned guard is dropped (however the subscription ends).
+    fn on(&self) -> LiveGuard<'_> {
+        self.0.store(true, Ordering::Relaxed);
+        LiveGuard(self)
+    }
+}
+
+struct LiveGuard<'a>(&'a Live);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// How often hints kept for runs not yet marked `DISPATCHED` are tried again.
 pub const RETRY: Duration = Duration::from_millis(200);
 
@@ -106,6 +134,7 @@ pub async fn subscribe(
     keyprefix: String,
     mut role: watch::Receiver<Role>,
     hints: mpsc::Sender<String>,
+    live: Live,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_secs(1);
@@ -117,7 +146,10 @@ pub async fn subscribe(
         if !leading {
             return; // the role's sender is gone: the process is stopping
         }
-        match listen(&conn, &keyprefix, &mut role, &hints, &mut stop, &mut delay).await {
+        let listened = listen(
+            &conn, &keyprefix, &live, &mut role, &hints, &mut stop, &mut delay,
+        );
+        match listened.await {
             Ok(Ended::Stop) => return,
             Ok(Ended::Followed) => {}
             Err(SubscribeError::Redis(e))
@@ -195,6 +227,7 @@ async fn pinged(ping: &mut Option<Ping>) -> Result<(), SubscribeError> {
 async fn listen(
     conn: &SharedConn,
     keyprefix: &str,
+    live: &Live,
     role: &mut watch::Receiver<Role>,
     hints: &mpsc::Sender<String>,
     stop: &mut watch::Receiver<bool>,
@@ -204,6 +237,7 @@ async fn listen(
     let (mut sink, mut messages) = timed(client.get_async_pubsub()).await?.split();
     timed(sink.psubscribe(pattern(keyprefix))).await?;
     *delay = Duration::from_secs(1);
+    let _on = live.on();
     info!("result subscription on: results are recorded as the workers store them");
     let m = &crate::metrics::METRICS;
     let mut ping_every = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -285,6 +319,18 @@ mod tests {
         assert_eq!(task_id("celery-task-meta-a b", ""), None, "not an id");
         let long = format!("celery-task-meta-{}", "x".repeat(TASK_ID_MAX + 1));
         assert_eq!(task_id(&long, ""), None, "too long");
+    }
+
+    #[test]
+    fn live_is_on_while_its_guard_is_held() {
+        let live = Live::default();
+        let seen = live.clone();
+        assert!(!seen.is_on(), "off until subscribed");
+        {
+            let _on = live.on();
+            assert!(seen.is_on());
+        }
+        assert!(!seen.is_on(), "off once the subscription ended");
     }
 
     #[test]

@@ -38,9 +38,12 @@ pub struct Tracker {
     pub feed: Feed,
     /// Pause between passes over the unfinished executions.
     pub poll: Duration,
-    /// Task ids whose results the Redis backend announced ([`hints`]), read at once between
-    /// passes; `None` without a subscription.
+    /// Task ids whose results the Redis backend announced ([`hints`]), read at once in a loop
+    /// beside the passes; `None` without a subscription.
     pub hints: Option<mpsc::Receiver<String>>,
+    /// On while subscribed: the passes then leave the runs published within
+    /// [`hints::KEEP`] to the announcements.
+    pub subscribed: hints::Live,
 }
 
 /// Announced results read together: one Postgres read, one backend read and one transaction
@@ -206,8 +209,18 @@ impl Tracker {
     async fn pass_batches(&self, epoch: i64, seen: &mut usize) -> Result<usize, TrackError> {
         let mut after = 0i64;
         let mut updated = 0;
+        // A run whose announcement is missed (sent while reconnecting, dropped, or kept past
+        // KEEP waiting for its DISPATCHED mark) is read by the first pass after KEEP.
+        let published_before = if self.subscribed.is_on() {
+            chrono::TimeDelta::from_std(hints::KEEP)
+                .ok()
+                .map(|keep| Utc::now() - keep)
+        } else {
+            None
+        };
         loop {
-            let batch = tracking::unfinished_after(&self.pool, after, BATCH).await?;
+            let batch =
+                tracking::unfinished_after(&self.pool, after, published_before, BATCH).await?;
             let Some(last) = batch.last() else {
                 return Ok(updated);
             };

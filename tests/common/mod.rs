@@ -112,6 +112,26 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// kube-beat's `/metrics` text at `addr`, read with real `curl`; the test fails if it does not
+/// answer.
+pub fn metrics_text(addr: &str) -> String {
+    ok(&Command::new("curl")
+        .args(["-sSf", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl"))
+}
+
+/// The value of one series (`name` or `name{labels}` exactly as exposed) in a `/metrics` text.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// (HTTP status, JSON body or null) of a kube-beat API call with real `curl`, with a bearer
 /// token if given.
 pub fn api_call(
