@@ -53,6 +53,15 @@ def every_minute(name, ns, tf, start_ms, i):
                      "startTime": iso_ms(start_ms), "args": [i], "historyLimit": HISTORY_LIMIT}}
 
 
+def checkpoints():
+    """Postgres' (checkpoints on schedule, checkpoints forced by WAL volume) so far, server-wide."""
+    row = psql("postgres", "select checkpoints_timed, checkpoints_req from pg_stat_bgwriter")
+    try:
+        return tuple(int(v) for v in row.split("|"))
+    except (AttributeError, ValueError):
+        return None
+
+
 def rss_mib(pid):
     return bench.status_mib(pid, "VmRSS")
 
@@ -353,6 +362,7 @@ def run_sustained(args, kube, workdir):
         time.sleep(10)
         w0 = time.time()
         cpu0, pg0 = cpu_seconds(a.pid), bench.postgres_cpu()
+        ckpt0 = checkpoints()
         lag0 = histogram(a.port, "kube_beat_dispatch_lag_seconds")
         rec0 = histogram(a.port, "kube_beat_result_recorded_seconds")
         writes0 = metric(a.port, "kube_beat_status_writes_total") or 0
@@ -386,6 +396,10 @@ def run_sustained(args, kube, workdir):
         rec["cpu_s"] = cpu_seconds(a.pid) - cpu0
         rec["cpu_cores"] = rec["cpu_s"] / rec["window_s"]
         rec["pg_cpu_cores"] = bench.postgres_cpu_since(pg0) / rec["window_s"]
+        ckpt1 = checkpoints()
+        if ckpt0 and ckpt1:
+            rec["pg_checkpoints_timed"], rec["pg_checkpoints_requested"] = (b - a for a, b in zip(ckpt0, ckpt1))
+            rec["pg_max_wal_size"] = psql("postgres", "show max_wal_size") or "?"
         rec["rss_mib_max"] = max((s["rss_mib"] or 0) for s in samples)
         rec["peak_rss_mib"] = peak_rss_mib(a.pid)
         rec["published"] = a.published() - pub0
@@ -579,6 +593,9 @@ def report_sustained(rec, out):
         f"| sustained | leader RSS (max sampled / peak) | {fmt(rec.get('rss_mib_max'), ' MiB', 0)} / "
         f"{fmt(rec.get('peak_rss_mib'), ' MiB', 0)} | ≤ 200 MiB |",
         f"| sustained | Postgres CPU (average) | {fmt(rec.get('pg_cpu_cores'), ' cores')} | – |",
+        f"| sustained | Postgres checkpoints in the window: forced by WAL volume / on schedule (`max_wal_size` "
+        f"{rec.get('pg_max_wal_size', '?')}) | {rec.get('pg_checkpoints_requested', '–')} / "
+        f"{rec.get('pg_checkpoints_timed', '–')} | – |",
         f"| sustained | status writes/s; 200 random jobs: never written / age p50 | "
         f"{fmt(rec.get('status_writes_per_s'), '', 1)}; {rec.get('status_never_written')} / "
         f"{fmt(rec.get('status_age_p50_s'), ' s', 0)} | `--status-qps` (20) |",
