@@ -19,13 +19,32 @@ source "$cp_dir/env"
 # measures the server as found; otherwise autovacuum is on for the run and what was found is
 # restored at the end (ALTER SYSTEM and a reload: it is a server-wide setting).
 pg=(psql -h 127.0.0.1 -U postgres -d postgres -Atq)
-restore_pg=true
+# Server-wide settings this run changed (ALTER SYSTEM), reset at the end.
+changed=()
+set_pg() {
+  "${pg[@]}" -c "ALTER SYSTEM SET $1 = '$2'" >/dev/null
+  changed+=("$1")
+}
+restore_pg() {
+  local s
+  for s in "${changed[@]}"; do "${pg[@]}" -c "ALTER SYSTEM RESET $s" >/dev/null || true; done
+  [ "${#changed[@]}" = 0 ] || "${pg[@]}" -c 'SELECT pg_reload_conf()' >/dev/null || true
+}
 if [ "${BENCH_AUTOVACUUM:-on}" = on ] && [ "$("${pg[@]}" -c 'SHOW autovacuum')" = off ]; then
-  "${pg[@]}" -c 'ALTER SYSTEM SET autovacuum = on' -c 'SELECT pg_reload_conf()' >/dev/null
-  restore_pg='"${pg[@]}" -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null'
+  set_pg autovacuum on
   log "Postgres autovacuum on for this run (restored to off at the end)"
 fi
-trap 'eval "$restore_pg"; hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
+# BENCH_PG_WAL=room: Postgres given room for its WAL, as docs/operations.md#postgres advises for
+# high run rates (stock Debian: max_wal_size 1GB, which at 100,000 jobs a minute forces a
+# checkpoint every ~30 s). Only settings a reload applies; reset at the end.
+if [ "${BENCH_PG_WAL:-as-is}" = room ]; then
+  set_pg max_wal_size 8GB
+  set_pg checkpoint_timeout 15min
+  set_pg wal_compression on
+  log "Postgres max_wal_size 8GB, checkpoint_timeout 15min, wal_compression on for this run"
+fi
+[ "${#changed[@]}" = 0 ] || "${pg[@]}" -c 'SELECT pg_reload_conf()' >/dev/null
+trap 'restore_pg; hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 # KUBE_BEAT=<binary>: measure that build instead (e.g. the previous commit's, for a before/after).

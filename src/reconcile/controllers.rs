@@ -26,13 +26,13 @@ use sqlx::PgPool;
 
 use super::{
     Guarded, RECONCILE_CONCURRENCY,
-    cached_job::{Uid, WatchedJob},
+    cached_job::Uid,
     calendars,
     context::{Context, SeenTaskFunction},
     drift::drift_checks,
     error::Error,
     job_cache::{self, JobCache},
-    queue, scheduled_job,
+    job_watch, queue, scheduled_job,
     selector::LabelSelector,
     sweep, task_function,
     watch::{log_controller_error, on_becoming_leader, reflected, watch_backoff},
@@ -119,13 +119,9 @@ pub fn controllers(
     // (only a new job, a spec change or a deletion can change a count, not the status writes
     // every run causes).
     let jobs = JobCache::default();
-    let jobs_api: Api<WatchedJob> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let (recount_tx, recount_rx) = mpsc::unbounded();
     let job_changes = job_cache::follow(
-        watcher(jobs_api, watcher::Config::default()).backoff(watch_backoff()),
+        job_watch::watch_jobs(client.clone(), namespace.as_deref()).backoff(watch_backoff()),
         job_cache::CacheFiller::new(jobs.clone(), listed.jobs.clone()),
         move |tf: String| {
             // Closed only once the TaskFunction controller has stopped (shutdown): no count

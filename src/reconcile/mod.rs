@@ -23,6 +23,7 @@ pub mod error;
 pub mod finalizer;
 pub mod guarded;
 pub mod job_cache;
+mod job_watch;
 pub mod paced;
 pub mod queue;
 pub mod scheduled_job;
