@@ -2,7 +2,8 @@
 //! so other parts (the status writer) can read the ScheduledJob cache.
 //!
 //! TaskFunctions (few) go through kube's `Controller`; ScheduledJobs (up to 100,000s) through
-//! our own compact cache ([`super::cache`]) and work queue ([`super::queue`]).
+//! our own watch (`job_watch`: the first list from the apiserver's watch cache), compact cache
+//! ([`super::job_cache`]) and work queue ([`super::queue`]).
 
 use std::{
     collections::HashMap,
