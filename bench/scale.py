@@ -51,19 +51,70 @@ def stop_operator(proc, logfile):
     logfile.close()
 
 
-def run_apply(args, kube, n, workdir, clients=16, timeout=1800):
+MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+def webhook_args(name, port):
+    """`kube-beat run` serving the admission webhook on loopback with its self-signed fallback,
+    keeping the caBundle of configuration `name` set (as the chart runs it)."""
+    return ["--webhook-addr", f"127.0.0.1:{port}", "--webhook-extra-san", "127.0.0.1",
+            "--webhook-secret", f"{name}-ca", "--webhook-configuration", name,
+            "--webhook-refresh-seconds", "1"]
+
+
+def register_finalizer_webhook(kube, name, port, ns):
+    """The chart's mutating webhook (the finalizer at create) for namespace `ns`, called at
+    https://127.0.0.1:port/mutate; returns once the apiserver calls it (a dry-run create comes
+    back with the finalizer), or raises."""
+    kube.create(MUTATING, {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "finalizer.scheduledjobs.kubebeat.io", "admissionReviewVersions": ["v1"],
+            "sideEffects": "None", "failurePolicy": "Ignore", "reinvocationPolicy": "Never",
+            "timeoutSeconds": 5, "matchPolicy": "Equivalent",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate"},
+            "rules": [{"apiGroups": ["kubebeat.io"], "apiVersions": ["*"], "operations": ["CREATE"],
+                       "resources": ["scheduledjobs"]}],
+            "namespaceSelector": {"matchLabels": {"kubebeat.io/bench": ns}},
+        }]})
+    path = f"/apis/kubebeat.io/v1alpha1/namespaces/{ns}/scheduledjobs?dryRun=All"
+    probe = bench.job("probe", 0, ns, int((time.time() + 86_400) * 1000))
+
+    def marked():
+        status, data = kube.request("POST", path, probe)
+        return status == 201 and "kubebeat.io/cleanup" in json.loads(data)["metadata"].get("finalizers", [])
+
+    if not bench.wait_until("the apiserver calling the finalizer webhook", time.time() + 90, marked, every=0.5):
+        raise RuntimeError("the mutating webhook never answered")
+
+
+def marked_at_create(port):
+    """`kube_beat_admission_reviews_total{kind="ScheduledJob",result="finalizer"}`."""
+    series = 'kube_beat_admission_reviews_total{kind="ScheduledJob",result="finalizer"} '
+    text = bench.metrics_text(port) or ""
+    return next((float(l[len(series):]) for l in text.splitlines() if l.startswith(series)), 0.0)
+
+
+def run_apply(args, kube, n, workdir, finalizer_at_create, clients=16, timeout=1800):
     """One record: creates/s accepted by the apiserver, jobs/s into Postgres, and the time from
-    the last accepted create until every job was in Postgres."""
+    the last accepted create until every job was in Postgres. With `finalizer_at_create`, the
+    chart's mutating webhook puts kube-beat's finalizer on each job in its create."""
     ns = f"apply-{n}-{int(time.time())}"
     fresh_database()
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    op, port, oplog = start_operator(args, ns, workdir)
-    rec = {"scenario": "apply", "n": n, "system": "kube-beat"}
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": ns, "labels": {"kubebeat.io/bench": ns}}})
+    hook = f"bench-{ns}"
+    extra = webhook_args(hook, free_port()) if finalizer_at_create else []
+    op, port, oplog = start_operator(args, ns, workdir, extra)
+    rec = {"scenario": "apply", "n": n, "system": "kube-beat", "finalizer_at_create": finalizer_at_create}
     try:
         if not bench.wait_until("the operator leading", time.time() + 60,
                                 lambda: metric(port, "kube_beat_leader") == 1):
             rec["error"] = "the operator never led"
             return rec
+        if finalizer_at_create:
+            register_finalizer_webhook(kube, hook, int(extra[1].rsplit(":", 1)[1]), ns)
         scheduled = lambda: int(psql(DB, "select count(*) from scheduled_jobs where namespace = "
                                          f"'{ns}' and valid and next_run_at is not null") or 0)
         created = [0]
@@ -114,12 +165,16 @@ def run_apply(args, kube, n, workdir, clients=16, timeout=1800):
             "pg_cpu_s": postgres_cpu_since(pg0),
             "rss_mib": peak_rss_mib(op.pid),
             "status_backlog": metric(port, "kube_beat_status_queue_depth"),
+            # How many creates the mutating webhook marked (the whole N when it did its work).
+            "marked_at_create": marked_at_create(port) if finalizer_at_create else None,
             "samples": samples,
         })
         if not ok:
             rec["error"] = f"only {scheduled()} of {n} in Postgres {timeout} s after the last create"
     finally:
         stop_operator(op, oplog)
+        if finalizer_at_create:
+            kube.request("DELETE", f"{MUTATING}/{hook}")
     return rec
 
 
@@ -132,18 +187,22 @@ def report_apply(records, out):
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `make bench BENCH_ARGS='--scale apply'` "
              "(bench/scale.py). N ScheduledJobs created by 16 clients while kube-beat runs and leads; "
              "'after the last create' is from the last create the apiserver accepted until every job "
-             "was in Postgres with its next run (target ≤ 10 s).", "",
-             "| N | created in | creates/s (apiserver) | in Postgres after the last create | "
+             "was in Postgres with its next run (target ≤ 10 s). 'finalizer at create': the chart's "
+             "mutating webhook (`webhook.finalizerAtCreate`) registered, so kube-beat's own apiserver "
+             "writes per new job are its `Ready` only (the validating webhook is not registered in "
+             "either).", "",
+             "| N | finalizer at create (jobs marked) | created in | creates/s (apiserver) | in Postgres after the last create | "
              "jobs/s into Postgres | finalizer + Ready waiting then | all written after the last create | "
              "operator CPU s | peak RSS | Postgres CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in records:
-        lines.append(f"| {x['n']:,} | {fmt(x.get('create_s'))} | {fmt(x.get('creates_per_s'), '')} | "
+        at_create = f"yes ({x.get('marked_at_create') or 0:,.0f})" if x.get("finalizer_at_create") else "no"
+        lines.append(f"| {x['n']:,} | {at_create} | {fmt(x.get('create_s'))} | {fmt(x.get('creates_per_s'), '')} | "
                      f"{fmt(x.get('after_last_create_s'))} | {fmt(x.get('jobs_per_s'), '')} | "
                      f"{fmt(x.get('writes_waiting_at_done'), '')} | {fmt(x.get('ready_after_last_create_s'))} | "
                      f"{fmt(x.get('cpu_s'), '')} | {fmt(x.get('rss_mib'), 'MiB')} | {fmt(x.get('pg_cpu_s'), '')} |")
         if x.get("error"):
-            lines.append(f"|  | ↳ {x['error']} | | | | | | | | |")
+            lines.append(f"|  | | ↳ {x['error']} | | | | | | | | |")
     (out / "scale-apply.md").write_text("\n".join(lines) + "\n")
     (out / "scale-apply.json").write_text(json.dumps(records, indent=1))
     plot_apply(records, out / "scale-apply.png")
@@ -161,7 +220,8 @@ def plot_apply(records, path):
         ax.plot([t for t, _, _ in s], [p for _, _, p in s], label="in Postgres (kube-beat)")
         ax.set_xlabel("s since the first create")
         ax.set_ylabel("ScheduledJobs")
-        ax.set_title(f"apply → scheduled, N = {x['n']:,}")
+        at_create = ", finalizer at create" if x.get("finalizer_at_create") else ""
+        ax.set_title(f"apply → scheduled, N = {x['n']:,}{at_create}")
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -175,9 +235,10 @@ def run_scale(args, kube, workdir):
     text = []
     if "apply" in scenarios:
         records = []
-        for n in [int(v) for v in args.n.split(",")]:
-            log(f"scale apply: N={n}")
-            rec = run_apply(args, kube, n, workdir)
+        runs = [(int(v), w == "on") for v in args.n.split(",") for w in args.finalizer_at_create.split(",")]
+        for n, at_create in runs:
+            log(f"scale apply: N={n}, finalizer at create: {at_create}")
+            rec = run_apply(args, kube, n, workdir, at_create)
             log(f"  created {fmt(rec.get('create_s'))} ({fmt(rec.get('creates_per_s'), '/s')}), "
                 f"in Postgres {fmt(rec.get('after_last_create_s'))} after the last create"
                 + (f" ERROR {rec['error']}" if rec.get("error") else ""))
@@ -198,6 +259,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="apply", help="scenarios, comma-separated: apply, sustained")
     ap.add_argument("--n", default="10000,100000", help="apply: job counts, comma-separated")
+    ap.add_argument("--finalizer-at-create", default="on", choices=["on", "off", "on,off", "off,on"],
+                    help="apply: the chart's mutating webhook adding the finalizer at create; "
+                         "'on,off' runs each N both ways")
     ap.add_argument("--n-sustained", type=int, default=100_000, help="sustained: jobs, each every minute")
     ap.add_argument("--minutes", type=float, default=10, help="sustained: the measured window")
     ap.add_argument("--lease", type=int, default=10, help="sustained: Lease duration, seconds")

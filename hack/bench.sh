@@ -30,6 +30,8 @@ restore_pg() {
   for s in "${changed[@]}"; do "${pg[@]}" -c "ALTER SYSTEM RESET $s" >/dev/null || true; done
   [ "${#changed[@]}" = 0 ] || "${pg[@]}" -c 'SELECT pg_reload_conf()' >/dev/null || true
 }
+# Set before any change, so that a failure between two changes still resets the first.
+trap 'restore_pg; hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 if [ "${BENCH_AUTOVACUUM:-on}" = on ] && [ "$("${pg[@]}" -c 'SHOW autovacuum')" = off ]; then
   set_pg autovacuum on
   log "Postgres autovacuum on for this run (restored to off at the end)"
@@ -44,7 +46,6 @@ if [ "${BENCH_PG_WAL:-as-is}" = room ]; then
   log "Postgres max_wal_size 8GB, checkpoint_timeout 15min, wal_compression on for this run"
 fi
 [ "${#changed[@]}" = 0 ] || "${pg[@]}" -c 'SELECT pg_reload_conf()' >/dev/null
-trap 'restore_pg; hack/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 "$KUBECTL" apply --server-side --force-conflicts -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/scheduledjobs.kubebeat.io crd/taskfunctions.kubebeat.io crd/schedulecalendars.kubebeat.io >/dev/null
 # KUBE_BEAT=<binary>: measure that build instead (e.g. the previous commit's, for a before/after).

@@ -373,7 +373,8 @@ impl Metrics {
 // The admission webhook's metric (`crate::webhook`).
 
 /// An admission decision: `kind` ScheduledJob, TaskFunction or other; `result` allowed,
-/// refused, skipped (not this installation's, or no change to judge) or error.
+/// refused, skipped (not this installation's, or no change to judge), error, or finalizer (a
+/// create given kube-beat's finalizer by the mutating webhook).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Admission {
     pub kind: &'static str,
@@ -383,7 +384,7 @@ pub struct Admission {
 fn register_admissions(r: &mut Registry, m: &Metrics) {
     r.register(
         "admission_reviews",
-        "Admission webhook decisions by kind and result (allowed, refused, skipped, error)",
+        "Admission webhook decisions by kind and result (allowed, refused, skipped, error, finalizer)",
         m.admissions.clone(),
     );
 }

@@ -148,7 +148,8 @@ pub struct RunArgs {
     #[arg(long, env = "WEBHOOK_SECRET", default_value = "kube-beat-webhook-ca")]
     pub webhook_secret: String,
     /// ValidatingWebhookConfiguration whose every webhook's caBundle the operator keeps set to
-    /// the self-signed fallback's CA; empty: none (cert-manager injects it, or you do).
+    /// the self-signed fallback's CA, and the MutatingWebhookConfiguration of the same name
+    /// when there is one; empty: none (cert-manager injects it, or you do).
     #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = "")]
     pub webhook_configuration: String,
     /// What a ScheduledJob naming a TaskFunction that does not exist (yet) gets: `warn` (allowed

@@ -1086,9 +1086,18 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         "- name: webhook\n      port: 9443\n      targetPort: webhook",
         "resourceNames: [\"kb-kube-beat-webhook\"]",
         "resourceNames: [\"kb-kube-beat-webhook-ca\"]",
+        // The finalizer at create (webhook.finalizerAtCreate, on by default).
+        "kind: MutatingWebhookConfiguration",
+        "name: finalizer.scheduledjobs.kubebeat.io",
+        "path: /mutate",
+        "operations: [\"CREATE\"]",
+        "reinvocationPolicy: Never",
+        "resources: [\"validatingwebhookconfigurations\", \"mutatingwebhookconfigurations\"]",
     ] {
         assert!(defaults.contains(what), "default render lacks {what:?}");
     }
+    // The mutating webhook never refuses: Ignore, whatever webhook.failurePolicy says.
+    assert_eq!(defaults.matches("failurePolicy: Ignore").count(), 3);
     assert!(!defaults.contains("cert-manager.io"));
     let applied = ok(&kubectl_stdin(
         &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
@@ -1097,6 +1106,12 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
     assert!(
         applied.contains(
             "validatingwebhookconfiguration.admissionregistration.k8s.io/kb-kube-beat-webhook created (server dry run)"
+        ),
+        "{applied}"
+    );
+    assert!(
+        applied.contains(
+            "mutatingwebhookconfiguration.admissionregistration.k8s.io/kb-kube-beat-webhook created (server dry run)"
         ),
         "{applied}"
     );
@@ -1134,8 +1149,20 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         "cert-manager.io/inject-ca-from: {ns}/kb-kube-beat-webhook"
     )));
     assert!(!cm.contains("--webhook-configuration") && !cm.contains("webhook-ca\"]"));
-    // Only the scheduledjobs webhook has a namespaceSelector (TaskFunctions are cluster-wide).
-    assert_eq!(cm.matches("namespaceSelector:").count(), 1);
+    // Only the scheduledjobs webhooks (validating and mutating) have a namespaceSelector
+    // (TaskFunctions are cluster-wide); the mutating one stays Ignore under Fail.
+    assert_eq!(cm.matches("namespaceSelector:").count(), 2);
+    assert_eq!(cm.matches("objectSelector:").count(), 3);
+    assert_eq!(cm.matches("failurePolicy: Fail").count(), 2);
+    assert_eq!(cm.matches("failurePolicy: Ignore").count(), 1);
+    assert_eq!(cm.matches("cert-manager.io/inject-ca-from: ").count(), 2);
+    let no_mutating = ok(&helm_template(
+        "kb",
+        &ns,
+        &["--set", "webhook.finalizerAtCreate=false"],
+    ));
+    assert!(!no_mutating.contains("MutatingWebhookConfiguration"));
+    assert!(no_mutating.contains("ValidatingWebhookConfiguration"));
     let issuer = ok(&helm_template(
         "kb",
         &ns,
@@ -1154,6 +1181,7 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
     ));
     for what in [
         "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
         "--webhook",
         "name: webhook",
         "-webhook-ca",
@@ -1166,6 +1194,7 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
         "webhook.timeoutSeconds=31",
         "webhook.bogus=1",
         "webhook.certManager.bogus=1",
+        "webhook.finalizerAtCreate=maybe",
     ] {
         let out = helm_template("kb", &ns, &["--set", bad]);
         assert!(!out.status.success(), "{bad} accepted");

@@ -1,6 +1,7 @@
 //! The admission webhook through the real apiserver (`kubectl apply` of a bad object refused
 //! with the message its Ready=False condition shows; a down webhook with `failurePolicy:
-//! Ignore` lets it through, the condition stays the backstop), and `kube-beat validate` on
+//! Ignore` lets it through, the condition stays the backstop; the finalizer in a job's create),
+//! and `kube-beat validate` on
 //! files (exit codes, every error with its file and document index).
 
 mod common;
@@ -22,6 +23,44 @@ fn webhook_addr(op: &Operator) -> Option<String> {
         .split("addr=")
         .nth(1)
         .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// Where an operator serving the webhook runs: its database, namespace and test id, the Secret
+/// for the self-signed fallback's CA and the configuration whose caBundle it keeps set.
+struct WebhookSetup<'a> {
+    db: &'a str,
+    ns: &'a str,
+    id: &'a str,
+    secret: &'a str,
+    configuration: &'a str,
+}
+
+impl WebhookSetup<'_> {
+    /// An operator (shadow dispatch, `extra` arguments) serving the webhook on a loopback port,
+    /// checking the caBundle every second; and the address it listens on.
+    async fn start(&self, extra: &[&str]) -> (Operator, String) {
+        let mut args = vec![
+            "--dispatch-mode",
+            "shadow",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-extra-san",
+            "127.0.0.1",
+            "--webhook-secret",
+            self.secret,
+            "--webhook-configuration",
+            self.configuration,
+            "--webhook-refresh-seconds",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let op = Operator::start(self.db, self.ns, self.id, &args);
+        let addr = eventually("the webhook listening", WAIT, || async {
+            webhook_addr(&op)
+        })
+        .await;
+        (op, addr)
+    }
 }
 
 fn job(name: &str, tf: &str, schedule: Value) -> String {
@@ -71,18 +110,208 @@ fn apply(ns: &str, manifest: &str, extra: &[&str]) -> (bool, String) {
     )
 }
 
-/// Deletes the test's cluster-wide ValidatingWebhookConfiguration, even when the test fails.
-struct Configuration(String);
+/// Deletes the test's cluster-wide webhook configuration, even when the test fails.
+struct Configuration {
+    kind: &'static str,
+    name: String,
+}
+
+impl Configuration {
+    fn validating(name: String) -> Configuration {
+        let kind = "validatingwebhookconfiguration";
+        Configuration { kind, name }
+    }
+
+    fn mutating(name: String) -> Configuration {
+        let kind = "mutatingwebhookconfiguration";
+        Configuration { kind, name }
+    }
+}
 
 impl Drop for Configuration {
     fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.0,
-            "--wait=false",
-        ]);
+        let _ = kubectl(&["delete", self.kind, &self.name, "--wait=false"]);
     }
+}
+
+/// A job's finalizers and the field managers that own `metadata.finalizers`.
+fn finalizers_and_owners(v: &Value) -> (Value, Vec<String>) {
+    let owners = v["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| !m["fieldsV1"]["f:metadata"]["f:finalizers"].is_null())
+        .map(|m| m["manager"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (v["metadata"]["finalizers"].clone(), owners)
+}
+
+/// The mutating webhook through the real apiserver: a ScheduledJob has kube-beat's finalizer
+/// in its create's own response, owned by no field manager, so the operator writes no second
+/// finalizer and a later server-side apply by the job's owner (which never lists it) keeps it;
+/// the job is deleted through it as through the operator's own; the operator keeps the
+/// MutatingWebhookConfiguration's caBundle set; with the webhook down (`Ignore`) a job is created
+/// without it and the operator adds it.
+#[tokio::test]
+#[ignore = "needs the local control plane (make test)"]
+async fn a_new_job_has_the_finalizer_from_its_create() {
+    install_crds();
+    let ns = namespace("kbt-mutate");
+    let id = unique("t");
+    let db = TestDb::create().await;
+    let mwc = Configuration::mutating(unique("kbt-mutate"));
+    let setup = WebhookSetup {
+        db: &db.url,
+        ns: &ns,
+        id: &id,
+        secret: "kbt-mutate-ca",
+        configuration: &mwc.name,
+    };
+    let (op, addr) = setup.start(&[]).await;
+    let echo = format!("{id}-echo");
+    ok(&kubectl_stdin(
+        &["apply", "-f", "-"],
+        &task_function(&echo, &id, json!({"task": "kb.echo", "queue": "q"})),
+    ));
+    ok(&kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("kubebeat.io/mutate-test={id}"),
+    ]));
+    let configuration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": mwc.name},
+        "webhooks": [{
+            "name": "finalizer.scheduledjobs.kubebeat.io",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore", "timeoutSeconds": 5, "reinvocationPolicy": "Never",
+            "clientConfig": {"url": format!("https://{addr}/mutate")},
+            "rules": [{"apiGroups": ["kubebeat.io"], "apiVersions": ["*"],
+                       "operations": ["CREATE"], "resources": ["scheduledjobs"]}],
+            "namespaceSelector": {"matchLabels": {"kubebeat.io/mutate-test": id}},
+        }],
+    });
+    ok(&kubectl_stdin(
+        &["create", "-f", "-"],
+        &configuration.to_string(),
+    ));
+    eventually("the mutating caBundle injected", WAIT, || async {
+        let out = kubectl(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &mwc.name,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]);
+        (!out.stdout.is_empty()).then_some(())
+    })
+    .await;
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec!["create", "-n", &ns, "-o", "json", "-f", "-"];
+        args.extend_from_slice(extra);
+        let out = ok(&kubectl_stdin(
+            &args,
+            &job(name, &echo, json!({"cron": "@hourly"})),
+        ));
+        serde_json::from_str::<Value>(&out).expect("json")
+    };
+    // The apiserver picks the configuration up a moment later: probe with dry runs.
+    eventually(
+        "the apiserver calling the mutating webhook",
+        WAIT,
+        || async {
+            let v = create("probe", &["--dry-run=server"]);
+            (v["metadata"]["finalizers"] == json!(["kubebeat.io/cleanup"])).then_some(())
+        },
+    )
+    .await;
+
+    // Created with the finalizer: the create's own response carries it.
+    let created = create("marked", &[]);
+    let (finalizers, owners) = finalizers_and_owners(&created);
+    assert_eq!(finalizers, json!(["kubebeat.io/cleanup"]), "{created}");
+    assert!(owners.is_empty(), "owned by {owners:?}: {created}");
+    let (status, message) = ready("scheduledjob", "marked", &ns).await;
+    assert_eq!(status, "True", "{message}");
+    let out = ok(&kubectl(&[
+        "get",
+        "scheduledjob",
+        "marked",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let (finalizers, owners) = finalizers_and_owners(&v);
+    assert_eq!(finalizers, json!(["kubebeat.io/cleanup"]), "{v}");
+    assert!(
+        owners.is_empty(),
+        "the operator wrote the finalizer again ({owners:?}): {v}"
+    );
+
+    // A GitOps tool's server-side apply, created and then changed: the finalizer stays.
+    let ssa = |cron: &str| {
+        ok(&kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=gitops",
+                "-n",
+                &ns,
+                "-f",
+                "-",
+            ],
+            &job("applied", &echo, json!({"cron": cron})),
+        ))
+    };
+    ssa("@hourly");
+    ssa("@daily");
+    let out = ok(&kubectl(&[
+        "get",
+        "scheduledjob",
+        "applied",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["spec"]["schedule"]["cron"], "@daily", "{v}");
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["kubebeat.io/cleanup"]),
+        "{v}"
+    );
+
+    // Deleted through it: the operator's cleanup takes the finalizer off and the job goes.
+    ok(&kubectl(&[
+        "delete",
+        "scheduledjob",
+        "marked",
+        "-n",
+        &ns,
+        "--timeout=60s",
+    ]));
+
+    // The webhook down (Ignore): created without the finalizer; an operator adds it.
+    drop(op);
+    let bare = create("while-down", &[]);
+    assert!(bare["metadata"]["finalizers"].is_null(), "{bare}");
+    let _op2 = Operator::start(&db.url, &ns, &id, &["--dispatch-mode", "shadow"]);
+    eventually("the operator's own finalizer", WAIT, || async {
+        let out = kubectl(&["get", "scheduledjob", "while-down", "-n", &ns, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["metadata"]["finalizers"] == json!(["kubebeat.io/cleanup"])).then_some(())
+    })
+    .await;
+
+    drop(mwc);
+    let _ = kubectl(&["delete", "taskfunction", &echo, "--wait=false"]);
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -92,27 +321,16 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     let ns = namespace("kbt-webhook");
     let id = unique("t");
     let db = TestDb::create().await;
-    let vwc = Configuration(unique("kbt-webhook"));
+    let vwc = Configuration::validating(unique("kbt-webhook"));
     let secret = "kbt-webhook-ca";
-    let webhook_args = [
-        "--webhook-addr",
-        "127.0.0.1:0",
-        "--webhook-extra-san",
-        "127.0.0.1",
-        "--webhook-secret",
+    let setup = WebhookSetup {
+        db: &db.url,
+        ns: &ns,
+        id: &id,
         secret,
-        "--webhook-configuration",
-        &vwc.0,
-        "--webhook-refresh-seconds",
-        "1",
-    ];
-    let mut args = vec!["--dispatch-mode", "shadow"];
-    args.extend_from_slice(&webhook_args);
-    let op = Operator::start(&db.url, &ns, &id, &args);
-    let addr = eventually("the webhook listening", WAIT, || async {
-        webhook_addr(&op)
-    })
-    .await;
+        configuration: &vwc.name,
+    };
+    let (op, addr) = setup.start(&[]).await;
 
     // A connection that completes TLS and then sends nothing is closed after the 5 s header read
     // timeout, not held open forever (the port is reachable by any pod).
@@ -199,7 +417,7 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": vwc.0},
+            "metadata": {"name": vwc.name},
             "webhooks": [jobs, tfs],
         })
         .to_string()
@@ -226,7 +444,7 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
         let out = kubectl(&[
             "get",
             "validatingwebhookconfiguration",
-            &vwc.0,
+            &vwc.name,
             "-o",
             "jsonpath={.webhooks[*].clientConfig.caBundle}",
         ]);
@@ -302,15 +520,9 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
 
     // A second replica signs its own certificate from the same CA: the one caBundle trusts it.
     // It refuses jobs whose TaskFunction does not exist.
-    let mut args2 = vec![
-        "--dispatch-mode",
-        "shadow",
-        "--webhook-missing-task-function",
-        "deny",
-    ];
-    args2.extend_from_slice(&webhook_args);
-    let op2 = Operator::start(&db.url, &ns, &id, &args2);
-    let addr2 = eventually("the second webhook", WAIT, || async { webhook_addr(&op2) }).await;
+    let (op2, addr2) = setup
+        .start(&["--webhook-missing-task-function", "deny"])
+        .await;
     assert_ne!(addr, addr2);
     let patch = json!([
         {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": format!("https://{addr2}/validate")},
@@ -319,7 +531,7 @@ async fn kubectl_apply_of_a_bad_job_is_refused_with_the_conditions_message() {
     ok(&kubectl(&[
         "patch",
         "validatingwebhookconfiguration",
-        &vwc.0,
+        &vwc.name,
         "--type=json",
         "-p",
         &patch,

@@ -61,18 +61,20 @@ pub fn watch_jobs(
     let first = State::Empty {
         from: ListFrom::Any,
     };
-    futures::stream::unfold(first, move |mut state| {
-        let (client, api) = (client.clone(), api.clone());
-        async move {
+    // The client and the Api travel in the unfold's state: taken once, not cloned per poll
+    // (a list polls once per job).
+    futures::stream::unfold(
+        (client, api, first),
+        |(client, api, mut state)| async move {
             loop {
                 let (event, next) = step(&client, &api, state).await;
                 state = next;
                 if let Some(event) = event {
-                    return Some((event, state));
+                    return Some((event, (client, api, state)));
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 enum State {
@@ -169,8 +171,8 @@ async fn step(client: &Client, api: &Api<WatchedJob>, state: State) -> (Option<I
                 // dropping `rx` stops the thread (see `Blocking`).
                 stopped => {
                     let why = match stopped {
-                        Err(_) => "the list sent nothing for 300 s",
-                        Ok(_) => "the list's decoder stopped",
+                        Err(_) => format!("the list sent nothing for {} s", LIST_IDLE.as_secs()),
+                        Ok(_) => "the list's decoder stopped".to_string(),
                     };
                     let e = kube::Error::SerdeError(de::Error::custom(why));
                     (

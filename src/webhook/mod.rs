@@ -1,6 +1,7 @@
-//! The validating admission webhook every replica serves on its own port (`--webhook-addr`):
+//! The admission webhook every replica serves on its own port (`--webhook-addr`). Validating:
 //! `kubectl apply` of a ScheduledJob or TaskFunction the reconcile would mark `Ready=False` is
-//! refused with the condition's message. The verdict is the reconcile's own ([`verdict`]);
+//! refused with the condition's message. Mutating (`/mutate`): a new ScheduledJob gets
+//! kube-beat's finalizer in its create, saving the operator's own PATCH. The verdict is the reconcile's own ([`verdict`]);
 //! the reconcile's condition stays the backstop for whatever the webhook does not see (it was
 //! down and the `failurePolicy` is `Ignore`, or a TaskFunction changed under existing jobs).
 //!
@@ -90,11 +91,13 @@ impl WebhookOptions {
     }
 }
 
-/// The webhook's routes: `POST /validate`, bounded in body size, time and concurrency.
+/// The webhook's routes: `POST /validate` and `POST /mutate` (the finalizer at create),
+/// bounded in body size, time and concurrency.
 pub fn router(reviewer: Arc<admission::Reviewer>) -> Router {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REVIEWS));
     Router::new()
         .route("/validate", post(admission::validate))
+        .route("/mutate", post(admission::mutate))
         .with_state(reviewer)
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -242,7 +245,11 @@ mod tests {
     }
 
     async fn post_to(app: Router, body: Vec<u8>) -> (u16, Value) {
-        let request = Request::post("/validate")
+        post_path(app, "/validate", body).await
+    }
+
+    async fn post_path(app: Router, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let request = Request::post(path)
             .header("content-type", "application/json")
             .body(Body::from(body))
             .expect("request");
@@ -270,6 +277,36 @@ mod tests {
         })
         .to_string()
         .into_bytes()
+    }
+
+    /// A ScheduledJob naming TaskFunction `tf`, on `cron`.
+    fn job_object(tf: &str, cron: &str) -> Value {
+        json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
+            "metadata": {"name": "j", "namespace": "a"},
+            "spec": {"taskFunction": tf, "schedule": {"cron": cron}},
+        })
+    }
+
+    /// A Status the apiserver answers a failed request with.
+    fn failure(code: u16, reason: &str, message: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+               "reason": reason, "code": code, "message": message})
+    }
+
+    /// A kube Client whose apiserver answers each request with `answer(path)`.
+    fn fake_apiserver(answer: impl Fn(&str) -> (u16, Value) + Clone + Send + 'static) -> Client {
+        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let (code, body) = answer(req.uri().path());
+            async move {
+                let resp = axum::http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+            }
+        });
+        Client::new(svc, "default")
     }
 
     #[tokio::test]
@@ -329,13 +366,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_task_function_warns_or_is_refused_without_a_lookup() {
         use admission::MissingTaskFunction::{Deny, Warn};
-        let job = |tf: &str, cron: &str| {
-            json!({
-                "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
-                "metadata": {"name": "j", "namespace": "a"},
-                "spec": {"taskFunction": tf, "schedule": {"cron": cron}},
-            })
-        };
+        let job = job_object;
         for name in ["echo/status", "?watch=1", "../x", "Echo"] {
             let message = format!("TaskFunction {name:?} does not exist");
             let (status, body) = post_to(app_with(Warn), review(job(name, "@daily"))).await;
@@ -355,49 +386,181 @@ mod tests {
         }
     }
 
+    /// The finalizer patch `/mutate` answers, decoded from the response (`None`: no patch).
+    fn finalizer_patch(body: &Value) -> Option<Value> {
+        use base64::Engine;
+        let response = &body["response"];
+        assert_eq!(response["allowed"], true, "never refused: {body}");
+        let patch = response["patch"].as_str()?;
+        assert_eq!(response["patchType"], "JSONPatch", "{body}");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("base64");
+        Some(serde_json::from_slice(&bytes).expect("json patch"))
+    }
+
+    fn with_operation(body: Vec<u8>, operation: &str) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&body).expect("review");
+        v["request"]["operation"] = json!(operation);
+        serde_json::to_vec(&v).expect("review")
+    }
+
+    /// A new job gets the finalizer appended to whatever finalizers it has; one that has it, an
+    /// update, a job being deleted, a TaskFunction, a job in a namespace not watched: no patch.
+    /// Garbage is a 400, never a refusal.
+    #[tokio::test]
+    async fn mutate_adds_the_finalizer_to_new_jobs_only() {
+        let job = |metadata: Value| {
+            let mut job = job_object("echo", "@daily");
+            job["metadata"] = metadata;
+            job
+        };
+        let mutate = |app: Router, body: Vec<u8>| async move {
+            let (status, body) = post_path(app, "/mutate", body).await;
+            assert_eq!(status, 200, "{body}");
+            finalizer_patch(&body)
+        };
+        let bare = review(job(json!({"name": "j", "namespace": "a"})));
+        assert_eq!(
+            mutate(app(), bare.clone()).await,
+            Some(
+                json!([{"op": "add", "path": "/metadata/finalizers", "value": ["kubebeat.io/cleanup"]}])
+            )
+        );
+        let null = review(job(
+            json!({"name": "j", "namespace": "a", "finalizers": null}),
+        ));
+        assert_eq!(
+            mutate(app(), null).await,
+            Some(
+                json!([{"op": "add", "path": "/metadata/finalizers", "value": ["kubebeat.io/cleanup"]}])
+            )
+        );
+        let other = review(job(
+            json!({"name": "j", "namespace": "a", "finalizers": ["example.com/keep"]}),
+        ));
+        assert_eq!(
+            mutate(app(), other).await,
+            Some(
+                json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "kubebeat.io/cleanup"}])
+            )
+        );
+        // The patch applies as the apiserver would apply it.
+        let mut object =
+            job(json!({"name": "j", "namespace": "a", "finalizers": ["example.com/keep"]}));
+        let patch: json_patch::Patch = serde_json::from_value(
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "kubebeat.io/cleanup"}]),
+        )
+        .expect("patch");
+        json_patch::patch(&mut object, &patch).expect("applies");
+        assert_eq!(
+            object["metadata"]["finalizers"],
+            json!(["example.com/keep", "kubebeat.io/cleanup"])
+        );
+
+        let has = review(job(
+            json!({"name": "j", "namespace": "a", "finalizers": ["kubebeat.io/cleanup"]}),
+        ));
+        assert_eq!(mutate(app(), has).await, None);
+        assert_eq!(
+            mutate(app(), with_operation(bare.clone(), "UPDATE")).await,
+            None
+        );
+        let tf = json!({
+            "apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+            "metadata": {"name": "t"}, "spec": {"task": "t"},
+        });
+        assert_eq!(mutate(app(), review(tf)).await, None);
+        // `--namespace b`: a job in `a` is not this installation's.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let elsewhere = router(Arc::new(admission::Reviewer::new(
+            Client::try_from(config).expect("client"),
+            LabelSelector::parse("").expect("selector"),
+            Some("b".to_string()),
+            admission::MissingTaskFunction::Warn,
+        )));
+        assert_eq!(mutate(elsewhere, bare).await, None);
+
+        for body in [
+            b"".to_vec(),
+            b"not json".to_vec(),
+            b"{\"request\": 1}".to_vec(),
+        ] {
+            assert_eq!(post_path(app(), "/mutate", body).await.0, 400);
+        }
+        let metrics = crate::metrics::METRICS.render();
+        assert!(
+            metrics.contains(
+                "kube_beat_admission_reviews_total{kind=\"ScheduledJob\",result=\"finalizer\"}"
+            ),
+            "{metrics}"
+        );
+    }
+
+    /// With a `--task-function-selector`, a job whose TaskFunction is another installation's
+    /// gets no finalizer from us; one whose TaskFunction is ours, or does not exist yet, does;
+    /// a lookup the apiserver cannot answer leaves the job to the operator (no patch, no error).
+    #[tokio::test]
+    async fn mutate_leaves_other_installations_jobs_alone() {
+        let client = fake_apiserver(|path| {
+            let tf = |team: &str| {
+                json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+                       "metadata": {"name": "x", "labels": {"team": team}}, "spec": {"task": "kb.echo"}})
+            };
+            if path.ends_with("/taskfunctions/ours") {
+                (200, tf("a"))
+            } else if path.ends_with("/taskfunctions/theirs") {
+                (200, tf("b"))
+            } else if path.ends_with("/taskfunctions/broken") {
+                (500, failure(500, "InternalError", "etcd"))
+            } else {
+                (404, failure(404, "NotFound", "not found"))
+            }
+        });
+        let app = router(Arc::new(admission::Reviewer::new(
+            client,
+            LabelSelector::parse("team=a").expect("selector"),
+            None,
+            admission::MissingTaskFunction::Warn,
+        )));
+        let job = |tf: &str| review(job_object(tf, "@daily"));
+        for (tf, marked) in [
+            ("ours", true),
+            ("missing", true),
+            ("theirs", false),
+            ("broken", false),
+        ] {
+            let (status, body) = post_path(app.clone(), "/mutate", job(tf)).await;
+            assert_eq!(status, 200, "{tf}: {body}");
+            assert_eq!(finalizer_patch(&body).is_some(), marked, "{tf}: {body}");
+        }
+    }
+
     /// Repeated reviews naming one TaskFunction cost the apiserver one GET (found or not).
     #[tokio::test]
     async fn task_function_lookups_are_cached() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let gets = Arc::new(AtomicUsize::new(0));
         let counted = gets.clone();
-        let svc = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
-            let counted = counted.clone();
-            async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let (code, body) = if req.uri().path().ends_with("/taskfunctions/echo") {
-                    (
-                        200,
-                        json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
-                               "metadata": {"name": "echo"}, "spec": {"task": "kb.echo"}}),
-                    )
-                } else {
-                    (
-                        404,
-                        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                               "reason": "NotFound", "code": 404, "message": "not found"}),
-                    )
-                };
-                let resp = axum::http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp)
+        let client = fake_apiserver(move |path| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if path.ends_with("/taskfunctions/echo") {
+                (
+                    200,
+                    json!({"apiVersion": "kubebeat.io/v1alpha1", "kind": "TaskFunction",
+                           "metadata": {"name": "echo"}, "spec": {"task": "kb.echo"}}),
+                )
+            } else {
+                (404, failure(404, "NotFound", "not found"))
             }
         });
         let app = router(Arc::new(admission::Reviewer::new(
-            Client::new(svc, "default"),
+            client,
             LabelSelector::parse("").expect("selector"),
             None,
             admission::MissingTaskFunction::Deny,
         )));
-        let job = |tf: &str| {
-            json!({
-                "apiVersion": "kubebeat.io/v1alpha1", "kind": "ScheduledJob",
-                "metadata": {"name": "j", "namespace": "a"},
-                "spec": {"taskFunction": tf, "schedule": {"cron": "@daily"}},
-            })
-        };
+        let job = |tf: &str| job_object(tf, "@daily");
         for _ in 0..3 {
             let (_, body) = post_to(app.clone(), review(job("echo"))).await;
             assert_eq!(body["response"]["allowed"], true, "{body}");

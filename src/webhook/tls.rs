@@ -6,7 +6,8 @@
 //! lives in one Secret, created by whichever replica gets there first (a create that conflicts
 //! means another replica won: read its Secret instead), and each replica signs a serving
 //! certificate of its own from it, in memory, never written anywhere. The operator keeps the
-//! ValidatingWebhookConfiguration's `caBundle` equal to that CA. No replica coordinates with
+//! ValidatingWebhookConfiguration's `caBundle` (and the MutatingWebhookConfiguration's of the same
+//! name, when there is one) equal to that CA. No replica coordinates with
 //! another beyond the create, and a replica restarting signs a fresh certificate from the same
 //! CA. Each refresh re-reads the Secret, so deleting it rotates the CA: the next replica to
 //! refresh creates a new one and every replica follows within a refresh.
@@ -18,7 +19,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    ByteString, api::admissionregistration::v1::ValidatingWebhookConfiguration,
+    ByteString,
+    api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    },
     api::core::v1::Secret,
 };
 use kube::{
@@ -63,7 +67,9 @@ pub struct SelfSigned {
     secrets: Api<Secret>,
     secret: String,
     names: Vec<String>,
-    configurations: Api<ValidatingWebhookConfiguration>,
+    validating: Api<ValidatingWebhookConfiguration>,
+    mutating: Api<MutatingWebhookConfiguration>,
+    /// The name of both configurations (the mutating one may not exist).
     configuration: Option<String>,
     /// The CA the current serving certificate was signed by, and when.
     signed: Option<(String, Instant)>,
@@ -96,7 +102,8 @@ impl Source {
             secrets: Api::namespaced(client.clone(), &fallback.namespace),
             secret: fallback.secret,
             names: fallback.names,
-            configurations: Api::all(client.clone()),
+            validating: Api::all(client.clone()),
+            mutating: Api::all(client.clone()),
             configuration: fallback.configuration,
             signed: None,
             last_problem: None,
@@ -157,7 +164,7 @@ impl SelfSigned {
             None
         };
         if let Some(name) = self.configuration.clone() {
-            let problem = match inject_ca_bundle(&self.configurations, &name, &ca_cert).await {
+            let problem = match inject_ca_bundle(&self.validating, &name, &ca_cert).await {
                 Ok(Injected::Patched) => {
                     tracing::info!(configuration = %name, "webhook CA set in the caBundle");
                     None
@@ -168,6 +175,19 @@ impl SelfSigned {
                 )),
                 Err(e) => Some(format!("setting the caBundle of {name}: {e}")),
             };
+            // The mutating configuration (the finalizer at create) of the same name is
+            // optional: the chart leaves it out with `webhook.finalizerAtCreate: false`.
+            let mutating = match inject_ca_bundle(&self.mutating, &name, &ca_cert).await {
+                Ok(Injected::Patched) => {
+                    tracing::info!(configuration = %name, "webhook CA set in the mutating caBundle");
+                    None
+                }
+                Ok(Injected::Already | Injected::Missing) => None,
+                Err(e) => Some(format!(
+                    "setting the caBundle of MutatingWebhookConfiguration {name}: {e}"
+                )),
+            };
+            let problem = problem.or(mutating);
             if problem != self.last_problem {
                 if let Some(p) = &problem {
                     tracing::warn!("{p}");
@@ -319,15 +339,37 @@ enum Injected {
     Missing,
 }
 
+/// A webhook configuration kind (validating or mutating) whose caBundles the fallback keeps set.
+trait WebhookConfiguration:
+    kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
+{
+    /// Each webhook's caBundle, in order.
+    fn bundles(&self) -> Vec<Option<&ByteString>>;
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    fn bundles(&self) -> Vec<Option<&ByteString>> {
+        let hooks = self.webhooks.iter().flatten();
+        hooks.map(|w| w.client_config.ca_bundle.as_ref()).collect()
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    fn bundles(&self) -> Vec<Option<&ByteString>> {
+        let hooks = self.webhooks.iter().flatten();
+        hooks.map(|w| w.client_config.ca_bundle.as_ref()).collect()
+    }
+}
+
 /// Set `ca_pem` as the caBundle of every webhook of the configuration. A JSON patch guarded by
 /// the resourceVersion it was computed from: only the bundles change, and a configuration
 /// changed meanwhile fails the patch (retried at the next refresh) instead of being overwritten.
-async fn inject_ca_bundle(
-    api: &Api<ValidatingWebhookConfiguration>,
+async fn inject_ca_bundle<K: WebhookConfiguration>(
+    api: &Api<K>,
     name: &str,
     ca_pem: &str,
 ) -> Result<Injected, kube::Error> {
-    let Some(vwc) = api.get_opt(name).await? else {
+    let Some(configuration) = api.get_opt(name).await? else {
         return Ok(Injected::Missing);
     };
     let want = ByteString(ca_pem.as_bytes().to_vec());
@@ -338,10 +380,10 @@ async fn inject_ca_bundle(
     let mut ops = vec![serde_json::json!({
         "op": "test",
         "path": "/metadata/resourceVersion",
-        "value": vwc.metadata.resource_version,
+        "value": configuration.meta().resource_version,
     })];
-    for (i, w) in vwc.webhooks.iter().flatten().enumerate() {
-        if w.client_config.ca_bundle.as_ref() != Some(&want) {
+    for (i, bundle) in configuration.bundles().into_iter().enumerate() {
+        if bundle != Some(&want) {
             ops.push(serde_json::json!({
                 "op": "add",
                 "path": format!("/webhooks/{i}/clientConfig/caBundle"),
