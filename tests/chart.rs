@@ -1163,6 +1163,9 @@ fn webhook_renders_and_applies_with_either_certificate_source() {
     ));
     assert!(!no_mutating.contains("MutatingWebhookConfiguration"));
     assert!(no_mutating.contains("ValidatingWebhookConfiguration"));
+    // Nor the permission to patch one.
+    assert!(!no_mutating.contains("mutatingwebhookconfigurations"));
+    assert!(no_mutating.contains("resources: [\"validatingwebhookconfigurations\"]"));
     let issuer = ok(&helm_template(
         "kb",
         &ns,

@@ -406,7 +406,8 @@ mod tests {
     }
 
     /// A new job gets the finalizer appended to whatever finalizers it has; one that has it, an
-    /// update, a job being deleted, a TaskFunction, a job in a namespace not watched: no patch.
+    /// update, a TaskFunction, a job in a namespace not watched: no patch. Each patch answered
+    /// applies to its object as the apiserver applies it.
     /// Garbage is a 400, never a refusal.
     #[tokio::test]
     async fn mutate_adds_the_finalizer_to_new_jobs_only() {
@@ -420,43 +421,28 @@ mod tests {
             assert_eq!(status, 200, "{body}");
             finalizer_patch(&body)
         };
+        // Each answer, applied to its object (as the apiserver does), leaves the finalizers
+        // wanted.
+        for (finalizers, wanted) in [
+            (None, json!(["kubebeat.io/cleanup"])),
+            (Some(Value::Null), json!(["kubebeat.io/cleanup"])),
+            (
+                Some(json!(["example.com/keep"])),
+                json!(["example.com/keep", "kubebeat.io/cleanup"]),
+            ),
+        ] {
+            let mut metadata = json!({"name": "j", "namespace": "a"});
+            if let Some(f) = finalizers {
+                metadata["finalizers"] = f;
+            }
+            let mut object = job(metadata);
+            let answer = mutate(app(), review(object.clone())).await;
+            let patch: json_patch::Patch =
+                serde_json::from_value(answer.expect("a patch")).expect("a JSON patch");
+            json_patch::patch(&mut object, &patch).expect("applies");
+            assert_eq!(object["metadata"]["finalizers"], wanted, "{patch:?}");
+        }
         let bare = review(job(json!({"name": "j", "namespace": "a"})));
-        assert_eq!(
-            mutate(app(), bare.clone()).await,
-            Some(
-                json!([{"op": "add", "path": "/metadata/finalizers", "value": ["kubebeat.io/cleanup"]}])
-            )
-        );
-        let null = review(job(
-            json!({"name": "j", "namespace": "a", "finalizers": null}),
-        ));
-        assert_eq!(
-            mutate(app(), null).await,
-            Some(
-                json!([{"op": "add", "path": "/metadata/finalizers", "value": ["kubebeat.io/cleanup"]}])
-            )
-        );
-        let other = review(job(
-            json!({"name": "j", "namespace": "a", "finalizers": ["example.com/keep"]}),
-        ));
-        assert_eq!(
-            mutate(app(), other).await,
-            Some(
-                json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "kubebeat.io/cleanup"}])
-            )
-        );
-        // The patch applies as the apiserver would apply it.
-        let mut object =
-            job(json!({"name": "j", "namespace": "a", "finalizers": ["example.com/keep"]}));
-        let patch: json_patch::Patch = serde_json::from_value(
-            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "kubebeat.io/cleanup"}]),
-        )
-        .expect("patch");
-        json_patch::patch(&mut object, &patch).expect("applies");
-        assert_eq!(
-            object["metadata"]["finalizers"],
-            json!(["example.com/keep", "kubebeat.io/cleanup"])
-        );
 
         let has = review(job(
             json!({"name": "j", "namespace": "a", "finalizers": ["kubebeat.io/cleanup"]}),
