@@ -80,6 +80,71 @@ def postgres_cpu_since(before):
     return sum(v - before.get(p, 0.0) for p, v in now.items())
 
 
+def task_cpu_ns(pid):
+    """CPU nanoseconds of every thread of a process (schedstat: finer than /proc/<pid>/stat's
+    10 ms ticks, which a burst of under a second needs)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+class WindowCpu:
+    """Who had the CPU during a burst: each process group's CPU time, sampled every 20 ms from
+    `start` on by a thread of its own, read back for any window inside what it saw. The groups:
+    the scheduler, every Postgres process, redis-server, and the bench itself (its arrival
+    stamps)."""
+
+    EVERY = 0.02
+
+    def __init__(self, groups, start):
+        self.groups = groups  # name -> callable returning the pids now
+        self.samples = []  # (time, {name: ns})
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self.thread.start()
+
+    def _run(self, start):
+        while time.time() < start and not self.done.is_set():
+            time.sleep(0.005)
+        pids, listed = {}, 0.0
+        while not self.done.is_set():
+            t = time.time()
+            # The pids looked up every half second, not at each sample: a pgrep costs more CPU
+            # than the sample, and Postgres backends are pooled (a new one is seen 0.5 s late).
+            if t - listed > 0.5:
+                pids, listed = {g: list(find()) for g, find in self.groups.items()}, t
+            self.samples.append((t, {g: {p: task_cpu_ns(p) for p in ps} for g, ps in pids.items()}))
+            self.done.wait(max(0.0, self.EVERY - (time.time() - t)))
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def between(self, a, b):
+        """Core-seconds per group from the last sample at or before `a` to the first at or after
+        `b` (so the window read is at most 20 ms wider each side), and that window's length."""
+        before = [s for s in self.samples if s[0] <= a]
+        after = [s for s in self.samples if s[0] >= b]
+        if not before or not after:
+            return None, None
+        (ta, ca), (tb, cb) = before[-1], after[0]
+        # Per process, over those seen at both ends (one that came or went in between is
+        # left out rather than counted from zero).
+        used = {g: sum(ns - ca.get(g, {})[p] for p, ns in cb[g].items() if p in ca.get(g, {}))
+                for g in cb}
+        return {g: v / 1e9 for g, v in used.items()}, tb - ta
+
+
+def pids_of(name):
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 # ---- the broker's clock ------------------------------------------------------------------------
 
 class Arrivals:
@@ -326,7 +391,8 @@ def run_kube_beat(args, kube, n, workloads, workdir):
     port = free_port()
     env = dict(os.environ, DATABASE_URL=f"{PG}/{DB}", BROKER_URL=BROKER,
                RESULT_BACKEND=f"redis://127.0.0.1:{REDIS_PORT}/4", POD_NAME=f"bench-{ns}",
-               RUST_LOG="warn")
+               # BENCH_RUST_LOG=warn,kube_beat::dispatch=debug shows each chunk of a burst.
+               RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn"))
     oplog = open(workdir / f"operator-{ns}.log", "wb")
     op = subprocess.Popen([args.kube_beat, "run", "--namespace", ns, "--http-addr", f"127.0.0.1:{port}",
                            "--lease-name", f"bench-{ns}"], env=env, stdout=oplog, stderr=subprocess.STDOUT)
@@ -358,7 +424,16 @@ def run_kube_beat(args, kube, n, workloads, workdir):
             pub0 = (metric(port, "kube_beat_publish_duration_seconds_sum") or 0,
                     metric(port, "kube_beat_publish_duration_seconds_count") or 0)
             since = time.time()
-            finish(rec, arr, r, n, t0, spread, args.peer_timeout)
+            window = WindowCpu({"kube-beat": lambda: [op.pid], "postgres": lambda: pids_of("postgres"),
+                                "redis": lambda: pids_of("redis-server"), "bench": lambda: [os.getpid()]},
+                               t0 - 0.5)
+            try:
+                finish(rec, arr, r, n, t0, spread, args.peer_timeout)
+            finally:
+                window.stop()
+            if spread == 0 and rec.get("all_by"):
+                # The burst: from its due second until the last message was out.
+                rec["window_cpu"], rec["window_s"] = window.between(t0, t0 + rec["all_by"])
             rec["cpu_s"] = cpu_seconds(op.pid) - cpu0
             rec["pg_cpu_s"] = postgres_cpu_since(pg0)
             # Where the time went (the operator's own histograms, over this workload's window).
@@ -533,6 +608,13 @@ def report(records, failover, out, machine, notes=()):
                          f"{x['publishes']:.0f} publishes, {x['publish_s']:.2f} s; status writes "
                          f"{x.get('status_writes_per_s') or 0:.0f}/s, {x.get('status_backlog') or 0:.0f} "
                          "jobs still waiting for a status write 10 s after the run")
+            if x.get("window_cpu"):
+                used = x["window_cpu"]
+                lines.append(f"  - who had the {os.cpu_count()} cores from the due second until the last "
+                             f"message was out ({x['window_s']:.2f} s as sampled, every 20 ms): "
+                             + ", ".join(f"{g} {v:.2f} s" for g, v in used.items())
+                             + f"; the rest (other processes, idle) "
+                             f"{os.cpu_count() * x['window_s'] - sum(used.values()):.2f} s")
     lines += ["", "Ratios (p99 lag of the peer / p99 lag of kube-beat, same N and workload):", ""]
     by = {(x["system"], x["n"], x["workload"]): x for x in records}
     for (system, n, w), x in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):

@@ -177,16 +177,11 @@ impl SelfSigned {
             };
             // The mutating configuration (the finalizer at create) of the same name is
             // optional: the chart leaves it out with `webhook.finalizerAtCreate: false`.
-            let mutating = match inject_ca_bundle(&self.mutating, &name, &ca_cert).await {
-                Ok(Injected::Patched) => {
-                    tracing::info!(configuration = %name, "webhook CA set in the mutating caBundle");
-                    None
-                }
-                Ok(Injected::Already | Injected::Missing) => None,
-                Err(e) => Some(format!(
-                    "setting the caBundle of MutatingWebhookConfiguration {name}: {e}"
-                )),
-            };
+            let injected = inject_ca_bundle(&self.mutating, &name, &ca_cert).await;
+            if matches!(injected, Ok(Injected::Patched)) {
+                tracing::info!(configuration = %name, "webhook CA set in the mutating caBundle");
+            }
+            let mutating = mutating_problem(&name, injected);
             let problem = problem.or(mutating);
             if problem != self.last_problem {
                 if let Some(p) = &problem {
@@ -339,6 +334,26 @@ enum Injected {
     Missing,
 }
 
+/// What to warn about after keeping the mutating configuration's caBundle set. It is optional
+/// (the chart leaves it out with `webhook.finalizerAtCreate: false`), and so is the permission
+/// to read it: the chart grants `get` on it only with the configuration. A 403 is therefore the
+/// same as not found, not a problem to warn about at every start.
+fn mutating_problem(name: &str, injected: Result<Injected, kube::Error>) -> Option<String> {
+    match injected {
+        Ok(_) => None,
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::debug!(
+                configuration = %name,
+                "no permission to read the MutatingWebhookConfiguration: taken as not installed"
+            );
+            None
+        }
+        Err(e) => Some(format!(
+            "setting the caBundle of MutatingWebhookConfiguration {name}: {e}"
+        )),
+    }
+}
+
 /// A webhook configuration kind (validating or mutating) whose caBundles the fallback keeps set.
 trait WebhookConfiguration:
     kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
@@ -404,6 +419,29 @@ async fn inject_ca_bundle<K: WebhookConfiguration>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("denied", "Forbidden").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn an_unreadable_mutating_configuration_is_not_a_problem() {
+        for fine in [Injected::Patched, Injected::Already, Injected::Missing] {
+            assert_eq!(mutating_problem("kb", Ok(fine)), None);
+        }
+        // Not granted: the chart with `webhook.finalizerAtCreate: false`.
+        assert_eq!(mutating_problem("kb", Err(api_error(403))), None);
+        // Anything else is still worth a warning, and names the configuration.
+        for code in [409, 422, 500] {
+            let problem = mutating_problem("kb", Err(api_error(code))).expect("a problem");
+            assert!(
+                problem.contains("MutatingWebhookConfiguration kb"),
+                "{problem}"
+            );
+        }
+    }
 
     #[test]
     fn leaves_signed_by_one_ca_serve_and_garbage_is_refused() {

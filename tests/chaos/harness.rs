@@ -28,6 +28,11 @@ pub(crate) struct Plan {
     pub(crate) kills: usize,
     pub(crate) outage: Duration,
     pub(crate) slow_worker: Duration,
+    /// Watched after a fault's recovery before the next fault, so the fault's row shows the
+    /// runs right after it. The zero-duplicate audit covers the whole run whatever this is.
+    pub(crate) after_recovery: Duration,
+    /// The steady load watched before the first fault (the baseline row).
+    pub(crate) steady: Duration,
 }
 
 /// The short variant (`make test`), or the full matrix with `KB_CHAOS=full` (`make chaos`).
@@ -39,6 +44,8 @@ pub(crate) fn plan() -> Plan {
             kills: 20,
             outage: Duration::from_secs(30),
             slow_worker: Duration::from_secs(60),
+            after_recovery: Duration::from_secs(5),
+            steady: Duration::from_secs(10),
         }
     } else {
         Plan {
@@ -47,6 +54,9 @@ pub(crate) fn plan() -> Plan {
             kills: 3,
             outage: Duration::from_secs(8),
             slow_worker: Duration::from_secs(20),
+            // Shorter than the full matrix's: `make test` pays for each of ten of them.
+            after_recovery: Duration::from_secs(2),
+            steady: Duration::from_secs(5),
         }
     }
 }

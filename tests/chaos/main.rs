@@ -45,7 +45,7 @@ async fn fault_matrix_redis() {
     }
     h.row(); // the steady-load window starts now
     h.leader().await;
-    h.settle(Duration::from_secs(10)).await;
+    h.settle(plan.steady).await;
     h.leader_deaths().await;
     h.paused_leader().await;
     h.postgres().await;
@@ -75,7 +75,7 @@ async fn fault_matrix_rabbitmq() {
     }
     h.row();
     h.leader().await;
-    h.settle(Duration::from_secs(10)).await;
+    h.settle(plan.steady).await;
     h.leader_deaths().await;
     h.broker_faults().await;
     // The broker faults again, on workers with the worker-side guard: no body runs twice.

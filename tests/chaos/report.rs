@@ -146,6 +146,8 @@ mod tests {
             kills: 3,
             outage: Duration::from_secs(8),
             slow_worker: Duration::from_secs(20),
+            after_recovery: Duration::from_secs(2),
+            steady: Duration::from_secs(5),
         };
         let path = path.to_str().unwrap();
         write_report(path, BrokerKind::Redis, "new table\n", plan);

@@ -167,7 +167,7 @@ impl Harness {
         self.cut("pg", self.plan.outage).await;
         self.row().iterations += 1;
         self.recovery(Utc::now()).await;
-        self.settle(Duration::from_secs(5)).await;
+        self.settle(self.plan.after_recovery).await;
 
         self.begin("Postgres restarted (pg_ctlcluster restart)");
         let Some((ver, cluster)) = pg_cluster() else {
@@ -188,7 +188,7 @@ impl Harness {
         }
         self.row().iterations += 1;
         self.recovery(Utc::now()).await;
-        self.settle(Duration::from_secs(5)).await;
+        self.settle(self.plan.after_recovery).await;
     }
 
     pub(crate) async fn broker_faults(&mut self) {
@@ -205,7 +205,7 @@ impl Harness {
         self.cut("broker", self.plan.outage).await;
         self.row().iterations += 1;
         self.recovery(Utc::now()).await;
-        self.settle(Duration::from_secs(5)).await;
+        self.settle(self.plan.after_recovery).await;
 
         self.begin(&format!(
             "{label} restarted{}",
@@ -234,7 +234,7 @@ impl Harness {
         }
         self.row().iterations += 1;
         self.recovery(Utc::now()).await;
-        self.settle(Duration::from_secs(5)).await;
+        self.settle(self.plan.after_recovery).await;
     }
 
     /// Dispatch continues while the Lease can be trusted, stops when it cannot, resumes after;

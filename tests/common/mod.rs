@@ -172,7 +172,14 @@ pub fn create_unvalidated(ns: &str, manifest: &serde_json::Value) -> (bool, Stri
 
 /// Make sure the CRDs from `crds/` are installed and served. `make test` installs them once
 /// before the suite; re-applying a CRD while another test uses it makes discovery flap on 1.20.
+/// Checked once per test binary: no test removes them, and each check is six kubectl runs, each
+/// reading the whole discovery anew (its own cache), which ~65 fixtures paid again and again.
 pub fn install_crds() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(check_crds);
+}
+
+fn check_crds() {
     let env = env();
     // The two CRDs every release had: an apiserver where a previous release's chart installed
     // them (tests/upgrade.rs) must not get the newer CRDs from here, or `helm upgrade` could not
