@@ -755,8 +755,9 @@ async fn a_burst_goes_out_in_chunks_each_run_once() {
     type Time = chrono::DateTime<Utc>;
     const JOBS: usize = 40;
     let (f, _worker) = redis_echo_fixture("kbt-chunks").await;
-    // 7 a chunk: 6 publishes, the first 14 runs encoded ahead and the rest while publishing.
-    let _op = f.operator(&["--publish-chunk", "7"]);
+    // 7 a chunk: 6 publishes, the first 14 runs encoded ahead and the rest read from a second
+    // before they are due, by a reader of their own.
+    let op = f.operator(&["--publish-chunk", "7"]);
     let due = (Utc::now() + TimeDelta::seconds(20))
         .duration_trunc(TimeDelta::seconds(1))
         .expect("whole second");
@@ -770,6 +771,17 @@ async fn a_burst_goes_out_in_chunks_each_run_once() {
         .await;
     }
     assert!(Utc::now() < due, "the jobs were created before their time");
+    eventually(
+        "the runs not read ahead were handed to a reader before their time",
+        Duration::from_secs(30),
+        || async {
+            let log = op.log_text();
+            log.lines()
+                .any(|l| l.contains("reading runs ahead of their time") && l.contains("runs=26"))
+                .then_some(())
+        },
+    )
+    .await;
     eventually(
         "every run of the burst ran on the worker",
         Duration::from_secs(40),

@@ -29,8 +29,10 @@ pub use encode::expiry;
 use crate::{celery::Publisher, leader::Role, status::Feed};
 
 /// Postgres connections of the dispatcher's own (`store::dedicated`): one each for the claim and
-/// publish loops, one for a burst's reader, and one for recording published runs meanwhile.
-pub const CONNECTIONS: u32 = 4;
+/// publish loops, one for recording published runs meanwhile, and two for the readers of
+/// bursts (one started ahead of its runs' time, one for runs due sooner that were claimed
+/// after it started).
+pub const CONNECTIONS: u32 = 5;
 /// How long before its time a run (of an Allow job) is claimed, and the publisher then reads
 /// and encodes it: a burst due in the same second is then only published at its time. A run
 /// is fixed this long ahead (a job suspended or deleted in these last seconds still runs
