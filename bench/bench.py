@@ -93,6 +93,15 @@ def task_cpu_ns(pid):
     return total
 
 
+def machine_busy_ns():
+    """CPU nanoseconds the whole machine was busy (every core), from /proc/stat: user, nice,
+    system, irq, softirq and steal (not idle or iowait); in clock ticks, 10 ms each."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 class WindowCpu:
     """Who had the CPU during a burst: each process group's CPU time, sampled every 20 ms from
     `start` on by a thread of its own, read back for any window inside what it saw. The groups:
@@ -118,7 +127,9 @@ class WindowCpu:
             # than the sample, and Postgres backends are pooled (a new one is seen 0.5 s late).
             if t - listed > 0.5:
                 pids, listed = {g: list(find()) for g, find in self.groups.items()}, t
-            self.samples.append((t, {g: {p: task_cpu_ns(p) for p in ps} for g, ps in pids.items()}))
+            sample = {g: {p: task_cpu_ns(p) for p in ps} for g, ps in pids.items()}
+            sample["machine"] = {0: machine_busy_ns()}
+            self.samples.append((t, sample))
             self.done.wait(max(0.0, self.EVERY - (time.time() - t)))
 
     def stop(self):
@@ -609,12 +620,18 @@ def report(records, failover, out, machine, notes=()):
                          f"{x.get('status_writes_per_s') or 0:.0f}/s, {x.get('status_backlog') or 0:.0f} "
                          "jobs still waiting for a status write 10 s after the run")
             if x.get("window_cpu"):
-                used = x["window_cpu"]
-                lines.append(f"  - who had the {os.cpu_count()} cores from the due second until the last "
-                             f"message was out ({x['window_s']:.2f} s as sampled, every 20 ms): "
-                             + ", ".join(f"{g} {v:.2f} s" for g, v in used.items())
-                             + f"; the rest (other processes, idle) "
-                             f"{os.cpu_count() * x['window_s'] - sum(used.values()):.2f} s")
+                used = dict(x["window_cpu"])
+                busy = used.pop("machine", None)
+                ours = sum(used.values())
+                line = (f"  - who had the {os.cpu_count()} cores from the due second until the last "
+                        f"message was out ({x['window_s']:.2f} s as sampled, every 20 ms, so "
+                        f"{os.cpu_count() * x['window_s']:.2f} core-seconds): "
+                        + ", ".join(f"{g} {v:.2f} s" for g, v in used.items()))
+                if busy is not None:
+                    line += (f"; every other process {max(0.0, busy - ours):.2f} s; idle "
+                             f"{max(0.0, os.cpu_count() * x['window_s'] - busy):.2f} s "
+                             "(/proc/stat, 10 ms ticks)")
+                lines.append(line)
     lines += ["", "Ratios (p99 lag of the peer / p99 lag of kube-beat, same N and workload):", ""]
     by = {(x["system"], x["n"], x["workload"]): x for x in records}
     for (system, n, w), x in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
