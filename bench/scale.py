@@ -261,7 +261,8 @@ def main():
     ap.add_argument("--n", default="10000,100000", help="apply: job counts, comma-separated")
     ap.add_argument("--finalizer-at-create", default="on", choices=["on", "off", "on,off", "off,on"],
                     help="apply: the chart's mutating webhook adding the finalizer at create; "
-                         "'on,off' runs each N both ways")
+                         "'on,off' runs each N both ways; sustained (the first value): the jobs are "
+                         "created with the finalizer the webhook would have added")
     ap.add_argument("--n-sustained", type=int, default=100_000, help="sustained: jobs, each every minute")
     ap.add_argument("--minutes", type=float, default=10, help="sustained: the measured window")
     ap.add_argument("--lease", type=int, default=10, help="sustained: Lease duration, seconds")

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub task_restarts: Family<Task, Counter>,
     pub tracker_pass: Histogram,
     pub tracker_unfinished: Gauge,
+    /// One health monitor pass over every job.
+    pub health_pass: Histogram,
     /// Deliveries the worker-side guard skipped as duplicates lately (the leader reads its
     /// claims from Postgres).
     pub guard_duplicates: Gauge,
@@ -203,6 +205,7 @@ impl Metrics {
             job_failures: Family::default(),
             task_restarts: Family::default(),
             tracker_pass: latency_histogram(),
+            health_pass: latency_histogram(),
             result_recorded: latency_histogram(),
             result_hints: Counter::default(),
             result_hints_dropped: Counter::default(),
@@ -280,6 +283,11 @@ impl Metrics {
             "result_tracker_pass_seconds",
             "Time for one pass over the unfinished executions (how stale outcomes can be)",
             m.tracker_pass.clone(),
+        );
+        r.register(
+            "health_pass_seconds",
+            "Time for one health monitor pass over every job (the pause after it grows with it)",
+            m.health_pass.clone(),
         );
         r.register(
             "result_tracker_unfinished",

@@ -83,7 +83,8 @@ pub struct RunArgs {
     /// what a subscription misses. Off: outcomes are recorded at the next poll only.
     #[arg(long, env = "RESULT_SUBSCRIBE", default_value_t = true, action = clap::ArgAction::Set)]
     pub result_subscribe: bool,
-    /// How often the leader judges every job's health (the `Healthy` condition, pauses).
+    /// How often the leader judges every job's health (the `Healthy` condition, pauses); a long
+    /// pass is followed by a pause of 9 times its duration (at most a minute).
     #[arg(long, env = "HEALTH_CHECK_SECONDS", default_value_t = 5)]
     pub health_check_seconds: u64,
 

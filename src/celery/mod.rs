@@ -142,7 +142,15 @@ impl Publisher {
             let target = RedisTarget::new(url, options)?;
             let db = target.db();
             let conn = std::sync::Arc::new(
-                SharedConn::connect(target, redis::aio::ConnectionManagerConfig::new()).await?,
+                // The publish ledger's reads (up to 20,000 task ids) and the fencing epoch: the
+                // crate's 500 ms default timed out on a new leader's first ledger read at 100,000
+                // jobs a minute, as the result backend's 5 s does not.
+                SharedConn::connect(
+                    target,
+                    redis::aio::ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(std::time::Duration::from_secs(5))),
+                )
+                .await?,
             );
             let keyprefix = options.global_keyprefix.clone();
             // kube-beat's own keys (the publish record, the fencing epoch) carry the prefix too:

@@ -216,17 +216,18 @@ impl Reader {
         }
     }
 
-    /// How the reading ended: `Ok(true)` if everything was read, `Ok(false)` if it was aborted.
-    pub(super) async fn finish(mut self) -> Result<bool, ReadFailed> {
+    /// How the reading ended: an error only if the query failed or the task panicked; an
+    /// aborted reader is not an error (its runs stay PENDING for the next read).
+    pub(super) async fn finish(mut self) -> Result<(), ReadFailed> {
         // An early reader still waiting for more ends with nothing more.
         self.more.take();
         let Some(task) = self.task.take() else {
-            return Ok(false);
+            return Ok(());
         };
         match task.await {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ReadFailed::Query(e)),
-            Err(e) if e.is_cancelled() => Ok(false),
+            Err(e) if e.is_cancelled() => Ok(()),
             Err(_) => Err(ReadFailed::Panicked),
         }
     }

@@ -2,7 +2,10 @@
 //! chunks. What was published is recorded in the background (`recorder`); what failed is
 //! retried, or given up on (`ledger`).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
@@ -81,7 +84,12 @@ impl Dispatcher {
                 origin: format!("kube-beat@{}", self.identity),
             },
             uncertain: true,
-            recorder: Recorder::default(),
+            recorder: {
+                let (pool, feed) = (self.pool.clone(), self.feed.clone());
+                Recorder::new(Arc::new(move |batches| {
+                    Box::pin(mark_published(pool.clone(), feed.clone(), batches))
+                }))
+            },
         };
         let mut drained = Instant::now();
         while term.leading() {
@@ -362,9 +370,8 @@ impl Publishing<'_> {
             warn!(error = %e, "the burst's runs not read stay PENDING");
             all = false;
         }
-        for (batch, at) in published {
-            let (pool, feed) = (self.dispatcher.pool.clone(), self.dispatcher.feed.clone());
-            self.recorder.push(mark_published(pool, feed, batch, at));
+        for batch in published {
+            self.recorder.push(batch);
         }
         all
     }

@@ -177,3 +177,19 @@ fn the_probe_is_asked_once_per_task_and_queue_in_a_pass() {
     assert!(reasons.contains(&(5, "NoWorkers")));
     assert!(reasons.iter().filter(|(_, r)| *r == "Healthy").count() == 5);
 }
+
+#[test]
+fn a_long_pass_is_followed_by_a_longer_pause() {
+    let every = Duration::from_secs(5);
+    // Few jobs: every 5 s, as configured.
+    assert_eq!(pause_after(every, Duration::from_millis(40)), every);
+    // 100,000 jobs, a pass of 1.5 s: judging keeps to a tenth of the time.
+    let took = Duration::from_millis(1500);
+    let pause = pause_after(every, took);
+    assert_eq!(pause, Duration::from_millis(13_500));
+    assert!(took.as_secs_f64() / (took + pause).as_secs_f64() <= 0.1 + 1e-9);
+    // A very long pass: at most a minute's pause, unless asked for more.
+    assert_eq!(pause_after(every, Duration::MAX), PAUSE_MAX);
+    let hourly = Duration::from_secs(3600);
+    assert_eq!(pause_after(hourly, Duration::from_secs(20)), hourly);
+}

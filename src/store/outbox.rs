@@ -171,23 +171,24 @@ pub struct Dispatched {
     pub trigger: String,
 }
 
-/// Record published runs as DISPATCHED. Returns those it changed (not those settled meanwhile
-/// from the publish record), so a burst keeps only ids until it is recorded.
+/// Record published runs as DISPATCHED, run `ids[i]` at `at[i]` (when it went out: the runs
+/// of several publishes are recorded together). Returns those it changed (not those settled
+/// meanwhile from the publish record), so a burst keeps only ids until it is recorded.
 pub async fn mark_dispatched(
     pool: &PgPool,
     ids: &[i64],
-    now: DateTime<Utc>,
+    at: &[DateTime<Utc>],
 ) -> Result<Vec<Dispatched>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE job_executions e SET state = 'DISPATCHED', dispatched_at = $2,
+        "UPDATE job_executions e SET state = 'DISPATCHED', dispatched_at = u.at,
                 publish_attempts = e.publish_attempts + 1, error = NULL
-         FROM scheduled_jobs j
-         WHERE e.id = ANY($1) AND e.state = 'PENDING' AND j.id = e.job_id
+         FROM UNNEST($1::bigint[], $2::timestamptz[]) AS u(id, at), scheduled_jobs j
+         WHERE e.id = u.id AND e.state = 'PENDING' AND j.id = e.job_id
          RETURNING e.job_id, j.namespace, j.name, j.task_name, e.task_id, e.scheduled_for,
                    e.trigger",
     )
     .bind(ids)
-    .bind(now)
+    .bind(at)
     .fetch_all(pool)
     .await
 }
