@@ -93,41 +93,32 @@ impl Recorder {
     }
 }
 
-/// Takes and records what is queued until nothing is. A writer that panics still counts as
-/// stopped, with a failure (its runs stay PENDING for the publish record to settle).
+/// Takes and records what is queued until nothing is. A write that panics is a failed write
+/// (its runs stay PENDING for the publish record to settle); the batches after it are still
+/// written, as when each batch had a task of its own.
 async fn writer(shared: Arc<Shared>, write: Write) {
-    struct Stopped(Arc<Shared>, bool);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            // Stopped by a panic: `writing` is still ours to clear. (A writer that ran out of
-            // batches cleared it itself, and a push may since have started the next writer.)
-            if !self.1 {
-                let mut q = self.0.lock();
-                q.writing = false;
-                q.failed = true;
-            }
-            self.0.idle.notify_waiters();
-        }
-    }
-    let mut stopped = Stopped(shared.clone(), false);
+    use futures::FutureExt;
     loop {
         let batches = {
             let mut q = shared.lock();
             let take = take_upto(&q.batches, MARK_MAX);
             if take == 0 {
-                // `writing` is cleared under this same lock: a push after it starts a writer.
+                // Cleared under the same lock a push looks at: a push after this starts a
+                // writer of its own, and nothing pushed before it is left behind.
                 q.writing = false;
-                drop(q);
-                stopped.1 = true;
                 break;
             }
             q.batches.drain(..take).collect::<Vec<_>>()
         };
-        if !write(batches).await {
+        let ok = std::panic::AssertUnwindSafe(write(batches))
+            .catch_unwind()
+            .await
+            .unwrap_or(false);
+        if !ok {
             shared.lock().failed = true;
         }
     }
-    drop(stopped);
+    shared.idle.notify_waiters();
 }
 
 /// How many of the first batches go in one write: whole batches up to `max` runs, at least one.
@@ -150,21 +141,18 @@ pub(super) async fn mark_published(
     feed: crate::status::Feed,
     batches: Vec<Published>,
 ) -> bool {
-    let runs: usize = batches.iter().map(|(ids, _)| ids.len()).sum();
-    let mut ids = Vec::with_capacity(runs);
-    let mut at = Vec::with_capacity(runs);
-    for (batch, when) in batches {
-        at.extend(std::iter::repeat_n(when, batch.len()));
-        ids.extend(batch);
-    }
-    let marked = match crate::store::outbox::mark_dispatched(&pool, &ids, &at).await {
+    let runs: Vec<(i64, DateTime<Utc>)> = batches
+        .into_iter()
+        .flat_map(|(ids, at)| ids.into_iter().map(move |id| (id, at)))
+        .collect();
+    let marked = match crate::store::outbox::mark_dispatched(&pool, &runs).await {
         Ok(marked) => marked,
         Err(e) => {
             tracing::warn!(error = %e, "marking executions dispatched failed; the publish record settles them");
             return false;
         }
     };
-    crate::metrics::METRICS.dispatched("published", ids.len() as u64);
+    crate::metrics::METRICS.dispatched("published", runs.len() as u64);
     for p in &marked {
         feed.touch(p.job_id);
         tracing::info!(job = %format!("{}/{}", p.namespace, p.name), task = %p.task_name,
@@ -179,11 +167,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A writer that records what each write got, waits `delay` each time, and fails a write
-    /// that includes run `fail`.
     /// The ids each write got, in order.
     type Writes = Arc<Mutex<Vec<Vec<i64>>>>;
 
+    /// A writer that records what each write got, waits `delay` each time, and fails a write
+    /// that includes run `fail`.
     fn recording(delay: Duration, fail: i64) -> (Write, Writes, Arc<Notify>) {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let started = Arc::new(Notify::new());
@@ -242,12 +230,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_that_panics_is_a_failure_not_a_hang() {
-        let write: Write = Arc::new(|_| Box::pin(async { panic!("boom") }));
+    async fn a_write_that_panics_is_a_failure_and_the_batches_after_it_are_still_written() {
+        let writes: Writes = Arc::new(Mutex::new(Vec::new()));
+        let w = writes.clone();
+        // Each batch on its own (one run each, more than MARK_MAX together is not needed:
+        // the first write is under way when the rest are pushed).
+        let write: Write = Arc::new(move |batches: Vec<Published>| {
+            let w = w.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let ids: Vec<i64> = batches.into_iter().flat_map(|(ids, _)| ids).collect();
+                if ids.contains(&1) {
+                    panic!("boom");
+                }
+                w.lock().expect("lock").push(ids);
+                true
+            })
+        });
         let mut marks = Recorder::new(write);
         marks.push((vec![1], at()));
+        tokio::time::sleep(Duration::from_millis(5)).await; // the first write is under way
+        marks.push((vec![2], at()));
+        marks.push((vec![3], at()));
         let flushed = tokio::time::timeout(Duration::from_secs(5), marks.flush()).await;
-        assert_eq!(flushed.ok(), Some(false));
+        assert_eq!(
+            flushed.ok(),
+            Some(false),
+            "the panic is a failure, not a hang"
+        );
+        assert_eq!(
+            *writes.lock().expect("lock"),
+            vec![vec![2, 3]],
+            "what was queued behind it is written"
+        );
+        marks.push((vec![4], at()));
+        assert!(marks.flush().await);
     }
 
     #[test]

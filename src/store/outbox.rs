@@ -171,14 +171,16 @@ pub struct Dispatched {
     pub trigger: String,
 }
 
-/// Record published runs as DISPATCHED, run `ids[i]` at `at[i]` (when it went out: the runs
-/// of several publishes are recorded together). Returns those it changed (not those settled
-/// meanwhile from the publish record), so a burst keeps only ids until it is recorded.
+/// Record published runs as DISPATCHED, each at the time it went out (the runs of several
+/// publishes are recorded together). Returns those it changed (not those settled meanwhile
+/// from the publish record), so a burst keeps only ids until it is recorded.
 pub async fn mark_dispatched(
     pool: &PgPool,
-    ids: &[i64],
-    at: &[DateTime<Utc>],
+    runs: &[(i64, DateTime<Utc>)],
 ) -> Result<Vec<Dispatched>, sqlx::Error> {
+    // Two arrays of the same length, made here: UNNEST of arrays of different lengths pads
+    // the shorter with NULLs.
+    let (ids, at): (Vec<i64>, Vec<DateTime<Utc>>) = runs.iter().copied().unzip();
     sqlx::query_as(
         "UPDATE job_executions e SET state = 'DISPATCHED', dispatched_at = u.at,
                 publish_attempts = e.publish_attempts + 1, error = NULL
@@ -187,8 +189,8 @@ pub async fn mark_dispatched(
          RETURNING e.job_id, j.namespace, j.name, j.task_name, e.task_id, e.scheduled_for,
                    e.trigger",
     )
-    .bind(ids)
-    .bind(at)
+    .bind(&ids)
+    .bind(&at)
     .fetch_all(pool)
     .await
 }
