@@ -564,6 +564,17 @@ def fmt(v, unit=" s", digits=2):
     return "–" if v is None else f"{v:,.{digits}f}{unit}"
 
 
+def passes_in_window(rec, count_key, seconds_key):
+    """(passes, seconds each, seconds apart) of a pass histogram sampled through the window,
+    or None if it did not move."""
+    samples = [x for x in rec.get("samples", []) if x.get(count_key) is not None]
+    if len(samples) < 2 or samples[-1][count_key] <= samples[0][count_key]:
+        return None
+    count = samples[-1][count_key] - samples[0][count_key]
+    took = samples[-1][seconds_key] - samples[0][seconds_key]
+    return count, took / count, (samples[-1]["t"] - samples[0]["t"]) / count
+
+
 def report_sustained(rec, out):
     n = rec["n"]
     lines = [
@@ -646,18 +657,16 @@ def report_sustained(rec, out):
         ]
         if rb.get("error"):
             lines.append(f"| RedBeat | error | {rb['error']} | – |")
-    passes = [x for x in rec.get("samples", []) if x.get("tracker_passes") is not None]
-    if len(passes) >= 2 and passes[-1]["tracker_passes"] > passes[0]["tracker_passes"]:
-        count = passes[-1]["tracker_passes"] - passes[0]["tracker_passes"]
-        took = passes[-1]["tracker_pass_s"] - passes[0]["tracker_pass_s"]
-        lines += ["", f"Result tracker in the window: {count:.0f} passes, {took / count:.1f} s each on average "
-                      f"(one every {(passes[-1]['t'] - passes[0]['t']) / count:.1f} s)."]
-    health = [x for x in rec.get("samples", []) if x.get("health_passes") is not None]
-    if len(health) >= 2 and health[-1]["health_passes"] > health[0]["health_passes"]:
-        count = health[-1]["health_passes"] - health[0]["health_passes"]
-        took = health[-1]["health_pass_s"] - health[0]["health_pass_s"]
-        lines += ["", f"Health monitor in the window: {count:.0f} passes over every job, {took / count:.2f} s each "
-                      f"on average (one every {(health[-1]['t'] - health[0]['t']) / count:.1f} s)."]
+    tracker = passes_in_window(rec, "tracker_passes", "tracker_pass_s")
+    if tracker:
+        count, each, every = tracker
+        lines += ["", f"Result tracker in the window: {count:.0f} passes, {each:.1f} s each on average "
+                      f"(one every {every:.1f} s)."]
+    health = passes_in_window(rec, "health_passes", "health_pass_s")
+    if health:
+        count, each, every = health
+        lines += ["", f"Health monitor in the window: {count:.0f} passes over every job, {each:.2f} s each "
+                      f"on average (one every {every:.1f} s)."]
     hinted = [x for x in rec.get("samples", []) if x.get("hints") is not None]
     if len(hinted) >= 2:
         got = hinted[-1]["hints"] - hinted[0]["hints"]

@@ -34,10 +34,10 @@ const LPUSH_ARGS: usize = 1000;
 /// Transactions refused because the record changed (another publisher) before giving up.
 const WATCH_ATTEMPTS: usize = 5;
 /// How long a reply may take on the publishing connection. The redis crate's default is
-/// 500 ms: a new leader's first chunks of 5,000 messages, at 100,000 jobs a minute with both
-/// cores busy, took longer and were failed and published again (measured: the first publish
-/// 5 s after leading instead of under 1 s). The dispatcher bounds a whole publish itself
-/// (10 s), and a publish cut off drops its connection.
+/// 500 ms: a new leader's first chunk of 5,000 messages, at 100,000 jobs a minute with both
+/// cores busy, took longer and was failed and retried (`publish failed; will retry
+/// error=redis: timed out`, seen in a failover's log). The dispatcher bounds a whole publish
+/// itself (10 s), and a publish cut off drops its connection.
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connection of the publisher's own, with [`RESPONSE_TIMEOUT`].
